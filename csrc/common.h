@@ -1,0 +1,66 @@
+/*
+ * common.h -- what every cell kernel shares: the element type, GEMM, activations, workspace allocation.
+ *
+ * The cell files (rnn.c, lstm.c, gru.c) are written once against `real` and compiled once per dtype and
+ * ISA: csrc/isa/<dtype>_<isa>.c defines FR_DOUBLE (0 or 1) and FR_AVX2 (0 or 1), then includes
+ * instance.h, which includes the cells and fills that combination's kernel table.  The cells' functions
+ * are static, so the four instances never collide.
+ */
+#ifndef FR_COMMON_H
+#define FR_COMMON_H
+
+#ifndef _POSIX_C_SOURCE
+#define _POSIX_C_SOURCE 200112L /* posix_memalign */
+#endif
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fastrnn.h"
+
+#if !defined(FR_DOUBLE) || !defined(FR_AVX2)
+#error "define FR_DOUBLE and FR_AVX2 before including common.h (see csrc/isa/)"
+#endif
+
+#if FR_DOUBLE
+typedef double real;
+#define R_EXP exp
+#define R_TANH tanh
+#define fr_gemm fr_gemm_f64
+#define FR_TABLE_T fr_kernels_f64_t
+#else
+typedef float real;
+#define R_EXP expf
+#define R_TANH tanhf
+#define fr_gemm fr_gemm_f32
+#define FR_TABLE_T fr_kernels_f32_t
+#endif
+
+/* Row-major GEMM (gemm.c): C (M, N) = alpha * op(A) @ op(B) + beta * C, op(X) = X^T when trans_x.
+ * A is (M, K) or (K, M) when transposed, with leading dimension lda; likewise B; C has ldc.
+ * Goes to the registered BLAS when there is one, else to a plain C loop nest. */
+void fr_gemm_f32(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
+                 const float *B, int ldb, float beta, float *C, int ldc);
+void fr_gemm_f64(int trans_a, int trans_b, int M, int N, int K, double alpha, const double *A, int lda,
+                 const double *B, int ldb, double beta, double *C, int ldc);
+
+/* Exact activations from libm; the vectorised approximations replace them in the AVX2 microkernels. */
+static inline real fr_sigmoid(real v) { return (real)1 / ((real)1 + R_EXP(-v)); }
+static inline real fr_tanh(real v) { return R_TANH(v); }
+
+/* 64-byte aligned workspace, zero-initialised when zero != 0; NULL on failure (n == 0 still allocates). */
+static inline real *fr_alloc(size_t n, int zero) {
+    size_t bytes = (n * sizeof(real) + 63) & ~(size_t)63;
+    void *p = NULL;
+    if (bytes == 0) bytes = 64;
+    if (posix_memalign(&p, 64, bytes) != 0) return NULL;
+    if (zero) memset(p, 0, bytes);
+    return (real *)p;
+}
+
+/* The time index that step s (s = 0 is the first step a direction processes) of a sequence of len_b
+ * valid steps reads and writes: s going forward, len_b - 1 - s in reverse. */
+static inline int fr_time_index(int s, int len_b, int reverse) { return reverse ? len_b - 1 - s : s; }
+
+#endif /* FR_COMMON_H */

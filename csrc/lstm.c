@@ -1,0 +1,523 @@
+/*
+ * lstm.c -- LSTM forward and backward (BPTT) over a whole sequence: one layer, one direction.
+ *
+ * Included by instance.h once per dtype and ISA (csrc/isa/), written against `real`; everything here is
+ * static and prefixed lstm_ because rnn.c and gru.c share the translation unit.
+ *
+ * Math (torch.nn.LSTM), gates i, f, g, o, pre-activations z = x W_ih^T + b_ih + h W_hh^T + b_hh:
+ *   i, f, o = sigmoid(z_i, z_f, z_o),  g = tanh(z_g)
+ *   c' = f*c + i*g,  m = o*tanh(c'),  h' = m  (P == H)  or  h' = m W_hr^T  (projection, P < H)
+ *
+ * Recipe (DESIGN.md): the input projection of many steps is one GEMM; the time loop does per step only the
+ * recurrent product and the elementwise cell; backward does per step only the elementwise dG and
+ * dh_{t-1} = dG W_hh, and the weight gradients afterwards as big GEMMs over all rows.
+ *
+ * ---- Row order ("compact rows") ------------------------------------------------------------------------
+ * Every per-(step, sequence) array below -- the tape, the input projection, dG -- holds one row per VALID
+ * (time, sequence) pair, in this order:
+ *   without lengths: row = t*B + b, i.e. exactly the time-major (T, B) order of x, y and dx, so those serve
+ *                    the big GEMMs in place (reverse just walks the time blocks backwards);
+ *   with lengths:    the batch is sorted by length, descending (sorted row k is sequence perm[k]); step s
+ *                    (the s-th step a sequence takes, s = 0 first, whatever the direction) has active
+ *                    rows k < nact[s], a prefix, stored at rows off[s] .. off[s] + nact[s] - 1.  No row
+ *                    exists for padding, so there is no work on padding anywhere, and the recurrent GEMM
+ *                    of each step runs on a contiguous prefix of the (sorted) state.  x / dx / y are
+ *                    gathered / scattered by (t, perm[k]) where needed.
+ * Lengths that are all T take the first path (no permutation overhead).
+ *
+ * ---- Tape (training) -----------------------------------------------------------------------------------
+ *   gates (T*B, 4H)  activated i, f, g, o  (compact rows; the first N = sum of lengths are used)
+ *   c     (T*B, H)   c_t after the step
+ *   m     (T*B, H)   o * tanh(c_t), only with projection (backward needs it for dW_hr; without projection
+ *                    m = h = y, which backward receives anyway)
+ * The gates region first receives the input projection, then the step turns it into activated gates in
+ * place, so training needs no separate (T, B, 4H) buffer.
+ */
+
+/* Workspace target for the chunked input projection / gathers: a few MB keeps inference memory bounded
+ * whatever T is, while each chunk is still a GEMM of many rows. */
+#define LSTM_CHUNK_BYTES ((size_t)4 << 20)
+
+/* ---- the row plan -------------------------------------------------------------------------------------- */
+
+typedef struct lstm_plan {
+    int T, B, reverse;
+    int S;        /* steps taken: the longest length (T without lengths) */
+    size_t N;     /* compact rows: sum of the lengths (T*B without lengths) */
+    int *perm;    /* (B) original batch index of sorted row k; NULL: identity, no lengths */
+    int *len;     /* (B) length of sorted row k, non-increasing; NULL: all T */
+    int *nact;    /* (T) active rows at step s, a prefix of the sorted rows; NULL: all B */
+    size_t *off;  /* (T + 1) first compact row of step s; NULL: time-major rows */
+} lstm_plan;
+
+static inline int lstm_perm(const lstm_plan *pl, int k) { return pl->perm ? pl->perm[k] : k; }
+static inline int lstm_nact(const lstm_plan *pl, int s) { return pl->nact ? pl->nact[s] : pl->B; }
+/* Time index read and written by sorted row k at step s. */
+static inline int lstm_time(const lstm_plan *pl, int s, int k) {
+    return fr_time_index(s, pl->len ? pl->len[k] : pl->T, pl->reverse);
+}
+/* First compact row of step s (its nact rows follow contiguously). */
+static inline size_t lstm_row(const lstm_plan *pl, int s) {
+    return pl->off ? pl->off[s] : (size_t)fr_time_index(s, pl->T, pl->reverse) * (size_t)pl->B;
+}
+/* Steps [s0, s1) occupy one contiguous range of compact rows: its first row and its length. */
+static inline size_t lstm_chunk_base(const lstm_plan *pl, int s0, int s1) {
+    size_t a = lstm_row(pl, s0), b = lstm_row(pl, s1 - 1);
+    return a < b ? a : b;
+}
+static inline size_t lstm_chunk_rows(const lstm_plan *pl, int s0, int s1) {
+    return pl->off ? pl->off[s1] - pl->off[s0] : (size_t)(s1 - s0) * (size_t)pl->B;
+}
+
+static void lstm_plan_free(lstm_plan *pl) {
+    free(pl->perm); /* perm, len and nact share one block */
+    free(pl->off);
+    pl->perm = pl->len = pl->nact = NULL;
+    pl->off = NULL;
+}
+
+/* Sorts the batch by length (descending, stable: a counting sort over 1..T) and lays out the rows. */
+static int lstm_plan_init(lstm_plan *pl, int T, int B, int reverse, const int *lengths /* (B) or NULL */) {
+    pl->T = T;
+    pl->B = B;
+    pl->reverse = reverse;
+    pl->S = T;
+    pl->N = (size_t)T * (size_t)B;
+    pl->perm = pl->len = pl->nact = NULL;
+    pl->off = NULL;
+    if (lengths == NULL || T <= 0 || B <= 0) return FR_OK;
+    int all_full = 1;
+    for (int b = 0; b < B; b++) all_full &= lengths[b] == T;
+    if (all_full) return FR_OK;
+
+    /* one block: perm (B), len (B), nact (T), and count (T + 2) for the sort, which nact then reuses */
+    int *blk = (int *)malloc(((size_t)2 * B + T + T + 2) * sizeof(int));
+    size_t *off = (size_t *)malloc(((size_t)T + 1) * sizeof(size_t));
+    if (blk == NULL || off == NULL) {
+        free(blk);
+        free(off);
+        return FR_ENOMEM;
+    }
+    int *perm = blk, *len = blk + B, *nact = blk + 2 * B, *start = blk + 2 * B + T; /* start (T + 2) */
+    /* start[l] = first sorted position of the sequences of length l, longest first */
+    memset(start, 0, ((size_t)T + 2) * sizeof(int));
+    for (int b = 0; b < B; b++) start[lengths[b]]++;
+    int pos = 0;
+    for (int l = T; l >= 1; l--) {
+        int cnt = start[l];
+        start[l] = pos;
+        pos += cnt;
+    }
+    for (int b = 0; b < B; b++) {
+        int k = start[lengths[b]]++;
+        perm[k] = b;
+        len[k] = lengths[b];
+    }
+    /* nact[s] = number of sequences longer than s: they are the first ones in sorted order */
+    int k = B;
+    for (int s = 0; s < T; s++) {
+        while (k > 0 && len[k - 1] <= s) k--;
+        nact[s] = k;
+    }
+    off[0] = 0;
+    for (int s = 0; s < T; s++) off[s + 1] = off[s] + (size_t)nact[s];
+    pl->perm = perm;
+    pl->len = len;
+    pl->nact = nact;
+    pl->off = off;
+    pl->S = len[0];
+    pl->N = off[T];
+    return FR_OK;
+}
+
+/* Gathers rows of a time-major (T, B, ld) array into compact order for steps [s0, s1):
+ * dst row (row(s) - base + k) = src[t, perm[k]] with t the time of step s (prev = 0) or of step s - 1
+ * (prev = 1: the state a step starts from; step 0 takes init[perm[k]], or zeros when init is NULL). */
+static void lstm_gather(const lstm_plan *pl, int s0, int s1, int prev,
+                        const real *src, int ld,  /* (T, B, ld) */
+                        const real *init,         /* (B, n) or NULL; used when prev */
+                        int n, real *dst)         /* (chunk rows, n) out */
+{
+    size_t base = lstm_chunk_base(pl, s0, s1);
+    for (int s = s0; s < s1; s++) {
+        real *d = dst + (lstm_row(pl, s) - base) * (size_t)n;
+        for (int k = 0, na = lstm_nact(pl, s); k < na; k++, d += n) {
+            int b = lstm_perm(pl, k);
+            if (prev && s == 0) {
+                if (init) memcpy(d, init + (size_t)b * n, (size_t)n * sizeof(real));
+                else memset(d, 0, (size_t)n * sizeof(real));
+            } else {
+                int t = lstm_time(pl, prev ? s - 1 : s, k);
+                memcpy(d, src + ((size_t)t * pl->B + b) * (size_t)ld, (size_t)n * sizeof(real));
+            }
+        }
+    }
+}
+
+/* Input projection for the compact rows of steps [s0, s1): dst = X_rows W_ih^T (biases are added in the
+ * cell, which saves a pass over the buffer).  Without lengths the rows are x's own rows, one GEMM in place;
+ * with lengths they are gathered into xs first. */
+static void lstm_input_proj(const lstm_plan *pl, int s0, int s1, int I, int H,
+                            const real *x,    /* (T, B, I) */
+                            const real *w_ih, /* (4H, I) */
+                            real *xs,         /* (chunk rows, I) scratch, used with lengths */
+                            real *dst)        /* (chunk rows, 4H) out */
+{
+    size_t base = lstm_chunk_base(pl, s0, s1);
+    const real *a = x + base * (size_t)I;
+    if (pl->perm) {
+        lstm_gather(pl, s0, s1, 0, x, I, NULL, I, xs);
+        a = xs;
+    }
+    fr_gemm(0, 1, (int)lstm_chunk_rows(pl, s0, s1), 4 * H, I, 1, a, I, w_ih, I, 0, dst, 4 * H);
+}
+
+/* ---- the cell, one row (one sequence at one step) ----------------------------------------------------- */
+
+static void lstm_row_forward(int H,
+                             real *z,          /* (4H) in: x W_ih^T + h W_hh^T; out: activated i, f, g, o */
+                             const real *bias, /* (4H) b_ih + b_hh, or NULL */
+                             real *c,          /* (H) in: c_{t-1}; out: c_t */
+                             real *m)          /* (H) out: o * tanh(c_t) */
+{
+    real *zi = z, *zf = z + H, *zg = z + 2 * H, *zo = z + 3 * H;
+    for (int j = 0; j < H; j++) {
+        real pi = zi[j], pf = zf[j], pg = zg[j], po = zo[j];
+        if (bias) {
+            pi += bias[j];
+            pf += bias[H + j];
+            pg += bias[2 * H + j];
+            po += bias[3 * H + j];
+        }
+        real i = fr_sigmoid(pi), f = fr_sigmoid(pf), g = fr_tanh(pg), o = fr_sigmoid(po);
+        real cj = f * c[j] + i * g;
+        zi[j] = i;
+        zf[j] = f;
+        zg[j] = g;
+        zo[j] = o;
+        c[j] = cj;
+        m[j] = o * fr_tanh(cj);
+    }
+}
+
+/* dL/dz for one row from the saved activations, and the c carry.  tanh(c_t) is recomputed rather than
+ * taped: one tanh per element is cheap next to the GEMMs, and it keeps the tape at 5H per row. */
+static void lstm_row_backward(int H,
+                              const real *a,  /* (4H) activated i, f, g, o of this step */
+                              const real *c,  /* (H) c_t */
+                              const real *cp, /* (H) c_{t-1}, or NULL for zeros */
+                              const real *dm, /* (H) dL/dm_t, m = o * tanh(c_t) */
+                              real *dc,       /* (H) in: dL/dc_t from later steps; out: dL/dc_{t-1} */
+                              real *dz)       /* (4H) out: dL/dz, gates i, f, g, o */
+{
+    const real one = 1;
+    for (int j = 0; j < H; j++) {
+        real i = a[j], f = a[H + j], g = a[2 * H + j], o = a[3 * H + j];
+        real th = fr_tanh(c[j]);
+        real dcj = dc[j] + dm[j] * o * (one - th * th);
+        real cpj = cp ? cp[j] : 0;
+        dz[j] = dcj * g * i * (one - i);
+        dz[H + j] = dcj * cpj * f * (one - f);
+        dz[2 * H + j] = dcj * i * (one - g * g);
+        dz[3 * H + j] = dm[j] * th * o * (one - o);
+        dc[j] = dcj * f;
+    }
+}
+
+/* ---- forward ------------------------------------------------------------------------------------------- */
+
+static size_t lstm_tape_len(int T, int B, int H, int P) {
+    size_t rows = (size_t)(T > 0 ? T : 0) * (size_t)(B > 0 ? B : 0);
+    return rows * (size_t)(5 * H + (P != H ? H : 0));
+}
+
+static int lstm_forward(int T, int B, int I, int H, int P, int reverse,
+                        const int *lengths, /* (B) or NULL */
+                        const real *x,      /* (T, B, I) */
+                        const real *h0,     /* (B, P) or NULL */
+                        const real *c0,     /* (B, H) or NULL */
+                        const real *w_ih,   /* (4H, I) */
+                        const real *w_hh,   /* (4H, P) */
+                        const real *b_ih,   /* (4H) or NULL */
+                        const real *b_hh,   /* (4H) or NULL */
+                        const real *w_hr,   /* (P, H), NULL when P == H */
+                        real *y, int ldy,   /* (T, B, ldy >= P) out */
+                        real *hn,           /* (B, P) out */
+                        real *cn,           /* (B, H) out */
+                        real *tape)         /* (lstm_tape_len) out, or NULL for inference */
+{
+    const int proj = P != H;
+    const size_t H4 = (size_t)4 * H;
+    const size_t TB = (size_t)(T > 0 ? T : 0) * (size_t)(B > 0 ? B : 0);
+    lstm_plan pl;
+    real *h = NULL;    /* (B, P) h state, sorted rows */
+    real *c = NULL;    /* (B, H) c state, sorted rows */
+    real *bias = NULL; /* (4H) b_ih + b_hh, NULL without bias */
+    real *xw = NULL;   /* (cs*B, 4H) input projection of a chunk (inference only; training uses the tape) */
+    real *xs = NULL;   /* (cs*B, I) gathered x of a chunk (lengths only) */
+    real *mb = NULL;   /* (B, H) m of a step (inference with projection; training uses the tape) */
+    real *tg = tape;                                  /* (T*B, 4H) tape: gates */
+    real *tc = tape ? tape + TB * H4 : NULL;          /* (T*B, H) tape: c */
+    real *tm = tape ? tc + TB * (size_t)H : NULL;     /* (T*B, H) tape: m, projection only */
+    int rc = FR_ENOMEM;
+
+    if (lstm_plan_init(&pl, T, B, reverse, lengths) != FR_OK) return FR_ENOMEM;
+
+    /* Steps per input-projection chunk: all of them when training without lengths (one GEMM straight
+     * into the tape); otherwise as many as fit the workspace target. */
+    int cs = pl.S;
+    if (tape == NULL || pl.perm != NULL) {
+        size_t per_step = (size_t)(B > 0 ? B : 1) * ((tape ? 0 : H4) + (pl.perm ? (size_t)I : 0));
+        size_t fit = LSTM_CHUNK_BYTES / sizeof(real) / (per_step > 0 ? per_step : 1);
+        if (fit < 1) fit = 1;
+        if (fit < (size_t)cs) cs = (int)fit;
+    }
+    size_t cap = (size_t)(cs > 0 ? cs : 1) * (size_t)(B > 0 ? B : 1); /* rows of one chunk, at most */
+
+    h = fr_alloc((size_t)B * P, 0);
+    c = fr_alloc((size_t)B * H, 0);
+    if (h == NULL || c == NULL) goto done;
+    if (b_ih || b_hh) {
+        if ((bias = fr_alloc(H4, 1)) == NULL) goto done;
+        for (size_t j = 0; j < H4; j++) bias[j] = (b_ih ? b_ih[j] : 0) + (b_hh ? b_hh[j] : 0);
+    }
+    if (tape == NULL && (xw = fr_alloc(cap * H4, 0)) == NULL) goto done;
+    if (pl.perm && (xs = fr_alloc(cap * (size_t)I, 0)) == NULL) goto done;
+    if (proj && tape == NULL && (mb = fr_alloc((size_t)B * H, 0)) == NULL) goto done;
+
+    /* initial state, in sorted order */
+    for (int k = 0; k < B; k++) {
+        int b = lstm_perm(&pl, k);
+        if (h0) memcpy(h + (size_t)k * P, h0 + (size_t)b * P, (size_t)P * sizeof(real));
+        else memset(h + (size_t)k * P, 0, (size_t)P * sizeof(real));
+        if (c0) memcpy(c + (size_t)k * H, c0 + (size_t)b * H, (size_t)H * sizeof(real));
+        else memset(c + (size_t)k * H, 0, (size_t)H * sizeof(real));
+    }
+
+    for (int s0 = 0; s0 < pl.S; s0 += cs) {
+        int s1 = s0 + cs < pl.S ? s0 + cs : pl.S;
+        size_t base = lstm_chunk_base(&pl, s0, s1);
+        real *zc = tape ? tg + base * H4 : xw; /* (chunk rows, 4H) pre-activations of the chunk */
+        lstm_input_proj(&pl, s0, s1, I, H, x, w_ih, xs, zc);
+
+        for (int s = s0; s < s1; s++) {
+            int n = lstm_nact(&pl, s); /* active rows: the first n of the sorted state */
+            size_t r0 = lstm_row(&pl, s);
+            real *z = zc + (r0 - base) * H4; /* (n, 4H) this step's rows */
+            /* recurrent product onto the input projection (h = 0 at the first step without h0) */
+            if (s > 0 || h0) fr_gemm(0, 1, n, (int)H4, P, 1, h, P, w_hh, P, 1, z, (int)H4);
+            /* m rows: the tape's with projection; without projection m is the new h itself, and h can
+             * be overwritten because the GEMM above has consumed it */
+            real *m = proj ? (tape ? tm + r0 * H : mb) : h; /* (n, H) */
+            for (int k = 0; k < n; k++) {
+                lstm_row_forward(H, z + k * H4, bias, c + (size_t)k * H, m + (size_t)k * H);
+                if (tape) memcpy(tc + (r0 + k) * H, c + (size_t)k * H, (size_t)H * sizeof(real));
+            }
+            if (proj) fr_gemm(0, 1, n, P, H, 1, m, H, w_hr, H, 0, h, P);
+            for (int k = 0; k < n; k++) {
+                size_t t = (size_t)lstm_time(&pl, s, k);
+                memcpy(y + (t * B + lstm_perm(&pl, k)) * ldy, h + (size_t)k * P, (size_t)P * sizeof(real));
+            }
+        }
+    }
+
+    /* padded steps of y are 0; inactive rows kept the state of their last valid step */
+    if (pl.perm) {
+        for (int k = 0; k < B; k++)
+            for (int t = pl.len[k]; t < T; t++)
+                memset(y + ((size_t)t * B + pl.perm[k]) * ldy, 0, (size_t)P * sizeof(real));
+    }
+    for (int k = 0; k < B; k++) {
+        int b = lstm_perm(&pl, k);
+        if (hn) memcpy(hn + (size_t)b * P, h + (size_t)k * P, (size_t)P * sizeof(real));
+        if (cn) memcpy(cn + (size_t)b * H, c + (size_t)k * H, (size_t)H * sizeof(real));
+    }
+    rc = FR_OK;
+
+done:
+    free(h);
+    free(c);
+    free(bias);
+    free(xw);
+    free(xs);
+    free(mb);
+    lstm_plan_free(&pl);
+    return rc;
+}
+
+/* ---- backward ------------------------------------------------------------------------------------------ */
+
+static int lstm_backward(int T, int B, int I, int H, int P, int reverse,
+                         const int *lengths,     /* (B) or NULL */
+                         const real *x,          /* (T, B, I) */
+                         const real *h0,         /* (B, P) or NULL */
+                         const real *c0,         /* (B, H) or NULL */
+                         const real *w_ih,       /* (4H, I) */
+                         const real *w_hh,       /* (4H, P) */
+                         const real *w_hr,       /* (P, H), NULL when P == H */
+                         const real *y, int ldy, /* (T, B, ldy) from the training forward */
+                         const real *tape,       /* (lstm_tape_len) from the training forward */
+                         const real *dy, int lddy, /* (T, B, lddy >= P) */
+                         const real *dhn,        /* (B, P) or NULL */
+                         const real *dcn,        /* (B, H) or NULL */
+                         real *dx, int dx_accumulate, /* (T, B, I) out, or NULL */
+                         real *dh0,              /* (B, P) out */
+                         real *dc0,              /* (B, H) out */
+                         real *dw_ih,            /* (4H, I) out */
+                         real *dw_hh,            /* (4H, P) out */
+                         real *db_ih,            /* (4H) out, or NULL */
+                         real *db_hh,            /* (4H) out, or NULL */
+                         real *dw_hr)            /* (P, H) out, NULL when P == H */
+{
+    const int proj = P != H;
+    const size_t H4 = (size_t)4 * H;
+    const size_t TB = (size_t)(T > 0 ? T : 0) * (size_t)(B > 0 ? B : 0);
+    const real *tg = tape;                  /* (T*B, 4H) tape: activated gates */
+    const real *tc = tape + TB * H4;        /* (T*B, H) tape: c */
+    const real *tm = tc + TB * (size_t)H;   /* (T*B, H) tape: m, projection only */
+    lstm_plan pl;
+    real *dz = NULL;  /* (N, 4H) dL/dz for every compact row; padding has no row */
+    real *dh = NULL;  /* (B, P) dL/dh carried backwards in time, sorted rows */
+    real *dc = NULL;  /* (B, H) dL/dc carried backwards in time, sorted rows */
+    real *dmb = NULL; /* (B, H) dL/dm of a step, projection only (without it dm = dh) */
+    real *dH = NULL;  /* (N, P) dL/dh of every row, projection only: dW_hr = dH^T M after the loop */
+    real *xs = NULL;  /* (cs*B, I) gathered x of a chunk (lengths only) */
+    real *hs = NULL;  /* (cs*B, P) gathered h_{t-1} of a chunk (lengths only) */
+    real *dxs = NULL; /* (cs*B, I) dx of a chunk before the scatter (lengths only) */
+    int rc = FR_ENOMEM;
+
+    if (lstm_plan_init(&pl, T, B, reverse, lengths) != FR_OK) return FR_ENOMEM;
+    const size_t N = pl.N;
+
+    if ((dz = fr_alloc(N * H4, 0)) == NULL) goto done;
+    if ((dh = fr_alloc((size_t)B * P, 0)) == NULL) goto done;
+    if ((dc = fr_alloc((size_t)B * H, 0)) == NULL) goto done;
+    if (proj && ((dmb = fr_alloc((size_t)B * H, 0)) == NULL || (dH = fr_alloc(N * (size_t)P, 0)) == NULL))
+        goto done;
+
+    /* the carries start from the gradients of the final state, in sorted order; a row keeps them until
+     * the backward loop reaches its last valid step */
+    for (int k = 0; k < B; k++) {
+        int b = lstm_perm(&pl, k);
+        if (dhn) memcpy(dh + (size_t)k * P, dhn + (size_t)b * P, (size_t)P * sizeof(real));
+        else memset(dh + (size_t)k * P, 0, (size_t)P * sizeof(real));
+        if (dcn) memcpy(dc + (size_t)k * H, dcn + (size_t)b * H, (size_t)H * sizeof(real));
+        else memset(dc + (size_t)k * H, 0, (size_t)H * sizeof(real));
+    }
+
+    for (int s = pl.S - 1; s >= 0; s--) {
+        int n = lstm_nact(&pl, s);
+        size_t r0 = lstm_row(&pl, s);
+        size_t rp = s > 0 ? lstm_row(&pl, s - 1) : 0; /* rows of the previous step: c_{t-1} */
+        /* dh_t = dy_t + the carry from step s + 1 */
+        for (int k = 0; k < n; k++) {
+            const real *d = dy + ((size_t)lstm_time(&pl, s, k) * B + lstm_perm(&pl, k)) * lddy;
+            real *e = dh + (size_t)k * P;
+            for (int j = 0; j < P; j++) e[j] += d[j];
+        }
+        const real *dm = dh; /* (n, H) dL/dm */
+        if (proj) {
+            memcpy(dH + r0 * P, dh, (size_t)n * P * sizeof(real));
+            fr_gemm(0, 0, n, H, P, 1, dh, P, w_hr, H, 0, dmb, H);
+            dm = dmb;
+        }
+        for (int k = 0; k < n; k++) {
+            const real *cp = s > 0 ? tc + (rp + k) * H : (c0 ? c0 + (size_t)lstm_perm(&pl, k) * H : NULL);
+            lstm_row_backward(H, tg + (r0 + k) * H4, tc + (r0 + k) * H, cp, dm + (size_t)k * H,
+                              dc + (size_t)k * H, dz + (r0 + k) * H4);
+        }
+        /* dh_{t-1} = dz_t W_hh: the carry into step s - 1 (at s = 0 it is dh0) */
+        fr_gemm(0, 0, n, P, (int)H4, 1, dz + r0 * H4, (int)H4, w_hh, P, 0, dh, P);
+    }
+
+    for (int k = 0; k < B; k++) {
+        int b = lstm_perm(&pl, k);
+        if (dh0) memcpy(dh0 + (size_t)b * P, dh + (size_t)k * P, (size_t)P * sizeof(real));
+        if (dc0) memcpy(dc0 + (size_t)b * H, dc + (size_t)k * H, (size_t)H * sizeof(real));
+    }
+
+    /* bias gradients: both biases enter z the same way, so both are the column sums of dz */
+    if (db_ih || db_hh) {
+        real *db = db_ih ? db_ih : db_hh;
+        memset(db, 0, H4 * sizeof(real));
+        for (size_t r = 0; r < N; r++) {
+            const real *d = dz + r * H4;
+            for (size_t j = 0; j < H4; j++) db[j] += d[j];
+        }
+        if (db_ih && db_hh) memcpy(db_hh, db_ih, H4 * sizeof(real));
+    }
+    if (proj && dw_hr) fr_gemm(1, 0, P, H, (int)N, 1, dH, P, tm, H, 0, dw_hr, H);
+
+    if (pl.perm == NULL) {
+        /* compact rows are x's and dx's own rows: one GEMM each */
+        if (dw_ih) fr_gemm(1, 0, (int)H4, I, (int)N, 1, dz, (int)H4, x, I, 0, dw_ih, I);
+        if (dx) fr_gemm(0, 0, (int)N, I, (int)H4, 1, dz, (int)H4, w_ih, I, dx_accumulate ? 1 : 0, dx, I);
+        /* dW_hh = sum_t dz_t^T h_{t-1}: h_{t-1} is y's previous time block in processing order (y[t-1]
+         * forward, y[t+1] in reverse), read in place with its stride ldy, plus h0 for the first step */
+        if (dw_hh) {
+            int K = (T - 1) * B; /* rows whose previous state is in y */
+            const real *dz_y = reverse ? dz : dz + (size_t)B * H4;
+            const real *y_prev = reverse ? y + (size_t)B * ldy : y;
+            fr_gemm(1, 0, (int)H4, P, K, 1, dz_y, (int)H4, y_prev, ldy, 0, dw_hh, P);
+            if (h0) {
+                const real *dz_0 = dz + (size_t)fr_time_index(0, T, reverse) * B * H4;
+                fr_gemm(1, 0, (int)H4, P, B, 1, dz_0, (int)H4, h0, P, 1, dw_hh, P);
+            }
+        }
+    } else {
+        /* with lengths, x, h_{t-1} and dx are gathered / scattered chunk by chunk (bounded memory), each
+         * chunk still a GEMM over many rows */
+        size_t widest = (size_t)(I > P ? I : P);
+        size_t fit = LSTM_CHUNK_BYTES / sizeof(real) / ((size_t)B * (widest > 0 ? widest : 1));
+        int cs = fit < 1 ? 1 : (fit < (size_t)pl.S ? (int)fit : pl.S);
+        size_t cap = (size_t)cs * B;
+        if (dw_ih && (xs = fr_alloc(cap * (size_t)I, 0)) == NULL) goto done;
+        if (dw_hh && (hs = fr_alloc(cap * (size_t)P, 0)) == NULL) goto done;
+        if (dx && (dxs = fr_alloc(cap * (size_t)I, 0)) == NULL) goto done;
+        if (dx && !dx_accumulate) /* padded rows of dx are 0; valid rows are written by the scatter */
+            for (int k = 0; k < B; k++)
+                for (int t = pl.len[k]; t < T; t++)
+                    memset(dx + ((size_t)t * B + pl.perm[k]) * I, 0, (size_t)I * sizeof(real));
+        for (int s0 = 0; s0 < pl.S; s0 += cs) {
+            int s1 = s0 + cs < pl.S ? s0 + cs : pl.S;
+            size_t base = lstm_chunk_base(&pl, s0, s1);
+            int rows = (int)lstm_chunk_rows(&pl, s0, s1);
+            const real *dzc = dz + base * H4; /* (rows, 4H) */
+            real beta = s0 > 0 ? 1 : 0;       /* the first chunk overwrites, the others add */
+            if (dw_ih) {
+                lstm_gather(&pl, s0, s1, 0, x, I, NULL, I, xs);
+                fr_gemm(1, 0, (int)H4, I, rows, 1, dzc, (int)H4, xs, I, beta, dw_ih, I);
+            }
+            if (dw_hh) {
+                lstm_gather(&pl, s0, s1, 1, y, ldy, h0, P, hs);
+                fr_gemm(1, 0, (int)H4, P, rows, 1, dzc, (int)H4, hs, P, beta, dw_hh, P);
+            }
+            if (dx) {
+                fr_gemm(0, 0, rows, I, (int)H4, 1, dzc, (int)H4, w_ih, I, 0, dxs, I);
+                for (int s = s0; s < s1; s++) {
+                    const real *d = dxs + (lstm_row(&pl, s) - base) * I;
+                    for (int k = 0, na = lstm_nact(&pl, s); k < na; k++, d += I) {
+                        real *e = dx + ((size_t)lstm_time(&pl, s, k) * B + pl.perm[k]) * I;
+                        if (dx_accumulate)
+                            for (int j = 0; j < I; j++) e[j] += d[j];
+                        else
+                            memcpy(e, d, (size_t)I * sizeof(real));
+                    }
+                }
+            }
+        }
+    }
+    rc = FR_OK;
+
+done:
+    free(dz);
+    free(dh);
+    free(dc);
+    free(dmb);
+    free(dH);
+    free(xs);
+    free(hs);
+    free(dxs);
+    lstm_plan_free(&pl);
+    return rc;
+}

@@ -1,0 +1,16 @@
+"""fastrnn: fast CPU kernels for RNN, LSTM and GRU, forward and backpropagation through time.
+
+    import fastrnn
+    lstm = fastrnn.LSTM(64, 128)
+    y, (h_n, c_n) = lstm(x)                       # x (T, B, 64) -> y (T, B, 128), as torch.nn.LSTM
+    y, state, tape = lstm.forward(x, train=True)
+    dx, dhx, grads = lstm.backward(tape, dy)
+
+See README.md for the contract.
+"""
+from ._core import cpu_has_avx2, get_isa, get_num_threads, set_isa, set_num_threads
+from .modules import GRU, LSTM, RNN, Tape
+
+__version__ = "0.1.0"
+__all__ = ["RNN", "LSTM", "GRU", "Tape", "get_isa", "set_isa", "cpu_has_avx2", "get_num_threads",
+           "set_num_threads"]
