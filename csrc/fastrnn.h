@@ -174,6 +174,9 @@ void fr_set_num_threads(int n);
                             real *dw_hh,          /* (3H, H) out */                                      \
                             real *db_ih,          /* (3H) out, or NULL */                                \
                             real *db_hh);         /* (3H) out, or NULL */                                \
+                                                                                                         \
+        /* The activations the kernels use, exposed for tests: y = sigmoid(x) (fn 0) or tanh(x) (fn 1). */ \
+        void (*activation)(int fn, const real *x, /* (n) */ real *y, /* (n) */ size_t n);              \
     } name;
 
 /* <complex.h> defines the macro I, which the prototypes use as a parameter name (the input size). */

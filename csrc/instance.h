@@ -3,6 +3,7 @@
  * (one of the files in csrc/isa/), collected into that instance's kernel table.
  */
 #include "common.h"
+#include "vmath.h"
 
 #include "rnn.c"
 #include "lstm.c"
@@ -15,4 +16,5 @@ const FR_TABLE_T FR_TABLE_NAME(FR_DTYPE_NAME, FR_ISA_NAME) = {
     rnn_tape_len,  rnn_forward,  rnn_backward,
     lstm_tape_len, lstm_forward, lstm_backward,
     gru_tape_len,  gru_forward,  gru_backward,
+    vmath_apply,
 };

@@ -39,6 +39,7 @@ cdef extern from "fastrnn.h" nogil:
         size_t (*gru_tape_len)(int T, int B, int H) noexcept nogil
         int (*gru_forward)(int T, int B, int I, int H, int reset_after, int reverse, const int *lengths, const float *x, const float *h0, const float *w_ih, const float *w_hh, const float *b_ih, const float *b_hh, float *y, int ldy, float *hn, float *tape) noexcept nogil
         int (*gru_backward)(int T, int B, int I, int H, int reset_after, int reverse, const int *lengths, const float *x, const float *h0, const float *w_ih, const float *w_hh, const float *y, int ldy, const float *tape, const float *dy, int lddy, const float *dhn, float *dx, int dx_accumulate, float *dh0, float *dw_ih, float *dw_hh, float *db_ih, float *db_hh) noexcept nogil
+        void (*activation)(int fn, const float *x, float *y, size_t n) noexcept nogil
     ctypedef struct fr_kernels_f64_t:
         size_t (*rnn_tape_len)(int T, int B, int H) noexcept nogil
         int (*rnn_forward)(int T, int B, int I, int H, int relu, int reverse, const int *lengths, const double *x, const double *h0, const double *w_ih, const double *w_hh, const double *b_ih, const double *b_hh, double *y, int ldy, double *hn, double *tape) noexcept nogil
@@ -49,6 +50,7 @@ cdef extern from "fastrnn.h" nogil:
         size_t (*gru_tape_len)(int T, int B, int H) noexcept nogil
         int (*gru_forward)(int T, int B, int I, int H, int reset_after, int reverse, const int *lengths, const double *x, const double *h0, const double *w_ih, const double *w_hh, const double *b_ih, const double *b_hh, double *y, int ldy, double *hn, double *tape) noexcept nogil
         int (*gru_backward)(int T, int B, int I, int H, int reset_after, int reverse, const int *lengths, const double *x, const double *h0, const double *w_ih, const double *w_hh, const double *y, int ldy, const double *tape, const double *dy, int lddy, const double *dhn, double *dx, int dx_accumulate, double *dh0, double *dw_ih, double *dw_hh, double *db_ih, double *db_hh) noexcept nogil
+        void (*activation)(int fn, const double *x, double *y, size_t n) noexcept nogil
     const fr_kernels_f32_t *fr_kernels_f32()
     const fr_kernels_f64_t *fr_kernels_f64()
 
@@ -252,3 +254,19 @@ def backward(int cell, int opt, int T, int B, int I, int H, int P, bint reverse,
                            fp[5], fp[6], ldy, fp[7], fp[8], lddy, fp[9], fp[10], fp[11], dx_accumulate,
                            fp[12], fp[13], fp[14], fp[15], fp[16], fp[17], fp[18])
     _check(rc)
+
+
+def activation(name, x):
+    """sigmoid or tanh of a float32/float64 array, computed by the kernels' own activation code of the ISA
+    in use (for tests of its accuracy)."""
+    cdef int fn = {"sigmoid": 0, "tanh": 1}[name]
+    cdef cnp.ndarray xa = cnp.PyArray_GETCONTIGUOUS(x)
+    cdef cnp.ndarray y = xa.copy()
+    cdef size_t n = xa.size
+    if cnp.PyArray_TYPE(xa) == cnp.NPY_FLOAT64:
+        fr_kernels_f64().activation(fn, <double *>cnp.PyArray_DATA(xa), <double *>cnp.PyArray_DATA(y), n)
+    elif cnp.PyArray_TYPE(xa) == cnp.NPY_FLOAT32:
+        fr_kernels_f32().activation(fn, <float *>cnp.PyArray_DATA(xa), <float *>cnp.PyArray_DATA(y), n)
+    else:
+        raise TypeError("activation: expected a float32 or float64 array")
+    return y

@@ -277,6 +277,31 @@ class _RNNBase:
 
     def _run(self, x, hx, lengths, train):
         xt, batched = self._prep_x(x)
+        if train and (xt is x or not xt.flags.owndata):
+            xt = xt.copy()  # the tape keeps x: the caller may reuse its buffer before calling backward
+        y, state, tape = self._run_time_major(xt, batched, hx, lengths, train)
+        return self._to_api_layout(y, batched), state, tape
+
+    def step(self, x_t, state=None):
+        """Advance one time step: x_t (B, I) (or unbatched (I,)) and the state as `hx` -> (y_t, new_state),
+        y_t (B, P) (or (P,)).  For streaming inference; equal to running the whole sequence at once."""
+        if self.bidirectional:
+            raise ValueError("step: a bidirectional layer needs the whole sequence; call the layer on it")
+        x = _as_float_array("x_t", x_t, self.dtype)
+        I = self.input_size
+        if x.ndim == 1:
+            _check_shape("x_t", x, (I,))
+        elif x.ndim == 2:
+            _check_shape("x_t", x, ("B", I))
+        else:
+            raise ValueError(f"x_t: expected shape (B, {I}) or ({I},), got {_shape_str(x.shape)}")
+        batched = x.ndim == 2
+        xt = np.ascontiguousarray(x.reshape((1, x.shape[0] if batched else 1, I)))
+        y, new_state, _ = self._run_time_major(xt, batched, state, None, False)
+        return (y[0] if batched else y[0, 0]), new_state
+
+    def _run_time_major(self, xt, batched, hx, lengths, train):
+        """The layers and directions over time-major contiguous xt (T, B, I); y comes back time-major."""
         T, B, _ = xt.shape
         state = self._prep_state("hx", hx, B, batched, allow_none_parts=False)
         h0, c0 = state if self._has_cell_state else (state, None)
@@ -287,8 +312,7 @@ class _RNNBase:
         f64 = dt == np.float64
         tape = None
         if train:
-            # The tape owns copies: the caller may reuse its x / hx buffers before calling backward.
-            xt = xt.copy() if (xt is x or not xt.flags.owndata) else xt
+            # The tape owns its copies of the initial state, as of x (see _run).
             h0 = None if h0 is None else h0.copy()
             c0 = None if c0 is None else c0.copy()
             tape = Tape(self, self._tape_key(T, B), T, B, batched, lens)
@@ -316,7 +340,7 @@ class _RNNBase:
                 inp = out * mask
             else:
                 inp = out
-        return self._to_api_layout(inp, batched), self._pack_state(hn, cn, batched), tape
+        return inp, self._pack_state(hn, cn, batched), tape
 
     def _tape_key(self, T, B):
         return (type(self).__name__, self.input_size, self.hidden_size, self.num_layers, self.bidirectional,

@@ -1,0 +1,111 @@
+/*
+ * vmath.h -- sigmoid and tanh over arrays, vectorised for AVX2 in float32.
+ *
+ * Included by instance.h after common.h, once per dtype and ISA.  Only the float32 AVX2 instance uses the
+ * polynomial approximations below; float64 (used for gradient checks, where exactness is the point) and
+ * the portable path call libm.
+ *
+ * Accuracy (tests/test_vmath.py measures it against float64 libm): exp within ~2 ulp on its range;
+ * sigmoid and tanh within a few ulp of the float32-rounded exact value, tanh keeping its relative accuracy
+ * near 0 (where tanh(x) = 2*sigmoid(2x) - 1 would lose it).  NaN in gives NaN out; +-inf saturate.
+ * No -ffast-math: the instructions are written out, so the compiler cannot reassociate them.
+ */
+#ifndef FR_VMATH_INSTANCE
+#define FR_VMATH_INSTANCE
+
+#if FR_AVX2 && !FR_DOUBLE
+#include <immintrin.h>
+
+/* exp(x) for x in [-87.3, 88.7] (callers clamp): x = n ln2 + r, |r| <= ln2/2, exp(r) by a degree-7
+ * polynomial (the Taylor coefficients: the remainder is below 0.1 ulp for |r| <= 0.35), times 2^n built in the exponent
+ * bits.  ln2 is split in two (hi + lo) so that r = x - n*ln2 is exact to float precision. */
+static inline __m256 vm_exp8(__m256 x) {
+    const __m256 log2e = _mm256_set1_ps(1.44269504088896341f);
+    const __m256 ln2_hi = _mm256_set1_ps(0.693359375f);
+    const __m256 ln2_lo = _mm256_set1_ps(-2.12194440e-4f);
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, ln2_hi, x);
+    r = _mm256_fnmadd_ps(n, ln2_lo, r);
+    __m256 p = _mm256_set1_ps(1.0f / 5040.0f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 720.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    /* 2^n: n + 127 in the exponent field; n is within [-126, 128] for the clamped range, and n = 128
+     * (x near 88.7) is handled by scaling twice. */
+    __m256i ni = _mm256_cvtps_epi32(n);
+    __m256i half = _mm256_srai_epi32(ni, 1);
+    __m256 s1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(half, _mm256_set1_epi32(127)), 23));
+    __m256 s2 = _mm256_castsi256_ps(
+        _mm256_slli_epi32(_mm256_add_epi32(_mm256_sub_epi32(ni, half), _mm256_set1_epi32(127)), 23));
+    return _mm256_mul_ps(_mm256_mul_ps(p, s1), s2);
+}
+
+/* sigmoid(x) = 1 / (1 + exp(-x)), with x clamped to where exp(-x) is finite and the result is not yet
+ * exactly 1 in float32 -- clamping with max/min in this operand order passes NaN through. */
+static inline __m256 vm_sigmoid8(__m256 x) {
+    __m256 xc = _mm256_max_ps(_mm256_set1_ps(-87.5f), x);
+    xc = _mm256_min_ps(_mm256_set1_ps(88.0f), xc);
+    __m256 e = vm_exp8(_mm256_sub_ps(_mm256_setzero_ps(), xc));
+    __m256 s = _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_add_ps(_mm256_set1_ps(1.0f), e));
+    /* Below ln(FLT_MIN) = -87.3365 the exact result is subnormal: give 0, as the kernels' flush-to-zero mode would. */
+    return _mm256_andnot_ps(_mm256_cmp_ps(x, _mm256_set1_ps(-87.3365f), _CMP_LT_OQ), s);
+}
+
+/* tanh(x): for |x| < 0.625 an odd minimax polynomial x + x^3 P(x^2) (Cephes' tanhf coefficients) keeps
+ * the relative accuracy near 0; above, 1 - 2 / (exp(2|x|) + 1) with the sign put back.  |x| is clamped at
+ * 9.1, past which tanh rounds to +-1 in float32. */
+static inline __m256 vm_tanh8(__m256 x) {
+    const __m256 sign_mask = _mm256_set1_ps(-0.0f);
+    __m256 ax = _mm256_andnot_ps(sign_mask, x);
+    __m256 sign = _mm256_and_ps(sign_mask, x);
+    /* small |x| */
+    __m256 z = _mm256_mul_ps(x, x);
+    __m256 p = _mm256_set1_ps(-5.70498872745e-3f);
+    p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(2.06390887954e-2f));
+    p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(-5.37397155531e-2f));
+    p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(1.33314422036e-1f));
+    p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(-3.33332819422e-1f));
+    __m256 small = _mm256_fmadd_ps(_mm256_mul_ps(p, z), x, x);
+    /* large |x| */
+    __m256 axc = _mm256_min_ps(_mm256_set1_ps(9.1f), ax);
+    __m256 e = vm_exp8(_mm256_add_ps(axc, axc));
+    __m256 large = _mm256_sub_ps(_mm256_set1_ps(1.0f),
+                                 _mm256_div_ps(_mm256_set1_ps(2.0f), _mm256_add_ps(e, _mm256_set1_ps(1.0f))));
+    large = _mm256_or_ps(large, sign);
+    /* NaN compares false, so NaN takes the small branch, which propagates it. */
+    __m256 use_large = _mm256_cmp_ps(ax, _mm256_set1_ps(0.625f), _CMP_GE_OQ);
+    return _mm256_blendv_ps(small, large, use_large);
+}
+#endif /* FR_AVX2 && !FR_DOUBLE */
+
+/* y[i] = sigmoid(x[i]) for i < n (in place allowed). */
+static void vm_sigmoid(const real *x, /* (n) */ real *y, /* (n) */ size_t n) {
+    size_t i = 0;
+#if FR_AVX2 && !FR_DOUBLE
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, vm_sigmoid8(_mm256_loadu_ps(x + i)));
+#endif
+    for (; i < n; i++) y[i] = fr_sigmoid(x[i]);
+}
+
+/* y[i] = tanh(x[i]) for i < n (in place allowed). */
+static void vm_tanh(const real *x, /* (n) */ real *y, /* (n) */ size_t n) {
+    size_t i = 0;
+#if FR_AVX2 && !FR_DOUBLE
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, vm_tanh8(_mm256_loadu_ps(x + i)));
+#endif
+    for (; i < n; i++) y[i] = fr_tanh(x[i]);
+}
+
+/* The table's entry for tests: fn 0 sigmoid, 1 tanh. */
+static void vmath_apply(int fn, const real *x, /* (n) */ real *y, /* (n) */ size_t n) {
+    if (fn == 0)
+        vm_sigmoid(x, y, n);
+    else
+        vm_tanh(x, y, n);
+}
+
+#endif /* FR_VMATH_INSTANCE */
