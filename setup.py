@@ -14,7 +14,7 @@ from setuptools import Extension, setup
 here = os.path.dirname(os.path.abspath(__file__))
 os.chdir(here)
 
-sources = ["fastrnn/_core.pyx", "csrc/gemm.c", "csrc/dispatch.c"] + sorted(glob.glob("csrc/isa/*.c"))
+sources = ["fastrnn/_core.pyx", "csrc/gemm.c", "csrc/dispatch.c", "csrc/threads.c"] + sorted(glob.glob("csrc/isa/*.c"))
 depends = sorted(glob.glob("csrc/*.h") + glob.glob("csrc/*.c"))
 
 ext = Extension(
@@ -26,7 +26,7 @@ ext = Extension(
     # -O3 for vectorisation; no -ffast-math (it breaks NaN propagation and the exactness tests rely on);
     # -fno-math-errno lets sqrt/exp inline without touching errno.
     extra_compile_args=["-O3", "-fno-math-errno", "-Wall", "-Wno-unused-function"],
-    extra_link_args=["-lm"],
+    extra_link_args=["-lm", "-pthread"],
 )
 
 setup(ext_modules=cythonize([ext], language_level=3, compiler_directives={"boundscheck": False,

@@ -1,5 +1,5 @@
 /*
- * dispatch.c -- which ISA's kernel table serves the calls, and the thread count.
+ * dispatch.c -- which ISA's kernel table serves the calls.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -43,7 +43,3 @@ const fr_kernels_f32_t *fr_kernels_f32(void) {
 const fr_kernels_f64_t *fr_kernels_f64(void) {
     return fr_get_isa() == FR_ISA_AVX2 ? &fr_kernels_f64_avx2 : &fr_kernels_f64_portable;
 }
-
-static int g_threads = 1;
-int fr_get_num_threads(void) { return g_threads; }
-void fr_set_num_threads(int n) { g_threads = n < 1 ? 1 : n; }

@@ -35,8 +35,10 @@
  */
 
 /* Workspace target for the chunked input projection / gathers: a few MB keeps inference memory bounded
- * whatever T is, while each chunk is still a GEMM of many rows. */
+ * whatever T is, while each chunk is still a GEMM of many rows.  Overridable (tests force tiny chunks). */
+#ifndef LSTM_CHUNK_BYTES
 #define LSTM_CHUNK_BYTES ((size_t)4 << 20)
+#endif
 
 /* ---- the row plan -------------------------------------------------------------------------------------- */
 

@@ -1,0 +1,219 @@
+/*
+ * threads.c -- the kernels' thread pool, barrier and floating-point mode.
+ *
+ * A kernel's time loop runs as one parallel region: fr_parallel(n, fn, ctx) calls fn(ctx, tid, n) on n
+ * threads, the caller being thread 0, and returns when all are done.  Inside, threads meet at
+ * fr_barrier_wait once or twice per time step, so the barrier spins (a sleep/wake costs tens of
+ * microseconds, a whole step at small sizes costs a few).  Workers persist between calls and sleep on a
+ * condition variable when idle, after spinning briefly so that back-to-back calls (layers, directions)
+ * do not pay a wake-up each.
+ *
+ * One region at a time: a caller that finds the pool busy (another Python thread's kernel) runs its
+ * region alone (n = 1), which is correct, only slower.  So kernels stay safe to call from many threads.
+ *
+ * Every thread of a region runs with denormals flushed (FTZ and DAZ): a recurrent network whose state
+ * decays would otherwise crawl through microcode assists.  The caller's mode is restored on return.
+ */
+#define _GNU_SOURCE /* sched_getaffinity */
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "threads.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define FR_X86 1
+#else
+#define FR_X86 0
+#endif
+
+#define FR_MAX_THREADS 64
+
+/* ---- floating-point mode -------------------------------------------------------------------------------- */
+unsigned fr_fpmode_enter(void) {
+#if FR_X86
+    unsigned old = _mm_getcsr();
+    _mm_setcsr(old | 0x8040u); /* FTZ (bit 15) | DAZ (bit 6) */
+    return old;
+#else
+    return 0;
+#endif
+}
+
+void fr_fpmode_leave(unsigned old) {
+#if FR_X86
+    _mm_setcsr(old);
+#else
+    (void)old;
+#endif
+}
+
+static inline void fr_pause(void) {
+#if FR_X86
+    _mm_pause();
+#endif
+}
+
+/* ---- barrier --------------------------------------------------------------------------------------------- */
+void fr_barrier_init(fr_barrier_t *b, int n) {
+    atomic_init(&b->arrived, 0);
+    atomic_init(&b->phase, 0);
+    b->n = n;
+}
+
+void fr_barrier_wait(fr_barrier_t *b) {
+    if (b->n <= 1) return;
+    /* Read the phase before arriving: the last thread to arrive can only advance it after everyone has
+     * read it, so nobody can miss the change. */
+    int phase = atomic_load_explicit(&b->phase, memory_order_acquire);
+    if (atomic_fetch_add_explicit(&b->arrived, 1, memory_order_acq_rel) == b->n - 1) {
+        atomic_store_explicit(&b->arrived, 0, memory_order_relaxed);
+        atomic_store_explicit(&b->phase, phase + 1, memory_order_release);
+        return;
+    }
+    unsigned spins = 0;
+    while (atomic_load_explicit(&b->phase, memory_order_acquire) == phase) {
+        fr_pause();
+        /* Only oversubscribed machines get here often; yield so the thread we wait for can run. */
+        if (++spins > 20000) {
+            sched_yield();
+            spins = 0;
+        }
+    }
+}
+
+/* ---- thread count ---------------------------------------------------------------------------------------- */
+static int usable_cpus(void) {
+#ifdef CPU_COUNT
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0) {
+        int n = CPU_COUNT(&set);
+        if (n > 0) return n;
+    }
+#endif
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int)n : 1;
+}
+
+static atomic_int g_threads = 0; /* 0: not chosen yet */
+
+int fr_get_num_threads(void) {
+    int n = atomic_load(&g_threads);
+    if (n > 0) return n;
+    const char *env = getenv("OMP_NUM_THREADS");
+    n = env ? atoi(env) : 0;
+    if (n <= 0) n = usable_cpus();
+    if (n > FR_MAX_THREADS) n = FR_MAX_THREADS;
+    atomic_store(&g_threads, n);
+    return n;
+}
+
+void fr_set_num_threads(int n) {
+    if (n < 1) n = 1;
+    if (n > FR_MAX_THREADS) n = FR_MAX_THREADS;
+    atomic_store(&g_threads, n);
+}
+
+/* ---- pool ------------------------------------------------------------------------------------------------- */
+static struct {
+    pthread_mutex_t busy;  /* held by the caller whose region runs */
+    pthread_mutex_t lock;  /* guards the sleep / wake-up hand-over below */
+    pthread_cond_t wake;
+    int nworkers;          /* workers started (thread ids 1..nworkers) */
+    atomic_int generation; /* bumped for every region */
+    atomic_int done;       /* workers finished with the current region */
+    fr_task_fn fn;
+    void *ctx;
+    int n;                 /* threads in the current region */
+} g_pool = {.busy = PTHREAD_MUTEX_INITIALIZER, .lock = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER};
+
+static void *worker_main(void *arg) {
+    int tid = (int)(size_t)arg;
+    int seen = atomic_load_explicit(&g_pool.generation, memory_order_acquire);
+    for (;;) {
+        /* Spin a little for the next region, then sleep. */
+        unsigned spins = 0;
+        int gen;
+        while ((gen = atomic_load_explicit(&g_pool.generation, memory_order_acquire)) == seen &&
+               ++spins < 50000)
+            fr_pause();
+        if (gen == seen) {
+            pthread_mutex_lock(&g_pool.lock);
+            while ((gen = atomic_load_explicit(&g_pool.generation, memory_order_acquire)) == seen)
+                pthread_cond_wait(&g_pool.wake, &g_pool.lock);
+            pthread_mutex_unlock(&g_pool.lock);
+        }
+        seen = gen;
+        if (tid < g_pool.n) {
+            unsigned mode = fr_fpmode_enter();
+            g_pool.fn(g_pool.ctx, tid, g_pool.n);
+            fr_fpmode_leave(mode);
+        }
+        atomic_fetch_add_explicit(&g_pool.done, 1, memory_order_acq_rel);
+    }
+    return NULL;
+}
+
+/* After fork() only the forking thread exists in the child: forget the workers (and a held lock). */
+static void pool_after_fork_child(void) {
+    pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
+    pthread_cond_t fresh_cond = PTHREAD_COND_INITIALIZER;
+    g_pool.busy = fresh;
+    g_pool.lock = fresh;
+    g_pool.wake = fresh_cond;
+    g_pool.nworkers = 0;
+}
+
+static pthread_once_t g_once = PTHREAD_ONCE_INIT;
+static void pool_init_once(void) { pthread_atfork(NULL, NULL, pool_after_fork_child); }
+
+/* Start workers up to n - 1 (called with `busy` held). */
+static void pool_grow(int n) {
+    while (g_pool.nworkers < n - 1) {
+        pthread_t t;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        int ok = pthread_create(&t, &attr, worker_main, (void *)(size_t)(g_pool.nworkers + 1)) == 0;
+        pthread_attr_destroy(&attr);
+        if (!ok) break;
+        g_pool.nworkers++;
+    }
+}
+
+int fr_parallel(int n, fr_task_fn fn, void *ctx) {
+    int max = fr_get_num_threads();
+    if (n > max) n = max;
+    if (n > 1) {
+        pthread_once(&g_once, pool_init_once);
+        if (pthread_mutex_trylock(&g_pool.busy) != 0) n = 1; /* another caller's region is running */
+    }
+    if (n <= 1) {
+        unsigned mode = fr_fpmode_enter();
+        fn(ctx, 0, 1);
+        fr_fpmode_leave(mode);
+        return 1;
+    }
+    pool_grow(n);
+    if (n > g_pool.nworkers + 1) n = g_pool.nworkers + 1;
+    g_pool.fn = fn;
+    g_pool.ctx = ctx;
+    g_pool.n = n;
+    atomic_store_explicit(&g_pool.done, 0, memory_order_relaxed);
+    pthread_mutex_lock(&g_pool.lock);
+    atomic_fetch_add_explicit(&g_pool.generation, 1, memory_order_acq_rel);
+    pthread_cond_broadcast(&g_pool.wake);
+    pthread_mutex_unlock(&g_pool.lock);
+
+    unsigned mode = fr_fpmode_enter();
+    fn(ctx, 0, n);
+    fr_fpmode_leave(mode);
+
+    /* Every worker, taking part or not, reports once per region: then none still reads fn/ctx. */
+    while (atomic_load_explicit(&g_pool.done, memory_order_acquire) < g_pool.nworkers) fr_pause();
+    pthread_mutex_unlock(&g_pool.busy);
+    return n;
+}

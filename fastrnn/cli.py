@@ -1,0 +1,156 @@
+"""The `fastrnn` command (also `python -m fastrnn`).
+
+    fastrnn bench [--cell lstm gru rnn] [--shapes quick|grid|deepbench|all|deepbench-full] [--threads 1 2]
+                  [--repeat N] [--budget S] [--json out.json] [--png out.png] [--no-peers]
+    fastrnn info
+"""
+import argparse
+import os
+import sys
+
+
+def _usable_cpus():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def _parser():
+    p = argparse.ArgumentParser(prog="fastrnn", description="fastrnn: fast CPU RNN/LSTM/GRU kernels.")
+    p.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    b = sub.add_parser("bench", help="check and time fastrnn against the peers installed (torch.nn, ONNX Runtime)",
+                       description="Check fastrnn against torch.nn (or a numpy reference), then time it beside "
+                                   "the peers installed, with the same number of threads for all, and print a "
+                                   "table: ms (median), GFLOP/s, %% of the measured sgemm peak, and the ratio "
+                                   "peer ms / fastrnn ms (> 1: fastrnn faster). A result that fails its check "
+                                   "is not timed (WRONG) and the exit status is 1.")
+    b.add_argument("--cell", nargs="+", choices=("lstm", "gru", "rnn"), default=["lstm", "gru", "rnn"],
+                   help="cells to run (default: all three; rnn includes the ReLU RNN of DeepBench)")
+    b.add_argument("--shapes", choices=("quick", "grid", "deepbench", "all", "deepbench-full"), default="quick",
+                   help="quick: 3 shapes (T,B,I,H) 100,1,64,128 / 100,16,64,128 / 50,64,512,512; grid: the 5 "
+                        "shapes of the issue; deepbench: a subset of DeepBench's training shapes that runs in "
+                        "minutes on 2 cores; all: grid + deepbench; deepbench-full: DeepBench's whole training "
+                        "set (hours). Default: quick")
+    b.add_argument("--threads", nargs="+", type=int, default=None,
+                   help=f"thread counts (default: the usable CPUs, here {_usable_cpus()})")
+    b.add_argument("--repeat", type=int, default=None, metavar="N",
+                   help="rounds per case (median over N rounds); default: as many as fit --budget, 3..15")
+    b.add_argument("--budget", type=float, default=4.0, metavar="S",
+                   help="seconds of timing per case and thread count when --repeat is not given (default 4)")
+    b.add_argument("--json", metavar="PATH", help="write every measurement, the machine and the peaks as JSON")
+    b.add_argument("--png", metavar="PATH", help="write a chart of the ratios (needs matplotlib)")
+    b.add_argument("--no-peers", action="store_true",
+                   help="time fastrnn only (torch, when installed, still serves as the correctness reference)")
+    b.add_argument("--tol", type=float, default=None, help="check tolerance, normwise relative (default 1e-3)")
+    b.add_argument("--seed", type=int, default=0, help="seed of the inputs and weights (default 0)")
+
+    sub.add_parser("info", help="version, kernel ISA, threads, BLAS and peers")
+    return p
+
+
+def _info():
+    from . import bench as fb
+    info = fb.machine_info()
+    print(f"fastrnn {info['fastrnn']}  (kernels: {info['fastrnn_isa']}, threads: {fb.get_num_threads()})")
+    print(f"cpu: {info['cpu']} ({info['usable_cpus']} usable of {info['cpu_count']})")
+    print("python {python}, numpy {numpy}, scipy {scipy}".format(**info))
+    for eng, why in fb.peers_available().items():
+        if eng != "fastrnn":
+            print(f"peer {fb.ENGINE_NAMES[eng]}: {why or 'available'}")
+    for pool in info.get("thread_pools", []):
+        print(f"thread pool: {pool.get('internal_api')} {pool.get('version')} ({pool.get('user_api')}), "
+              f"{pool.get('num_threads')} threads, {pool.get('prefix')}")
+    return 0
+
+
+def _bench(args):
+    from . import bench as fb
+
+    threads = args.threads or [_usable_cpus()]
+    if any(t < 1 for t in threads):
+        print("fastrnn bench: --threads must be >= 1", file=sys.stderr)
+        return 2
+    if args.repeat is not None and args.repeat < 1:
+        print("fastrnn bench: --repeat must be >= 1", file=sys.stderr)
+        return 2
+    case_list = fb.cases(args.cell, args.shapes)
+    avail = fb.peers_available()
+    engines = ["fastrnn"] if args.no_peers else [e for e in fb.ENGINES if avail[e] is None]
+    tol = fb.TOLERANCE if args.tol is None else args.tol
+
+    info = fb.machine_info()
+    print(f"fastrnn {info['fastrnn']} bench: {len(case_list)} cases x threads {threads}; kernels {info['fastrnn_isa']}; "
+          f"{info['cpu']} ({info['usable_cpus']} usable CPUs)")
+    print("versions: " + ", ".join(f"{k} {info[k]}" for k in ("numpy", "scipy", "torch", "onnxruntime", "onnx")
+                                    if info.get(k)))
+    for eng in ("torch", "ort"):
+        if args.no_peers:
+            print(f"peer {fb.ENGINE_NAMES[eng]}: not timed (--no-peers)")
+        elif avail[eng]:
+            print(f"peer {fb.ENGINE_NAMES[eng]}: not timed ({avail[eng]})")
+    ref = "torch.nn autograd (float32)" if avail["torch"] is None else "numpy float64 (no torch installed)"
+    print(f"checked before timing against {ref}, normwise tolerance {tol:.0e}")
+    print(f"threads: {fb.thread_control_note()}")
+    la, ncpu = fb.load_average()
+    if la is not None:
+        busy = la > 0.75
+        print(f"load average before the run: {la:.2f} on {ncpu} CPUs" +
+              (" -- OTHER PROCESSES ARE USING THE CPUS: timings (especially multi-threaded ones, whose threads "
+               "wait on each other) are unreliable; rerun on an idle machine" if busy else ""))
+    peaks = {}
+    for t in threads:
+        peaks[t] = fb.sgemm_peak(t)
+        p = peaks[t]
+        print(f"sgemm peak, {t} thread{'s' if t > 1 else ''}: {p['gflops']:.1f} GFLOP/s (numpy {p['numpy']:.1f}, "
+              f"scipy {p['scipy']:.1f}; best of 3, n={p['size']})")
+    print()
+    print(fb.format_header(), flush=True)
+    notes = []
+
+    def on_row(row):
+        print(fb.format_row(row), flush=True)
+
+    def on_note(msg):
+        notes.append(msg)
+        print("  !! " + msg, flush=True)
+
+    rows = fb.run(case_list, threads, engines=engines, rounds=args.repeat, budget=args.budget, tol=tol,
+                  seed=args.seed, on_row=on_row, on_note=on_note)
+    print()
+    print(fb.TABLE_LEGEND)
+    if args.json:
+        fb.write_json(args.json, rows, peaks, failures=notes)
+        print(f"JSON written to {args.json}")
+    if args.png:
+        try:
+            fb.plot(rows, args.png)
+            print(f"chart written to {args.png}")
+        except ImportError as e:
+            print(f"--png: {e}", file=sys.stderr)
+    fr_wrong = [r for r in rows if r["engines"].get("fastrnn", {}).get("ok") is False]
+    if notes:
+        print(f"{len(notes)} result(s) failed the correctness check and were not timed "
+              f"({len(fr_wrong)} of fastrnn).", file=sys.stderr)
+    return 1 if fr_wrong else 0
+
+
+def main(argv=None):
+    p = _parser()
+    args = p.parse_args(argv)
+    if args.version:
+        from . import __version__
+        print(f"fastrnn {__version__}")
+        return 0
+    if args.command == "bench":
+        return _bench(args)
+    if args.command == "info":
+        return _info()
+    p.print_help()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

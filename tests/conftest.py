@@ -1,0 +1,43 @@
+"""pytest configuration: import path, markers, the ISA fixture, and the end-of-run error summary."""
+
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import helpers  # noqa: E402
+
+ISAS = ["portable", "avx2"]
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "options: multi-layer / bidirectional / proj / lengths / dropout cases")
+
+
+@pytest.fixture(params=ISAS)
+def isa(request):
+    """Run the test once per ISA path, restoring the ISA in use afterwards."""
+    import fastrnn
+    if request.param == "avx2" and not fastrnn.cpu_has_avx2():
+        pytest.skip("this CPU has no AVX2+FMA")
+    previous = fastrnn.get_isa()
+    fastrnn.set_isa(request.param)
+    assert fastrnn.get_isa() == request.param, f"set_isa({request.param!r}) left {fastrnn.get_isa()!r}"
+    try:
+        yield request.param
+    finally:
+        fastrnn.set_isa(previous)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if not helpers.RECORD:
+        return
+    tr = terminalreporter
+    tr.section("fastrnn: largest errors seen (normwise relative; tolerance from tests/helpers.py)")
+    for (suite, dtype), r in sorted(helpers.RECORD.items()):
+        tr.write_line(f"{suite:<22} {dtype:<8} max rel err {r['max_rel']:.3e} (tol there {r['tol_at_max']:.2e})"
+                      f" at {r['name_at_max']}")
+        tr.write_line(f"{'':<22} {'':<8} max err/tol {r['max_ratio']:.3f} at {r['name_at_ratio']}"
+                      f"  [{r['count']} comparisons]")

@@ -1,0 +1,394 @@
+"""fastrnn layers against the numpy float64 reference (tests/reference.py), on both ISA paths, in float32
+and float64: inference forward, training forward, backward (dx, dhx, every parameter gradient)."""
+
+import numpy as np
+import pytest
+
+import fastrnn
+import reference as ref
+from helpers import (VARIANTS, Case, assert_close, assert_grads_close, assert_state_close, fastrnn_layer,
+                     fastrnn_run, from_api_seq, lengths_kw, random_data, random_lengths, random_params,
+                     reference_run, to_api_seq, to_api_state)
+
+DTYPES = [np.float32, np.float64]
+DT_IDS = ["f32", "f64"]
+REC = "kernels vs reference"
+
+
+def _check_dtype(value, dtype, name):
+    if isinstance(value, tuple):
+        for v in value:
+            _check_dtype(v, dtype, name)
+    else:
+        assert isinstance(value, np.ndarray) and value.dtype == np.dtype(dtype), \
+            f"{name}: expected an ndarray of {np.dtype(dtype).name}, got {getattr(value, 'dtype', type(value))}"
+
+
+def _state_shape_of(value):
+    return tuple(v.shape for v in value) if isinstance(value, tuple) else value.shape
+
+
+def compare(case, dtype, got, want, masks_used=False):
+    d = case.depth
+    if not masks_used:
+        assert_close(got["infer_y"], want["y"], dtype, d, f"{case} inference y", record=REC)
+        assert_state_close(got["infer_state"], want["state"], dtype, d, f"{case} inference state", record=REC)
+    assert_close(got["y"], want["y"], dtype, d, f"{case} train y", record=REC)
+    assert_state_close(got["state"], want["state"], dtype, d, f"{case} train state", record=REC)
+    if "dx" in got:
+        assert_close(got["dx"], want["dx"], dtype, d, f"{case} dx", record=REC)
+        if case.with_hx:
+            assert_state_close(got["dhx"], want["dhx"], dtype, d, f"{case} dhx", record=REC)
+        else:   # zeros-shaped: like the state
+            assert _state_shape_of(got["dhx"]) == _state_shape_of(want["dhx"]), f"{case} dhx shape"
+        assert_grads_close(got["grads"], want["grads"], dtype, d, f"{case} grads", record=REC)
+        for k in ("dx", "dhx"):
+            _check_dtype(got[k], dtype, f"{case} {k}")
+        for k, g in got["grads"].items():
+            _check_dtype(g, dtype, f"{case} grads[{k}]")
+    for k in ("infer_y", "infer_state", "y", "state"):
+        _check_dtype(got[k], dtype, f"{case} {k}")
+
+
+def check(case, dtype, seed=0):
+    params = random_params(case, dtype, seed=seed)
+    data = random_data(case, dtype, seed=seed + 1)
+    want = reference_run(case, params, data)
+    layer = fastrnn_layer(case, dtype, params)
+    got = fastrnn_run(case, layer, data, dtype)
+    compare(case, dtype, got, want)
+    return layer, data, got
+
+
+# ---- single layer, one direction: every cell, varied shapes ------------------------------------------------
+
+SHAPES = [  # (T, B, I, H)
+    (1, 1, 3, 5),
+    (7, 1, 5, 8),
+    (4, 3, 8, 16),
+    (5, 4, 7, 13),
+    (3, 2, 17, 32),
+    (2, 5, 1, 9),
+    (6, 3, 9, 2),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("shape", SHAPES, ids=["T{}_B{}_I{}_H{}".format(*s) for s in SHAPES])
+@pytest.mark.parametrize("with_hx", [True, False], ids=["hx", "nohx"])
+def test_single_layer(isa, dtype, variant, shape, with_hx):
+    T, B, I, H = shape
+    check(Case.variant(variant, T=T, B=B, I=I, H=H, with_hx=with_hx), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_no_bias(isa, dtype, variant):
+    check(Case.variant(variant, T=4, B=3, I=5, H=7, bias=False), dtype)
+
+
+LARGER = [(5, 1, 24, 128), (4, 33, 20, 40), (3, 64, 16, 96)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
+@pytest.mark.parametrize("variant", ["rnn_tanh", "lstm", "lstm_proj", "gru", "gru_reset_before"])
+@pytest.mark.parametrize("shape", LARGER, ids=["T{}_B{}_I{}_H{}".format(*s) for s in LARGER])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_larger_shapes_and_threads(isa, dtype, variant, shape, threads):
+    """Shapes big enough for the blocked / threaded paths (hidden-unit split at B=1, batch split)."""
+    T, B, I, H = shape
+    previous = fastrnn.get_num_threads()
+    fastrnn.set_num_threads(threads)
+    try:
+        proj = dict(proj_size=37) if variant == "lstm_proj" else {}
+        check(Case.variant(variant, T=T, B=B, I=I, H=H, **proj), dtype)
+    finally:
+        fastrnn.set_num_threads(previous)
+
+
+# ---- layouts: batch_first, unbatched, non-contiguous -------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_batch_first(isa, dtype, variant):
+    case = Case.variant(variant, T=5, B=3, I=4, H=6, batch_first=True)
+    layer, data, got = check(case, dtype)
+    # the same numbers as the time-major layer
+    tm = case.but(batch_first=False)
+    layer_tm = fastrnn_layer(tm, dtype, {k: v for k, v in layer.state_dict().items()})
+    got_tm = fastrnn_run(tm, layer_tm, data, dtype)
+    for k in ("y", "dx"):
+        np.testing.assert_array_equal(got[k], got_tm[k], err_msg=f"{case} {k}: batch_first != time-major")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("with_hx", [True, False], ids=["hx", "nohx"])
+def test_unbatched(isa, dtype, variant, with_hx):
+    case = Case.variant(variant, T=6, B=1, I=4, H=5, unbatched=True, with_hx=with_hx)
+    layer, data, got = check(case, dtype)
+    raw_y = got["raw_y"]
+    assert raw_y.shape == (case.T, case.D * case.P)
+
+
+@pytest.mark.options
+@pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_unbatched_multilayer_bidirectional(isa, dtype, variant):
+    check(Case.variant(variant, T=4, B=1, I=3, H=5, unbatched=True, num_layers=2, bidirectional=True), dtype)
+
+
+def _strided(a, rng):
+    """A non-contiguous view holding the same values as `a`: every other element of a wider array, with the
+    axes reversed in memory."""
+    a = np.asarray(a)
+    big = rng.standard_normal(a.shape[::-1] + (2,)).astype(a.dtype)
+    view = big[..., 0].T           # transposed: non-contiguous
+    view[...] = a
+    assert not view.flags.c_contiguous and np.array_equal(view, a)
+    return view
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_noncontiguous_inputs_give_identical_results(isa, dtype, variant, batch_first):
+    case = Case.variant(variant, T=5, B=3, I=4, H=6, batch_first=batch_first, num_layers=2)
+    params = random_params(case, dtype, seed=2)
+    data = random_data(case, dtype, seed=3)
+    layer = fastrnn_layer(case, dtype, params)
+    rng = np.random.default_rng(0)
+    x = to_api_seq(case, data.x, dtype)
+    hx = to_api_state(case, data.hx, dtype)
+    dy = to_api_seq(case, data.dy, dtype)
+    ds = to_api_state(case, data.dstate, dtype)
+
+    def strided_state(s):
+        return tuple(_strided(v, rng) for v in s) if isinstance(s, tuple) else _strided(s, rng)
+
+    runs = []
+    for xx, hh, dd, ss in [(x, hx, dy, ds), (_strided(x, rng), strided_state(hx), _strided(dy, rng),
+                                              strided_state(ds))]:
+        y_inf, st_inf = layer(xx, hh)
+        y, st, tape = layer.forward(xx, hh, train=True)
+        dx, dhx, grads = layer.backward(tape, dd, ss)
+        runs.append((y_inf, st_inf, y, st, dx, dhx, grads))
+    for name, a, b in zip(("inference y", "inference state", "y", "state", "dx", "dhx", "grads"), *runs):
+        if isinstance(a, dict):
+            for k in a:
+                np.testing.assert_array_equal(a[k], b[k], err_msg=f"{case} grads[{k}]")
+        elif isinstance(a, tuple):
+            for u, v in zip(a, b):
+                np.testing.assert_array_equal(u, v, err_msg=f"{case} {name}")
+        else:
+            np.testing.assert_array_equal(a, b, err_msg=f"{case} {name}")
+
+
+@pytest.mark.parametrize("variant", ["rnn_relu", "lstm_proj", "gru"])
+def test_inputs_untouched_and_outputs_not_aliased(variant):
+    dtype = np.float32
+    case = Case.variant(variant, T=4, B=2, I=3, H=5)
+    params = random_params(case, dtype, seed=4)
+    data = random_data(case, dtype, seed=5)
+    layer = fastrnn_layer(case, dtype, params)
+    x = to_api_seq(case, data.x, dtype)
+    hx = to_api_state(case, data.hx, dtype)
+    dy = to_api_seq(case, data.dy, dtype)
+    ds = to_api_state(case, data.dstate, dtype)
+    keep = [a.copy() for a in (x, dy)]
+    y, st, tape = layer.forward(x, hx, train=True)
+    # the caller reuses its buffers before backward: the tape must not depend on them
+    x_before = x.copy()
+    x[...] = 7.0
+    if isinstance(hx, tuple):
+        for h in hx:
+            h[...] = -3.0
+    else:
+        hx[...] = -3.0
+    dx, dhx, grads = layer.backward(tape, dy, ds)
+    want = reference_run(case, params, data)
+    assert_close(from_api_seq(case, dx), want["dx"], dtype, case.depth, f"{case} dx after x reuse")
+    assert_grads_close(grads, want["grads"], dtype, case.depth, f"{case} grads after x reuse")
+    np.testing.assert_array_equal(dy, keep[1])
+    # outputs never alias inputs
+    x[...] = x_before
+    y2, st2 = layer(x)
+    for out in (y2, dx):
+        assert not np.shares_memory(out, x) and not np.shares_memory(out, dy)
+    # a second backward on the same tape gives the same gradients
+    dx2, _, grads2 = layer.backward(tape, dy, ds)
+    np.testing.assert_array_equal(dx2, dx)
+    for k in grads:
+        np.testing.assert_array_equal(grads2[k], grads[k])
+
+
+# ---- the options (multi-layer, bidirectional, proj, lengths, dropout): separate tests ----------------------
+
+@pytest.mark.options
+@pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("num_layers", [2, 3])
+def test_multilayer(isa, dtype, variant, num_layers):
+    check(Case.variant(variant, T=5, B=3, I=4, H=7, num_layers=num_layers), dtype)
+
+
+@pytest.mark.options
+@pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("shape", [(1, 1, 2, 3), (6, 3, 5, 8)], ids=["T1_B1", "T6_B3"])
+def test_bidirectional(isa, dtype, variant, shape):
+    T, B, I, H = shape
+    check(Case.variant(variant, T=T, B=B, I=I, H=H, bidirectional=True), dtype)
+
+
+@pytest.mark.options
+@pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
+@pytest.mark.parametrize("P,H", [(1, 2), (3, 8), (7, 8), (5, 17)])
+@pytest.mark.parametrize("num_layers,bidirectional", [(1, False), (2, True)])
+def test_projection(isa, dtype, P, H, num_layers, bidirectional):
+    check(Case(cell="lstm", T=5, B=3, I=4, H=H, proj_size=P, num_layers=num_layers,
+               bidirectional=bidirectional), dtype)
+
+
+LENGTHS = [(5, 1, 3), (1, 1, 1), (5, 5, 5), (2, 5, 4)]
+
+
+@pytest.mark.options
+@pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("lengths", LENGTHS, ids=["len" + "-".join(map(str, v)) for v in LENGTHS])
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bidir"])
+def test_lengths(isa, dtype, variant, lengths, bidirectional):
+    case = Case.variant(variant, T=5, B=3, I=4, H=6, lengths=lengths, bidirectional=bidirectional)
+    _, _, got = check(case, dtype)
+    for b, n in enumerate(lengths):   # padded outputs are exactly zero, their dx too
+        assert np.all(got["y"][n:, b] == 0) and np.all(got["infer_y"][n:, b] == 0)
+        assert np.all(got["dx"][n:, b] == 0)
+
+
+@pytest.mark.options
+@pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_lengths_batch_first_multilayer(isa, dtype, variant):
+    check(Case.variant(variant, T=6, B=4, I=3, H=5, lengths=(6, 2, 1, 4), num_layers=2, bidirectional=True,
+                       batch_first=True, with_hx=False), dtype)
+
+
+@pytest.mark.options
+@pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_all_options_together(isa, dtype, variant):
+    rng = np.random.default_rng(11)
+    case = Case.variant(variant, T=6, B=5, I=5, H=9, num_layers=3, bidirectional=True, bias=False,
+                        lengths=random_lengths(rng, 6, 5), proj_size=4)
+    check(case, dtype)
+
+
+# ---- dropout ---------------------------------------------------------------------------------------------
+
+def _dropout_case(variant, **kw):
+    opts = dict(T=6, B=4, I=5, H=16, num_layers=3, dropout=0.3)
+    opts.update(kw)
+    return Case.variant(variant, **opts)
+
+
+@pytest.mark.options
+@pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("opts", [dict(), dict(bidirectional=True, lengths=(6, 2, 5, 1)),
+                                  dict(batch_first=True, num_layers=2)],
+                         ids=["L3", "L3_bidir_lengths", "L2_batch_first"])
+def test_dropout_training_matches_reference_with_tape_masks(isa, dtype, variant, opts):
+    case = _dropout_case(variant, **opts)
+    params = random_params(case, dtype, seed=21)
+    data = random_data(case, dtype, seed=22)
+    layer = fastrnn_layer(case, dtype, params, seed=1)
+    got = fastrnn_run(case, layer, data, dtype)
+    masks = got["tape"].masks
+    assert len(masks) == case.num_layers - 1
+    p = case.dropout
+    for m in masks:
+        m = np.asarray(m)
+        assert m.shape == (case.T, case.B, case.D * case.P)
+        scale = np.asarray(1.0 / (1.0 - p), dtype=dtype)
+        assert np.all((m == 0) | (m == scale)), f"mask values {np.unique(m)}"
+        frac = float(np.mean(m == 0))
+        assert abs(frac - p) < 0.1, f"dropped fraction {frac:.3f}, expected about {p}"
+    ref_masks = [np.asarray(m, dtype=np.float64) for m in masks]
+    want = reference_run(case, params, data, masks=ref_masks)
+    compare(case, dtype, got, want, masks_used=True)
+    # inference applies no dropout
+    want_inf = reference_run(case, params, data)
+    assert_close(got["infer_y"], want_inf["y"], dtype, case.depth, f"{case} inference y", record=REC)
+    assert_state_close(got["infer_state"], want_inf["state"], dtype, case.depth, f"{case} inference state")
+    assert np.abs(got["y"] - want_inf["y"]).max() > 1e-3, "the training forward applied no dropout"
+
+
+@pytest.mark.options
+@pytest.mark.parametrize("variant", ["lstm", "gru", "rnn_tanh"])
+def test_dropout_masks_follow_seed(variant):
+    dtype = np.float32
+    case = _dropout_case(variant)
+    data = random_data(case, dtype, seed=23)
+    x = to_api_seq(case, data.x, dtype)
+    a = fastrnn_layer(case, dtype, seed=1)
+    b = fastrnn_layer(case, dtype, seed=1)
+    c = fastrnn_layer(case, dtype, seed=2)
+    ma = a.forward(x, train=True)[2].masks
+    mb = b.forward(x, train=True)[2].masks
+    mc = c.forward(x, train=True)[2].masks
+    for u, v in zip(ma, mb):
+        np.testing.assert_array_equal(u, v, err_msg="same seed, different dropout masks")
+    assert any(not np.array_equal(u, v) for u, v in zip(ma, mc)), "different seeds, same dropout masks"
+    # fresh masks on every training forward, as torch draws them
+    ma2 = a.forward(x, train=True)[2].masks
+    assert any(not np.array_equal(u, v) for u, v in zip(ma, ma2)), "two training forwards drew the same masks"
+
+
+def test_dropout_from_constructor_lstm():
+    """The exact form of the brief: fastrnn.LSTM(..., num_layers=2, dropout=0.3, seed=1)."""
+    layer = fastrnn.LSTM(4, 8, num_layers=2, dropout=0.3, seed=1)
+    x = np.random.default_rng(0).standard_normal((5, 3, 4)).astype(np.float32)
+    y, (h, c), tape = layer.forward(x, train=True)
+    assert len(tape.masks) == 1 and np.asarray(tape.masks[0]).shape == (5, 3, 8)
+    y_inf, _ = layer(x)
+    y_inf2, _ = layer(x)
+    np.testing.assert_array_equal(y_inf, y_inf2)   # inference is deterministic
+
+
+def test_no_dropout_means_no_masks():
+    layer = fastrnn.GRU(3, 4, num_layers=2, seed=0)
+    tape = layer.forward(np.ones((2, 1, 3)), train=True)[2]
+    assert not tape.masks
+
+
+# ---- step ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("num_layers", [1, 2])
+@pytest.mark.parametrize("with_hx", [True, False], ids=["hx", "nohx"])
+@pytest.mark.parametrize("unbatched", [False, True], ids=["batched", "unbatched"])
+def test_step_equals_sequence(isa, dtype, variant, num_layers, with_hx, unbatched):
+    case = Case.variant(variant, T=5, B=1 if unbatched else 3, I=4, H=6, num_layers=num_layers,
+                        with_hx=with_hx, unbatched=unbatched)
+    params = random_params(case, dtype, seed=31)
+    data = random_data(case, dtype, seed=32)
+    layer = fastrnn_layer(case, dtype, params)
+    x = to_api_seq(case, data.x, dtype)
+    hx = to_api_state(case, data.hx, dtype)
+    y, state = layer(x, hx)
+    st = hx
+    for t in range(case.T):
+        y_t, st = layer.step(x[t], st)
+        assert y_t.shape == y[t].shape, f"step y_t shape {y_t.shape}, expected {y[t].shape}"
+        assert_close(y_t, y[t], dtype, case.depth, f"{case} step {t} y_t", record="step vs sequence")
+    assert_state_close(st, state, dtype, case.depth, f"{case} step final state")
+    _check_dtype(st, dtype, "step state")
+
+
+def test_step_bidirectional_is_value_error():
+    layer = fastrnn.LSTM(3, 4, bidirectional=True)
+    with pytest.raises(ValueError):
+        layer.step(np.zeros((2, 3), np.float32))
