@@ -5,7 +5,11 @@ import sys
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+_TESTS = os.path.dirname(os.path.abspath(__file__))
+
+
+# helpers.py and reference.py sit beside this file.
+sys.path.insert(0, _TESTS)
 
 import helpers  # noqa: E402
 
@@ -14,6 +18,8 @@ ISAS = ["portable", "avx2"]
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "options: multi-layer / bidirectional / proj / lengths / dropout cases")
+    config.addinivalue_line("filterwarnings",
+                            "ignore:LSTM with projections is not supported with oneDNN:UserWarning")
 
 
 @pytest.fixture(params=ISAS)

@@ -381,6 +381,10 @@ def torch_dtype(dtype):
 def torch_module(case, dtype, params=None):
     """torch.nn.RNN/LSTM/GRU with the case's options (no reset_after=False in torch)."""
     import torch
+    # One intra-op thread: these shapes are tiny, and on a loaded 2-core CI machine torch's spinning OpenMP
+    # threads cost more than the work (seconds per case).  Numerics do not depend on it.
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
     assert case.reset_after, "torch has no reset_after=False GRU"
     cls = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[case.cell]
     kw = dict(num_layers=case.num_layers, bias=case.bias, batch_first=case.batch_first,

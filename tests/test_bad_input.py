@@ -95,11 +95,10 @@ def test_float64_input_is_cast_to_float32_layer(cls):
     np.testing.assert_array_equal(y, layer(x.astype(F32))[0])
 
 
-@pytest.mark.parametrize("relu", [False, True], ids=["default", "relu"])
-def test_nan_in_x_propagates(cls, relu):
-    if relu and cls is not fastrnn.RNN:
-        pytest.skip("relu is an RNN option")
-    layer = cls(4, 6, seed=0, **(dict(nonlinearity="relu") if relu else {}))
+@pytest.mark.parametrize("name,relu", [("RNN", False), ("RNN", True), ("LSTM", False), ("GRU", False)],
+                         ids=["RNN", "RNN_relu", "LSTM", "GRU"])
+def test_nan_in_x_propagates(name, relu):
+    layer = getattr(fastrnn, name)(4, 6, seed=0, **(dict(nonlinearity="relu") if relu else {}))
     x = rnd(5, 2, 4)
     x[2, 1, 0] = np.nan
     y, _ = layer(x)

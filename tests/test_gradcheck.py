@@ -110,10 +110,10 @@ def test_gradcheck_projection(isa, P, H, bidirectional):
 @pytest.mark.options
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_gradcheck_dropout_tape(isa, variant):
-    """With dropout the training forward is random; its backward must be the derivative of the forward that
-    uses the tape's masks.  Checked through the reference (itself FD-checked in test_reference.py):
-    layer backward with masks == reference backward with those masks is in test_kernels_vs_reference.py;
-    here only that two backward calls on one dropout tape agree and differ from the no-dropout gradient."""
+    """A dropout forward is random, so it cannot be finite-differenced through the layer.  Its backward is
+    checked against the reference driven with the tape's masks (test_kernels_vs_reference.py), whose own
+    backward is finite-differenced with masks in test_reference.py.  Here: backward on one dropout tape is
+    repeatable and does use the masks."""
     case = Case.variant(variant, T=4, B=3, I=3, H=5, num_layers=2, dropout=0.5)
     params = random_params(case, F64, seed=5)
     data = random_data(case, F64, seed=6)

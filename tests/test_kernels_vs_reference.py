@@ -1,13 +1,14 @@
 """fastrnn layers against the numpy float64 reference (tests/reference.py), on both ISA paths, in float32
 and float64: inference forward, training forward, backward (dx, dhx, every parameter gradient)."""
 
+import threading
+
 import numpy as np
 import pytest
 
 import fastrnn
-import reference as ref
 from helpers import (VARIANTS, Case, assert_close, assert_grads_close, assert_state_close, fastrnn_layer,
-                     fastrnn_run, from_api_seq, lengths_kw, random_data, random_lengths, random_params,
+                     fastrnn_run, from_api_seq, random_data, random_lengths, random_params,
                      reference_run, to_api_seq, to_api_state)
 
 DTYPES = [np.float32, np.float64]
@@ -88,7 +89,7 @@ def test_no_bias(isa, dtype, variant):
     check(Case.variant(variant, T=4, B=3, I=5, H=7, bias=False), dtype)
 
 
-LARGER = [(5, 1, 24, 128), (4, 33, 20, 40), (3, 64, 16, 96)]
+LARGER = [(5, 1, 24, 128), (3, 1, 16, 256), (4, 33, 20, 40), (3, 64, 16, 96)]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
@@ -268,6 +269,21 @@ def test_lengths(isa, dtype, variant, lengths, bidirectional):
 
 
 @pytest.mark.options
+@pytest.mark.parametrize("variant", ["lstm", "gru"])
+def test_lengths_accepts_sequences_and_int_arrays(variant):
+    case = Case.variant(variant, T=5, B=3, I=4, H=6, lengths=(4, 5, 2), bidirectional=True)
+    layer = fastrnn_layer(case, np.float32, seed=0)
+    x = np.random.default_rng(0).standard_normal((5, 3, 4)).astype(np.float32)
+    want, _ = layer(x, lengths=np.array([4, 5, 2], dtype=np.int64))
+    for lengths in ([4, 5, 2], (4, 5, 2), np.array([4, 5, 2], dtype=np.int32),
+                    np.array([4, 5, 2], dtype=np.uint8), [np.int64(4), 5, 2]):
+        got, _ = layer(x, lengths=lengths)
+        np.testing.assert_array_equal(got, want, err_msg=f"lengths given as {type(lengths).__name__}")
+    full, _ = layer(x, lengths=[5, 5, 5])
+    assert_close(full, layer(x)[0], np.float32, case.depth, "lengths all T vs no lengths")
+
+
+@pytest.mark.options
 @pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_lengths_batch_first_multilayer(isa, dtype, variant):
@@ -392,3 +408,90 @@ def test_step_bidirectional_is_value_error():
     layer = fastrnn.LSTM(3, 4, bidirectional=True)
     with pytest.raises(ValueError):
         layer.step(np.zeros((2, 3), np.float32))
+
+
+# ---- API contract: parameters, floating-point mode, threads ----------------------------------------------
+
+@pytest.mark.parametrize("name", ["RNN", "LSTM", "GRU"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
+def test_parameters_init_attributes_and_state_dict_copies(name, dtype):
+    cls = getattr(fastrnn, name)
+    kw = dict(num_layers=2, bidirectional=True, dtype=dtype)
+    if name == "LSTM":
+        kw["proj_size"] = 3
+    a, b, c = cls(5, 9, seed=7, **kw), cls(5, 9, seed=7, **kw), cls(5, 9, seed=8, **kw)
+    sd = a.state_dict()
+    case = Case(cell=name.lower(), I=5, H=9, num_layers=2, bidirectional=True,
+                proj_size=3 if name == "LSTM" else 0)
+    assert list(sd) == list(case.shapes()), "state_dict keys or their order differ from torch's"
+    bound = 1 / np.sqrt(9)
+    for k, v in sd.items():
+        assert v.shape == case.shapes()[k] and v.dtype == np.dtype(dtype), k
+        assert np.abs(v).max() <= bound and np.abs(v).max() > 0.5 * bound, f"{k}: not U(-1/sqrt(H), 1/sqrt(H))"
+        np.testing.assert_array_equal(getattr(a, k), v, err_msg=f"attribute {k} != state_dict()[{k!r}]")
+        np.testing.assert_array_equal(b.state_dict()[k], v, err_msg=f"same seed, different {k}")
+        assert not np.array_equal(c.state_dict()[k], v), f"different seeds, same {k}"
+    # state_dict() returns copies
+    sd["weight_hh_l0"][...] = 0
+    assert np.abs(a.state_dict()["weight_hh_l0"]).max() > 0
+    # load_state_dict copies too
+    new = {k: v + 1 for k, v in a.state_dict().items()}
+    a.load_state_dict(new)
+    new["weight_ih_l0"][...] = 0
+    np.testing.assert_array_equal(a.state_dict()["weight_ih_l0"], b.state_dict()["weight_ih_l0"] + 1)
+
+
+def _denormals_work():
+    return (np.float32(1e-38) * np.float32(1e-3) != 0) and (np.float64(1e-307) * 1e-5 != 0)
+
+
+@pytest.mark.parametrize("variant", ["lstm", "gru", "rnn_tanh"])
+def test_caller_floating_point_mode_is_restored(isa, variant):
+    """The kernels flush denormals inside; the caller's mode (no FTZ/DAZ) must be restored on return."""
+    assert _denormals_work()
+    case = Case.variant(variant, T=4, B=3, I=5, H=8, num_layers=2)
+    for dtype in DTYPES:
+        layer = fastrnn_layer(case, dtype, seed=0)
+        x = np.random.default_rng(0).standard_normal((4, 3, 5)).astype(dtype)
+        y, st = layer(x)
+        assert _denormals_work(), "inference forward left FTZ/DAZ set"
+        y, st, tape = layer.forward(x, train=True)
+        layer.backward(tape, np.ones_like(y))
+        assert _denormals_work(), "training forward/backward left FTZ/DAZ set"
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_concurrent_calls_from_python_threads(threads):
+    """Layers are safe to call from many threads (README): same results as sequential calls."""
+    previous = fastrnn.get_num_threads()
+    fastrnn.set_num_threads(threads)
+    try:
+        case = Case.variant("lstm", T=6, B=4, I=8, H=32, num_layers=2, bidirectional=True)
+        layer = fastrnn_layer(case, np.float32, seed=0)
+        rng = np.random.default_rng(0)
+        xs = [rng.standard_normal((6, 4, 8)).astype(np.float32) for _ in range(6)]
+
+        def run(x):
+            y, st, tape = layer.forward(x, train=True)
+            dx, dhx, grads = layer.backward(tape, np.ones_like(y))
+            return y, dx, grads["weight_hh_l1_reverse"]
+
+        want = [run(x) for x in xs]
+        got = [None] * len(xs)
+        start = threading.Barrier(len(xs))
+
+        def worker(i):
+            start.wait()
+            for _ in range(3):
+                got[i] = run(xs[i])
+
+        ts = [threading.Thread(target=worker, args=(i,)) for i in range(len(xs))]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        for w, g in zip(want, got):
+            for a, b in zip(w, g):
+                np.testing.assert_array_equal(a, b)
+    finally:
+        fastrnn.set_num_threads(previous)

@@ -24,6 +24,7 @@ CONFIGS = [
     ("L2", dict(num_layers=2)),
     ("bidir", dict(bidirectional=True)),
     ("lengths", dict(lengths=(5, 2, 4))),
+    ("lengths_all_short", dict(lengths=(2, 1, 3))),
     ("lengths_bidir", dict(bidirectional=True, lengths=(3, 5, 1))),
     ("L3_bidir_lengths_nohx", dict(num_layers=3, bidirectional=True, lengths=(2, 5, 4), with_hx=False)),
     ("L2_bidir_nobias", dict(num_layers=2, bidirectional=True, bias=False)),
