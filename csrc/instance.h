@@ -4,6 +4,7 @@
  */
 #include "common.h"
 #include "vmath.h"
+#include "recurrent.h"
 
 #include "rnn.c"
 #include "lstm.c"

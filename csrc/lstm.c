@@ -156,51 +156,7 @@ static void lstm_gather(const lstm_plan *pl, int s0, int s1, int prev,
     }
 }
 
-/* Input projection for the compact rows of steps [s0, s1): dst = X_rows W_ih^T (biases are added in the
- * cell, which saves a pass over the buffer).  Without lengths the rows are x's own rows, one GEMM in place;
- * with lengths they are gathered into xs first. */
-static void lstm_input_proj(const lstm_plan *pl, int s0, int s1, int I, int H,
-                            const real *x,    /* (T, B, I) */
-                            const real *w_ih, /* (4H, I) */
-                            real *xs,         /* (chunk rows, I) scratch, used with lengths */
-                            real *dst)        /* (chunk rows, 4H) out */
-{
-    size_t base = lstm_chunk_base(pl, s0, s1);
-    const real *a = x + base * (size_t)I;
-    if (pl->perm) {
-        lstm_gather(pl, s0, s1, 0, x, I, NULL, I, xs);
-        a = xs;
-    }
-    fr_gemm(0, 1, (int)lstm_chunk_rows(pl, s0, s1), 4 * H, I, 1, a, I, w_ih, I, 0, dst, 4 * H);
-}
-
 /* ---- the cell, one row (one sequence at one step) ----------------------------------------------------- */
-
-static void lstm_row_forward(int H,
-                             real *z,          /* (4H) in: x W_ih^T + h W_hh^T; out: activated i, f, g, o */
-                             const real *bias, /* (4H) b_ih + b_hh, or NULL */
-                             real *c,          /* (H) in: c_{t-1}; out: c_t */
-                             real *m)          /* (H) out: o * tanh(c_t) */
-{
-    real *zi = z, *zf = z + H, *zg = z + 2 * H, *zo = z + 3 * H;
-    for (int j = 0; j < H; j++) {
-        real pi = zi[j], pf = zf[j], pg = zg[j], po = zo[j];
-        if (bias) {
-            pi += bias[j];
-            pf += bias[H + j];
-            pg += bias[2 * H + j];
-            po += bias[3 * H + j];
-        }
-        real i = fr_sigmoid(pi), f = fr_sigmoid(pf), g = fr_tanh(pg), o = fr_sigmoid(po);
-        real cj = f * c[j] + i * g;
-        zi[j] = i;
-        zf[j] = f;
-        zg[j] = g;
-        zo[j] = o;
-        c[j] = cj;
-        m[j] = o * fr_tanh(cj);
-    }
-}
 
 /* dL/dz for one row from the saved activations, and the c carry.  tanh(c_t) is recomputed rather than
  * taped: one tanh per element is cheap next to the GEMMs, and it keeps the tape at 5H per row. */
@@ -226,7 +182,156 @@ static void lstm_row_backward(int H,
     }
 }
 
-/* ---- forward ------------------------------------------------------------------------------------------- */
+/* ---- forward: the fused step ------------------------------------------------------------------------
+ * One parallel region runs the whole sequence.  Per step, each thread takes its blocks of hidden units and,
+ * for each tile of active rows, computes x_t W_ih^T + h_{t-1} W_hh^T for all four gates of those units in
+ * one pass over the packed [W_ih | W_hh] panel (recurrent.h), then the cell on that tile while it is in
+ * registers / L1, writing c, h_t (or m) and y.  No (T, B, 4H) buffer and no BLAS call: the forward is
+ * entirely ours.  h_t goes to the other of two state buffers, so threads still reading h_{t-1} are not
+ * disturbed; one barrier per step (two with projection, whose product needs all of m). */
+
+typedef struct lstm_fwd_ctx {
+    const lstm_plan *pl;
+    int I, H, P;
+    const real *x;           /* (T, B, I) */
+    const rec_pack *wp;      /* packed [W_ih | W_hh]: G = 4, K = I + P */
+    const rec_pack *rp;      /* packed W_hr: G = 1 over P outputs, K = H; NULL without projection */
+    const real *bias;        /* (4H) b_ih + b_hh, or NULL */
+    real *c;                 /* (B, H) cell state, sorted rows */
+    real *hbuf[2];           /* (B, P) each: h_{t-1} and h_t, sorted rows, alternating; hbuf[0] first */
+    real *mb;                /* (B, H) m of a step: projection, inference */
+    real *tg, *tc, *tm;      /* tape gates (T*B, 4H), c and m (T*B, H), or NULL for inference */
+    real *y;                 /* (T, B, ldy) */
+    int ldy;
+    const real **rows[FR_MAX_THREADS]; /* per thread: (3B) row pointers of a step */
+    fr_barrier_t bar;
+} lstm_fwd_ctx;
+
+/* The cell on one tile row: units [u0, u0 + nu) of one sequence.
+ * acc (4, NB) = x_t W_ih^T + h_{t-1} W_hh^T of those units, gate-major within the block. */
+static inline void lstm_tile_cell(int H, int NB, int u0, int nu,
+                                  const real *acc,  /* (4, NB) */
+                                  const real *bias, /* (4H) or NULL */
+                                  real *gates,      /* (4H) tape row: activated i, f, g, o; or NULL */
+                                  real *c,          /* (H) row of the cell state */
+                                  real *m,          /* (H) row of m = o * tanh(c) (= h_t without projection) */
+                                  real *yr)         /* (H) row of y, or NULL (projection: y is h_t, later) */
+{
+#if FR_AVX2 && !FR_DOUBLE
+    if (nu == 8 && NB == 8) {
+        __m256 p[4];
+        for (int g = 0; g < 4; g++) {
+            p[g] = _mm256_loadu_ps(acc + g * 8);
+            if (bias) p[g] = _mm256_add_ps(p[g], _mm256_loadu_ps(bias + g * H + u0));
+        }
+        __m256 i = vm_sigmoid8(p[0]), f = vm_sigmoid8(p[1]), g = vm_tanh8(p[2]), o = vm_sigmoid8(p[3]);
+        __m256 cn = _mm256_fmadd_ps(f, _mm256_loadu_ps(c + u0), _mm256_mul_ps(i, g));
+        __m256 mv = _mm256_mul_ps(o, vm_tanh8(cn));
+        if (gates) {
+            _mm256_storeu_ps(gates + u0, i);
+            _mm256_storeu_ps(gates + H + u0, f);
+            _mm256_storeu_ps(gates + 2 * H + u0, g);
+            _mm256_storeu_ps(gates + 3 * H + u0, o);
+        }
+        _mm256_storeu_ps(c + u0, cn);
+        _mm256_storeu_ps(m + u0, mv);
+        if (yr) _mm256_storeu_ps(yr + u0, mv);
+        return;
+    }
+#endif
+    for (int v = 0; v < nu; v++) {
+        int u = u0 + v;
+        real pi = acc[v], pf = acc[NB + v], pg = acc[2 * NB + v], po = acc[3 * NB + v];
+        if (bias) {
+            pi += bias[u];
+            pf += bias[H + u];
+            pg += bias[2 * H + u];
+            po += bias[3 * H + u];
+        }
+        real i = fr_sigmoid(pi), f = fr_sigmoid(pf), g = fr_tanh(pg), o = fr_sigmoid(po);
+        real cu = f * c[u] + i * g;
+        real mu = o * fr_tanh(cu);
+        if (gates) {
+            gates[u] = i;
+            gates[H + u] = f;
+            gates[2 * H + u] = g;
+            gates[3 * H + u] = o;
+        }
+        c[u] = cu;
+        m[u] = mu;
+        if (yr) yr[u] = mu;
+    }
+}
+
+static void lstm_fwd_task(void *arg, int tid, int nth) {
+    lstm_fwd_ctx *cx = (lstm_fwd_ctx *)arg;
+    const lstm_plan *pl = cx->pl;
+    const rec_pack *wp = cx->wp, *rp = cx->rp;
+    const int I = cx->I, H = cx->H, P = cx->P, B = pl->B;
+    const size_t H4 = (size_t)4 * H;
+    const int MR = rec_tile_rows(wp);
+    real tile[REC_MR_MAX * REC_W_MAX] __attribute__((aligned(64))); /* (MR, W) */
+    const real **xr = cx->rows[tid];  /* (B) x_t rows of the step */
+    const real **hr = xr + B;         /* (B) h_{t-1} rows (m rows in the projection phase) */
+    real **yr = (real **)(hr + B);    /* (B) y rows */
+    int j0, j1, q0 = 0, q1 = 0;
+    rec_thread_blocks(wp->nblk, tid, nth, &j0, &j1);
+    if (rp) rec_thread_blocks(rp->nblk, tid, nth, &q0, &q1);
+    int cur = 0;
+
+    for (int s = 0; s < pl->S; s++) {
+        const int n = lstm_nact(pl, s);
+        const size_t r0 = lstm_row(pl, s);
+        const real *hp = cx->hbuf[cur];                       /* (B, P) h_{t-1} */
+        real *hn = cx->hbuf[cur ^ 1];                         /* (B, P) h_t */
+        real *m = rp ? (cx->tm ? cx->tm + r0 * H : cx->mb) : hn; /* (n, H) */
+        /* operand and output rows of this step (sorted row k is sequence perm[k] at its own time) */
+        for (int k = 0; k < n; k++) {
+            const size_t row = (size_t)lstm_time(pl, s, k) * B + lstm_perm(pl, k);
+            xr[k] = cx->x + row * I;
+            hr[k] = hp + (size_t)k * P;
+            yr[k] = cx->y + row * cx->ldy;
+        }
+        /* blocks outside, row tiles inside: a block's panel stays in L2 while every row passes it */
+        for (int j = j0; j < j1; j++) {
+            const int u0 = j * wp->NB, nu = rec_block_units(wp, j);
+            for (int k0 = 0; k0 < n; k0 += MR) {
+                const int mr = n - k0 < MR ? n - k0 : MR;
+                rec_tile(wp, j, mr, xr + k0, hr + k0, tile);
+                for (int r = 0; r < mr; r++) {
+                    const size_t k = (size_t)(k0 + r);
+                    lstm_tile_cell(H, wp->NB, u0, nu, tile + (size_t)r * wp->W, cx->bias,
+                                   cx->tg ? cx->tg + (r0 + k) * H4 : NULL, cx->c + k * H, m + k * H,
+                                   rp ? NULL : yr[k]);
+                    if (cx->tc) memcpy(cx->tc + (r0 + k) * H + u0, cx->c + k * H + u0, nu * sizeof(real));
+                }
+            }
+        }
+        fr_barrier_wait(&cx->bar, tid);
+        if (rp) { /* h_t = m W_hr^T: this thread's blocks of the P outputs */
+            const int MRp = rec_tile_rows(rp);
+            for (int k = 0; k < n; k++) hr[k] = m + (size_t)k * H; /* the operand is m now */
+            for (int q = q0; q < q1; q++) {
+                const int p0 = q * rp->NB, np = rec_block_units(rp, q);
+                for (int k0 = 0; k0 < n; k0 += MRp) {
+                    const int mr = n - k0 < MRp ? n - k0 : MRp;
+                    rec_tile(rp, q, mr, hr + k0, NULL, tile);
+                    for (int r = 0; r < mr; r++) {
+                        memcpy(hn + (size_t)(k0 + r) * P + p0, tile + (size_t)r * rp->W, np * sizeof(real));
+                        memcpy(yr[k0 + r] + p0, tile + (size_t)r * rp->W, np * sizeof(real));
+                    }
+                }
+            }
+            fr_barrier_wait(&cx->bar, tid);
+        }
+        /* Sequences that have ended keep their state: carry their rows into the buffer that becomes
+         * h_{t-1} (the next step reads and writes only rows < n, so this races with nothing). */
+        if (n < B && tid == 0) memcpy(hn + (size_t)n * P, hp + (size_t)n * P, (size_t)(B - n) * P * sizeof(real));
+        /* No second barrier: the next step writes only what no thread reads after the one above (its own
+         * units of c, m and of the buffer that held h_{t-1}). */
+        cur ^= 1;
+    }
+}
 
 static size_t lstm_tape_len(int T, int B, int H, int P) {
     size_t rows = (size_t)(T > 0 ? T : 0) * (size_t)(B > 0 ? B : 0);
@@ -252,39 +357,28 @@ static int lstm_forward(int T, int B, int I, int H, int P, int reverse,
     const size_t H4 = (size_t)4 * H;
     const size_t TB = (size_t)(T > 0 ? T : 0) * (size_t)(B > 0 ? B : 0);
     lstm_plan pl;
+    lstm_fwd_ctx cx;
     real *h = NULL;    /* (B, P) h state, sorted rows */
+    real *h2 = NULL;   /* (B, P) the other h buffer: the step writes h_t beside h_{t-1} */
     real *c = NULL;    /* (B, H) c state, sorted rows */
     real *bias = NULL; /* (4H) b_ih + b_hh, NULL without bias */
-    real *xw = NULL;   /* (cs*B, 4H) input projection of a chunk (inference only; training uses the tape) */
-    real *xs = NULL;   /* (cs*B, I) gathered x of a chunk (lengths only) */
     real *mb = NULL;   /* (B, H) m of a step (inference with projection; training uses the tape) */
-    real *tg = tape;                                  /* (T*B, 4H) tape: gates */
-    real *tc = tape ? tape + TB * H4 : NULL;          /* (T*B, H) tape: c */
-    real *tm = tape ? tc + TB * (size_t)H : NULL;     /* (T*B, H) tape: m, projection only */
+    rec_pack wp = {0}; /* [W_ih | W_hh] packed in blocks of units x 4 gates */
+    rec_pack rp = {0}; /* W_hr packed in blocks of P outputs (projection only) */
+    const real **rowptrs = NULL; /* (nthreads, 3B) */
     int rc = FR_ENOMEM;
 
     if (lstm_plan_init(&pl, T, B, reverse, lengths) != FR_OK) return FR_ENOMEM;
-
-    /* Steps per input-projection chunk: all of them when training without lengths (one GEMM straight
-     * into the tape); otherwise as many as fit the workspace target. */
-    int cs = pl.S;
-    if (tape == NULL || pl.perm != NULL) {
-        size_t per_step = (size_t)(B > 0 ? B : 1) * ((tape ? 0 : H4) + (pl.perm ? (size_t)I : 0));
-        size_t fit = LSTM_CHUNK_BYTES / sizeof(real) / (per_step > 0 ? per_step : 1);
-        if (fit < 1) fit = 1;
-        if (fit < (size_t)cs) cs = (int)fit;
-    }
-    size_t cap = (size_t)(cs > 0 ? cs : 1) * (size_t)(B > 0 ? B : 1); /* rows of one chunk, at most */
-
     h = fr_alloc((size_t)B * P, 0);
+    h2 = fr_alloc((size_t)B * P, 0);
     c = fr_alloc((size_t)B * H, 0);
-    if (h == NULL || c == NULL) goto done;
+    if (h == NULL || h2 == NULL || c == NULL) goto done;
+    if (rec_pack_init(&wp, 4, H, w_ih, I, I, w_hh, P, P) != FR_OK) goto done;
+    if (proj && rec_pack_init(&rp, 1, P, w_hr, H, H, NULL, 0, 0) != FR_OK) goto done;
     if (b_ih || b_hh) {
         if ((bias = fr_alloc(H4, 1)) == NULL) goto done;
         for (size_t j = 0; j < H4; j++) bias[j] = (b_ih ? b_ih[j] : 0) + (b_hh ? b_hh[j] : 0);
     }
-    if (tape == NULL && (xw = fr_alloc(cap * H4, 0)) == NULL) goto done;
-    if (pl.perm && (xs = fr_alloc(cap * (size_t)I, 0)) == NULL) goto done;
     if (proj && tape == NULL && (mb = fr_alloc((size_t)B * H, 0)) == NULL) goto done;
 
     /* initial state, in sorted order */
@@ -296,34 +390,31 @@ static int lstm_forward(int T, int B, int I, int H, int P, int reverse,
         else memset(c + (size_t)k * H, 0, (size_t)H * sizeof(real));
     }
 
-    for (int s0 = 0; s0 < pl.S; s0 += cs) {
-        int s1 = s0 + cs < pl.S ? s0 + cs : pl.S;
-        size_t base = lstm_chunk_base(&pl, s0, s1);
-        real *zc = tape ? tg + base * H4 : xw; /* (chunk rows, 4H) pre-activations of the chunk */
-        lstm_input_proj(&pl, s0, s1, I, H, x, w_ih, xs, zc);
+    memset(&cx, 0, sizeof cx);
+    cx.pl = &pl;
+    cx.I = I;
+    cx.H = H;
+    cx.P = P;
+    cx.x = x;
+    cx.wp = &wp;
+    cx.rp = proj ? &rp : NULL;
+    cx.bias = bias;
+    cx.c = c;
+    cx.hbuf[0] = h;
+    cx.hbuf[1] = h2;
+    cx.mb = mb;
+    cx.tg = tape;
+    cx.tc = tape ? tape + TB * H4 : NULL;
+    cx.tm = tape && proj ? cx.tc + TB * (size_t)H : NULL;
+    cx.y = y;
+    cx.ldy = ldy;
+    const int nth = rec_threads_for(B, 4, H, I + P, wp.nblk);
+    if ((rowptrs = (const real **)malloc(sizeof(real *) * 3 * (size_t)B * nth)) == NULL) goto done;
+    for (int t = 0; t < nth; t++) cx.rows[t] = rowptrs + (size_t)3 * B * t;
+    fr_parallel(nth, lstm_fwd_task, &cx, &cx.bar);
+    const real *hf = cx.hbuf[pl.S & 1]; /* (B, P) the final h: the buffers swapped once per step */
 
-        for (int s = s0; s < s1; s++) {
-            int n = lstm_nact(&pl, s); /* active rows: the first n of the sorted state */
-            size_t r0 = lstm_row(&pl, s);
-            real *z = zc + (r0 - base) * H4; /* (n, 4H) this step's rows */
-            /* recurrent product onto the input projection (h = 0 at the first step without h0) */
-            if (s > 0 || h0) fr_gemm(0, 1, n, (int)H4, P, 1, h, P, w_hh, P, 1, z, (int)H4);
-            /* m rows: the tape's with projection; without projection m is the new h itself, and h can
-             * be overwritten because the GEMM above has consumed it */
-            real *m = proj ? (tape ? tm + r0 * H : mb) : h; /* (n, H) */
-            for (int k = 0; k < n; k++) {
-                lstm_row_forward(H, z + k * H4, bias, c + (size_t)k * H, m + (size_t)k * H);
-                if (tape) memcpy(tc + (r0 + k) * H, c + (size_t)k * H, (size_t)H * sizeof(real));
-            }
-            if (proj) fr_gemm(0, 1, n, P, H, 1, m, H, w_hr, H, 0, h, P);
-            for (int k = 0; k < n; k++) {
-                size_t t = (size_t)lstm_time(&pl, s, k);
-                memcpy(y + (t * B + lstm_perm(&pl, k)) * ldy, h + (size_t)k * P, (size_t)P * sizeof(real));
-            }
-        }
-    }
-
-    /* padded steps of y are 0; inactive rows kept the state of their last valid step */
+    /* padded steps of y are 0; ended rows kept the state of their last valid step */
     if (pl.perm) {
         for (int k = 0; k < B; k++)
             for (int t = pl.len[k]; t < T; t++)
@@ -331,18 +422,20 @@ static int lstm_forward(int T, int B, int I, int H, int P, int reverse,
     }
     for (int k = 0; k < B; k++) {
         int b = lstm_perm(&pl, k);
-        if (hn) memcpy(hn + (size_t)b * P, h + (size_t)k * P, (size_t)P * sizeof(real));
+        if (hn) memcpy(hn + (size_t)b * P, hf + (size_t)k * P, (size_t)P * sizeof(real));
         if (cn) memcpy(cn + (size_t)b * H, c + (size_t)k * H, (size_t)H * sizeof(real));
     }
     rc = FR_OK;
 
 done:
+    free(rowptrs);
     free(h);
+    free(h2);
     free(c);
     free(bias);
-    free(xw);
-    free(xs);
     free(mb);
+    rec_pack_free(&wp);
+    rec_pack_free(&rp);
     lstm_plan_free(&pl);
     return rc;
 }

@@ -30,8 +30,6 @@
 #define FR_X86 0
 #endif
 
-#define FR_MAX_THREADS 64
-
 /* ---- floating-point mode -------------------------------------------------------------------------------- */
 unsigned fr_fpmode_enter(void) {
 #if FR_X86
@@ -59,28 +57,25 @@ static inline void fr_pause(void) {
 
 /* ---- barrier --------------------------------------------------------------------------------------------- */
 void fr_barrier_init(fr_barrier_t *b, int n) {
-    atomic_init(&b->arrived, 0);
-    atomic_init(&b->phase, 0);
+    for (int i = 0; i < n && i < FR_MAX_THREADS; i++) atomic_init(&b->slot[i].epoch, 0);
     b->n = n;
 }
 
-void fr_barrier_wait(fr_barrier_t *b) {
+void fr_barrier_wait(fr_barrier_t *b, int tid) {
     if (b->n <= 1) return;
-    /* Read the phase before arriving: the last thread to arrive can only advance it after everyone has
-     * read it, so nobody can miss the change. */
-    int phase = atomic_load_explicit(&b->phase, memory_order_acquire);
-    if (atomic_fetch_add_explicit(&b->arrived, 1, memory_order_acq_rel) == b->n - 1) {
-        atomic_store_explicit(&b->arrived, 0, memory_order_relaxed);
-        atomic_store_explicit(&b->phase, phase + 1, memory_order_release);
-        return;
-    }
-    unsigned spins = 0;
-    while (atomic_load_explicit(&b->phase, memory_order_acquire) == phase) {
-        fr_pause();
-        /* Only oversubscribed machines get here often; yield so the thread we wait for can run. */
-        if (++spins > 20000) {
-            sched_yield();
-            spins = 0;
+    /* Only this thread writes its slot; the counts only grow, so a thread already past this barrier (and
+     * waiting at the next one) still satisfies ">= e" for the ones here. */
+    int e = atomic_load_explicit(&b->slot[tid].epoch, memory_order_relaxed) + 1;
+    atomic_store_explicit(&b->slot[tid].epoch, e, memory_order_release);
+    for (int i = 0; i < b->n; i++) {
+        unsigned spins = 0;
+        while (atomic_load_explicit(&b->slot[i].epoch, memory_order_acquire) < e) {
+            fr_pause();
+            /* Only an oversubscribed machine waits this long: let the thread we wait for run. */
+            if (++spins > 20000) {
+                sched_yield();
+                spins = 0;
+            }
         }
     }
 }
@@ -130,15 +125,20 @@ static struct {
     int n;                 /* threads in the current region */
 } g_pool = {.busy = PTHREAD_MUTEX_INITIALIZER, .lock = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER};
 
+/* The generation current when worker tid was created, before the region that created it was announced:
+ * a worker reading the counter itself when it first runs could already see that region's number and
+ * sleep through it. */
+static int g_start_generation[FR_MAX_THREADS];
+
 static void *worker_main(void *arg) {
     int tid = (int)(size_t)arg;
-    int seen = atomic_load_explicit(&g_pool.generation, memory_order_acquire);
+    int seen = g_start_generation[tid];
     for (;;) {
         /* Spin a little for the next region, then sleep. */
         unsigned spins = 0;
         int gen;
         while ((gen = atomic_load_explicit(&g_pool.generation, memory_order_acquire)) == seen &&
-               ++spins < 50000)
+               ++spins < 4000)
             fr_pause();
         if (gen == seen) {
             pthread_mutex_lock(&g_pool.lock);
@@ -177,6 +177,7 @@ static void pool_grow(int n) {
         pthread_attr_t attr;
         pthread_attr_init(&attr);
         pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        g_start_generation[g_pool.nworkers + 1] = atomic_load(&g_pool.generation);
         int ok = pthread_create(&t, &attr, worker_main, (void *)(size_t)(g_pool.nworkers + 1)) == 0;
         pthread_attr_destroy(&attr);
         if (!ok) break;
@@ -184,7 +185,7 @@ static void pool_grow(int n) {
     }
 }
 
-int fr_parallel(int n, fr_task_fn fn, void *ctx) {
+int fr_parallel(int n, fr_task_fn fn, void *ctx, fr_barrier_t *bar) {
     int max = fr_get_num_threads();
     if (n > max) n = max;
     if (n > 1) {
@@ -192,6 +193,7 @@ int fr_parallel(int n, fr_task_fn fn, void *ctx) {
         if (pthread_mutex_trylock(&g_pool.busy) != 0) n = 1; /* another caller's region is running */
     }
     if (n <= 1) {
+        if (bar) fr_barrier_init(bar, 1);
         unsigned mode = fr_fpmode_enter();
         fn(ctx, 0, 1);
         fr_fpmode_leave(mode);
@@ -199,6 +201,7 @@ int fr_parallel(int n, fr_task_fn fn, void *ctx) {
     }
     pool_grow(n);
     if (n > g_pool.nworkers + 1) n = g_pool.nworkers + 1;
+    if (bar) fr_barrier_init(bar, n);
     g_pool.fn = fn;
     g_pool.ctx = ctx;
     g_pool.n = n;
