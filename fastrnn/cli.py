@@ -46,6 +46,10 @@ def _parser():
                    help="time fastrnn only (torch, when installed, still serves as the correctness reference)")
     b.add_argument("--tol", type=float, default=None, help="check tolerance, normwise relative (default 1e-3)")
     b.add_argument("--seed", type=int, default=0, help="seed of the inputs and weights (default 0)")
+    b.add_argument("--retry-busy", type=int, default=0, metavar="N",
+                   help="shared machines: re-measure a case up to N times when other processes took more than "
+                        "0.25 CPU while it was timed, after waiting (up to 2 min) for the machine to go idle; "
+                        "the least disturbed measurement is kept (default 0)")
 
     sub.add_parser("info", help="version, kernel ISA, threads, BLAS and peers")
     return p
@@ -114,11 +118,14 @@ def _bench(args):
         print(fb.format_row(row), flush=True)
 
     def on_note(msg):
+        if msg.startswith("retry"):
+            print("  .. " + msg, flush=True)
+            return
         notes.append(msg)
         print("  !! " + msg, flush=True)
 
     rows = fb.run(case_list, threads, engines=engines, rounds=args.repeat, budget=args.budget, tol=tol,
-                  seed=args.seed, on_row=on_row, on_note=on_note)
+                  seed=args.seed, on_row=on_row, on_note=on_note, retry_busy=args.retry_busy)
     print()
     print(fb.TABLE_LEGEND)
     if args.json:
