@@ -90,7 +90,7 @@ def row(nv):
 
 def main():
     parts = [HEAD]
-    for nv, mrs in ((4, (2, 3)), (3, (2, 3, 4))):
+    for nv, mrs in ((4, (2, 3)), (3, (2, 3, 4)), (2, (2, 3, 4))):
         parts.append(row(nv))
         parts += [tile(nv, mr) for mr in mrs]
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tiles_avx2.h")

@@ -9,52 +9,345 @@
  * Included by instance.h once per dtype and ISA, after rnn.c, whose sequence schedule (rnn_seq_*: slots
  * sorted by length, row space, chunks of steps) and helpers this file uses; see the top of rnn.c.
  *
- * Bias folding: b_ih (all three) and b_hr, b_hz go into the input projection.  b_hn does too when
- * reset_after = 0 (it is outside r there); with reset_after = 1 it must stay inside r * (...).
+ * Bias folding: b_ih (all three) and b_hr, b_hz are added once per gate; b_hn too when reset_after = 0 (it
+ * is outside r there); with reset_after = 1 it must stay inside r * (...).
  *
  * The tape (gru_tape_len = 4*T*B*H elements; rows in row space, only the first N rows used with lengths):
  *   gates (T*B, 3H)  activated r, z, n of every row;
  *   aux   (T*B, H)   reset_after = 1: h_{t-1} W_hn^T + b_hn  (what r multiplies)
  *                    reset_after = 0: r * h_{t-1}             (the operand of W_hn)
- * h_{t-1} itself is not kept: backward reads it from the forward's y (or h0).  In training the gates rows
- * first receive the input projection, which the time loop then overwrites in place with the activations,
- * so the (T, B, 3H) projection buffer costs nothing extra.
+ * h_{t-1} itself is not kept: backward reads it from the forward's y (or h0).
+ *
+ * ---- Forward (DESIGN.md's recipe, the pattern of lstm.c) -------------------------------------------------
+ * One parallel region runs the whole sequence, no BLAS call.  Each thread owns blocks of NB units (the same
+ * blocks in the W_ih and W_hh packs of recurrent.h) and, per chunk of steps, first projects every row of the
+ * chunk onto its own blocks (x W_ih^T + folded biases, into the tape's gates rows in training, or a chunk
+ * buffer): all rows pass a block's panel while it is in L1, and only the owner reads those columns again,
+ * so no barrier is needed.  The step then reads only the h part of the panels -- a third less than a fused
+ * [W_ih | W_hh] pass, which is what bounds B = 1 (the panels stream from L2) -- and keeps n_x and n_h apart
+ * for free.  Per step, for tiles of active rows and the thread's blocks:
+ *   reset_after = 1: h_{t-1} [W_hr, W_hz, W_hn]^T (3 gates in one pass), then the cell on the tile; h is
+ *     double-buffered, one barrier per step.
+ *   reset_after = 0: phase 1: h_{t-1} [W_hr, W_hz]^T, r and z, and r*h of its units; barrier; phase 2:
+ *     (r*h) W_hn^T for its blocks of the W_hn pack (G = 1) and the rest of the cell, writing h in place
+ *     (each thread reads back only its own units of h there); barrier.
+ *
+ * ---- Backward -------------------------------------------------------------------------------------------
+ * Per step only the elementwise dG (phase A: each thread its own units, vectorised for float32 AVX2) and the
+ * products with the packed W_hh^T (rec_pack_transposed: blocks of output units; a thread's units in phase A
+ * are the output units it owns in the products, so the carried dh needs no barrier between steps).  The
+ * weight gradients and dx are large GEMMs after the loop.
  */
 
 static size_t gru_tape_len(int T, int B, int H) { return (size_t)T * (size_t)B * 4 * (size_t)H; }
 
-/* One step of reset_after = 1 for the n active slots.  On entry g holds the input projection (with the
- * folded biases) and rec = h W_hh^T; hs is updated in place, y and (when training) the tape are written. */
-static void gru_step_after(const rnn_seq *q, int s, int n, int H,
-                           real *g,            /* (n, 3H) in: projection; out when training: r, z, n */
-                           const real *rec,    /* (n, 3H) h W_hh^T */
-                           const real *b_hn,   /* (H) or NULL */
-                           real *hs,           /* (B, H) state in slot order, updated */
-                           real *y, int ldy,   /* (T, B, ldy) out */
-                           real *aux) {        /* (n, H) tape out: h W_hn^T + b_hn, or NULL */
-    for (int j = 0; j < n; j++) {
-        int b = rnn_seq_batch(q, j);
-        size_t t = (size_t)rnn_seq_time(q, s, b);
-        /* (H) each: slot j's projection (then gates), recurrent products, state, output, tape aux. */
-        real *gr = g + (size_t)j * 3 * H, *gz = gr + H, *gn = gz + H;
-        const real *rr = rec + (size_t)j * 3 * H, *rz = rr + H, *rn = rz + H;
-        real *h = hs + (size_t)j * H;
-        real *yj = y + (t * q->B + b) * (size_t)ldy;
-        real *aj = aux ? aux + (size_t)j * H : NULL;
-        for (int k = 0; k < H; k++) {
-            real hn = rn[k] + (b_hn ? b_hn[k] : (real)0);
-            real r = fr_sigmoid(gr[k] + rr[k]);
-            real z = fr_sigmoid(gz[k] + rz[k]);
-            real nn = fr_tanh(gn[k] + r * hn);
-            real hv = nn + z * (h[k] - nn);
-            h[k] = hv;
-            yj[k] = hv;
-            if (aj) {
-                gr[k] = r;
-                gz[k] = z;
-                gn[k] = nn;
-                aj[k] = hn;
+/* Bytes of input projection per chunk of steps (see gru_forward); overridable for tests. */
+#ifndef GRU_XW_BYTES
+#define GRU_XW_BYTES ((size_t)192 << 10)
+#endif
+
+/* Row tiles of n rows, at most MR rows each and balanced (a row left alone would take the slower one-row
+ * kernel): tile i of nt covers rows [gru_tile_start(n, nt, i), gru_tile_start(n, nt, i + 1)). */
+static inline int gru_ntiles(int n, int MR) { return (n + MR - 1) / MR; }
+static inline int gru_tile_start(int n, int nt, int i) { return (int)((long)n * i / nt); }
+
+/* ---- forward: the cells on a tile row ------------------------------------------------------------------ */
+
+/* reset_after = 1, units [u0, u0 + nu) of one row: acc (3, NB) = h_{t-1} [W_hr, W_hz, W_hn]^T of those units,
+ * xw (3H) the row's input projection with the folded biases.  Reads h_{t-1} from hp, writes h_t to hn and
+ * y, and the tape when gates / aux are given (gates may be xw itself: each element is read first). */
+static inline void gru_cell_after(int H, int NB, int u0, int nu,
+                                  const real *acc,  /* (3, NB) */
+                                  const real *xw,   /* (3H) x W_ih^T + biases */
+                                  const real *b_hn, /* (H) or NULL */
+                                  const real *hp,   /* (H) h_{t-1} */
+                                  real *hn,         /* (H) h_t out */
+                                  real *yr,         /* (H) y row out */
+                                  real *gates,      /* (3H) tape row out: r, z, n; or NULL */
+                                  real *aux)        /* (H) tape row out: h W_hn^T + b_hn; or NULL */
+{
+#if FR_AVX2 && !FR_DOUBLE
+    if (nu == 8 && NB == 8) {
+        __m256 pr = _mm256_add_ps(_mm256_loadu_ps(acc), _mm256_loadu_ps(xw + u0));
+        __m256 pz = _mm256_add_ps(_mm256_loadu_ps(acc + 8), _mm256_loadu_ps(xw + H + u0));
+        __m256 ph = _mm256_loadu_ps(acc + 16);
+        if (b_hn) ph = _mm256_add_ps(ph, _mm256_loadu_ps(b_hn + u0));
+        __m256 r = vm_sigmoid8(pr), z = vm_sigmoid8(pz);
+        __m256 nn = vm_tanh8(_mm256_fmadd_ps(r, ph, _mm256_loadu_ps(xw + 2 * H + u0)));
+        __m256 hv = _mm256_fmadd_ps(z, _mm256_sub_ps(_mm256_loadu_ps(hp + u0), nn), nn);
+        _mm256_storeu_ps(hn + u0, hv);
+        _mm256_storeu_ps(yr + u0, hv);
+        if (gates) {
+            _mm256_storeu_ps(gates + u0, r);
+            _mm256_storeu_ps(gates + H + u0, z);
+            _mm256_storeu_ps(gates + 2 * H + u0, nn);
+            _mm256_storeu_ps(aux + u0, ph);
+        }
+        return;
+    }
+#endif
+    for (int v = 0; v < nu; v++) {
+        const int u = u0 + v;
+        real ph = acc[2 * NB + v] + (b_hn ? b_hn[u] : (real)0);
+        real r = fr_sigmoid(xw[u] + acc[v]), z = fr_sigmoid(xw[H + u] + acc[NB + v]);
+        real nn = fr_tanh(xw[2 * H + u] + r * ph);
+        real hv = nn + z * (hp[u] - nn);
+        hn[u] = hv;
+        yr[u] = hv;
+        if (gates) {
+            gates[u] = r;
+            gates[H + u] = z;
+            gates[2 * H + u] = nn;
+            aux[u] = ph;
+        }
+    }
+}
+
+/* Rows x blocks of tiles the step collects before running their cells (see gru_fwd_task). */
+#define GRU_GROUP_ROWS 8
+static size_t gru_group_rows(int B) { return (size_t)(B > 2 * GRU_GROUP_ROWS ? B : 2 * GRU_GROUP_ROWS); }
+
+/* reset_after = 1: the cells of blocks [ja, jb) and rows 0 .. n-1 of a step.  tb row (j - ja) * n + k is the
+ * tile row of block j and row k, (3, NB) as for gru_cell_after; xs (n, 3H) the step's projection (and its
+ * tape gates rows when `tape`), aux (n, H) its tape aux rows or NULL.  For float32 AVX2 the cells run in two
+ * sweeps over all those rows -- r and z of every row, then n and h -- so that the OoO core overlaps many
+ * independent sigmoid and tanh chains instead of waiting on one row's sigmoid -> tanh -> h chain. */
+static void gru_cells_after(int H, int NB, int ja, int jb, int n,
+                            real *tb, int W,        /* (rows, W) tiles; r, z overwritten */
+                            real *xs,               /* (n, 3H) */
+                            const real *b_hn,       /* (H) or NULL */
+                            const real *hprev,      /* (n, H) */
+                            real *hnew,             /* (n, H) out */
+                            real *const *yr,        /* (n) y rows out */
+                            int tape, real *aux)    /* tape gates = xs when tape; aux (n, H) or NULL */
+{
+    const size_t G3 = (size_t)3 * H;
+    int jf = ja; /* blocks [ja, jf) are full and take the vector path, the others the scalar one */
+#if FR_AVX2 && !FR_DOUBLE
+    if (NB == 8) {
+        jf = jb * 8 > H ? jb - 1 : jb;
+        const int m = (jf - ja) * n;
+        for (int i = 0; i < m; i++) {
+            const int u0 = (ja + i / n) * 8;
+            real *t = tb + (size_t)i * W;
+            const real *x = xs + (size_t)(i % n) * G3;
+            __m256 r = vm_sigmoid8(_mm256_add_ps(_mm256_load_ps(t), _mm256_loadu_ps(x + u0)));
+            __m256 z = vm_sigmoid8(_mm256_add_ps(_mm256_load_ps(t + 8), _mm256_loadu_ps(x + H + u0)));
+            _mm256_store_ps(t, r);
+            _mm256_store_ps(t + 8, z);
+        }
+        for (int i = 0; i < m; i++) {
+            const int u0 = (ja + i / n) * 8, k = i % n;
+            const real *t = tb + (size_t)i * W;
+            real *x = xs + (size_t)k * G3;
+            __m256 r = _mm256_load_ps(t), z = _mm256_load_ps(t + 8), ph = _mm256_load_ps(t + 16);
+            if (b_hn) ph = _mm256_add_ps(ph, _mm256_loadu_ps(b_hn + u0));
+            __m256 nn = vm_tanh8(_mm256_fmadd_ps(r, ph, _mm256_loadu_ps(x + 2 * H + u0)));
+            __m256 hv = _mm256_fmadd_ps(z, _mm256_sub_ps(_mm256_loadu_ps(hprev + (size_t)k * H + u0), nn), nn);
+            _mm256_storeu_ps(hnew + (size_t)k * H + u0, hv);
+            _mm256_storeu_ps(yr[k] + u0, hv);
+            if (tape) {
+                _mm256_storeu_ps(x + u0, r);
+                _mm256_storeu_ps(x + H + u0, z);
+                _mm256_storeu_ps(x + 2 * H + u0, nn);
+                _mm256_storeu_ps(aux + (size_t)k * H + u0, ph);
             }
+        }
+    }
+#endif
+    for (int j = jf; j < jb; j++) {
+        const int u0 = j * NB, nu = H - u0 < NB ? H - u0 : NB;
+        for (int k = 0; k < n; k++)
+            gru_cell_after(H, NB, u0, nu, tb + ((size_t)(j - ja) * n + k) * W, xs + (size_t)k * G3, b_hn,
+                           hprev + (size_t)k * H, hnew + (size_t)k * H, yr[k], tape ? xs + (size_t)k * G3 : NULL,
+                           aux ? aux + (size_t)k * H : NULL);
+    }
+}
+
+/* reset_after = 0, phase 1 on units [u0, u0 + nu) of one row: acc (2, NB) = h_{t-1} [W_hr, W_hz]^T of those
+ * units.  g holds the row's input projection with the folded biases; r and z (activated) replace their
+ * parts, n_x stays for phase 2; rh gets r * h. */
+static inline void gru_cell_rz(int H, int NB, int u0, int nu,
+                               const real *acc, /* (2, NB) */
+                               const real *h,   /* (H) h_{t-1} */
+                               real *g,         /* (3H) in: projection; out: r, z, n_x */
+                               real *rh)        /* (H) out: r * h */
+{
+#if FR_AVX2 && !FR_DOUBLE
+    if (nu == 8 && NB == 8) {
+        __m256 r = vm_sigmoid8(_mm256_add_ps(_mm256_loadu_ps(acc), _mm256_loadu_ps(g + u0)));
+        __m256 z = vm_sigmoid8(_mm256_add_ps(_mm256_loadu_ps(acc + 8), _mm256_loadu_ps(g + H + u0)));
+        _mm256_storeu_ps(g + u0, r);
+        _mm256_storeu_ps(g + H + u0, z);
+        _mm256_storeu_ps(rh + u0, _mm256_mul_ps(r, _mm256_loadu_ps(h + u0)));
+        return;
+    }
+#endif
+    for (int v = 0; v < nu; v++) {
+        const int u = u0 + v;
+        real r = fr_sigmoid(g[u] + acc[v]);
+        g[u] = r;
+        g[H + u] = fr_sigmoid(g[H + u] + acc[NB + v]);
+        rh[u] = r * h[u];
+    }
+}
+
+/* reset_after = 0, phase 2 on units [u0, u0 + nu) of one row: rec (nu) = (r*h) W_hn^T of those units.
+ * n = tanh(n_x + rec) replaces n_x in g; h is updated in place and copied to y. */
+static inline void gru_cell_n(int H, int u0, int nu,
+                              const real *rec, /* (nu) */
+                              real *g,         /* (3H) in: r, z, n_x; out: n in place of n_x */
+                              real *h,         /* (H) h_{t-1} in, h_t out */
+                              real *yr)        /* (H) y row out */
+{
+    int v = 0;
+#if FR_AVX2 && !FR_DOUBLE
+    for (; v + 8 <= nu; v += 8) {
+        const int u = u0 + v;
+        __m256 nn = vm_tanh8(_mm256_add_ps(_mm256_loadu_ps(g + 2 * H + u), _mm256_loadu_ps(rec + v)));
+        __m256 z = _mm256_loadu_ps(g + H + u);
+        __m256 hv = _mm256_fmadd_ps(z, _mm256_sub_ps(_mm256_loadu_ps(h + u), nn), nn);
+        _mm256_storeu_ps(g + 2 * H + u, nn);
+        _mm256_storeu_ps(h + u, hv);
+        _mm256_storeu_ps(yr + u, hv);
+    }
+#endif
+    for (; v < nu; v++) {
+        const int u = u0 + v;
+        real nn = fr_tanh(g[2 * H + u] + rec[v]);
+        real hv = nn + g[H + u] * (h[u] - nn);
+        g[2 * H + u] = nn;
+        h[u] = hv;
+        yr[u] = hv;
+    }
+}
+
+/* ---- forward: the parallel region ------------------------------------------------------------------------ */
+
+typedef struct gru_fwd_ctx {
+    const rnn_seq *q;
+    int I, H, reset_after;
+    int chunk;               /* steps per chunk of the input projection */
+    const real *x;           /* (T, B, I) */
+    const rec_pack *xp;      /* W_ih packed: G = 3, K = I */
+    const rec_pack *hp;      /* W_hh packed: G = 3 (reset_after) or W_h{r,z}: G = 2, K = H */
+    const rec_pack *np;      /* W_hn packed, G = 1, K = H (reset_after = 0), else NULL */
+    const real *bias;        /* (3H) folded biases, or NULL */
+    const real *b_hn;        /* (H) reset_after = 1 only, or NULL */
+    real *hbuf[2];           /* (B, H) each, slot order: h_{t-1} / h_t alternating (reset_after = 1);
+                                reset_after = 0 updates hbuf[0] in place */
+    real *tg, *ta;           /* tape gates (T*B, 3H) and aux (T*B, H), or NULL for inference */
+    real *xw;                /* (chunk rows, 3H) projection of a chunk, inference */
+    real *rh;                /* (B, H) r*h of a step: reset_after = 0 inference */
+    real *y;                 /* (T, B, ldy) */
+    int ldy;
+    const real **rows[FR_MAX_THREADS]; /* per thread: (chunk rows + 2B) row pointers */
+    real *tbuf[FR_MAX_THREADS];        /* per thread: (gru_group_rows(B), W) tiles of a group of blocks */
+    fr_barrier_t bar;
+} gru_fwd_ctx;
+
+static void gru_fwd_task(void *arg, int tid, int nth) {
+    gru_fwd_ctx *cx = (gru_fwd_ctx *)arg;
+    const rnn_seq *q = cx->q;
+    const rec_pack *xp = cx->xp, *hp = cx->hp, *np = cx->np;
+    const int I = cx->I, H = cx->H, B = q->B, ra = cx->reset_after, NB = hp->NB;
+    const size_t G3 = (size_t)3 * H;
+    const int MRx = rec_tile_rows(xp), MR = rec_tile_rows(hp);
+    real tile[REC_MR_MAX * REC_W_MAX] __attribute__((aligned(64))); /* (MR, W) */
+    const size_t crows = (size_t)cx->chunk * B;
+    real *tb = cx->tbuf[tid];          /* (max(B, 2 GRU_GROUP_ROWS), W) tiles of a group of blocks */
+    const real **xr = cx->rows[tid];   /* (chunk rows) x rows of a chunk */
+    const real **hr = xr + crows;      /* (B) h_{t-1} rows (r*h rows in phase 2) */
+    real **yr = (real **)(hr + B);     /* (B) y rows */
+    int j0, j1, p0 = 0, p1 = 0;
+    rec_thread_blocks(hp->nblk, tid, nth, &j0, &j1); /* xp and hp have the same blocks */
+    if (np) rec_thread_blocks(np->nblk, tid, nth, &p0, &p1);
+    int cur = 0;
+
+    for (int c0 = 0; c0 < q->S; c0 += cx->chunk) {
+        const int c1 = c0 + cx->chunk < q->S ? c0 + cx->chunk : q->S;
+        size_t lo, hi;
+        rnn_seq_rows(q, c0, c1, &lo, &hi);
+        real *xw = cx->tg ? cx->tg + lo * G3 : cx->xw; /* (hi - lo, 3H): row lo + i of row space is row i */
+        /* The input projection of the chunk for this thread's blocks: every row passes a block's panel
+         * while it is in L1.  Only this thread reads these columns, so no barrier follows. */
+        for (int s = c0; s < c1; s++) {
+            const size_t base = rnn_seq_row(q, s) - lo;
+            for (int k = 0, n = rnn_seq_active(q, s); k < n; k++) {
+                const int b = rnn_seq_batch(q, k);
+                xr[base + (size_t)k] = cx->x + ((size_t)rnn_seq_time(q, s, b) * B + b) * I;
+            }
+        }
+        for (int j = j0; j < j1; j++) {
+            const int u0 = j * NB, nu = rec_block_units(xp, j);
+            for (size_t k0 = 0; k0 < hi - lo; k0 += MRx) {
+                const int mr = hi - lo - k0 < (size_t)MRx ? (int)(hi - lo - k0) : MRx;
+                rec_tile(xp, j, mr, xr + k0, NULL, tile);
+                for (int r = 0; r < mr; r++) {
+                    real *o = xw + (k0 + r) * G3 + u0;
+                    const real *t = tile + (size_t)r * xp->W;
+                    for (int g = 0; g < 3; g++)
+                        for (int v = 0; v < nu; v++)
+                            o[g * H + v] = t[g * NB + v] + (cx->bias ? cx->bias[g * H + u0 + v] : (real)0);
+                }
+            }
+        }
+
+        for (int s = c0; s < c1; s++) {
+            const int n = rnn_seq_active(q, s);
+            const size_t r0 = rnn_seq_row(q, s);
+            const real *hprev = cx->hbuf[cur];          /* (B, H) h_{t-1} */
+            real *hnew = cx->hbuf[ra ? cur ^ 1 : cur];  /* (B, H) h_t */
+            real *xs = xw + (r0 - lo) * G3;             /* (n, 3H) this step's projection */
+            for (int k = 0; k < n; k++) {
+                const int b = rnn_seq_batch(q, k);
+                hr[k] = hprev + (size_t)k * H;
+                yr[k] = cx->y + ((size_t)rnn_seq_time(q, s, b) * B + b) * cx->ldy;
+            }
+            /* Blocks outside, row tiles inside: a block's panel stays in L1/L2 while every row passes it.
+             * The tiles of a group of blocks (at least GRU_GROUP_ROWS rows x blocks) go to tb first and
+             * the cells run after them: the cells' long sigmoid -> tanh chains of many independent rows
+             * then overlap, where a cell right after its own tile would expose its latency (B = 1). */
+            const int gsz = n >= GRU_GROUP_ROWS ? 1 : (GRU_GROUP_ROWS + n - 1) / n;
+            for (int ja = j0; ja < j1; ja += gsz) {
+                const int jb = ja + gsz < j1 ? ja + gsz : j1;
+                for (int j = ja; j < jb; j++)
+                    for (int i = 0, nt = gru_ntiles(n, MR); i < nt; i++) {
+                        const int k0 = gru_tile_start(n, nt, i), mr = gru_tile_start(n, nt, i + 1) - k0;
+                        rec_tile(hp, j, mr, hr + k0, NULL, tb + ((size_t)(j - ja) * n + k0) * hp->W);
+                    }
+                if (ra)
+                    gru_cells_after(H, NB, ja, jb, n, tb, hp->W, xs, cx->b_hn, hprev, hnew, yr, cx->tg != NULL,
+                                    cx->ta ? cx->ta + r0 * H : NULL);
+                else
+                    for (int j = ja; j < jb; j++)
+                        for (int k = 0; k < n; k++)
+                            gru_cell_rz(H, NB, j * NB, rec_block_units(hp, j), tb + ((size_t)(j - ja) * n + k) * hp->W,
+                                        hprev + (size_t)k * H, xs + (size_t)k * G3,
+                                        cx->ta ? cx->ta + (r0 + k) * H : cx->rh + (size_t)k * H);
+            }
+            fr_barrier_wait(&cx->bar, tid);
+            if (ra) {
+                /* h_t went to the other buffer: threads still reading h_{t-1} are not disturbed, and the
+                 * next step writes only the buffer no one reads after the barrier above. */
+                cur ^= 1;
+                continue;
+            }
+            /* reset_after = 0, phase 2: (r*h) W_hn^T for this thread's blocks of the W_hn pack, then n, h. */
+            const int MRn = rec_tile_rows(np);
+            for (int k = 0; k < n; k++) hr[k] = cx->ta ? cx->ta + (r0 + k) * H : cx->rh + (size_t)k * H;
+            for (int j = p0; j < p1; j++) {
+                const int u0 = j * np->NB, nu = rec_block_units(np, j);
+                for (int i = 0, nt = gru_ntiles(n, MRn); i < nt; i++) {
+                    const int k0 = gru_tile_start(n, nt, i), mr = gru_tile_start(n, nt, i + 1) - k0;
+                    rec_tile(np, j, mr, hr + k0, NULL, tile);
+                    for (int r = 0; r < mr; r++) {
+                        const size_t k = (size_t)(k0 + r);
+                        gru_cell_n(H, u0, nu, tile + (size_t)r * np->W, xs + k * G3, hnew + k * H, yr[k]);
+                    }
+                }
+            }
+            fr_barrier_wait(&cx->bar, tid);
         }
     }
 }
@@ -74,98 +367,86 @@ static int gru_forward(int T, int B, int I, int H, int reset_after, int reverse,
     if (rnn_seq_init(&q, T, B, reverse, lengths) != FR_OK) return FR_ENOMEM;
 
     const int G3 = 3 * H;
-    real *gates = tape;                                            /* (T*B, 3H) tape or NULL */
-    real *aux = tape ? tape + (size_t)T * (size_t)B * G3 : NULL;   /* (T*B, H) tape or NULL */
-    const real *b_hn = (reset_after && b_hh) ? b_hh + 2 * (size_t)H : NULL; /* (H) stays inside r*(...) */
-
+    const int ra = reset_after != 0;
+    gru_fwd_ctx cx;
+    rec_pack xp = {0}, hp = {0}, np = {0};
+    const real **rowptrs = NULL;
+    real *tbufs = NULL;
     int rc = FR_ENOMEM;
-    /* Training projects straight into the tape (one GEMM over all steps without lengths); inference
-     * projects a bounded chunk of steps at a time into xw. */
-    size_t xcols = lengths ? (size_t)I : 0;
-    int chunk = rnn_seq_chunk(&q, (tape ? 0 : (size_t)G3) + xcols);
-    size_t crows = (size_t)chunk * (size_t)B;
-    real *bias = b_ih ? fr_alloc((size_t)G3, 0) : NULL;   /* (3H) folded biases */
-    real *xw = tape ? NULL : fr_alloc(crows * G3, 0);      /* (chunk rows, 3H) projection, inference */
-    real *xg = fr_alloc(crows * xcols, 0);                 /* (chunk rows, I) x rows gathered, lengths */
-    real *hs = fr_alloc((size_t)B * H, 0);                 /* (B, H) the state, slot order */
-    real *rec = fr_alloc((size_t)B * G3, 0);               /* (B, 3H) recurrent products of the step */
-    real *rh = (!reset_after && !tape) ? fr_alloc((size_t)B * H, 0) : NULL; /* (B, H) r*h, inference */
-    if ((b_ih && bias == NULL) || (!tape && xw == NULL) || xg == NULL || hs == NULL || rec == NULL ||
-        (!reset_after && !tape && rh == NULL))
+    /* The projection of a chunk of steps is read back by the steps of that chunk: a chunk of about
+     * GRU_XW_BYTES keeps it in L2 in between (in training too, where it goes to the tape's gates rows). */
+    int chunk = (int)(GRU_XW_BYTES / ((size_t)G3 * sizeof(real) * (size_t)(B > 0 ? B : 1)));
+    if (chunk < 1) chunk = 1;
+    if (chunk > q.S) chunk = q.S > 0 ? q.S : 1;
+    const size_t crows = (size_t)chunk * (size_t)B;
+    real *bias = (b_ih || b_hh) ? fr_alloc((size_t)G3, 0) : NULL; /* (3H) folded biases */
+    real *h = fr_alloc((size_t)B * H, 0);                           /* (B, H) state, slot order */
+    real *h2 = ra ? fr_alloc((size_t)B * H, 0) : NULL;              /* (B, H) the other buffer */
+    real *xw = tape ? NULL : fr_alloc(crows * G3, 0);               /* (chunk rows, 3H) projection */
+    real *rh = (!ra && !tape) ? fr_alloc((size_t)B * H, 0) : NULL;  /* (B, H) r*h */
+    if (((b_ih || b_hh) && bias == NULL) || h == NULL || (ra && h2 == NULL) || (!tape && xw == NULL) ||
+        (!ra && !tape && rh == NULL))
         goto done;
+    if (rec_pack_init(&xp, 3, H, w_ih, I, I, NULL, 0, 0) != FR_OK) goto done;
+    if (rec_pack_init(&hp, ra ? 3 : 2, H, w_hh, H, H, NULL, 0, 0) != FR_OK) goto done;
+    if (!ra && rec_pack_init(&np, 1, H, w_hh + 2 * (size_t)H * H, H, H, NULL, 0, 0) != FR_OK) goto done;
 
     if (bias) /* b_ih + b_hh, without b_hn when reset_after (it is applied inside r * (...)) */
-        for (int k = 0; k < G3; k++) bias[k] = b_ih[k] + (k < 2 * H || !reset_after ? b_hh[k] : (real)0);
-    rnn_seq_load_state(&q, H, h0, hs);
+        for (int k = 0; k < G3; k++)
+            bias[k] = (b_ih ? b_ih[k] : (real)0) + (b_hh && (k < 2 * H || !ra) ? b_hh[k] : (real)0);
+    rnn_seq_load_state(&q, H, h0, h);
     rnn_seq_zero_padding(&q, y, ldy, H);
 
-    for (int s0 = 0; s0 < q.S; s0 += chunk) {
-        int s1 = s0 + chunk < q.S ? s0 + chunk : q.S;
-        size_t lo, hi;
-        rnn_seq_rows(&q, s0, s1, &lo, &hi);
-        real *xwc = tape ? gates + lo * G3 : xw; /* (rows of the chunk, 3H) */
-        rnn_seq_project(&q, s0, s1, I, G3, x, w_ih, bias, xg, xwc);
-
-        for (int s = s0; s < s1; s++) {
-            int n = rnn_seq_active(&q, s);
-            size_t row = rnn_seq_row(&q, s);
-            real *g = xwc + (row - lo) * G3; /* (n, 3H) */
-            if (reset_after) {
-                /* All three gates' recurrent products in one GEMM. */
-                fr_gemm(0, 1, n, G3, H, (real)1, hs, H, w_hh, H, (real)0, rec, G3);
-                gru_step_after(&q, s, n, H, g, rec, b_hn, hs, y, ldy, aux ? aux + row * H : NULL);
-                continue;
-            }
-            /* reset_after = 0: r must be known before the n part of the recurrent product, so two
-             * dependent GEMMs: r, z from h W_h{r,z}^T, then (r*h) W_hn^T. */
-            real *rhs = tape ? aux + row * H : rh; /* (n, H) r * h */
-            fr_gemm(0, 1, n, 2 * H, H, (real)1, hs, H, w_hh, H, (real)0, rec, G3);
-            for (int j = 0; j < n; j++) {
-                /* (H) each: recurrent products (overwritten by the activated r, z), projection, state,
-                 * r*h. */
-                real *rr = rec + (size_t)j * G3, *rz = rr + H;
-                const real *gr = g + (size_t)j * G3, *gz = gr + H;
-                const real *h = hs + (size_t)j * H;
-                real *rhj = rhs + (size_t)j * H;
-                for (int k = 0; k < H; k++) {
-                    rr[k] = fr_sigmoid(gr[k] + rr[k]);
-                    rz[k] = fr_sigmoid(gz[k] + rz[k]);
-                    rhj[k] = rr[k] * h[k];
-                }
-            }
-            fr_gemm(0, 1, n, H, H, (real)1, rhs, H, w_hh + 2 * (size_t)H * H, H, (real)0, rec + 2 * H, G3);
-            for (int j = 0; j < n; j++) {
-                int b = rnn_seq_batch(&q, j);
-                size_t t = (size_t)rnn_seq_time(&q, s, b);
-                /* (H) each: r, z, (r*h) W_hn^T; projection (then gates); state; output. */
-                const real *rr = rec + (size_t)j * G3, *rz = rr + H, *rn = rz + H;
-                real *gr = g + (size_t)j * G3, *gz = gr + H, *gn = gz + H;
-                real *h = hs + (size_t)j * H;
-                real *yj = y + (t * B + b) * (size_t)ldy;
-                for (int k = 0; k < H; k++) {
-                    real nn = fr_tanh(gn[k] + rn[k]);
-                    real hv = nn + rz[k] * (h[k] - nn);
-                    h[k] = hv;
-                    yj[k] = hv;
-                    if (tape) {
-                        gr[k] = rr[k];
-                        gz[k] = rz[k];
-                        gn[k] = nn;
-                    }
-                }
-            }
-        }
+    memset(&cx, 0, sizeof cx);
+    cx.q = &q;
+    cx.I = I;
+    cx.H = H;
+    cx.reset_after = ra;
+    cx.chunk = chunk;
+    cx.x = x;
+    cx.xp = &xp;
+    cx.hp = &hp;
+    cx.np = ra ? NULL : &np;
+    cx.bias = bias;
+    cx.b_hn = (ra && b_hh) ? b_hh + 2 * (size_t)H : NULL;
+    cx.hbuf[0] = h;
+    cx.hbuf[1] = h2;
+    cx.tg = tape;
+    cx.ta = tape ? tape + (size_t)T * (size_t)B * G3 : NULL;
+    cx.xw = xw;
+    cx.rh = rh;
+    cx.y = y;
+    cx.ldy = ldy;
+    const int nth = rec_threads_for(B, 3, H, I + H, hp.nblk);
+    const size_t per = crows + 2 * (size_t)B; /* row pointers per thread */
+    const size_t tbn = gru_group_rows(B) * (size_t)hp.W;
+    if ((rowptrs = (const real **)malloc(sizeof(real *) * (per * nth + 1))) == NULL) goto done;
+    if ((tbufs = fr_alloc(tbn * nth, 0)) == NULL) goto done;
+    for (int t = 0; t < nth; t++) {
+        cx.rows[t] = rowptrs + per * t;
+        cx.tbuf[t] = tbufs + tbn * t;
     }
-    rnn_seq_store_state(&q, H, hs, hn);
+    fr_parallel(nth, gru_fwd_task, &cx, &cx.bar);
+
+    if (ra) /* slot j's last state is in the buffer of the parity of its step count */
+        for (int j = 0; j < B; j++) {
+            int len = lengths ? lengths[rnn_seq_batch(&q, j)] : q.S;
+            if (len & 1) memcpy(h + (size_t)j * H, h2 + (size_t)j * H, sizeof(real) * (size_t)H);
+        }
+    rnn_seq_store_state(&q, H, h, hn);
     rc = FR_OK;
 
 done:
+    free(rowptrs);
+    free(tbufs);
     free(bias);
+    free(h);
+    free(h2);
     free(xw);
-    free(xg);
-    free(hs);
-    free(rec);
     free(rh);
+    rec_pack_free(&xp);
+    rec_pack_free(&hp);
+    rec_pack_free(&np);
     rnn_seq_free(&q);
     return rc;
 }
@@ -177,11 +458,171 @@ done:
  *     dr_pre = dn_pre a r (1 - r),   dL/da = dn_pre r,   dh += [dr_pre, dz_pre, dn_pre r] W_hh
  *   reset_after = 0 (drh = dL/d(r*h) = dn_pre W_hn):
  *     dr_pre = drh h r (1 - r),      dh += drh r + [dr_pre, dz_pre] W_h{r,z}
- * dg holds the recurrent side [dr_pre, dz_pre, dn_rec], dn_rec = dL/da (reset_after) or dn_pre; the
- * input side is the same except its n column is dn_pre, kept in dni for reset_after = 1.  Then
- *     dW_ih = [dg_rz | dn_pre]^T X,   dx = [dg_rz | dn_pre] W_ih,   db_ih = colsum [dg_rz | dn_pre]
- *     dW_hh = dg_rz^T H_prev  and  dW_hn = dn_rec^T (reset_after ? H_prev : r*H_prev),   db_hh = colsum dg.
+ * dg holds the input side [dr_pre, dz_pre, dn_pre]; the recurrent side is the same except its n column,
+ * dn_rec = dL/da, kept apart in dnr with reset_after (without, dn_rec = dn_pre).  Then
+ *     dW_ih = dg^T X,   dx = dg W_ih,   db_ih = colsum dg                       (one GEMM each)
+ *     dW_h{r,z} = dg_rz^T H_prev,  dW_hn = dn_rec^T (reset_after ? H_prev : r*H_prev),
+ *     db_hh = colsum [dg_rz | dn_rec].
+ *
+ * The time loop is one parallel region.  Thread tid owns the output blocks [j0, j1) of the transposed packs
+ * (units [u0, u1)); per step:
+ *   A   dG of its units from the tape (elementwise), dh = d z for its units;  barrier
+ *   reset_after = 1:  B  dh[own] += [dr, dz, dn_rec] W_hh   (reads dG of all units)
+ *   reset_after = 0:  B1 drh[own] = dn W_hn, then dr and dh += drh r on its units;  barrier
+ *                     B2 dh[own] += [dr, dz] W_h{r,z}
+ * The next step's A reads only the thread's own units of dh and writes the dG rows of another step, so no
+ * barrier closes the step.
  */
+
+typedef struct gru_bwd_ctx {
+    const rnn_seq *q;
+    int H, reset_after;
+    const real *h0;          /* (B, H) or NULL */
+    const real *zero;        /* (H) zeros: h_{t-1} at the first step without h0 */
+    const real *y;           /* (T, B, ldy) */
+    int ldy;
+    const real *tg, *ta;     /* tape gates (T*B, 3H), aux (T*B, H) */
+    const real *dy;          /* (T, B, lddy) */
+    int lddy;
+    const rec_pack *tp;      /* W_hh^T (K = 3H, K1 = 2H: the operand is [dg_rz | dnr]) with reset_after,
+                                else W_h{r,z}^T (K = 2H) */
+    const rec_pack *tn;      /* W_hn^T (K = H), reset_after = 0 only */
+    real *dh;                /* (B, H) dL/dh carried, slot order */
+    real *dg;                /* (N, 3H) input-side dG: dr_pre, dz_pre, dn_pre */
+    real *dnr;               /* (N, H) dn_rec = dn_pre r, reset_after only */
+    const real **rows[FR_MAX_THREADS]; /* per thread: (3B) row pointers of a step */
+    fr_barrier_t bar;
+} gru_bwd_ctx;
+
+/* Phase A on units [u0, u1) of one row. */
+static inline void gru_bwd_rowA(int H, int u0, int u1, int reset_after,
+                                const real *dyr, /* (H) dL/dy_t */
+                                real *dhr,       /* (H) in: carried dL/dh_t; out: d z */
+                                const real *hp,  /* (H) h_{t-1} */
+                                const real *gt,  /* (3H) tape: r, z, n */
+                                const real *au,  /* (H) tape aux */
+                                real *g,         /* (3H) out: dG (dr_pre only with reset_after) */
+                                real *dnr)       /* (H) out: dn_pre r (reset_after), or NULL */
+{
+    const real *r = gt, *z = gt + H, *nn = gt + 2 * H;
+    real *gr = g, *gz = g + H, *gn = g + 2 * H;
+    int u = u0;
+#if FR_AVX2 && !FR_DOUBLE
+    const __m256 one = _mm256_set1_ps(1.0f);
+    for (; u + 8 <= u1; u += 8) {
+        __m256 d = _mm256_add_ps(_mm256_loadu_ps(dyr + u), _mm256_loadu_ps(dhr + u));
+        __m256 zv = _mm256_loadu_ps(z + u), nv = _mm256_loadu_ps(nn + u);
+        __m256 omz = _mm256_sub_ps(one, zv);
+        __m256 dn = _mm256_mul_ps(_mm256_mul_ps(d, omz), _mm256_fnmadd_ps(nv, nv, one));
+        __m256 dz = _mm256_mul_ps(_mm256_mul_ps(d, _mm256_sub_ps(_mm256_loadu_ps(hp + u), nv)),
+                                  _mm256_mul_ps(zv, omz));
+        _mm256_storeu_ps(gz + u, dz);
+        _mm256_storeu_ps(dhr + u, _mm256_mul_ps(d, zv));
+        if (reset_after) {
+            __m256 rv = _mm256_loadu_ps(r + u);
+            __m256 drp = _mm256_mul_ps(_mm256_mul_ps(dn, _mm256_loadu_ps(au + u)),
+                                       _mm256_mul_ps(rv, _mm256_sub_ps(one, rv)));
+            _mm256_storeu_ps(gr + u, drp);
+            _mm256_storeu_ps(dnr + u, _mm256_mul_ps(dn, rv));
+        }
+        _mm256_storeu_ps(gn + u, dn);
+    }
+#endif
+    for (; u < u1; u++) {
+        real d = dyr[u] + dhr[u];
+        real omz = (real)1 - z[u];
+        real dn = d * omz * ((real)1 - nn[u] * nn[u]);
+        gz[u] = d * (hp[u] - nn[u]) * (z[u] * omz);
+        dhr[u] = d * z[u];
+        if (reset_after) {
+            gr[u] = dn * au[u] * (r[u] * ((real)1 - r[u]));
+            dnr[u] = dn * r[u];
+        }
+        gn[u] = dn;
+    }
+}
+
+/* dh rows += tiles of [a1 | a2] rows @ block j of the transposed pack p (all n rows, tiles of MR). */
+static void gru_bwd_product(const rec_pack *p, int j, int n, const real *const *a1, const real *const *a2,
+                            real *dh, int H, real *tile) /* dh (n, H) */
+{
+    const int MR = rec_tile_rows(p), u0 = j * p->NB, nu = rec_block_units(p, j);
+    for (int i = 0, nt = gru_ntiles(n, MR); i < nt; i++) {
+        const int k0 = gru_tile_start(n, nt, i), mr = gru_tile_start(n, nt, i + 1) - k0;
+        rec_tile(p, j, mr, a1 + k0, a2 ? a2 + k0 : NULL, tile);
+        for (int r = 0; r < mr; r++) {
+            real *d = dh + (size_t)(k0 + r) * H + u0;
+            const real *t = tile + (size_t)r * p->W;
+            for (int v = 0; v < nu; v++) d[v] += t[v];
+        }
+    }
+}
+
+static void gru_bwd_task(void *arg, int tid, int nth) {
+    gru_bwd_ctx *cx = (gru_bwd_ctx *)arg;
+    const rnn_seq *q = cx->q;
+    const rec_pack *tp = cx->tp, *tn = cx->tn;
+    const int H = cx->H, B = q->B, ra = cx->reset_after;
+    const size_t G3 = (size_t)3 * H;
+    real tile[REC_MR_MAX * REC_W_MAX] __attribute__((aligned(64)));
+    const real **ar = cx->rows[tid]; /* (B) operand rows of the products */
+    const real **hr = ar + B;        /* (B) h_{t-1} rows */
+    const real **nr = hr + B;        /* (B) dn_rec rows */
+    int j0, j1;
+    rec_thread_blocks(tp->nblk, tid, nth, &j0, &j1);
+    const int u0 = j0 * tp->NB, u1 = j1 * tp->NB < H ? j1 * tp->NB : H;
+
+    for (int s = q->S - 1; s >= 0; s--) {
+        const int n = rnn_seq_active(q, s);
+        const size_t row = rnn_seq_row(q, s);
+        for (int k = 0; k < n; k++) {
+            const int b = rnn_seq_batch(q, k);
+            const size_t t = (size_t)rnn_seq_time(q, s, b);
+            const real *hp = rnn_seq_prev(q, s, b, cx->y, cx->ldy, cx->h0, H, cx->zero);
+            hr[k] = hp;
+            if (u0 < u1)
+                gru_bwd_rowA(H, u0, u1, ra, cx->dy + (t * B + b) * (size_t)cx->lddy, cx->dh + (size_t)k * H, hp,
+                             cx->tg + (row + k) * G3, cx->ta + (row + k) * H, cx->dg + (row + k) * G3,
+                             ra ? cx->dnr + (row + k) * H : NULL);
+        }
+        fr_barrier_wait(&cx->bar, tid);
+        if (ra) {
+            for (int k = 0; k < n; k++) {
+                ar[k] = cx->dg + (row + k) * G3;
+                nr[k] = cx->dnr + (row + k) * H;
+            }
+            for (int j = j0; j < j1; j++) gru_bwd_product(tp, j, n, ar, nr, cx->dh, H, tile);
+            continue;
+        }
+        /* B1: drh = dn W_hn for own units, then dr_pre and the direct path drh * r into dh */
+        for (int k = 0; k < n; k++) ar[k] = cx->dg + (row + k) * G3 + 2 * H;
+        const int MR = rec_tile_rows(tn);
+        for (int j = j0; j < j1; j++) {
+            const int v0 = j * tn->NB, nu = rec_block_units(tn, j);
+            for (int i = 0, nt = gru_ntiles(n, MR); i < nt; i++) {
+                const int k0 = gru_tile_start(n, nt, i), mr = gru_tile_start(n, nt, i + 1) - k0;
+                rec_tile(tn, j, mr, ar + k0, NULL, tile);
+                for (int r = 0; r < mr; r++) {
+                    const size_t k = (size_t)(k0 + r);
+                    const real *drh = tile + (size_t)r * tn->W;
+                    const real *rv = cx->tg + (row + k) * G3 + v0;
+                    const real *hp = hr[k] + v0;
+                    real *gr = cx->dg + (row + k) * G3 + v0;
+                    real *dhk = cx->dh + k * H + v0;
+                    for (int v = 0; v < nu; v++) {
+                        gr[v] = drh[v] * hp[v] * (rv[v] * ((real)1 - rv[v]));
+                        dhk[v] += drh[v] * rv[v];
+                    }
+                }
+            }
+        }
+        fr_barrier_wait(&cx->bar, tid);
+        /* B2: dh += [dr, dz] W_h{r,z} for own units */
+        for (int k = 0; k < n; k++) ar[k] = cx->dg + (row + k) * G3;
+        for (int j = j0; j < j1; j++) gru_bwd_product(tp, j, n, ar, NULL, cx->dh, H, tile);
+    }
+}
+
 static int gru_backward(int T, int B, int I, int H, int reset_after, int reverse,
                         const int *lengths,       /* (B) or NULL */
                         const real *x,            /* (T, B, I) */
@@ -202,84 +643,55 @@ static int gru_backward(int T, int B, int I, int H, int reset_after, int reverse
     if (rnn_seq_init(&q, T, B, reverse, lengths) != FR_OK) return FR_ENOMEM;
 
     const int G3 = 3 * H;
-    const real *gates = tape;                                   /* (T*B, 3H) r, z, n */
+    const int ra = reset_after != 0;
     const real *aux = tape + (size_t)T * (size_t)B * G3;        /* (T*B, H) see the top of the file */
-    const real *w_hn = w_hh + 2 * (size_t)H * H;                /* (H, H) */
+    gru_bwd_ctx cx;
+    rec_pack tp = {0}, tn = {0};
+    const real **rowptrs = NULL;
 
     int rc = FR_ENOMEM;
     size_t xcols = lengths ? (size_t)I : 0;
     int chunk = rnn_seq_chunk(&q, (size_t)H + xcols);
     size_t crows = (size_t)chunk * (size_t)B;
-    real *dg = fr_alloc(q.N * G3, 0);                           /* (N, 3H) recurrent-side dG */
-    real *dni = reset_after ? fr_alloc(q.N * H, 0) : NULL;      /* (N, H) dn_pre, reset_after only */
+    real *dg = fr_alloc(q.N * G3, 0);                           /* (N, 3H) input-side dG */
+    real *dnr = ra ? fr_alloc(q.N * H, 0) : NULL;               /* (N, H) dn_rec, reset_after only */
     real *dh = fr_alloc((size_t)B * H, 0);                      /* (B, H) dL/dh carried, slot order */
-    real *drh = reset_after ? NULL : fr_alloc((size_t)B * H, 0); /* (B, H) dL/d(r*h) of the step */
     real *zero = fr_alloc((size_t)H, 1);                        /* (H) h0 when h0 is NULL */
     real *hg = fr_alloc(crows * H, 0);                          /* (chunk rows, H) H_prev gathered */
     real *xg = fr_alloc(crows * xcols, 0);                      /* (chunk rows, I) x / dx, lengths */
-    if (dg == NULL || (reset_after && dni == NULL) || dh == NULL || (!reset_after && drh == NULL) ||
-        zero == NULL || hg == NULL || xg == NULL)
+    if (dg == NULL || (ra && dnr == NULL) || dh == NULL || zero == NULL || hg == NULL || xg == NULL)
         goto done;
+    if (rec_pack_transposed(&tp, H, ra ? G3 : 2 * H, w_hh, H) != FR_OK) goto done;
+    if (ra) tp.K1 = 2 * H; /* the operand rows are [dg_rz | dnr]: the panels do not depend on K1 */
+    if (!ra && rec_pack_transposed(&tn, H, H, w_hh + 2 * (size_t)H * H, H) != FR_OK) goto done;
 
     rnn_seq_load_state(&q, H, dhn, dh);
-    for (int s = q.S - 1; s >= 0; s--) {
-        int n = rnn_seq_active(&q, s);
-        size_t row = rnn_seq_row(&q, s);
-        real *g = dg + row * G3;              /* (n, 3H) */
-        const real *gt = gates + row * G3;    /* (n, 3H) r, z, n */
-        const real *au = aux + row * H;       /* (n, H) */
-        /* Pass 1: everything that needs only this step's saved values. */
-        for (int j = 0; j < n; j++) {
-            int b = rnn_seq_batch(&q, j);
-            size_t t = (size_t)rnn_seq_time(&q, s, b);
-            const real *hp = rnn_seq_prev(&q, s, b, y, ldy, h0, H, zero); /* (H) h_{t-1} */
-            const real *dyj = dy + (t * B + b) * (size_t)lddy;           /* (H) */
-            /* (H) each: saved gates, saved aux, gate gradients out, carried dh, dn_pre (reset_after). */
-            const real *r = gt + (size_t)j * G3, *z = r + H, *nn = z + H;
-            const real *aj = au + (size_t)j * H;
-            real *gr = g + (size_t)j * G3, *gz = gr + H, *gn = gz + H;
-            real *dhj = dh + (size_t)j * H;
-            real *dnj = reset_after ? dni + (row + j) * H : NULL;
-            for (int k = 0; k < H; k++) {
-                real d = dyj[k] + dhj[k];
-                real dn = d * ((real)1 - z[k]) * ((real)1 - nn[k] * nn[k]);
-                gz[k] = d * (hp[k] - nn[k]) * z[k] * ((real)1 - z[k]);
-                dhj[k] = d * z[k];
-                if (reset_after) {
-                    gr[k] = dn * aj[k] * r[k] * ((real)1 - r[k]);
-                    gn[k] = dn * r[k];
-                    dnj[k] = dn;
-                } else {
-                    gn[k] = dn;
-                }
-            }
-        }
-        if (reset_after) {
-            fr_gemm(0, 0, n, H, G3, (real)1, g, G3, w_hh, H, (real)1, dh, H);
-            continue;
-        }
-        /* reset_after = 0: dr needs dL/d(r*h) = dn_pre W_hn first (the forward's second product). */
-        fr_gemm(0, 0, n, H, H, (real)1, g + 2 * H, G3, w_hn, H, (real)0, drh, H);
-        for (int j = 0; j < n; j++) {
-            int b = rnn_seq_batch(&q, j);
-            /* (H) each: h_{t-1}, saved r, dL/d(r*h), dr_pre out, carried dh. */
-            const real *hp = rnn_seq_prev(&q, s, b, y, ldy, h0, H, zero);
-            const real *r = gt + (size_t)j * G3;
-            const real *dj = drh + (size_t)j * H;
-            real *gr = g + (size_t)j * G3;
-            real *dhj = dh + (size_t)j * H;
-            for (int k = 0; k < H; k++) {
-                gr[k] = dj[k] * hp[k] * r[k] * ((real)1 - r[k]);
-                dhj[k] += dj[k] * r[k];
-            }
-        }
-        fr_gemm(0, 0, n, H, 2 * H, (real)1, g, G3, w_hh, H, (real)1, dh, H);
-    }
-    rnn_seq_store_state(&q, H, dh, dh0);
+    memset(&cx, 0, sizeof cx);
+    cx.q = &q;
+    cx.H = H;
+    cx.reset_after = ra;
+    cx.h0 = h0;
+    cx.zero = zero;
+    cx.y = y;
+    cx.ldy = ldy;
+    cx.tg = tape;
+    cx.ta = aux;
+    cx.dy = dy;
+    cx.lddy = lddy;
+    cx.tp = &tp;
+    cx.tn = ra ? NULL : &tn;
+    cx.dh = dh;
+    cx.dg = dg;
+    cx.dnr = dnr;
+    const int nth = rec_threads_for(B, 3, H, H, tp.nblk);
+    if ((rowptrs = (const real **)malloc(sizeof(real *) * (3 * (size_t)B * nth + 1))) == NULL) goto done;
+    for (int t = 0; t < nth; t++) cx.rows[t] = rowptrs + (size_t)3 * B * t;
+    fr_parallel(nth, gru_bwd_task, &cx, &cx.bar);
+    if (dh0) rnn_seq_store_state(&q, H, dh, dh0);
 
-    /* The input-side n column: dn_pre. */
-    const real *dn_all = reset_after ? dni : dg + 2 * H; /* (N, H), leading dimension ldn */
-    const int ldn = reset_after ? H : G3;
+    /* The recurrent-side n column: dn_rec. */
+    const real *dn_rec = ra ? dnr : dg + 2 * H; /* (N, H), leading dimension ldn */
+    const int ldn = ra ? H : G3;
 
     /* Weight gradients and dx as large GEMMs over all rows, a chunk of steps at a time. */
     memset(dw_ih, 0, sizeof(real) * (size_t)G3 * I);
@@ -291,46 +703,41 @@ static int gru_backward(int T, int B, int I, int H, int reset_after, int reverse
         rnn_seq_rows(&q, s0, s1, &lo, &hi);
         int m = (int)(hi - lo);
         const real *gc = dg + lo * G3;                  /* (m, 3H) */
-        const real *dnc = dn_all + lo * (size_t)ldn;    /* (m, H) */
+        const real *dnc = dn_rec + lo * (size_t)ldn;    /* (m, H) */
         const real *xc = x + lo * (size_t)I;            /* (m, I) */
         if (lengths) {
             rnn_seq_gather(&q, s0, s1, x, I, I, xg);
             xc = xg;
         }
-        fr_gemm(1, 0, 2 * H, I, m, (real)1, gc, G3, xc, I, (real)1, dw_ih, I);
-        fr_gemm(1, 0, H, I, m, (real)1, dnc, ldn, xc, I, (real)1, dw_ih + 2 * (size_t)H * I, I);
+        fr_gemm(1, 0, G3, I, m, (real)1, gc, G3, xc, I, (real)1, dw_ih, I);
 
         rnn_seq_gather_prev(&q, s0, s1, y, ldy, h0, H, hg);
-        if (reset_after) {
-            fr_gemm(1, 0, G3, H, m, (real)1, gc, G3, hg, H, (real)1, dw_hh, H);
-        } else {
-            fr_gemm(1, 0, 2 * H, H, m, (real)1, gc, G3, hg, H, (real)1, dw_hh, H);
-            fr_gemm(1, 0, H, H, m, (real)1, gc + 2 * H, G3, aux + lo * H, H, (real)1,
-                    dw_hh + 2 * (size_t)H * H, H);
-        }
+        fr_gemm(1, 0, 2 * H, H, m, (real)1, gc, G3, hg, H, (real)1, dw_hh, H);
+        fr_gemm(1, 0, H, H, m, (real)1, dnc, ldn, ra ? hg : aux + lo * H, H, (real)1, dw_hh + 2 * (size_t)H * H, H);
 
         if (dx == NULL) continue;
         real *dxc = lengths ? xg : dx + lo * (size_t)I; /* (m, I) */
         real beta = (lengths || !dx_accumulate) ? (real)0 : (real)1;
-        fr_gemm(0, 0, m, I, 2 * H, (real)1, gc, G3, w_ih, I, beta, dxc, I);
-        fr_gemm(0, 0, m, I, H, (real)1, dnc, ldn, w_ih + 2 * (size_t)H * I, I, (real)1, dxc, I);
+        fr_gemm(0, 0, m, I, G3, (real)1, gc, G3, w_ih, I, beta, dxc, I);
         if (lengths) rnn_seq_scatter(&q, s0, s1, xg, dx, I, I, dx_accumulate);
     }
-    if (db_ih) {
-        rnn_colsum(q.N, 2 * H, dg, G3, db_ih);
-        rnn_colsum(q.N, H, dn_all, ldn, db_ih + 2 * H);
+    if (db_ih) rnn_colsum(q.N, G3, dg, G3, db_ih);
+    if (db_hh) {
+        rnn_colsum(q.N, 2 * H, dg, G3, db_hh);
+        rnn_colsum(q.N, H, dn_rec, ldn, db_hh + 2 * H);
     }
-    if (db_hh) rnn_colsum(q.N, G3, dg, G3, db_hh);
     rc = FR_OK;
 
 done:
+    free(rowptrs);
     free(dg);
-    free(dni);
+    free(dnr);
     free(dh);
-    free(drh);
     free(zero);
     free(hg);
     free(xg);
+    rec_pack_free(&tp);
+    rec_pack_free(&tn);
     rnn_seq_free(&q);
     return rc;
 }

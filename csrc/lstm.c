@@ -156,32 +156,6 @@ static void lstm_gather(const lstm_plan *pl, int s0, int s1, int prev,
     }
 }
 
-/* ---- the cell, one row (one sequence at one step) ----------------------------------------------------- */
-
-/* dL/dz for one row from the saved activations, and the c carry.  tanh(c_t) is recomputed rather than
- * taped: one tanh per element is cheap next to the GEMMs, and it keeps the tape at 5H per row. */
-static void lstm_row_backward(int H,
-                              const real *a,  /* (4H) activated i, f, g, o of this step */
-                              const real *c,  /* (H) c_t */
-                              const real *cp, /* (H) c_{t-1}, or NULL for zeros */
-                              const real *dm, /* (H) dL/dm_t, m = o * tanh(c_t) */
-                              real *dc,       /* (H) in: dL/dc_t from later steps; out: dL/dc_{t-1} */
-                              real *dz)       /* (4H) out: dL/dz, gates i, f, g, o */
-{
-    const real one = 1;
-    for (int j = 0; j < H; j++) {
-        real i = a[j], f = a[H + j], g = a[2 * H + j], o = a[3 * H + j];
-        real th = fr_tanh(c[j]);
-        real dcj = dc[j] + dm[j] * o * (one - th * th);
-        real cpj = cp ? cp[j] : 0;
-        dz[j] = dcj * g * i * (one - i);
-        dz[H + j] = dcj * cpj * f * (one - f);
-        dz[2 * H + j] = dcj * i * (one - g * g);
-        dz[3 * H + j] = dm[j] * th * o * (one - o);
-        dc[j] = dcj * f;
-    }
-}
-
 /* ---- forward: the fused step ------------------------------------------------------------------------
  * One parallel region runs the whole sequence.  Per step, each thread takes its blocks of hidden units and,
  * for each tile of active rows, computes x_t W_ih^T + h_{t-1} W_hh^T for all four gates of those units in
@@ -440,7 +414,242 @@ done:
     return rc;
 }
 
-/* ---- backward ------------------------------------------------------------------------------------------ */
+/* ---- backward: the fused step ---------------------------------------------------------------------------
+ * One parallel region runs the whole sequence in reverse, with no BLAS call inside.  Per step s (active
+ * rows k < n; dh holds dL/dh_t of those rows, dy_t included):
+ *   phase 1  each thread, for its hidden units: dm = dL/dm_t (dh itself without projection; with it,
+ *            dm = dh_t W_hr for those units, a tile product over a packed panel of W_hr), then dz_t and the
+ *            c carry elementwise from the tape, and those units' bias gradient;
+ *   barrier  (dz_t is complete)
+ *   phase 2  each thread, for its blocks of the P outputs: dh_{t-1} = dz_t W_hh (a packed panel of W_hh^T)
+ *            plus dy_{t-1}, i.e. the whole dL/dh of the step processed next.
+ * Without projection a thread's units in phase 1 are exactly its output blocks of phase 2, so phase 1 reads
+ * only the part of dh the same thread wrote: one barrier per step.  With projection phase 1 reads all of
+ * dh_t, so a second barrier closes phase 2.  No thread writes what another reads in the same phase: dz
+ * rows of step s are read in phase 2 of s, written in phase 1 of s only; dc, db, and (without projection)
+ * dh are split by units. */
+
+typedef struct lstm_bwd_ctx {
+    const lstm_plan *pl;
+    int H, P;
+    const rec_pack *hp;  /* W_hh^T packed: G = 1 over the P outputs, K = 4H */
+    const rec_pack *rp;  /* W_hr packed: G = 1 over the H units, K = P; NULL without projection */
+    const real *tg;      /* (N, 4H) tape: activated gates */
+    const real *tc;      /* (N, H) tape: c */
+    const real *c0;      /* (B, H) batch order, or NULL */
+    const real *dy;      /* (T, B, lddy) */
+    int lddy;
+    real *dz;            /* (N, 4H) out: dL/dz of every compact row */
+    real *dh;            /* (B, P) sorted rows: dL/dh of the step being processed */
+    real *dc;            /* (B, H) sorted rows: the dL/dc carry */
+    real *dH;            /* (N, P) every row's dL/dh, projection only (dW_hr = dH^T M after the loop) */
+    real *db;            /* (4H) sum of dz over the rows, or NULL */
+    fr_barrier_t bar;
+} lstm_bwd_ctx;
+
+/* dz and the c carry for units [u0, u0 + nu) of one row (one sequence at one step).  tanh(c_t) is
+ * recomputed (with the forward's own approximation) rather than taped: one tanh per element is cheap next
+ * to the products, and the tape stays at 5H per row. */
+static inline void lstm_dgates(int H, int u0, int nu,
+                               const real *a,  /* (4H) activated i, f, g, o of this step */
+                               const real *c,  /* (H) c_t */
+                               const real *cp, /* (H) c_{t-1}, or NULL for zeros */
+                               const real *dm, /* (nu) dL/dm_t of units u0 .. u0 + nu - 1 */
+                               real *dc,       /* (H) in: dL/dc_t from later steps; out: dL/dc_{t-1} */
+                               real *dz,       /* (4H) out: dL/dz, gates i, f, g, o */
+                               real *db)       /* (4H) += dz, or NULL */
+{
+    const real one = 1;
+    int v = 0;
+#if FR_AVX2 && !FR_DOUBLE
+    const __m256 vone = _mm256_set1_ps(1.0f);
+    for (; v + 8 <= nu; v += 8) {
+        const int u = u0 + v;
+        const __m256 i = _mm256_loadu_ps(a + u), f = _mm256_loadu_ps(a + H + u);
+        const __m256 g = _mm256_loadu_ps(a + 2 * H + u), o = _mm256_loadu_ps(a + 3 * H + u);
+        const __m256 th = vm_tanh8(_mm256_loadu_ps(c + u));
+        const __m256 dmv = _mm256_loadu_ps(dm + v);
+        const __m256 dmo = _mm256_mul_ps(dmv, o);
+        /* dc_t = carry + dm * o * (1 - th^2) */
+        const __m256 dcv = _mm256_fmadd_ps(dmo, _mm256_fnmadd_ps(th, th, vone), _mm256_loadu_ps(dc + u));
+        const __m256 cpv = cp ? _mm256_loadu_ps(cp + u) : _mm256_setzero_ps();
+        const __m256 zi = _mm256_mul_ps(_mm256_mul_ps(dcv, g), _mm256_mul_ps(i, _mm256_sub_ps(vone, i)));
+        const __m256 zf = _mm256_mul_ps(_mm256_mul_ps(dcv, cpv), _mm256_mul_ps(f, _mm256_sub_ps(vone, f)));
+        const __m256 zg = _mm256_mul_ps(_mm256_mul_ps(dcv, i), _mm256_fnmadd_ps(g, g, vone));
+        const __m256 zo = _mm256_mul_ps(_mm256_mul_ps(dmo, th), _mm256_sub_ps(vone, o));
+        _mm256_storeu_ps(dz + u, zi);
+        _mm256_storeu_ps(dz + H + u, zf);
+        _mm256_storeu_ps(dz + 2 * H + u, zg);
+        _mm256_storeu_ps(dz + 3 * H + u, zo);
+        _mm256_storeu_ps(dc + u, _mm256_mul_ps(dcv, f));
+        if (db) {
+            _mm256_storeu_ps(db + u, _mm256_add_ps(_mm256_loadu_ps(db + u), zi));
+            _mm256_storeu_ps(db + H + u, _mm256_add_ps(_mm256_loadu_ps(db + H + u), zf));
+            _mm256_storeu_ps(db + 2 * H + u, _mm256_add_ps(_mm256_loadu_ps(db + 2 * H + u), zg));
+            _mm256_storeu_ps(db + 3 * H + u, _mm256_add_ps(_mm256_loadu_ps(db + 3 * H + u), zo));
+        }
+    }
+#endif
+    for (; v < nu; v++) {
+        const int u = u0 + v;
+        const real i = a[u], f = a[H + u], g = a[2 * H + u], o = a[3 * H + u];
+        const real th = fr_tanh(c[u]);
+        const real dmo = dm[v] * o;
+        const real dcu = dc[u] + dmo * (one - th * th);
+        const real cpu = cp ? cp[u] : 0;
+        const real zi = dcu * g * (i * (one - i)), zf = dcu * cpu * (f * (one - f));
+        const real zg = dcu * i * (one - g * g), zo = dmo * th * (one - o);
+        dz[u] = zi;
+        dz[H + u] = zf;
+        dz[2 * H + u] = zg;
+        dz[3 * H + u] = zo;
+        dc[u] = dcu * f;
+        if (db) {
+            db[u] += zi;
+            db[H + u] += zf;
+            db[2 * H + u] += zg;
+            db[3 * H + u] += zo;
+        }
+    }
+}
+
+/* Phase 1 reads tape rows the forward wrote long ago (the tape outgrows L2 past small shapes), a few
+ * contiguous lines per gate: fetch them some rows ahead.  Units [u0, u1) of gate rows a and of c_{t-1} row cp
+ * (c_t needs none: it was read as c_{t-1} one step earlier). */
+#define LSTM_PREFETCH_ROWS 2
+static inline void lstm_prefetch_row(int H, int u0, int u1, const real *a, const real *cp) {
+    for (int u = u0; u < u1; u += 64 / (int)sizeof(real)) {
+        __builtin_prefetch(a + u);
+        __builtin_prefetch(a + H + u);
+        __builtin_prefetch(a + 2 * H + u);
+        __builtin_prefetch(a + 3 * H + u);
+        if (cp) __builtin_prefetch(cp + u);
+    }
+}
+
+/* dy row of sorted row k at step s. */
+static inline const real *lstm_dy_row(const lstm_bwd_ctx *cx, int s, int k) {
+    const lstm_plan *pl = cx->pl;
+    return cx->dy + ((size_t)lstm_time(pl, s, k) * pl->B + lstm_perm(pl, k)) * (size_t)cx->lddy;
+}
+
+/* Depth of a K chunk of the backward product: a chunk of one block's panel (kc, W) and of the n operand rows
+ * (n, kc) within about half of a 512 KB L2 (measured: H = 1024, B = 64 runs the product ~20% faster than
+ * unchunked). */
+#ifndef LSTM_BWD_L2_BYTES
+#define LSTM_BWD_L2_BYTES ((size_t)256 << 10)
+#endif
+static inline int lstm_bwd_kchunk(const rec_pack *hp, int n) {
+    size_t kc = LSTM_BWD_L2_BYTES / (sizeof(real) * (size_t)(hp->W + n));
+    kc &= ~(size_t)7;
+    if (kc < 64) kc = 64;
+    return kc >= (size_t)hp->K ? hp->K : (int)kc;
+}
+
+static void lstm_bwd_task(void *arg, int tid, int nth) {
+    lstm_bwd_ctx *cx = (lstm_bwd_ctx *)arg;
+    const lstm_plan *pl = cx->pl;
+    const rec_pack *hp = cx->hp, *rp = cx->rp;
+    const int H = cx->H, P = cx->P;
+    const size_t H4 = (size_t)4 * H;
+    real tile[REC_MR_MAX * REC_W_MAX] __attribute__((aligned(64))); /* (MR, W) */
+    const real *ar[REC_MR_MAX];                                     /* operand rows of a tile */
+    real *const dh = cx->dh, *const dc = cx->dc, *const dz = cx->dz, *const dH = cx->dH;
+    int j0, j1, q0 = 0, q1 = 0, u0, u1;
+    rec_thread_blocks(hp->nblk, tid, nth, &j0, &j1); /* phase 2: blocks of the P outputs */
+    if (rp) {                                        /* phase 1: the hidden units of blocks of W_hr */
+        rec_thread_blocks(rp->nblk, tid, nth, &q0, &q1);
+        u0 = q0 * rp->NB;
+        u1 = q1 * rp->NB < H ? q1 * rp->NB : H;
+    } else { /* phase 1: the same units as the output blocks (P == H) */
+        u0 = j0 * hp->NB;
+        u1 = j1 * hp->NB < H ? j1 * hp->NB : H;
+    }
+    const int MRh = rec_tile_rows(hp), MRr = rp ? rec_tile_rows(rp) : 1;
+
+    for (int s = pl->S - 1; s >= 0; s--) {
+        const int n = lstm_nact(pl, s);
+        const size_t r0 = lstm_row(pl, s);
+        const size_t rq = s > 0 ? lstm_row(pl, s - 1) : 0; /* rows of step s - 1: c_{t-1} and dh_{t-1} */
+        /* ---- phase 1: dz_t and the c carry for this thread's units */
+#define LSTM_CP(k) (s > 0 ? cx->tc + (rq + (k)) * H : (cx->c0 ? cx->c0 + (size_t)lstm_perm(pl, (k)) * H : NULL))
+        if (rp) {
+            for (int q = q0; q < q1; q++) {
+                const int uq = q * rp->NB, nu = rec_block_units(rp, q);
+                for (int k0 = 0; k0 < n; k0 += MRr) {
+                    const int mr = n - k0 < MRr ? n - k0 : MRr;
+                    for (int r = 0; r < mr; r++) ar[r] = dh + (size_t)(k0 + r) * P;
+                    for (int k = k0 + mr; k < k0 + 2 * mr && k < n; k++) /* the next tile's rows */
+                        lstm_prefetch_row(H, uq, uq + nu, cx->tg + (r0 + k) * H4, LSTM_CP(k));
+                    rec_tile(rp, q, mr, ar, NULL, tile); /* dm of units uq .. for rows k0 .. */
+                    for (int r = 0; r < mr; r++) {
+                        const size_t k = (size_t)(k0 + r);
+                        lstm_dgates(H, uq, nu, cx->tg + (r0 + k) * H4, cx->tc + (r0 + k) * H, LSTM_CP(k),
+                                    tile + (size_t)r * rp->W, dc + k * H, dz + (r0 + k) * H4, cx->db);
+                    }
+                }
+            }
+        } else if (u1 > u0) {
+            for (int k = 0; k < n; k++) {
+                if (k + LSTM_PREFETCH_ROWS < n)
+                    lstm_prefetch_row(H, u0, u1, cx->tg + (r0 + k + LSTM_PREFETCH_ROWS) * H4,
+                                      LSTM_CP(k + LSTM_PREFETCH_ROWS));
+                lstm_dgates(H, u0, u1 - u0, cx->tg + (r0 + k) * H4, cx->tc + (r0 + k) * H, LSTM_CP(k),
+                            dh + (size_t)k * P + u0, dc + (size_t)k * H, dz + (r0 + k) * H4, cx->db);
+            }
+        }
+#undef LSTM_CP
+        fr_barrier_wait(&cx->bar, tid);
+        /* ---- phase 2: dh_{t-1} = dz_t W_hh + dy_{t-1} for this thread's output blocks.  K = 4H is taken
+         * in chunks of kc so that a chunk of the block's panel and of the n dz rows stay in L2 while every
+         * row tile passes them (a whole panel of a large H would stream from L3 once per tile). */
+        const int n1 = s > 0 ? lstm_nact(pl, s - 1) : 0; /* rows of step s - 1 (>= n) */
+        const int kc = lstm_bwd_kchunk(hp, n);
+        if (s > 0) { /* the first rows phase 1 reads next (the others are fetched ahead there) */
+            const size_t rr = s > 1 ? lstm_row(pl, s - 2) : 0;
+            for (int k = 0; k < LSTM_PREFETCH_ROWS && k < n1; k++)
+                lstm_prefetch_row(H, u0, u1, cx->tg + (rq + k) * H4,
+                                  s > 1 ? cx->tc + (rr + k) * H : NULL);
+        }
+        for (int j = j0; j < j1; j++) {
+            const int p0 = j * hp->NB, np = rec_block_units(hp, j);
+            for (int c0 = 0; c0 < hp->K; c0 += kc) {
+                rec_pack chunk = *hp; /* the rows [c0, c0 + kc) of block j's panel, as a pack of one block */
+                chunk.K1 = chunk.K = hp->K - c0 < kc ? hp->K - c0 : kc;
+                chunk.nblk = 1;
+                chunk.panels = hp->panels + ((size_t)j * hp->K + c0) * hp->W;
+                for (int k0 = 0; k0 < n; k0 += MRh) {
+                    const int mr = n - k0 < MRh ? n - k0 : MRh;
+                    for (int r = 0; r < mr; r++) ar[r] = dz + (r0 + k0 + r) * H4 + c0;
+                    rec_tile(&chunk, 0, mr, ar, NULL, tile);
+                    for (int r = 0; r < mr; r++) {
+                        const int k = k0 + r;
+                        const real *t = tile + (size_t)r * hp->W;
+                        real *e = dh + (size_t)k * P + p0;
+                        if (c0 > 0) {
+                            for (int v = 0; v < np; v++) e[v] += t[v];
+                        } else if (s > 0) {
+                            const real *d = lstm_dy_row(cx, s - 1, k) + p0;
+                            for (int v = 0; v < np; v++) e[v] = t[v] + d[v];
+                        } else {
+                            memcpy(e, t, (size_t)np * sizeof(real));
+                        }
+                    }
+                }
+            }
+            /* rows whose last valid step is s - 1: their carry is still dh_n; add their dy */
+            for (int k = n; k < n1; k++) {
+                const real *d = lstm_dy_row(cx, s - 1, k) + p0;
+                real *e = dh + (size_t)k * P + p0;
+                for (int v = 0; v < np; v++) e[v] += d[v];
+            }
+            if (dH && s > 0)
+                for (int k = 0; k < n1; k++)
+                    memcpy(dH + (rq + k) * P + p0, dh + (size_t)k * P + p0, (size_t)np * sizeof(real));
+        }
+        if (rp) fr_barrier_wait(&cx->bar, tid); /* the next phase 1 reads all of dh */
+    }
+}
 
 static int lstm_backward(int T, int B, int I, int H, int P, int reverse,
                          const int *lengths,     /* (B) or NULL */
@@ -474,7 +683,9 @@ static int lstm_backward(int T, int B, int I, int H, int P, int reverse,
     real *dz = NULL;  /* (N, 4H) dL/dz for every compact row; padding has no row */
     real *dh = NULL;  /* (B, P) dL/dh carried backwards in time, sorted rows */
     real *dc = NULL;  /* (B, H) dL/dc carried backwards in time, sorted rows */
-    real *dmb = NULL; /* (B, H) dL/dm of a step, projection only (without it dm = dh) */
+    rec_pack hp = {0}; /* W_hh^T in blocks of the P outputs: dh_{t-1} = dz_t W_hh */
+    rec_pack rp = {0}; /* W_hr in blocks of the H units: dm_t = dh_t W_hr (projection only) */
+    lstm_bwd_ctx cx;
     real *dH = NULL;  /* (N, P) dL/dh of every row, projection only: dW_hr = dH^T M after the loop */
     real *xs = NULL;  /* (cs*B, I) gathered x of a chunk (lengths only) */
     real *hs = NULL;  /* (cs*B, P) gathered h_{t-1} of a chunk (lengths only) */
@@ -487,42 +698,54 @@ static int lstm_backward(int T, int B, int I, int H, int P, int reverse,
     if ((dz = fr_alloc(N * H4, 0)) == NULL) goto done;
     if ((dh = fr_alloc((size_t)B * P, 0)) == NULL) goto done;
     if ((dc = fr_alloc((size_t)B * H, 0)) == NULL) goto done;
-    if (proj && ((dmb = fr_alloc((size_t)B * H, 0)) == NULL || (dH = fr_alloc(N * (size_t)P, 0)) == NULL))
-        goto done;
+    if (proj && (dH = fr_alloc(N * (size_t)P, 0)) == NULL) goto done;
+    if (rec_pack_transposed(&hp, P, (int)H4, w_hh, P) != FR_OK) goto done;
+    if (proj && rec_pack_transposed(&rp, H, P, w_hr, H) != FR_OK) goto done;
+    /* bias gradients: both biases enter z the same way, so both are the column sums of dz, summed by the
+     * step (each thread over its units) */
+    real *db = db_ih ? db_ih : db_hh;
+    if (db) memset(db, 0, H4 * sizeof(real));
 
-    /* the carries start from the gradients of the final state, in sorted order; a row keeps them until
-     * the backward loop reaches its last valid step */
+    memset(&cx, 0, sizeof cx);
+    cx.pl = &pl;
+    cx.H = H;
+    cx.P = P;
+    cx.hp = &hp;
+    cx.rp = proj ? &rp : NULL;
+    cx.tg = tg;
+    cx.tc = tc;
+    cx.c0 = c0;
+    cx.dy = dy;
+    cx.lddy = lddy;
+    cx.dz = dz;
+    cx.dh = dh;
+    cx.dc = dc;
+    cx.dH = dH;
+    cx.db = db;
+
+    /* the carries start from the gradients of the final state, in sorted order (a row keeps them until the
+     * loop reaches its last valid step, where phase 2 adds that step's dy); the first step's rows get their
+     * dy here */
+    const int n_last = pl.S > 0 ? lstm_nact(&pl, pl.S - 1) : 0;
     for (int k = 0; k < B; k++) {
         int b = lstm_perm(&pl, k);
-        if (dhn) memcpy(dh + (size_t)k * P, dhn + (size_t)b * P, (size_t)P * sizeof(real));
-        else memset(dh + (size_t)k * P, 0, (size_t)P * sizeof(real));
+        real *e = dh + (size_t)k * P;
+        if (dhn) memcpy(e, dhn + (size_t)b * P, (size_t)P * sizeof(real));
+        else memset(e, 0, (size_t)P * sizeof(real));
+        if (k < n_last) {
+            const real *d = lstm_dy_row(&cx, pl.S - 1, k);
+            for (int j = 0; j < P; j++) e[j] += d[j];
+            if (dH) memcpy(dH + (lstm_row(&pl, pl.S - 1) + k) * P, e, (size_t)P * sizeof(real));
+        }
         if (dcn) memcpy(dc + (size_t)k * H, dcn + (size_t)b * H, (size_t)H * sizeof(real));
         else memset(dc + (size_t)k * H, 0, (size_t)H * sizeof(real));
     }
 
-    for (int s = pl.S - 1; s >= 0; s--) {
-        int n = lstm_nact(&pl, s);
-        size_t r0 = lstm_row(&pl, s);
-        size_t rp = s > 0 ? lstm_row(&pl, s - 1) : 0; /* rows of the previous step: c_{t-1} */
-        /* dh_t = dy_t + the carry from step s + 1 */
-        for (int k = 0; k < n; k++) {
-            const real *d = dy + ((size_t)lstm_time(&pl, s, k) * B + lstm_perm(&pl, k)) * lddy;
-            real *e = dh + (size_t)k * P;
-            for (int j = 0; j < P; j++) e[j] += d[j];
-        }
-        const real *dm = dh; /* (n, H) dL/dm */
-        if (proj) {
-            memcpy(dH + r0 * P, dh, (size_t)n * P * sizeof(real));
-            fr_gemm(0, 0, n, H, P, 1, dh, P, w_hr, H, 0, dmb, H);
-            dm = dmb;
-        }
-        for (int k = 0; k < n; k++) {
-            const real *cp = s > 0 ? tc + (rp + k) * H : (c0 ? c0 + (size_t)lstm_perm(&pl, k) * H : NULL);
-            lstm_row_backward(H, tg + (r0 + k) * H4, tc + (r0 + k) * H, cp, dm + (size_t)k * H,
-                              dc + (size_t)k * H, dz + (r0 + k) * H4);
-        }
-        /* dh_{t-1} = dz_t W_hh: the carry into step s - 1 (at s = 0 it is dh0) */
-        fr_gemm(0, 0, n, P, (int)H4, 1, dz + r0 * H4, (int)H4, w_hh, P, 0, dh, P);
+    {
+        int nblk = hp.nblk;
+        if (proj && rp.nblk < nblk) nblk = rp.nblk;
+        int nth = rec_threads_for(B, 4, H, P + (proj ? P / 4 : 0), nblk);
+        fr_parallel(nth < 1 ? 1 : nth, lstm_bwd_task, &cx, &cx.bar);
     }
 
     for (int k = 0; k < B; k++) {
@@ -530,17 +753,7 @@ static int lstm_backward(int T, int B, int I, int H, int P, int reverse,
         if (dh0) memcpy(dh0 + (size_t)b * P, dh + (size_t)k * P, (size_t)P * sizeof(real));
         if (dc0) memcpy(dc0 + (size_t)b * H, dc + (size_t)k * H, (size_t)H * sizeof(real));
     }
-
-    /* bias gradients: both biases enter z the same way, so both are the column sums of dz */
-    if (db_ih || db_hh) {
-        real *db = db_ih ? db_ih : db_hh;
-        memset(db, 0, H4 * sizeof(real));
-        for (size_t r = 0; r < N; r++) {
-            const real *d = dz + r * H4;
-            for (size_t j = 0; j < H4; j++) db[j] += d[j];
-        }
-        if (db_ih && db_hh) memcpy(db_hh, db_ih, H4 * sizeof(real));
-    }
+    if (db_ih && db_hh) memcpy(db_hh, db_ih, H4 * sizeof(real));
     if (proj && dw_hr) fr_gemm(1, 0, P, H, (int)N, 1, dH, P, tm, H, 0, dw_hr, H);
 
     if (pl.perm == NULL) {
@@ -608,11 +821,12 @@ done:
     free(dz);
     free(dh);
     free(dc);
-    free(dmb);
     free(dH);
     free(xs);
     free(hs);
     free(dxs);
+    rec_pack_free(&hp);
+    rec_pack_free(&rp);
     lstm_plan_free(&pl);
     return rc;
 }

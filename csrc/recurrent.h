@@ -12,7 +12,7 @@
  *   so a row of the panel, G*NB numbers, is what one k contributes to every gate of the block, and the
  *   product of mr rows of h with the panel is an (mr, G*NB) tile.
  * NB is chosen so that a panel row is a few SIMD vectors: with float32 AVX2, G*NB = 32 (4 vectors) for
- * the RNN (NB 32) and LSTM (NB 8), 24 (3 vectors) for the GRU (NB 8).
+ * the RNN (NB 32) and LSTM (NB 8), 24 (3 vectors) for the GRU (NB 8), 16 (2) for the GRU's r, z alone.
  */
 #ifndef FR_RECURRENT_INSTANCE
 #define FR_RECURRENT_INSTANCE
@@ -73,6 +73,30 @@ static int rec_pack_init(rec_pack *p, int G, int H,
     return FR_OK;
 }
 
+/* Packs W^T for the backward product dh_{t-1} = dG_t W: W is (K, H) row-major (torch's weight_hh, K = G*H
+ * gate rows, H = its input width P), and the panels are those of the (H, K) matrix W^T with G = 1: block j
+ * covers output units [j*NB, j*NB + NB), panel_j[k][v] = W[k][j*NB + v].  FR_ENOMEM on failure. */
+static int rec_pack_transposed(rec_pack *p, int H, int K,
+                               const real *w, int ldw) /* (K, ldw >= H) */
+{
+    p->G = 1;
+    p->H = H;
+    p->K1 = K;
+    p->K = K;
+    p->NB = rec_units_per_block(1);
+    p->W = p->NB;
+    p->nblk = (H + p->NB - 1) / p->NB;
+    p->panels = fr_alloc((size_t)p->nblk * K * p->W, 1);
+    if (p->panels == NULL) return FR_ENOMEM;
+    for (int j = 0; j < p->nblk; j++) {
+        real *pj = p->panels + (size_t)j * K * p->W; /* (K, NB) */
+        int nu = H - j * p->NB < p->NB ? H - j * p->NB : p->NB;
+        for (int k = 0; k < K; k++)
+            memcpy(pj + (size_t)k * p->W, w + (size_t)k * ldw + (size_t)j * p->NB, (size_t)nu * sizeof(real));
+    }
+    return FR_OK;
+}
+
 /* Units of block j that exist (the last block may be partial). */
 static inline int rec_block_units(const rec_pack *p, int j) {
     int u = p->H - j * p->NB;
@@ -84,7 +108,8 @@ static inline int rec_block_units(const rec_pack *p, int j) {
  * one pass).  Rows come as pointers, so the permuted / per-sequence-time rows of variable lengths cost
  * nothing. */
 #if FR_AVX2 && !FR_DOUBLE
-/* rec_k4_row, rec_k4_2, rec_k4_3 (4 vectors per panel row: LSTM, RNN) and rec_k3_row .. rec_k3_4 (3: GRU):
+/* rec_k4_row, rec_k4_2, rec_k4_3 (4 vectors per panel row: LSTM, RNN), rec_k3_row .. rec_k3_4 (3: GRU) and
+ * rec_k2_row .. rec_k2_4 (2: the GRU's r, z of reset_after = 0):
  * MR rows x NV vectors of accumulators in registers over the whole K loop (at most 12 of the 16); one row
  * alone would chain every FMA on the previous one (4 cycles of latency, 2 issued per cycle), so the row
  * kernels keep even and odd k apart. */
@@ -94,7 +119,7 @@ static inline int rec_block_units(const rec_pack *p, int j) {
 /* Rows of one tile: as many as keep the accumulators in registers. */
 static inline int rec_tile_rows(const rec_pack *p) {
 #if FR_AVX2 && !FR_DOUBLE
-    return p->W == 24 ? 4 : 3;
+    return p->W == 24 || p->W == 16 ? 4 : 3;
 #else
     (void)p;
     return REC_MR_MAX;
@@ -121,6 +146,13 @@ static void rec_tile(const rec_pack *p, int j, int mr,
         else if (mr == 2) rec_k3_2(p->K1, p->K, a1, a2, panel, out);
         else if (mr == 3) rec_k3_3(p->K1, p->K, a1, a2, panel, out);
         else rec_k3_4(p->K1, p->K, a1, a2, panel, out);
+        return;
+    }
+    if (p->W == 16) {
+        if (mr == 1) rec_k2_row(p->K1, p->K, a1, a2, panel, out);
+        else if (mr == 2) rec_k2_2(p->K1, p->K, a1, a2, panel, out);
+        else if (mr == 3) rec_k2_3(p->K1, p->K, a1, a2, panel, out);
+        else rec_k2_4(p->K1, p->K, a1, a2, panel, out);
         return;
     }
 #endif

@@ -285,6 +285,106 @@ static size_t rnn_tape_len(int T, int B, int H) {
     return 0;
 }
 
+/* out (n, W) = [a1 | a2] rows @ the panel of block j (recurrent.h), in tiles of rec_tile_rows rows: the
+ * recurrent product of one block of units for every active row.  (Cutting K into L1-sized chunks, GEMM's
+ * K blocking, measured 1-8% slower here: the tile kernels already run near peak from L2.) */
+static void rnn_block_product(const rec_pack *p, int j, int n,
+                              const real *const *a1, /* (n) rows of K1 */
+                              const real *const *a2, /* (n) rows of K - K1, or NULL when K1 == K */
+                              real *out)             /* (n, W) */
+{
+    const int W = p->W, MR = rec_tile_rows(p);
+    for (int k0 = 0; k0 < n; k0 += MR) {
+        const int mr = n - k0 < MR ? n - k0 : MR;
+        rec_tile(p, j, mr, a1 + k0, a2 ? a2 + k0 : NULL, out + (size_t)k0 * W);
+    }
+}
+
+/* ---- forward: the fused step (lstm.c's pattern) ---------------------------------------------------------
+ * One parallel region runs the whole sequence.  Per step each thread takes its blocks of hidden units and,
+ * for each tile of active slots, computes x_t W_ih^T + h_{t-1} W_hh^T for those units in one pass over the
+ * packed [W_ih | W_hh] panel (recurrent.h), then the bias and the activation on the tile while it is hot,
+ * writing h_t and y.  No BLAS call and no (T, B, H) projection buffer.  h_t goes to the other of two state
+ * buffers (step s reads hbuf[s & 1], writes hbuf[(s + 1) & 1]), so one barrier per step suffices: after it,
+ * the next step writes only the buffer no thread reads any more.
+ * A slot stops being written after its last valid step (it leaves the active prefix, which only shrinks),
+ * so sequence b's final state stays in hbuf[lengths[b] & 1]: no copying of ended rows per step. */
+
+typedef struct rnn_fwd_ctx {
+    const rnn_seq *q;
+    int I, H, relu;
+    const real *x;      /* (T, B, I) */
+    const rec_pack *wp; /* packed [W_ih | W_hh]: G = 1, K = I + H */
+    const real *bias;   /* (nblk * NB) b_ih + b_hh, zero-padded (zeros without bias) */
+    real *hbuf[2];      /* (B, H) each: the state in slot order, alternating; hbuf[0] holds h0 */
+    real *y;            /* (T, B, ldy) */
+    int ldy;
+    real *acc;          /* (nthreads, B, W) per thread: a block's product for the active rows */
+    const real **rows[FR_MAX_THREADS]; /* per thread: (3B) x, h_{t-1} and y row pointers of a step */
+    fr_barrier_t bar;
+} rnn_fwd_ctx;
+
+/* The activation on one tile row: units [u0, u0 + nu) of one slot.  acc (nu) = x_t W_ih^T + h W_hh^T. */
+static inline void rnn_fwd_cell(int nu, int relu,
+                                const real *acc,  /* (nu) */
+                                const real *bias, /* (nu) */
+                                real *h,          /* (nu) out: h_t in the state buffer */
+                                real *yr)         /* (nu) out: y */
+{
+    int v = 0;
+#if FR_AVX2 && !FR_DOUBLE
+    const __m256 zero = _mm256_setzero_ps();
+    for (; v + 8 <= nu; v += 8) {
+        __m256 p = _mm256_add_ps(_mm256_loadu_ps(acc + v), _mm256_loadu_ps(bias + v));
+        /* max(0, p) returns its second operand for NaN and for -0: as `p < 0 ? 0 : p` (torch's relu) */
+        p = relu ? _mm256_max_ps(zero, p) : vm_tanh8(p);
+        _mm256_storeu_ps(h + v, p);
+        _mm256_storeu_ps(yr + v, p);
+    }
+#endif
+    for (; v < nu; v++) {
+        real p = acc[v] + bias[v];
+        /* `p < 0 ? 0 : p` keeps a NaN a NaN, as torch's relu does. */
+        p = relu ? (p < 0 ? (real)0 : p) : fr_tanh(p);
+        h[v] = p;
+        yr[v] = p;
+    }
+}
+
+static void rnn_fwd_task(void *arg, int tid, int nth) {
+    rnn_fwd_ctx *cx = (rnn_fwd_ctx *)arg;
+    const rnn_seq *q = cx->q;
+    const rec_pack *wp = cx->wp;
+    const int I = cx->I, H = cx->H, B = q->B, W = wp->W, relu = cx->relu;
+    real *acc = cx->acc + (size_t)tid * B * W; /* (B, W) the product of a block */
+    const real **xr = cx->rows[tid]; /* (B) x_t rows of the step */
+    const real **hr = xr + B;        /* (B) h_{t-1} rows */
+    real **yr = (real **)(hr + B);   /* (B) y rows */
+    int j0, j1;
+    rec_thread_blocks(wp->nblk, tid, nth, &j0, &j1);
+
+    for (int s = 0; s < q->S; s++) {
+        const int n = rnn_seq_active(q, s);
+        const real *hp = cx->hbuf[s & 1];  /* (B, H) h_{t-1} */
+        real *hn = cx->hbuf[(s & 1) ^ 1];  /* (B, H) h_t */
+        for (int k = 0; k < n; k++) {
+            const int b = rnn_seq_batch(q, k);
+            const size_t row = (size_t)rnn_seq_time(q, s, b) * B + b;
+            xr[k] = cx->x + row * I;
+            hr[k] = hp + (size_t)k * H;
+            yr[k] = cx->y + row * cx->ldy;
+        }
+        /* blocks outside, rows inside: a block's panel stays in cache while every row passes it */
+        for (int j = j0; j < j1; j++) {
+            const int u0 = j * wp->NB, nu = rec_block_units(wp, j);
+            rnn_block_product(wp, j, n, xr, hr, acc);
+            for (int k = 0; k < n; k++)
+                rnn_fwd_cell(nu, relu, acc + (size_t)k * W, cx->bias + u0, hn + (size_t)k * H + u0, yr[k] + u0);
+        }
+        fr_barrier_wait(&cx->bar, tid);
+    }
+}
+
 static int rnn_forward(int T, int B, int I, int H, int relu, int reverse,
                        const int *lengths, /* (B) or NULL */
                        const real *x,      /* (T, B, I) */
@@ -301,57 +401,171 @@ static int rnn_forward(int T, int B, int I, int H, int relu, int reverse,
     if (rnn_seq_init(&q, T, B, reverse, lengths) != FR_OK) return FR_ENOMEM;
 
     int rc = FR_ENOMEM;
-    size_t xcols = lengths ? (size_t)I : 0; /* gathered x per row (without lengths x is read in place) */
-    int chunk = rnn_seq_chunk(&q, (size_t)H + xcols);
-    size_t crows = (size_t)chunk * (size_t)B;
-    real *bias = b_ih ? fr_alloc((size_t)H, 0) : NULL; /* (H) b_ih + b_hh: both fold into the projection */
-    real *xw = fr_alloc(crows * H, 0);                  /* (chunk rows, H) x W_ih^T + b, then + h W_hh^T */
-    real *xg = fr_alloc(crows * xcols, 0);              /* (chunk rows, I) x rows gathered, lengths only */
-    real *hs = fr_alloc((size_t)B * H, 0);              /* (B, H) the state, in slot order */
-    if (xw == NULL || xg == NULL || hs == NULL || (b_ih && bias == NULL)) goto done;
-
-    if (bias)
-        for (int k = 0; k < H; k++) bias[k] = b_ih[k] + b_hh[k];
-    rnn_seq_load_state(&q, H, h0, hs);
+    rnn_fwd_ctx cx;
+    rec_pack wp = {0};             /* [W_ih | W_hh] packed in blocks of units */
+    const real **rowptrs = NULL;   /* (nthreads, 3B) */
+    real *bias = NULL;             /* (nblk * NB) */
+    real *acc = NULL;              /* (nthreads, B, W) */
+    real *h = fr_alloc((size_t)B * H, 0);  /* (B, H) state, slot order */
+    real *h2 = fr_alloc((size_t)B * H, 0); /* (B, H) the other state buffer */
+    if (h == NULL || h2 == NULL) goto done;
+    if (rec_pack_init(&wp, 1, H, w_ih, I, I, w_hh, H, H) != FR_OK) goto done;
+    if ((bias = fr_alloc((size_t)wp.nblk * wp.NB, 1)) == NULL) goto done;
+    for (int k = 0; k < H; k++) bias[k] = (b_ih ? b_ih[k] : 0) + (b_hh ? b_hh[k] : 0);
+    rnn_seq_load_state(&q, H, h0, h);
     rnn_seq_zero_padding(&q, y, ldy, H);
 
-    for (int s0 = 0; s0 < q.S; s0 += chunk) {
-        int s1 = s0 + chunk < q.S ? s0 + chunk : q.S;
-        size_t lo, hi;
-        rnn_seq_rows(&q, s0, s1, &lo, &hi);
-        rnn_seq_project(&q, s0, s1, I, H, x, w_ih, bias, xg, xw);
+    memset(&cx, 0, sizeof cx);
+    cx.q = &q;
+    cx.I = I;
+    cx.H = H;
+    cx.relu = relu;
+    cx.x = x;
+    cx.wp = &wp;
+    cx.bias = bias;
+    cx.hbuf[0] = h;
+    cx.hbuf[1] = h2;
+    cx.y = y;
+    cx.ldy = ldy;
+    const int nth = rec_threads_for(B, 1, H, I + H, wp.nblk);
+    if ((rowptrs = (const real **)malloc(sizeof(real *) * 3 * (size_t)(B > 0 ? B : 1) * nth)) == NULL) goto done;
+    if ((acc = fr_alloc((size_t)nth * B * wp.W, 0)) == NULL) goto done;
+    for (int t = 0; t < nth; t++) cx.rows[t] = rowptrs + (size_t)3 * B * t;
+    cx.acc = acc;
+    fr_parallel(nth, rnn_fwd_task, &cx, &cx.bar);
 
-        for (int s = s0; s < s1; s++) {
-            int n = rnn_seq_active(&q, s);
-            real *g = xw + (rnn_seq_row(&q, s) - lo) * H; /* (n, H) this step's pre-activations */
-            /* The recurrent product of the active slots, accumulated straight onto the projection. */
-            fr_gemm(0, 1, n, H, H, (real)1, hs, H, w_hh, H, (real)1, g, H);
-            for (int j = 0; j < n; j++) {
-                int b = rnn_seq_batch(&q, j);
-                size_t t = (size_t)rnn_seq_time(&q, s, b);
-                const real *gj = g + (size_t)j * H;         /* (H) */
-                real *hj = hs + (size_t)j * H;              /* (H) */
-                real *yj = y + (t * B + b) * (size_t)ldy;   /* (H) */
-                for (int k = 0; k < H; k++) {
-                    real v = gj[k];
-                    /* `v < 0 ? 0 : v` keeps a NaN a NaN, as torch's relu does. */
-                    v = relu ? (v < 0 ? (real)0 : v) : fr_tanh(v);
-                    hj[k] = v;
-                    yj[k] = v;
-                }
-            }
+    /* the final state of slot j is in the buffer written by its last step */
+    if (hn)
+        for (int j = 0; j < B; j++) {
+            const int b = rnn_seq_batch(&q, j);
+            const int len = q.len ? q.len[b] : q.S;
+            memcpy(hn + (size_t)b * H, cx.hbuf[len & 1] + (size_t)j * H, sizeof(real) * (size_t)H);
         }
-    }
-    rnn_seq_store_state(&q, H, hs, hn);
     rc = FR_OK;
 
 done:
+    free(rowptrs);
+    free(acc);
     free(bias);
-    free(xw);
-    free(xg);
-    free(hs);
+    free(h);
+    free(h2);
+    rec_pack_free(&wp);
     rnn_seq_free(&q);
     return rc;
+}
+
+/* ---- backward ---------------------------------------------------------------------------------------------
+ * Per step only what is sequential: dG_t = (dy_t + dh_t) * act'(h_t) (elementwise) and
+ * dh_{t-1} = dG_t W_hh, the product out of W_hh^T packed in blocks of output units (rec_pack_transposed).
+ * One parallel region: each thread owns the same blocks of units for both, and the elementwise dG_{t-1} is
+ * the product's epilogue on the tile it just computed, so dh never round-trips memory and a thread only
+ * ever reads its own units of dh.  The only exchange is dG_t itself (the product needs every unit of it):
+ * one barrier per step, before the product.  dG rows of different steps are disjoint in row space, so a
+ * thread writing dG_{t-1} never disturbs one still reading dG_t.
+ * A slot not yet active (its sequence is shorter) keeps dh_n until its last valid step comes; dh is only
+ * written at step 0, where every slot is active: that is dh0.
+ * After the loop, the weight gradients and dx as large GEMMs over all rows. */
+
+typedef struct rnn_bwd_ctx {
+    const rnn_seq *q;
+    int H, relu;
+    const rec_pack *tp; /* packed W_hh^T: G = 1 over H outputs, K = H */
+    const real *y;      /* (T, B, ldy) */
+    int ldy;
+    const real *dy;     /* (T, B, lddy) */
+    int lddy;
+    real *dg;           /* (N, H) dG, row space */
+    real *dh;           /* (B, H) slot order: dh_n in, dh0 out */
+    real *acc;          /* (nthreads, B, W) per thread: a block's product for the active rows */
+    const real **rows[FR_MAX_THREADS]; /* per thread: (3B) dG_t rows, y and dy rows of the step before */
+    fr_barrier_t bar;
+} rnn_bwd_ctx;
+
+/* g = (dy + a) * act'(h) on nu units: a is dh_t (the product's tile, or the carried dh_n). */
+static inline void rnn_bwd_cell(int nu, int relu,
+                                const real *a,   /* (nu) */
+                                const real *dyr, /* (nu) */
+                                const real *h,   /* (nu) h_t = y */
+                                real *g)         /* (nu) out */
+{
+    int v = 0;
+#if FR_AVX2 && !FR_DOUBLE
+    const __m256 zero = _mm256_setzero_ps(), one = _mm256_set1_ps(1.0f);
+    for (; v + 8 <= nu; v += 8) {
+        __m256 d = _mm256_add_ps(_mm256_loadu_ps(dyr + v), _mm256_loadu_ps(a + v));
+        __m256 hv = _mm256_loadu_ps(h + v);
+        d = relu ? _mm256_and_ps(_mm256_cmp_ps(hv, zero, _CMP_GT_OQ), d)
+                 : _mm256_mul_ps(d, _mm256_fnmadd_ps(hv, hv, one));
+        _mm256_storeu_ps(g + v, d);
+    }
+#endif
+    for (; v < nu; v++) {
+        real d = dyr[v] + a[v];
+        g[v] = relu ? (h[v] > 0 ? d : (real)0) : d * ((real)1 - h[v] * h[v]);
+    }
+}
+
+/* y and dy rows of the slots [k0, k1) at step s. */
+static inline void rnn_bwd_rows(const rnn_bwd_ctx *cx, int s, int k0, int k1, const real **yr,
+                                const real **dyr) {
+    const rnn_seq *q = cx->q;
+    for (int k = k0; k < k1; k++) {
+        const int b = rnn_seq_batch(q, k);
+        const size_t row = (size_t)rnn_seq_time(q, s, b) * q->B + b;
+        yr[k] = cx->y + row * cx->ldy;
+        dyr[k] = cx->dy + row * cx->lddy;
+    }
+}
+
+static void rnn_bwd_task(void *arg, int tid, int nth) {
+    rnn_bwd_ctx *cx = (rnn_bwd_ctx *)arg;
+    const rnn_seq *q = cx->q;
+    const rec_pack *tp = cx->tp;
+    const int H = cx->H, B = q->B, W = tp->W, NB = tp->NB, relu = cx->relu;
+    real *acc = cx->acc + (size_t)tid * B * W; /* (B, W) dh_{t-1} of a block */
+    const real **gr = cx->rows[tid]; /* (B) dG_t rows */
+    const real **yr = gr + B;        /* (B) h_{t-1} = y rows of the previous step */
+    const real **dyr = yr + B;       /* (B) dy rows of the previous step */
+    real *dh = cx->dh;
+    int j0, j1;
+    rec_thread_blocks(tp->nblk, tid, nth, &j0, &j1);
+    if (q->S <= 0) return;
+
+    /* dG of the last step, from the carried dh_n */
+    {
+        const int s = q->S - 1, n = rnn_seq_active(q, s);
+        real *g = cx->dg + rnn_seq_row(q, s) * H; /* (n, H) */
+        rnn_bwd_rows(cx, s, 0, n, yr, dyr);
+        for (int j = j0; j < j1; j++) {
+            const int u0 = j * NB, nu = rec_block_units(tp, j);
+            for (int k = 0; k < n; k++)
+                rnn_bwd_cell(nu, relu, dh + (size_t)k * H + u0, dyr[k] + u0, yr[k] + u0,
+                             g + (size_t)k * H + u0);
+        }
+    }
+    for (int s = q->S - 1; s >= 0; s--) {
+        fr_barrier_wait(&cx->bar, tid); /* dG_t complete */
+        const int n = rnn_seq_active(q, s), np = s > 0 ? rnn_seq_active(q, s - 1) : 0;
+        const real *gs = cx->dg + rnn_seq_row(q, s) * H;            /* (n, H) dG_t */
+        real *gp = s > 0 ? cx->dg + rnn_seq_row(q, s - 1) * H : NULL; /* (np, H) dG_{t-1} out */
+        for (int k = 0; k < n; k++) gr[k] = gs + (size_t)k * H;
+        if (s > 0) rnn_bwd_rows(cx, s - 1, 0, np, yr, dyr);
+        for (int j = j0; j < j1; j++) {
+            const int u0 = j * NB, nu = rec_block_units(tp, j);
+            rnn_block_product(tp, j, n, gr, NULL, acc); /* dh_{t-1} of these units */
+            for (int k = 0; k < n; k++) {
+                const real *a = acc + (size_t)k * W;
+                if (s > 0)
+                    rnn_bwd_cell(nu, relu, a, dyr[k] + u0, yr[k] + u0, gp + (size_t)k * H + u0);
+                else
+                    memcpy(dh + (size_t)k * H + u0, a, sizeof(real) * (size_t)nu);
+            }
+            /* slots whose sequence starts (in backward order) at step s - 1: their dh is still dh_n */
+            for (int k = n; k < np; k++)
+                rnn_bwd_cell(nu, relu, dh + (size_t)k * H + u0, dyr[k] + u0, yr[k] + u0,
+                             gp + (size_t)k * H + u0);
+        }
+    }
 }
 
 static int rnn_backward(int T, int B, int I, int H, int relu, int reverse,
@@ -375,63 +589,78 @@ static int rnn_backward(int T, int B, int I, int H, int relu, int reverse,
     if (rnn_seq_init(&q, T, B, reverse, lengths) != FR_OK) return FR_ENOMEM;
 
     int rc = FR_ENOMEM;
-    size_t xcols = lengths ? (size_t)I : 0; /* gathered x / dx per row (without lengths: in place) */
-    int chunk = rnn_seq_chunk(&q, (size_t)H + xcols);
-    size_t crows = (size_t)chunk * (size_t)B;
-    real *dg = fr_alloc(q.N * H, 0);            /* (N, H) dG: dL/d(pre-activation), row space */
-    real *dh = fr_alloc((size_t)B * H, 0);      /* (B, H) dL/dh carried into the step, slot order */
-    real *hg = fr_alloc(crows * H, 0);          /* (chunk rows, H) h_{t-1} gathered for dW_hh */
-    real *xg = fr_alloc(crows * xcols, 0);      /* (chunk rows, I) x rows, then dx rows; lengths only */
-    if (dg == NULL || dh == NULL || hg == NULL || xg == NULL) goto done;
+    rnn_bwd_ctx cx;
+    rec_pack tp = {0};           /* W_hh^T packed in blocks of output units */
+    const real **rowptrs = NULL; /* (nthreads, 3B) */
+    real *hg = NULL, *xg = NULL; /* chunk workspaces, lengths only */
+    real *acc = NULL;            /* (nthreads, B, W) */
+    real *dg = fr_alloc(q.N * H, 0);       /* (N, H) dG: dL/d(pre-activation), row space */
+    real *dh = fr_alloc((size_t)B * H, 0); /* (B, H) dh_n in, dh0 out, slot order */
+    if (dg == NULL || dh == NULL) goto done;
+    if (rec_pack_transposed(&tp, H, H, w_hh, H) != FR_OK) goto done;
 
-    /* BPTT: per step only dG_t (elementwise) and dh_{t-1} = dG_t W_hh, for the active slots.  A slot not yet
-     * active (its sequence is shorter) keeps dh_n until its last valid step comes. */
     rnn_seq_load_state(&q, H, dhn, dh);
-    for (int s = q.S - 1; s >= 0; s--) {
-        int n = rnn_seq_active(&q, s);
-        real *g = dg + rnn_seq_row(&q, s) * H; /* (n, H) */
-        for (int j = 0; j < n; j++) {
-            int b = rnn_seq_batch(&q, j);
-            size_t t = (size_t)rnn_seq_time(&q, s, b);
-            const real *hj = y + (t * B + b) * (size_t)ldy;    /* (H) h_t */
-            const real *dyj = dy + (t * B + b) * (size_t)lddy; /* (H) */
-            const real *dhj = dh + (size_t)j * H;              /* (H) */
-            real *gj = g + (size_t)j * H;                      /* (H) */
-            for (int k = 0; k < H; k++) {
-                real d = dyj[k] + dhj[k];
-                gj[k] = relu ? (hj[k] > 0 ? d : (real)0) : d * ((real)1 - hj[k] * hj[k]);
-            }
-        }
-        fr_gemm(0, 0, n, H, H, (real)1, g, H, w_hh, H, (real)0, dh, H);
-    }
-    rnn_seq_store_state(&q, H, dh, dh0);
+    memset(&cx, 0, sizeof cx);
+    cx.q = &q;
+    cx.H = H;
+    cx.relu = relu;
+    cx.tp = &tp;
+    cx.y = y;
+    cx.ldy = ldy;
+    cx.dy = dy;
+    cx.lddy = lddy;
+    cx.dg = dg;
+    cx.dh = dh;
+    const int nth = rec_threads_for(B, 1, H, H, tp.nblk);
+    if ((rowptrs = (const real **)malloc(sizeof(real *) * 3 * (size_t)(B > 0 ? B : 1) * nth)) == NULL) goto done;
+    if ((acc = fr_alloc((size_t)nth * B * tp.W, 0)) == NULL) goto done;
+    for (int t = 0; t < nth; t++) cx.rows[t] = rowptrs + (size_t)3 * B * t;
+    cx.acc = acc;
+    fr_parallel(nth, rnn_bwd_task, &cx, &cx.bar);
+    if (dh0) rnn_seq_store_state(&q, H, dh, dh0);
 
-    /* The weight gradients and dx as large GEMMs over all rows, a chunk of steps at a time:
-     * dW_ih = dG^T X, dW_hh = dG^T H_prev, dx = dG W_ih. */
-    memset(dw_ih, 0, sizeof(real) * (size_t)H * I);
-    memset(dw_hh, 0, sizeof(real) * (size_t)H * H);
-    if (dx && !dx_accumulate) rnn_seq_zero_padding(&q, dx, I, I);
-    for (int s0 = 0; s0 < q.S; s0 += chunk) {
-        int s1 = s0 + chunk < q.S ? s0 + chunk : q.S;
-        size_t lo, hi;
-        rnn_seq_rows(&q, s0, s1, &lo, &hi);
-        int m = (int)(hi - lo);
-        const real *gc = dg + lo * H;      /* (m, H) */
-        const real *xc = x + lo * (size_t)I; /* (m, I) */
-        if (lengths) {
-            rnn_seq_gather(&q, s0, s1, x, I, I, xg);
-            xc = xg;
+    /* The weight gradients and dx as large GEMMs over all rows: dW_ih = dG^T X, dW_hh = dG^T H_prev,
+     * dx = dG W_ih. */
+    if (lengths == NULL) {
+        /* row space is x's, dx's and y's own (T, B) order: everything in place, one GEMM each */
+        const int N = (int)q.N;
+        fr_gemm(1, 0, H, I, N, (real)1, dg, H, x, I, (real)0, dw_ih, I);
+        if (dx) fr_gemm(0, 0, N, I, H, (real)1, dg, H, w_ih, I, dx_accumulate ? (real)1 : (real)0, dx, I);
+        /* h_{t-1} is y's previous time block in processing order (y[t-1] forward, y[t+1] in reverse),
+         * read in place with its stride ldy, plus h0 for the first step */
+        const int K = T > 1 ? (T - 1) * B : 0;
+        const real *dg_y = reverse ? dg : dg + (size_t)B * H;
+        const real *y_prev = reverse ? y + (size_t)B * ldy : y;
+        if (K > 0) fr_gemm(1, 0, H, H, K, (real)1, dg_y, H, y_prev, ldy, (real)0, dw_hh, H);
+        else memset(dw_hh, 0, sizeof(real) * (size_t)H * H);
+        if (h0 && T > 0) {
+            const real *dg_0 = dg + (size_t)fr_time_index(0, T, reverse) * B * H;
+            fr_gemm(1, 0, H, H, B, (real)1, dg_0, H, h0, H, (real)1, dw_hh, H);
         }
-        fr_gemm(1, 0, H, I, m, (real)1, gc, H, xc, I, (real)1, dw_ih, I);
-        rnn_seq_gather_prev(&q, s0, s1, y, ldy, h0, H, hg);
-        fr_gemm(1, 0, H, H, m, (real)1, gc, H, hg, H, (real)1, dw_hh, H);
-        if (dx == NULL) continue;
-        if (lengths) {
+    } else {
+        /* with lengths, x and h_{t-1} are gathered and dx scattered a chunk of steps at a time (bounded
+         * memory), each chunk still one GEMM over many rows */
+        int chunk = rnn_seq_chunk(&q, (size_t)H + (size_t)I);
+        size_t crows = (size_t)chunk * (size_t)B;
+        hg = fr_alloc(crows * H, 0); /* (chunk rows, H) h_{t-1} */
+        xg = fr_alloc(crows * I, 0); /* (chunk rows, I) x rows, then dx rows */
+        if (hg == NULL || xg == NULL) goto done;
+        memset(dw_ih, 0, sizeof(real) * (size_t)H * I);
+        memset(dw_hh, 0, sizeof(real) * (size_t)H * H);
+        if (dx && !dx_accumulate) rnn_seq_zero_padding(&q, dx, I, I);
+        for (int s0 = 0; s0 < q.S; s0 += chunk) {
+            int s1 = s0 + chunk < q.S ? s0 + chunk : q.S;
+            size_t lo, hi;
+            rnn_seq_rows(&q, s0, s1, &lo, &hi);
+            int m = (int)(hi - lo);
+            const real *gc = dg + lo * H; /* (m, H) */
+            rnn_seq_gather(&q, s0, s1, x, I, I, xg);
+            fr_gemm(1, 0, H, I, m, (real)1, gc, H, xg, I, (real)1, dw_ih, I);
+            rnn_seq_gather_prev(&q, s0, s1, y, ldy, h0, H, hg);
+            fr_gemm(1, 0, H, H, m, (real)1, gc, H, hg, H, (real)1, dw_hh, H);
+            if (dx == NULL) continue;
             fr_gemm(0, 0, m, I, H, (real)1, gc, H, w_ih, I, (real)0, xg, I);
             rnn_seq_scatter(&q, s0, s1, xg, dx, I, I, dx_accumulate);
-        } else {
-            fr_gemm(0, 0, m, I, H, (real)1, gc, H, w_ih, I, dx_accumulate ? (real)1 : (real)0,
-                    dx + lo * (size_t)I, I);
         }
     }
     /* b_ih and b_hh enter the pre-activation the same way: equal gradients. */
@@ -440,10 +669,13 @@ static int rnn_backward(int T, int B, int I, int H, int relu, int reverse,
     rc = FR_OK;
 
 done:
+    free(rowptrs);
+    free(acc);
     free(dg);
     free(dh);
     free(hg);
     free(xg);
+    rec_pack_free(&tp);
     rnn_seq_free(&q);
     return rc;
 }

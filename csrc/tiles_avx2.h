@@ -406,3 +406,183 @@ static void rec_k3_4(int K1, int K, const float *const *a1, const float *const *
     _mm256_storeu_ps(out + 80, c31);
     _mm256_storeu_ps(out + 88, c32);
 }
+
+static void rec_k2_row(int K1, int K, const float *const *a1, const float *const *a2,
+                          const float *panel, float *out) {
+    __m256 e0 = _mm256_setzero_ps(), o0 = _mm256_setzero_ps(), e1 = _mm256_setzero_ps(), o1 = _mm256_setzero_ps();
+    const float *pk = panel;
+    const float *a = a1[0];
+    const int n = K1;
+    int k = 0;
+    for (; k + 2 <= n; k += 2, pk += 32) {
+        const __m256 x0 = _mm256_broadcast_ss(a + k), x1 = _mm256_broadcast_ss(a + k + 1);
+        e0 = _mm256_fmadd_ps(x0, _mm256_load_ps(pk + 0), e0);
+        o0 = _mm256_fmadd_ps(x1, _mm256_load_ps(pk + 16), o0);
+        e1 = _mm256_fmadd_ps(x0, _mm256_load_ps(pk + 8), e1);
+        o1 = _mm256_fmadd_ps(x1, _mm256_load_ps(pk + 24), o1);
+    }
+    if (k < n) {
+        const __m256 x0 = _mm256_broadcast_ss(a + k);
+        e0 = _mm256_fmadd_ps(x0, _mm256_load_ps(pk + 0), e0);
+        e1 = _mm256_fmadd_ps(x0, _mm256_load_ps(pk + 8), e1);
+        pk += 16;
+    }
+    if (K > K1) {
+        const float *a = a2[0];
+        const int n = K - K1;
+        int k = 0;
+        for (; k + 2 <= n; k += 2, pk += 32) {
+            const __m256 x0 = _mm256_broadcast_ss(a + k), x1 = _mm256_broadcast_ss(a + k + 1);
+            e0 = _mm256_fmadd_ps(x0, _mm256_load_ps(pk + 0), e0);
+            o0 = _mm256_fmadd_ps(x1, _mm256_load_ps(pk + 16), o0);
+            e1 = _mm256_fmadd_ps(x0, _mm256_load_ps(pk + 8), e1);
+            o1 = _mm256_fmadd_ps(x1, _mm256_load_ps(pk + 24), o1);
+        }
+        if (k < n) {
+            const __m256 x0 = _mm256_broadcast_ss(a + k);
+            e0 = _mm256_fmadd_ps(x0, _mm256_load_ps(pk + 0), e0);
+            e1 = _mm256_fmadd_ps(x0, _mm256_load_ps(pk + 8), e1);
+            pk += 16;
+        }
+    }
+    _mm256_storeu_ps(out + 0, _mm256_add_ps(e0, o0));
+    _mm256_storeu_ps(out + 8, _mm256_add_ps(e1, o1));
+}
+
+static void rec_k2_2(int K1, int K, const float *const *a1, const float *const *a2,
+                        const float *panel, float *out) {
+    __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps(), c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
+    const float *pk = panel;
+    for (int kk = 0; kk < K1; kk++, pk += 16) {
+        const __m256 b0 = _mm256_load_ps(pk + 0);
+        const __m256 b1 = _mm256_load_ps(pk + 8);
+        { const __m256 a = _mm256_broadcast_ss(a1[0] + kk);
+          c00 = _mm256_fmadd_ps(a, b0, c00);
+          c01 = _mm256_fmadd_ps(a, b1, c01);
+        }
+        { const __m256 a = _mm256_broadcast_ss(a1[1] + kk);
+          c10 = _mm256_fmadd_ps(a, b0, c10);
+          c11 = _mm256_fmadd_ps(a, b1, c11);
+        }
+    }
+    if (K > K1) {
+        for (int kk = 0; kk < K - K1; kk++, pk += 16) {
+            const __m256 b0 = _mm256_load_ps(pk + 0);
+            const __m256 b1 = _mm256_load_ps(pk + 8);
+            { const __m256 a = _mm256_broadcast_ss(a2[0] + kk);
+              c00 = _mm256_fmadd_ps(a, b0, c00);
+              c01 = _mm256_fmadd_ps(a, b1, c01);
+            }
+            { const __m256 a = _mm256_broadcast_ss(a2[1] + kk);
+              c10 = _mm256_fmadd_ps(a, b0, c10);
+              c11 = _mm256_fmadd_ps(a, b1, c11);
+            }
+        }
+    }
+    _mm256_storeu_ps(out + 0, c00);
+    _mm256_storeu_ps(out + 8, c01);
+    _mm256_storeu_ps(out + 16, c10);
+    _mm256_storeu_ps(out + 24, c11);
+}
+
+static void rec_k2_3(int K1, int K, const float *const *a1, const float *const *a2,
+                        const float *panel, float *out) {
+    __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps(), c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps(), c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps();
+    const float *pk = panel;
+    for (int kk = 0; kk < K1; kk++, pk += 16) {
+        const __m256 b0 = _mm256_load_ps(pk + 0);
+        const __m256 b1 = _mm256_load_ps(pk + 8);
+        { const __m256 a = _mm256_broadcast_ss(a1[0] + kk);
+          c00 = _mm256_fmadd_ps(a, b0, c00);
+          c01 = _mm256_fmadd_ps(a, b1, c01);
+        }
+        { const __m256 a = _mm256_broadcast_ss(a1[1] + kk);
+          c10 = _mm256_fmadd_ps(a, b0, c10);
+          c11 = _mm256_fmadd_ps(a, b1, c11);
+        }
+        { const __m256 a = _mm256_broadcast_ss(a1[2] + kk);
+          c20 = _mm256_fmadd_ps(a, b0, c20);
+          c21 = _mm256_fmadd_ps(a, b1, c21);
+        }
+    }
+    if (K > K1) {
+        for (int kk = 0; kk < K - K1; kk++, pk += 16) {
+            const __m256 b0 = _mm256_load_ps(pk + 0);
+            const __m256 b1 = _mm256_load_ps(pk + 8);
+            { const __m256 a = _mm256_broadcast_ss(a2[0] + kk);
+              c00 = _mm256_fmadd_ps(a, b0, c00);
+              c01 = _mm256_fmadd_ps(a, b1, c01);
+            }
+            { const __m256 a = _mm256_broadcast_ss(a2[1] + kk);
+              c10 = _mm256_fmadd_ps(a, b0, c10);
+              c11 = _mm256_fmadd_ps(a, b1, c11);
+            }
+            { const __m256 a = _mm256_broadcast_ss(a2[2] + kk);
+              c20 = _mm256_fmadd_ps(a, b0, c20);
+              c21 = _mm256_fmadd_ps(a, b1, c21);
+            }
+        }
+    }
+    _mm256_storeu_ps(out + 0, c00);
+    _mm256_storeu_ps(out + 8, c01);
+    _mm256_storeu_ps(out + 16, c10);
+    _mm256_storeu_ps(out + 24, c11);
+    _mm256_storeu_ps(out + 32, c20);
+    _mm256_storeu_ps(out + 40, c21);
+}
+
+static void rec_k2_4(int K1, int K, const float *const *a1, const float *const *a2,
+                        const float *panel, float *out) {
+    __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps(), c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps(), c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps(), c30 = _mm256_setzero_ps(), c31 = _mm256_setzero_ps();
+    const float *pk = panel;
+    for (int kk = 0; kk < K1; kk++, pk += 16) {
+        const __m256 b0 = _mm256_load_ps(pk + 0);
+        const __m256 b1 = _mm256_load_ps(pk + 8);
+        { const __m256 a = _mm256_broadcast_ss(a1[0] + kk);
+          c00 = _mm256_fmadd_ps(a, b0, c00);
+          c01 = _mm256_fmadd_ps(a, b1, c01);
+        }
+        { const __m256 a = _mm256_broadcast_ss(a1[1] + kk);
+          c10 = _mm256_fmadd_ps(a, b0, c10);
+          c11 = _mm256_fmadd_ps(a, b1, c11);
+        }
+        { const __m256 a = _mm256_broadcast_ss(a1[2] + kk);
+          c20 = _mm256_fmadd_ps(a, b0, c20);
+          c21 = _mm256_fmadd_ps(a, b1, c21);
+        }
+        { const __m256 a = _mm256_broadcast_ss(a1[3] + kk);
+          c30 = _mm256_fmadd_ps(a, b0, c30);
+          c31 = _mm256_fmadd_ps(a, b1, c31);
+        }
+    }
+    if (K > K1) {
+        for (int kk = 0; kk < K - K1; kk++, pk += 16) {
+            const __m256 b0 = _mm256_load_ps(pk + 0);
+            const __m256 b1 = _mm256_load_ps(pk + 8);
+            { const __m256 a = _mm256_broadcast_ss(a2[0] + kk);
+              c00 = _mm256_fmadd_ps(a, b0, c00);
+              c01 = _mm256_fmadd_ps(a, b1, c01);
+            }
+            { const __m256 a = _mm256_broadcast_ss(a2[1] + kk);
+              c10 = _mm256_fmadd_ps(a, b0, c10);
+              c11 = _mm256_fmadd_ps(a, b1, c11);
+            }
+            { const __m256 a = _mm256_broadcast_ss(a2[2] + kk);
+              c20 = _mm256_fmadd_ps(a, b0, c20);
+              c21 = _mm256_fmadd_ps(a, b1, c21);
+            }
+            { const __m256 a = _mm256_broadcast_ss(a2[3] + kk);
+              c30 = _mm256_fmadd_ps(a, b0, c30);
+              c31 = _mm256_fmadd_ps(a, b1, c31);
+            }
+        }
+    }
+    _mm256_storeu_ps(out + 0, c00);
+    _mm256_storeu_ps(out + 8, c01);
+    _mm256_storeu_ps(out + 16, c10);
+    _mm256_storeu_ps(out + 24, c11);
+    _mm256_storeu_ps(out + 32, c20);
+    _mm256_storeu_ps(out + 40, c21);
+    _mm256_storeu_ps(out + 48, c30);
+    _mm256_storeu_ps(out + 56, c31);
+}

@@ -923,7 +923,24 @@ def machine_info():
         except Exception:
             pass
     info["env"] = {k: os.environ[k] for k in _BLAS_ENV if k in os.environ}
+    info["fastrnn_git"] = _git_state()
     return info
+
+
+def _git_state():
+    """'<commit>[+dirty]' of the checkout fastrnn is imported from (an editable install), else None."""
+    import subprocess
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        head = subprocess.run(["git", "-C", here, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              timeout=5)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", here, "status", "--porcelain", "--untracked-files=no", "--", ".."],
+                               capture_output=True, text=True, timeout=5)
+        return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def write_json(path, rows, peaks, failures=(), extra=None):

@@ -86,8 +86,9 @@ def _bench(args):
     tol = fb.TOLERANCE if args.tol is None else args.tol
 
     info = fb.machine_info()
-    print(f"fastrnn {info['fastrnn']} bench: {len(case_list)} cases x threads {threads}; kernels {info['fastrnn_isa']}; "
-          f"{info['cpu']} ({info['usable_cpus']} usable CPUs)")
+    git = f" (git {info['fastrnn_git']})" if info.get("fastrnn_git") else ""
+    print(f"fastrnn {info['fastrnn']}{git} bench: {len(case_list)} cases x threads {threads}; kernels "
+          f"{info['fastrnn_isa']}; {info['cpu']} ({info['usable_cpus']} usable CPUs)")
     print("versions: " + ", ".join(f"{k} {info[k]}" for k in ("numpy", "scipy", "torch", "onnxruntime", "onnx")
                                     if info.get(k)))
     for eng in ("torch", "ort"):
