@@ -687,6 +687,7 @@ static int lstm_backward(int T, int B, int I, int H, int P, int reverse,
     rec_pack rp = {0}; /* W_hr in blocks of the H units: dm_t = dh_t W_hr (projection only) */
     lstm_bwd_ctx cx;
     real *dH = NULL;  /* (N, P) dL/dh of every row, projection only: dW_hr = dH^T M after the loop */
+    real *db = NULL;  /* (4H) the bias gradient (both biases get it) */
     real *xs = NULL;  /* (cs*B, I) gathered x of a chunk (lengths only) */
     real *hs = NULL;  /* (cs*B, P) gathered h_{t-1} of a chunk (lengths only) */
     real *dxs = NULL; /* (cs*B, I) dx of a chunk before the scatter (lengths only) */
@@ -702,9 +703,9 @@ static int lstm_backward(int T, int B, int I, int H, int P, int reverse,
     if (rec_pack_transposed(&hp, P, (int)H4, w_hh, P) != FR_OK) goto done;
     if (proj && rec_pack_transposed(&rp, H, P, w_hr, H) != FR_OK) goto done;
     /* bias gradients: both biases enter z the same way, so both are the column sums of dz, summed by the
-     * step (each thread over its units) */
-    real *db = db_ih ? db_ih : db_hh;
-    if (db) memset(db, 0, H4 * sizeof(real));
+     * step (each thread over its units) into a buffer of our own: the caller's need not be cache-line
+     * aligned, and a line shared by two threads' units would bounce between cores on every row */
+    if ((db_ih || db_hh) && (db = fr_alloc(H4, 1)) == NULL) goto done;
 
     memset(&cx, 0, sizeof cx);
     cx.pl = &pl;
@@ -753,7 +754,8 @@ static int lstm_backward(int T, int B, int I, int H, int P, int reverse,
         if (dh0) memcpy(dh0 + (size_t)b * P, dh + (size_t)k * P, (size_t)P * sizeof(real));
         if (dc0) memcpy(dc0 + (size_t)b * H, dc + (size_t)k * H, (size_t)H * sizeof(real));
     }
-    if (db_ih && db_hh) memcpy(db_hh, db_ih, H4 * sizeof(real));
+    if (db_ih) memcpy(db_ih, db, H4 * sizeof(real));
+    if (db_hh) memcpy(db_hh, db, H4 * sizeof(real));
     if (proj && dw_hr) fr_gemm(1, 0, P, H, (int)N, 1, dH, P, tm, H, 0, dw_hr, H);
 
     if (pl.perm == NULL) {
@@ -822,6 +824,7 @@ done:
     free(dh);
     free(dc);
     free(dH);
+    free(db);
     free(xs);
     free(hs);
     free(dxs);

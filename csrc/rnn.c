@@ -302,9 +302,9 @@ static void rnn_block_product(const rec_pack *p, int j, int n,
 
 /* ---- forward: the fused step (lstm.c's pattern) ---------------------------------------------------------
  * One parallel region runs the whole sequence.  Per step each thread takes its blocks of hidden units and,
- * for each tile of active slots, computes x_t W_ih^T + h_{t-1} W_hh^T for those units in one pass over the
- * packed [W_ih | W_hh] panel (recurrent.h), then the bias and the activation on the tile while it is hot,
- * writing h_t and y.  No BLAS call and no (T, B, H) projection buffer.  h_t goes to the other of two state
+ * for the active slots, computes x_t W_ih^T + h_{t-1} W_hh^T for those units in one pass over the packed
+ * [W_ih | W_hh] panel (recurrent.h, register tiles of a few rows), then the bias and the activation on
+ * that (n, NB) block while it is in L1, writing h_t and y.  No BLAS call and no (T, B, H) projection buffer.  h_t goes to the other of two state
  * buffers (step s reads hbuf[s & 1], writes hbuf[(s + 1) & 1]), so one barrier per step suffices: after it,
  * the next step writes only the buffer no thread reads any more.
  * A slot stops being written after its last valid step (it leaves the active prefix, which only shrinks),
@@ -324,7 +324,7 @@ typedef struct rnn_fwd_ctx {
     fr_barrier_t bar;
 } rnn_fwd_ctx;
 
-/* The activation on one tile row: units [u0, u0 + nu) of one slot.  acc (nu) = x_t W_ih^T + h W_hh^T. */
+/* The activation on one row of a block: units [u0, u0 + nu) of one slot.  acc (nu) = x_t W_ih^T + h W_hh^T. */
 static inline void rnn_fwd_cell(int nu, int relu,
                                 const real *acc,  /* (nu) */
                                 const real *bias, /* (nu) */
@@ -477,16 +477,19 @@ typedef struct rnn_bwd_ctx {
     real *dg;           /* (N, H) dG, row space */
     real *dh;           /* (B, H) slot order: dh_n in, dh0 out */
     real *acc;          /* (nthreads, B, W) per thread: a block's product for the active rows */
+    double *db;         /* (H) column sums of dG: the bias gradient; a thread adds to its units only */
     const real **rows[FR_MAX_THREADS]; /* per thread: (3B) dG_t rows, y and dy rows of the step before */
     fr_barrier_t bar;
 } rnn_bwd_ctx;
 
-/* g = (dy + a) * act'(h) on nu units: a is dh_t (the product's tile, or the carried dh_n). */
+/* g = (dy + a) * act'(h) on nu units, a being dh_t (the product's tile, or the carried dh_n); and the bias
+ * gradient's column sums db += g, in double (float sums over T*B rows would lose digits). */
 static inline void rnn_bwd_cell(int nu, int relu,
                                 const real *a,   /* (nu) */
                                 const real *dyr, /* (nu) */
                                 const real *h,   /* (nu) h_t = y */
-                                real *g)         /* (nu) out */
+                                real *g,         /* (nu) out */
+                                double *db)      /* (nu) accumulated */
 {
     int v = 0;
 #if FR_AVX2 && !FR_DOUBLE
@@ -497,11 +500,16 @@ static inline void rnn_bwd_cell(int nu, int relu,
         d = relu ? _mm256_and_ps(_mm256_cmp_ps(hv, zero, _CMP_GT_OQ), d)
                  : _mm256_mul_ps(d, _mm256_fnmadd_ps(hv, hv, one));
         _mm256_storeu_ps(g + v, d);
+        _mm256_storeu_pd(db + v, _mm256_add_pd(_mm256_loadu_pd(db + v), _mm256_cvtps_pd(_mm256_castps256_ps128(d))));
+        _mm256_storeu_pd(db + v + 4,
+                         _mm256_add_pd(_mm256_loadu_pd(db + v + 4), _mm256_cvtps_pd(_mm256_extractf128_ps(d, 1))));
     }
 #endif
     for (; v < nu; v++) {
         real d = dyr[v] + a[v];
-        g[v] = relu ? (h[v] > 0 ? d : (real)0) : d * ((real)1 - h[v] * h[v]);
+        d = relu ? (h[v] > 0 ? d : (real)0) : d * ((real)1 - h[v] * h[v]);
+        g[v] = d;
+        db[v] += d;
     }
 }
 
@@ -540,7 +548,7 @@ static void rnn_bwd_task(void *arg, int tid, int nth) {
             const int u0 = j * NB, nu = rec_block_units(tp, j);
             for (int k = 0; k < n; k++)
                 rnn_bwd_cell(nu, relu, dh + (size_t)k * H + u0, dyr[k] + u0, yr[k] + u0,
-                             g + (size_t)k * H + u0);
+                             g + (size_t)k * H + u0, cx->db + u0);
         }
     }
     for (int s = q->S - 1; s >= 0; s--) {
@@ -556,14 +564,14 @@ static void rnn_bwd_task(void *arg, int tid, int nth) {
             for (int k = 0; k < n; k++) {
                 const real *a = acc + (size_t)k * W;
                 if (s > 0)
-                    rnn_bwd_cell(nu, relu, a, dyr[k] + u0, yr[k] + u0, gp + (size_t)k * H + u0);
+                    rnn_bwd_cell(nu, relu, a, dyr[k] + u0, yr[k] + u0, gp + (size_t)k * H + u0, cx->db + u0);
                 else
                     memcpy(dh + (size_t)k * H + u0, a, sizeof(real) * (size_t)nu);
             }
             /* slots whose sequence starts (in backward order) at step s - 1: their dh is still dh_n */
             for (int k = n; k < np; k++)
                 rnn_bwd_cell(nu, relu, dh + (size_t)k * H + u0, dyr[k] + u0, yr[k] + u0,
-                             gp + (size_t)k * H + u0);
+                             gp + (size_t)k * H + u0, cx->db + u0);
         }
     }
 }
@@ -594,9 +602,15 @@ static int rnn_backward(int T, int B, int I, int H, int relu, int reverse,
     const real **rowptrs = NULL; /* (nthreads, 3B) */
     real *hg = NULL, *xg = NULL; /* chunk workspaces, lengths only */
     real *acc = NULL;            /* (nthreads, B, W) */
+    double *db = NULL;           /* (H), 64-byte aligned: threads' units meet at a cache-line boundary */
     real *dg = fr_alloc(q.N * H, 0);       /* (N, H) dG: dL/d(pre-activation), row space */
     real *dh = fr_alloc((size_t)B * H, 0); /* (B, H) dh_n in, dh0 out, slot order */
     if (dg == NULL || dh == NULL) goto done;
+    if (posix_memalign((void **)&db, 64, sizeof(double) * (size_t)(H > 0 ? H : 1)) != 0) {
+        db = NULL;
+        goto done;
+    }
+    memset(db, 0, sizeof(double) * (size_t)H);
     if (rec_pack_transposed(&tp, H, H, w_hh, H) != FR_OK) goto done;
 
     rnn_seq_load_state(&q, H, dhn, dh);
@@ -611,6 +625,7 @@ static int rnn_backward(int T, int B, int I, int H, int relu, int reverse,
     cx.lddy = lddy;
     cx.dg = dg;
     cx.dh = dh;
+    cx.db = db;
     const int nth = rec_threads_for(B, 1, H, H, tp.nblk);
     if ((rowptrs = (const real **)malloc(sizeof(real *) * 3 * (size_t)(B > 0 ? B : 1) * nth)) == NULL) goto done;
     if ((acc = fr_alloc((size_t)nth * B * tp.W, 0)) == NULL) goto done;
@@ -663,14 +678,17 @@ static int rnn_backward(int T, int B, int I, int H, int relu, int reverse,
             rnn_seq_scatter(&q, s0, s1, xg, dx, I, I, dx_accumulate);
         }
     }
-    /* b_ih and b_hh enter the pre-activation the same way: equal gradients. */
-    if (db_ih) rnn_colsum(q.N, H, dg, H, db_ih);
-    if (db_hh) rnn_colsum(q.N, H, dg, H, db_hh);
+    /* b_ih and b_hh enter the pre-activation the same way: equal gradients, summed in the loop */
+    for (int u = 0; u < H; u++) {
+        if (db_ih) db_ih[u] = (real)db[u];
+        if (db_hh) db_hh[u] = (real)db[u];
+    }
     rc = FR_OK;
 
 done:
     free(rowptrs);
     free(acc);
+    free(db);
     free(dg);
     free(dh);
     free(hg);
