@@ -458,8 +458,8 @@ done:
  * Per step only what is sequential: dG_t = (dy_t + dh_t) * act'(h_t) (elementwise) and
  * dh_{t-1} = dG_t W_hh, the product out of W_hh^T packed in blocks of output units (rec_pack_transposed).
  * One parallel region: each thread owns the same blocks of units for both, and the elementwise dG_{t-1} is
- * the product's epilogue on the tile it just computed, so dh never round-trips memory and a thread only
- * ever reads its own units of dh.  The only exchange is dG_t itself (the product needs every unit of it):
+ * the product's epilogue on the block it just computed (still in L1), so dh never round-trips memory and a
+ * thread only ever touches its own units of dh (and of db, the bias gradient summed on the way).  The only exchange is dG_t itself (the product needs every unit of it):
  * one barrier per step, before the product.  dG rows of different steps are disjoint in row space, so a
  * thread writing dG_{t-1} never disturbs one still reading dG_t.
  * A slot not yet active (its sequence is shorter) keeps dh_n until its last valid step comes; dh is only
@@ -482,7 +482,7 @@ typedef struct rnn_bwd_ctx {
     fr_barrier_t bar;
 } rnn_bwd_ctx;
 
-/* g = (dy + a) * act'(h) on nu units, a being dh_t (the product's tile, or the carried dh_n); and the bias
+/* g = (dy + a) * act'(h) on nu units, a being dh_t (the product's block, or the carried dh_n); and the bias
  * gradient's column sums db += g, in double (float sums over T*B rows would lose digits). */
 static inline void rnn_bwd_cell(int nu, int relu,
                                 const real *a,   /* (nu) */
@@ -532,8 +532,8 @@ static void rnn_bwd_task(void *arg, int tid, int nth) {
     const int H = cx->H, B = q->B, W = tp->W, NB = tp->NB, relu = cx->relu;
     real *acc = cx->acc + (size_t)tid * B * W; /* (B, W) dh_{t-1} of a block */
     const real **gr = cx->rows[tid]; /* (B) dG_t rows */
-    const real **yr = gr + B;        /* (B) h_{t-1} = y rows of the previous step */
-    const real **dyr = yr + B;       /* (B) dy rows of the previous step */
+    const real **yr = gr + B;        /* (B) y rows (h) of the step whose dG is being computed */
+    const real **dyr = yr + B;       /* (B) dy rows of that step */
     real *dh = cx->dh;
     int j0, j1;
     rec_thread_blocks(tp->nblk, tid, nth, &j0, &j1);
