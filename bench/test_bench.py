@@ -25,6 +25,8 @@ def test_bench(case_id, mode, threads, engine, bench_state, benchmark):
         rec.update(ok=chk.ok, check_err=chk.err, tol=chk.tol, reference=chk.reference)
         if chk.detail:
             rec["check_detail"] = chk.detail
+        if chk.inexact:
+            rec["inexact"] = True  # a peer outside the tolerance of float64: timed anyway, flagged
         benchmark.extra_info.update(rec)
         if not chk.ok:
             bench_state.record(rec)
