@@ -534,8 +534,8 @@ static inline const real *lstm_dy_row(const lstm_bwd_ctx *cx, int s, int k) {
 }
 
 /* Depth of a K chunk of the backward product: a chunk of one block's panel (kc, W) and of the n operand rows
- * (n, kc) within about half of a 512 KB L2 (measured: H = 1024, B = 64 runs the product ~20% faster than
- * unchunked). */
+ * (n, kc) within about half of a 512 KB L2 (measured on the 2-vCPU VMs: H = 1024, B = 64 runs the loop
+ * 5-10% faster than unchunked; H <= 512 is unchanged, mostly a single chunk anyway). */
 #ifndef LSTM_BWD_L2_BYTES
 #define LSTM_BWD_L2_BYTES ((size_t)256 << 10)
 #endif
