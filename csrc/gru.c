@@ -387,9 +387,9 @@ static int gru_forward(int T, int B, int I, int H, int reset_after, int reverse,
     if (((b_ih || b_hh) && bias == NULL) || h == NULL || (ra && h2 == NULL) || (!tape && xw == NULL) ||
         (!ra && !tape && rh == NULL))
         goto done;
-    if (rec_pack_init(&xp, 3, H, w_ih, I, I, NULL, 0, 0) != FR_OK) goto done;
-    if (rec_pack_init(&hp, ra ? 3 : 2, H, w_hh, H, H, NULL, 0, 0) != FR_OK) goto done;
-    if (!ra && rec_pack_init(&np, 1, H, w_hh + 2 * (size_t)H * H, H, H, NULL, 0, 0) != FR_OK) goto done;
+    if (rec_pack_init(&xp, 3, H, w_ih, I, I, NULL, 0, 0, (size_t)T * B) != FR_OK) goto done;
+    if (rec_pack_init(&hp, ra ? 3 : 2, H, w_hh, H, H, NULL, 0, 0, (size_t)T * B) != FR_OK) goto done;
+    if (!ra && rec_pack_init(&np, 1, H, w_hh + 2 * (size_t)H * H, H, H, NULL, 0, 0, (size_t)T * B) != FR_OK) goto done;
 
     if (bias) /* b_ih + b_hh, without b_hn when reset_after (it is applied inside r * (...)) */
         for (int k = 0; k < G3; k++)

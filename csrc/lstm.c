@@ -347,8 +347,8 @@ static int lstm_forward(int T, int B, int I, int H, int P, int reverse,
     h2 = fr_alloc((size_t)B * P, 0);
     c = fr_alloc((size_t)B * H, 0);
     if (h == NULL || h2 == NULL || c == NULL) goto done;
-    if (rec_pack_init(&wp, 4, H, w_ih, I, I, w_hh, P, P) != FR_OK) goto done;
-    if (proj && rec_pack_init(&rp, 1, P, w_hr, H, H, NULL, 0, 0) != FR_OK) goto done;
+    if (rec_pack_init(&wp, 4, H, w_ih, I, I, w_hh, P, P, (size_t)T * B) != FR_OK) goto done;
+    if (proj && rec_pack_init(&rp, 1, P, w_hr, H, H, NULL, 0, 0, (size_t)T * B) != FR_OK) goto done;
     if (b_ih || b_hh) {
         if ((bias = fr_alloc(H4, 1)) == NULL) goto done;
         for (size_t j = 0; j < H4; j++) bias[j] = (b_ih ? b_ih[j] : 0) + (b_hh ? b_hh[j] : 0);

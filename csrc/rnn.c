@@ -409,7 +409,7 @@ static int rnn_forward(int T, int B, int I, int H, int relu, int reverse,
     real *h = fr_alloc((size_t)B * H, 0);  /* (B, H) state, slot order */
     real *h2 = fr_alloc((size_t)B * H, 0); /* (B, H) the other state buffer */
     if (h == NULL || h2 == NULL) goto done;
-    if (rec_pack_init(&wp, 1, H, w_ih, I, I, w_hh, H, H) != FR_OK) goto done;
+    if (rec_pack_init(&wp, 1, H, w_ih, I, I, w_hh, H, H, (size_t)T * B) != FR_OK) goto done;
     if ((bias = fr_alloc((size_t)wp.nblk * wp.NB, 1)) == NULL) goto done;
     for (int k = 0; k < H; k++) bias[k] = (b_ih ? b_ih[k] : 0) + (b_hh ? b_hh[k] : 0);
     rnn_seq_load_state(&q, H, h0, h);

@@ -71,6 +71,12 @@ SHAPES = [  # (T, B, I, H)
     (3, 2, 17, 32),
     (2, 5, 1, 9),
     (6, 3, 9, 2),
+    # T * B <= 4: the weights are read unpacked (recurrent.h's direct mode); sizes past a SIMD width with
+    # tails, and a partial last block of units.
+    (1, 1, 19, 45),
+    (1, 4, 33, 37),
+    (2, 2, 24, 29),
+    (1, 5, 16, 24),  # just past the direct-mode threshold: packed
 ]
 
 
