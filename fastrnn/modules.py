@@ -41,6 +41,8 @@ def _as_float_array(name, a, dtype):
 
 def _check_shape(name, arr, expected):
     """ValueError naming `expected` unless arr.shape matches it (str entries match any size)."""
+    if arr.shape == expected:  # the common case, without the generator below (step() is latency-bound)
+        return
     ok = arr.ndim == len(expected) and all(
         isinstance(e, str) or e == s for e, s in zip(expected, arr.shape))
     if not ok:
@@ -103,6 +105,7 @@ class _RNNBase:
         self._version = 0
         rng = np.random.default_rng(seed)
         self._params = OrderedDict()
+        self._layer_cache = {}
         bound = 1.0 / math.sqrt(self.hidden_size)
         for name, shape in self._param_shapes():
             self._params[name] = rng.uniform(-bound, bound, size=shape).astype(dt)
@@ -144,10 +147,18 @@ class _RNNBase:
         raise AttributeError(f"{type(self).__name__!s} has no attribute {name!r}")
 
     def _layer_params(self, k, d):
+        """(w_ih, w_hh, b_ih, b_hh, w_hr) of layer k, direction d (None where absent).  Memoised per
+        parameter dict: references to the arrays, so in-place updates of the parameters are seen."""
+        cache = self._layer_cache  # emptied whenever self._params is replaced (load_state_dict)
+        hit = cache.get((k, d))
+        if hit is not None:
+            return hit
         sfx = f"_l{k}" + ("_reverse" if d else "")
         p = self._params
-        return (p["weight_ih" + sfx], p["weight_hh" + sfx], p.get("bias_ih" + sfx), p.get("bias_hh" + sfx),
-                p.get("weight_hr" + sfx))
+        out = (p["weight_ih" + sfx], p["weight_hh" + sfx], p.get("bias_ih" + sfx), p.get("bias_hh" + sfx),
+               p.get("weight_hr" + sfx))
+        cache[(k, d)] = out
+        return out
 
     # ---- state dict ---------------------------------------------------------------------------------------
     def state_dict(self):
@@ -170,6 +181,7 @@ class _RNNBase:
             _check_shape(name, arr, old.shape)
             new[name] = np.array(arr, dtype=self.dtype, order="C", copy=True)
         self._params = new
+        self._layer_cache = {}
         self._version += 1
 
     # ---- argument preparation -----------------------------------------------------------------------------
