@@ -410,6 +410,28 @@ def test_step_equals_sequence(isa, dtype, variant, num_layers, with_hx, unbatche
     _check_dtype(st, dtype, "step state")
 
 
+@pytest.mark.parametrize("cls", [fastrnn.RNN, fastrnn.LSTM, fastrnn.GRU])
+def test_step_sees_parameter_updates(cls):
+    """Parameters updated in place (an optimiser's step) or reloaded are used by the next call: nothing
+    derived from them (packed weights, memoised references) goes stale."""
+    layer = cls(24, 40, num_layers=2, seed=3)
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((1, 24)).astype(np.float32)
+    y0, _ = layer.step(x)
+    for name in layer.state_dict():
+        getattr(layer, name)[...] *= 0.5  # in place
+    y1, _ = layer.step(x)
+    fresh = cls(24, 40, num_layers=2, seed=99)
+    fresh.load_state_dict(layer.state_dict())
+    want, _ = fresh(x[None])
+    np.testing.assert_allclose(y1, want[0], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(y0, y1)
+    layer.load_state_dict(cls(24, 40, num_layers=2, seed=5).state_dict())
+    y2, _ = layer.step(x)
+    want2, _ = cls(24, 40, num_layers=2, seed=5)(x[None])
+    np.testing.assert_allclose(y2, want2[0], rtol=1e-5, atol=1e-6)
+
+
 def test_step_bidirectional_is_value_error():
     layer = fastrnn.LSTM(3, 4, bidirectional=True)
     with pytest.raises(ValueError):
