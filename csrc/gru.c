@@ -6,7 +6,7 @@
  *     reset_after = 0 (Cho et al.):     n = tanh(x W_in^T + b_in + (r * h) W_hn^T + b_hn)
  *     h' = (1 - z) * n + z * h,  computed as n + z * (h - n) like torch.
  *
- * Included by instance.h once per dtype and ISA, after rnn.c, whose sequence schedule (rnn_seq_*: slots
+ * Included by instance.h once per dtype and ISA, after rnn.c, whose sequence schedule (seq_*: slots
  * sorted by length, row space, chunks of steps) and helpers this file uses; see the top of rnn.c.
  *
  * Bias folding: b_ih (all three) and b_hr, b_hz are added once per gate; b_hn too when reset_after = 0 (it
@@ -225,7 +225,7 @@ static inline void gru_cell_n(int H, int u0, int nu,
 /* ---- forward: the parallel region ------------------------------------------------------------------------ */
 
 typedef struct gru_fwd_ctx {
-    const rnn_seq *q;
+    const fr_seq *q;
     int I, H, reset_after;
     int chunk;               /* steps per chunk of the input projection */
     const real *x;           /* (T, B, I) */
@@ -248,7 +248,7 @@ typedef struct gru_fwd_ctx {
 
 static void gru_fwd_task(void *arg, int tid, int nth) {
     gru_fwd_ctx *cx = (gru_fwd_ctx *)arg;
-    const rnn_seq *q = cx->q;
+    const fr_seq *q = cx->q;
     const rec_pack *xp = cx->xp, *hp = cx->hp, *np = cx->np;
     const int I = cx->I, H = cx->H, B = q->B, ra = cx->reset_after, NB = hp->NB;
     const size_t G3 = (size_t)3 * H;
@@ -267,15 +267,15 @@ static void gru_fwd_task(void *arg, int tid, int nth) {
     for (int c0 = 0; c0 < q->S; c0 += cx->chunk) {
         const int c1 = c0 + cx->chunk < q->S ? c0 + cx->chunk : q->S;
         size_t lo, hi;
-        rnn_seq_rows(q, c0, c1, &lo, &hi);
+        seq_rows(q, c0, c1, &lo, &hi);
         real *xw = cx->tg ? cx->tg + lo * G3 : cx->xw; /* (hi - lo, 3H): row lo + i of row space is row i */
         /* The input projection of the chunk for this thread's blocks: every row passes a block's panel
          * while it is in L1.  Only this thread reads these columns, so no barrier follows. */
         for (int s = c0; s < c1; s++) {
-            const size_t base = rnn_seq_row(q, s) - lo;
-            for (int k = 0, n = rnn_seq_active(q, s); k < n; k++) {
-                const int b = rnn_seq_batch(q, k);
-                xr[base + (size_t)k] = cx->x + ((size_t)rnn_seq_time(q, s, b) * B + b) * I;
+            const size_t base = seq_row(q, s) - lo;
+            for (int k = 0, n = seq_active(q, s); k < n; k++) {
+                const int b = seq_batch(q, k);
+                xr[base + (size_t)k] = cx->x + ((size_t)seq_time(q, s, b) * B + b) * I;
             }
         }
         for (int j = j0; j < j1; j++) {
@@ -294,15 +294,15 @@ static void gru_fwd_task(void *arg, int tid, int nth) {
         }
 
         for (int s = c0; s < c1; s++) {
-            const int n = rnn_seq_active(q, s);
-            const size_t r0 = rnn_seq_row(q, s);
+            const int n = seq_active(q, s);
+            const size_t r0 = seq_row(q, s);
             const real *hprev = cx->hbuf[cur];          /* (B, H) h_{t-1} */
             real *hnew = cx->hbuf[ra ? cur ^ 1 : cur];  /* (B, H) h_t */
             real *xs = xw + (r0 - lo) * G3;             /* (n, 3H) this step's projection */
             for (int k = 0; k < n; k++) {
-                const int b = rnn_seq_batch(q, k);
+                const int b = seq_batch(q, k);
                 hr[k] = hprev + (size_t)k * H;
-                yr[k] = cx->y + ((size_t)rnn_seq_time(q, s, b) * B + b) * cx->ldy;
+                yr[k] = cx->y + ((size_t)seq_time(q, s, b) * B + b) * cx->ldy;
             }
             /* Blocks outside, row tiles inside: a block's panel stays in L1/L2 while every row passes it.
              * The tiles of a group of blocks (at least GRU_GROUP_ROWS rows x blocks) go to tb first and
@@ -363,8 +363,8 @@ static int gru_forward(int T, int B, int I, int H, int reset_after, int reverse,
                        real *y, int ldy,   /* (T, B, ldy >= H) out */
                        real *hn,           /* (B, H) out */
                        real *tape) {       /* (gru_tape_len) out, or NULL for inference */
-    rnn_seq q;
-    if (rnn_seq_init(&q, T, B, reverse, lengths) != FR_OK) return FR_ENOMEM;
+    fr_seq q;
+    if (seq_init(&q, T, B, reverse, lengths) != FR_OK) return FR_ENOMEM;
 
     const int G3 = 3 * H;
     const int ra = reset_after != 0;
@@ -394,8 +394,8 @@ static int gru_forward(int T, int B, int I, int H, int reset_after, int reverse,
     if (bias) /* b_ih + b_hh, without b_hn when reset_after (it is applied inside r * (...)) */
         for (int k = 0; k < G3; k++)
             bias[k] = (b_ih ? b_ih[k] : (real)0) + (b_hh && (k < 2 * H || !ra) ? b_hh[k] : (real)0);
-    rnn_seq_load_state(&q, H, h0, h);
-    rnn_seq_zero_padding(&q, y, ldy, H);
+    seq_load_state(&q, H, h0, h);
+    seq_zero_padding(&q, y, ldy, H);
 
     memset(&cx, 0, sizeof cx);
     cx.q = &q;
@@ -430,10 +430,10 @@ static int gru_forward(int T, int B, int I, int H, int reset_after, int reverse,
 
     if (ra) /* slot j's last state is in the buffer of the parity of its step count */
         for (int j = 0; j < B; j++) {
-            int len = lengths ? lengths[rnn_seq_batch(&q, j)] : q.S;
+            int len = lengths ? lengths[seq_batch(&q, j)] : q.S;
             if (len & 1) memcpy(h + (size_t)j * H, h2 + (size_t)j * H, sizeof(real) * (size_t)H);
         }
-    rnn_seq_store_state(&q, H, h, hn);
+    seq_store_state(&q, H, h, hn);
     rc = FR_OK;
 
 done:
@@ -447,7 +447,7 @@ done:
     rec_pack_free(&xp);
     rec_pack_free(&hp);
     rec_pack_free(&np);
-    rnn_seq_free(&q);
+    seq_free(&q);
     return rc;
 }
 
@@ -475,7 +475,7 @@ done:
  */
 
 typedef struct gru_bwd_ctx {
-    const rnn_seq *q;
+    const fr_seq *q;
     int H, reset_after;
     const real *h0;          /* (B, H) or NULL */
     const real *zero;        /* (H) zeros: h_{t-1} at the first step without h0 */
@@ -560,7 +560,7 @@ static void gru_bwd_product(const rec_pack *p, int j, int n, const real *const *
 
 static void gru_bwd_task(void *arg, int tid, int nth) {
     gru_bwd_ctx *cx = (gru_bwd_ctx *)arg;
-    const rnn_seq *q = cx->q;
+    const fr_seq *q = cx->q;
     const rec_pack *tp = cx->tp, *tn = cx->tn;
     const int H = cx->H, B = q->B, ra = cx->reset_after;
     const size_t G3 = (size_t)3 * H;
@@ -573,12 +573,12 @@ static void gru_bwd_task(void *arg, int tid, int nth) {
     const int u0 = j0 * tp->NB, u1 = j1 * tp->NB < H ? j1 * tp->NB : H;
 
     for (int s = q->S - 1; s >= 0; s--) {
-        const int n = rnn_seq_active(q, s);
-        const size_t row = rnn_seq_row(q, s);
+        const int n = seq_active(q, s);
+        const size_t row = seq_row(q, s);
         for (int k = 0; k < n; k++) {
-            const int b = rnn_seq_batch(q, k);
-            const size_t t = (size_t)rnn_seq_time(q, s, b);
-            const real *hp = rnn_seq_prev(q, s, b, cx->y, cx->ldy, cx->h0, H, cx->zero);
+            const int b = seq_batch(q, k);
+            const size_t t = (size_t)seq_time(q, s, b);
+            const real *hp = seq_prev(q, s, b, cx->y, cx->ldy, cx->h0, H, cx->zero);
             hr[k] = hp;
             if (u0 < u1)
                 gru_bwd_rowA(H, u0, u1, ra, cx->dy + (t * B + b) * (size_t)cx->lddy, cx->dh + (size_t)k * H, hp,
@@ -639,8 +639,8 @@ static int gru_backward(int T, int B, int I, int H, int reset_after, int reverse
                         real *dw_hh,              /* (3H, H) out */
                         real *db_ih,              /* (3H) out, or NULL */
                         real *db_hh) {            /* (3H) out, or NULL */
-    rnn_seq q;
-    if (rnn_seq_init(&q, T, B, reverse, lengths) != FR_OK) return FR_ENOMEM;
+    fr_seq q;
+    if (seq_init(&q, T, B, reverse, lengths) != FR_OK) return FR_ENOMEM;
 
     const int G3 = 3 * H;
     const int ra = reset_after != 0;
@@ -651,7 +651,7 @@ static int gru_backward(int T, int B, int I, int H, int reset_after, int reverse
 
     int rc = FR_ENOMEM;
     size_t xcols = lengths ? (size_t)I : 0;
-    int chunk = rnn_seq_chunk(&q, (size_t)H + xcols);
+    int chunk = seq_chunk(&q, (size_t)H + xcols);
     size_t crows = (size_t)chunk * (size_t)B;
     real *dg = fr_alloc(q.N * G3, 0);                           /* (N, 3H) input-side dG */
     real *dnr = ra ? fr_alloc(q.N * H, 0) : NULL;               /* (N, H) dn_rec, reset_after only */
@@ -665,7 +665,7 @@ static int gru_backward(int T, int B, int I, int H, int reset_after, int reverse
     if (ra) tp.K1 = 2 * H; /* the operand rows are [dg_rz | dnr]: the panels do not depend on K1 */
     if (!ra && rec_pack_transposed(&tn, H, H, w_hh + 2 * (size_t)H * H, H) != FR_OK) goto done;
 
-    rnn_seq_load_state(&q, H, dhn, dh);
+    seq_load_state(&q, H, dhn, dh);
     memset(&cx, 0, sizeof cx);
     cx.q = &q;
     cx.H = H;
@@ -687,7 +687,7 @@ static int gru_backward(int T, int B, int I, int H, int reset_after, int reverse
     if ((rowptrs = (const real **)malloc(sizeof(real *) * (3 * (size_t)B * nth + 1))) == NULL) goto done;
     for (int t = 0; t < nth; t++) cx.rows[t] = rowptrs + (size_t)3 * B * t;
     fr_parallel(nth, gru_bwd_task, &cx, &cx.bar);
-    if (dh0) rnn_seq_store_state(&q, H, dh, dh0);
+    if (dh0) seq_store_state(&q, H, dh, dh0);
 
     /* The recurrent-side n column: dn_rec. */
     const real *dn_rec = ra ? dnr : dg + 2 * H; /* (N, H), leading dimension ldn */
@@ -696,22 +696,22 @@ static int gru_backward(int T, int B, int I, int H, int reset_after, int reverse
     /* Weight gradients and dx as large GEMMs over all rows, a chunk of steps at a time. */
     memset(dw_ih, 0, sizeof(real) * (size_t)G3 * I);
     memset(dw_hh, 0, sizeof(real) * (size_t)G3 * H);
-    if (dx && !dx_accumulate) rnn_seq_zero_padding(&q, dx, I, I);
+    if (dx && !dx_accumulate) seq_zero_padding(&q, dx, I, I);
     for (int s0 = 0; s0 < q.S; s0 += chunk) {
         int s1 = s0 + chunk < q.S ? s0 + chunk : q.S;
         size_t lo, hi;
-        rnn_seq_rows(&q, s0, s1, &lo, &hi);
+        seq_rows(&q, s0, s1, &lo, &hi);
         int m = (int)(hi - lo);
         const real *gc = dg + lo * G3;                  /* (m, 3H) */
         const real *dnc = dn_rec + lo * (size_t)ldn;    /* (m, H) */
         const real *xc = x + lo * (size_t)I;            /* (m, I) */
         if (lengths) {
-            rnn_seq_gather(&q, s0, s1, x, I, I, xg);
+            seq_gather(&q, s0, s1, x, I, I, xg);
             xc = xg;
         }
         fr_gemm(1, 0, G3, I, m, (real)1, gc, G3, xc, I, (real)1, dw_ih, I);
 
-        rnn_seq_gather_prev(&q, s0, s1, y, ldy, h0, H, hg);
+        seq_gather_prev(&q, s0, s1, y, ldy, h0, H, hg);
         fr_gemm(1, 0, 2 * H, H, m, (real)1, gc, G3, hg, H, (real)1, dw_hh, H);
         fr_gemm(1, 0, H, H, m, (real)1, dnc, ldn, ra ? hg : aux + lo * H, H, (real)1, dw_hh + 2 * (size_t)H * H, H);
 
@@ -719,12 +719,12 @@ static int gru_backward(int T, int B, int I, int H, int reset_after, int reverse
         real *dxc = lengths ? xg : dx + lo * (size_t)I; /* (m, I) */
         real beta = (lengths || !dx_accumulate) ? (real)0 : (real)1;
         fr_gemm(0, 0, m, I, G3, (real)1, gc, G3, w_ih, I, beta, dxc, I);
-        if (lengths) rnn_seq_scatter(&q, s0, s1, xg, dx, I, I, dx_accumulate);
+        if (lengths) seq_scatter(&q, s0, s1, xg, dx, I, I, dx_accumulate);
     }
-    if (db_ih) rnn_colsum(q.N, G3, dg, G3, db_ih);
+    if (db_ih) fr_colsum(q.N, G3, dg, G3, db_ih);
     if (db_hh) {
-        rnn_colsum(q.N, 2 * H, dg, G3, db_hh);
-        rnn_colsum(q.N, H, dn_rec, ldn, db_hh + 2 * H);
+        fr_colsum(q.N, 2 * H, dg, G3, db_hh);
+        fr_colsum(q.N, H, dn_rec, ldn, db_hh + 2 * H);
     }
     rc = FR_OK;
 
@@ -738,6 +738,6 @@ done:
     free(xg);
     rec_pack_free(&tp);
     rec_pack_free(&tn);
-    rnn_seq_free(&q);
+    seq_free(&q);
     return rc;
 }

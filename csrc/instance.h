@@ -5,6 +5,7 @@
 #include "common.h"
 #include "vmath.h"
 #include "recurrent.h"
+#include "seq.h"
 
 #include "rnn.c"
 #include "lstm.c"

@@ -13,17 +13,11 @@
  * dh_{t-1} = dG W_hh, and the weight gradients afterwards as big GEMMs over all rows.
  *
  * ---- Row order ("compact rows") ------------------------------------------------------------------------
- * Every per-(step, sequence) array below -- the tape, the input projection, dG -- holds one row per VALID
- * (time, sequence) pair, in this order:
- *   without lengths: row = t*B + b, i.e. exactly the time-major (T, B) order of x, y and dx, so those serve
- *                    the big GEMMs in place (reverse just walks the time blocks backwards);
- *   with lengths:    the batch is sorted by length, descending (sorted row k is sequence perm[k]); step s
- *                    (the s-th step a sequence takes, s = 0 first, whatever the direction) has active
- *                    rows k < nact[s], a prefix, stored at rows off[s] .. off[s] + nact[s] - 1.  No row
- *                    exists for padding, so there is no work on padding anywhere, and the recurrent GEMM
- *                    of each step runs on a contiguous prefix of the (sorted) state.  x / dx / y are
- *                    gathered / scattered by (t, perm[k]) where needed.
- * Lengths that are all T take the first path (no permutation overhead).
+ * Every per-(step, sequence) array below -- the tape, dG -- holds one row per VALID (time, sequence) pair,
+ * in seq.h's row space: without lengths row t*B + b, exactly the time-major order of x, y and dx, so those
+ * serve the big GEMMs in place; with lengths the batch is sorted by length (slot k is sequence perm[k]) and
+ * step s has the rows off[s] .. off[s] + n_s - 1 of its n_s active slots, so nothing is computed for
+ * padding and x / dx / y are gathered / scattered where needed.
  *
  * ---- Tape (training) -----------------------------------------------------------------------------------
  *   gates (T*B, 4H)  activated i, f, g, o  (compact rows; the first N = sum of lengths are used)
@@ -34,128 +28,6 @@
  * place, so training needs no separate (T, B, 4H) buffer.
  */
 
-/* Workspace target for the chunked input projection / gathers: a few MB keeps inference memory bounded
- * whatever T is, while each chunk is still a GEMM of many rows.  Overridable (tests force tiny chunks). */
-#ifndef LSTM_CHUNK_BYTES
-#define LSTM_CHUNK_BYTES ((size_t)4 << 20)
-#endif
-
-/* ---- the row plan -------------------------------------------------------------------------------------- */
-
-typedef struct lstm_plan {
-    int T, B, reverse;
-    int S;        /* steps taken: the longest length (T without lengths) */
-    size_t N;     /* compact rows: sum of the lengths (T*B without lengths) */
-    int *perm;    /* (B) original batch index of sorted row k; NULL: identity, no lengths */
-    int *len;     /* (B) length of sorted row k, non-increasing; NULL: all T */
-    int *nact;    /* (T) active rows at step s, a prefix of the sorted rows; NULL: all B */
-    size_t *off;  /* (T + 1) first compact row of step s; NULL: time-major rows */
-} lstm_plan;
-
-static inline int lstm_perm(const lstm_plan *pl, int k) { return pl->perm ? pl->perm[k] : k; }
-static inline int lstm_nact(const lstm_plan *pl, int s) { return pl->nact ? pl->nact[s] : pl->B; }
-/* Time index read and written by sorted row k at step s. */
-static inline int lstm_time(const lstm_plan *pl, int s, int k) {
-    return fr_time_index(s, pl->len ? pl->len[k] : pl->T, pl->reverse);
-}
-/* First compact row of step s (its nact rows follow contiguously). */
-static inline size_t lstm_row(const lstm_plan *pl, int s) {
-    return pl->off ? pl->off[s] : (size_t)fr_time_index(s, pl->T, pl->reverse) * (size_t)pl->B;
-}
-/* Steps [s0, s1) occupy one contiguous range of compact rows: its first row and its length. */
-static inline size_t lstm_chunk_base(const lstm_plan *pl, int s0, int s1) {
-    size_t a = lstm_row(pl, s0), b = lstm_row(pl, s1 - 1);
-    return a < b ? a : b;
-}
-static inline size_t lstm_chunk_rows(const lstm_plan *pl, int s0, int s1) {
-    return pl->off ? pl->off[s1] - pl->off[s0] : (size_t)(s1 - s0) * (size_t)pl->B;
-}
-
-static void lstm_plan_free(lstm_plan *pl) {
-    free(pl->perm); /* perm, len and nact share one block */
-    free(pl->off);
-    pl->perm = pl->len = pl->nact = NULL;
-    pl->off = NULL;
-}
-
-/* Sorts the batch by length (descending, stable: a counting sort over 1..T) and lays out the rows. */
-static int lstm_plan_init(lstm_plan *pl, int T, int B, int reverse, const int *lengths /* (B) or NULL */) {
-    pl->T = T;
-    pl->B = B;
-    pl->reverse = reverse;
-    pl->S = T;
-    pl->N = (size_t)T * (size_t)B;
-    pl->perm = pl->len = pl->nact = NULL;
-    pl->off = NULL;
-    if (lengths == NULL || T <= 0 || B <= 0) return FR_OK;
-    int all_full = 1;
-    for (int b = 0; b < B; b++) all_full &= lengths[b] == T;
-    if (all_full) return FR_OK;
-
-    /* one block: perm (B), len (B), nact (T), and count (T + 2) for the sort, which nact then reuses */
-    int *blk = (int *)malloc(((size_t)2 * B + T + T + 2) * sizeof(int));
-    size_t *off = (size_t *)malloc(((size_t)T + 1) * sizeof(size_t));
-    if (blk == NULL || off == NULL) {
-        free(blk);
-        free(off);
-        return FR_ENOMEM;
-    }
-    int *perm = blk, *len = blk + B, *nact = blk + 2 * B, *start = blk + 2 * B + T; /* start (T + 2) */
-    /* start[l] = first sorted position of the sequences of length l, longest first */
-    memset(start, 0, ((size_t)T + 2) * sizeof(int));
-    for (int b = 0; b < B; b++) start[lengths[b]]++;
-    int pos = 0;
-    for (int l = T; l >= 1; l--) {
-        int cnt = start[l];
-        start[l] = pos;
-        pos += cnt;
-    }
-    for (int b = 0; b < B; b++) {
-        int k = start[lengths[b]]++;
-        perm[k] = b;
-        len[k] = lengths[b];
-    }
-    /* nact[s] = number of sequences longer than s: they are the first ones in sorted order */
-    int k = B;
-    for (int s = 0; s < T; s++) {
-        while (k > 0 && len[k - 1] <= s) k--;
-        nact[s] = k;
-    }
-    off[0] = 0;
-    for (int s = 0; s < T; s++) off[s + 1] = off[s] + (size_t)nact[s];
-    pl->perm = perm;
-    pl->len = len;
-    pl->nact = nact;
-    pl->off = off;
-    pl->S = len[0];
-    pl->N = off[T];
-    return FR_OK;
-}
-
-/* Gathers rows of a time-major (T, B, ld) array into compact order for steps [s0, s1):
- * dst row (row(s) - base + k) = src[t, perm[k]] with t the time of step s (prev = 0) or of step s - 1
- * (prev = 1: the state a step starts from; step 0 takes init[perm[k]], or zeros when init is NULL). */
-static void lstm_gather(const lstm_plan *pl, int s0, int s1, int prev,
-                        const real *src, int ld,  /* (T, B, ld) */
-                        const real *init,         /* (B, n) or NULL; used when prev */
-                        int n, real *dst)         /* (chunk rows, n) out */
-{
-    size_t base = lstm_chunk_base(pl, s0, s1);
-    for (int s = s0; s < s1; s++) {
-        real *d = dst + (lstm_row(pl, s) - base) * (size_t)n;
-        for (int k = 0, na = lstm_nact(pl, s); k < na; k++, d += n) {
-            int b = lstm_perm(pl, k);
-            if (prev && s == 0) {
-                if (init) memcpy(d, init + (size_t)b * n, (size_t)n * sizeof(real));
-                else memset(d, 0, (size_t)n * sizeof(real));
-            } else {
-                int t = lstm_time(pl, prev ? s - 1 : s, k);
-                memcpy(d, src + ((size_t)t * pl->B + b) * (size_t)ld, (size_t)n * sizeof(real));
-            }
-        }
-    }
-}
-
 /* ---- forward: the fused step ------------------------------------------------------------------------
  * One parallel region runs the whole sequence.  Per step, each thread takes its blocks of hidden units and,
  * for each tile of active rows, computes x_t W_ih^T + h_{t-1} W_hh^T for all four gates of those units in
@@ -165,7 +37,7 @@ static void lstm_gather(const lstm_plan *pl, int s0, int s1, int prev,
  * disturbed; one barrier per step (two with projection, whose product needs all of m). */
 
 typedef struct lstm_fwd_ctx {
-    const lstm_plan *pl;
+    const fr_seq *pl;
     int I, H, P;
     const real *x;           /* (T, B, I) */
     const rec_pack *wp;      /* packed [W_ih | W_hh]: G = 4, K = I + P */
@@ -239,7 +111,7 @@ static inline void lstm_tile_cell(int H, int NB, int u0, int nu,
 
 static void lstm_fwd_task(void *arg, int tid, int nth) {
     lstm_fwd_ctx *cx = (lstm_fwd_ctx *)arg;
-    const lstm_plan *pl = cx->pl;
+    const fr_seq *pl = cx->pl;
     const rec_pack *wp = cx->wp, *rp = cx->rp;
     const int I = cx->I, H = cx->H, P = cx->P, B = pl->B;
     const size_t H4 = (size_t)4 * H;
@@ -254,14 +126,14 @@ static void lstm_fwd_task(void *arg, int tid, int nth) {
     int cur = 0;
 
     for (int s = 0; s < pl->S; s++) {
-        const int n = lstm_nact(pl, s);
-        const size_t r0 = lstm_row(pl, s);
+        const int n = seq_active(pl, s);
+        const size_t r0 = seq_row(pl, s);
         const real *hp = cx->hbuf[cur];                       /* (B, P) h_{t-1} */
         real *hn = cx->hbuf[cur ^ 1];                         /* (B, P) h_t */
         real *m = rp ? (cx->tm ? cx->tm + r0 * H : cx->mb) : hn; /* (n, H) */
         /* operand and output rows of this step (sorted row k is sequence perm[k] at its own time) */
         for (int k = 0; k < n; k++) {
-            const size_t row = (size_t)lstm_time(pl, s, k) * B + lstm_perm(pl, k);
+            const size_t row = (size_t)seq_slot_time(pl, s, k) * B + seq_batch(pl, k);
             xr[k] = cx->x + row * I;
             hr[k] = hp + (size_t)k * P;
             yr[k] = cx->y + row * cx->ldy;
@@ -330,7 +202,7 @@ static int lstm_forward(int T, int B, int I, int H, int P, int reverse,
     const int proj = P != H;
     const size_t H4 = (size_t)4 * H;
     const size_t TB = (size_t)(T > 0 ? T : 0) * (size_t)(B > 0 ? B : 0);
-    lstm_plan pl;
+    fr_seq pl;
     lstm_fwd_ctx cx;
     real *h = NULL;    /* (B, P) h state, sorted rows */
     real *h2 = NULL;   /* (B, P) the other h buffer: the step writes h_t beside h_{t-1} */
@@ -342,7 +214,7 @@ static int lstm_forward(int T, int B, int I, int H, int P, int reverse,
     const real **rowptrs = NULL; /* (nthreads, 3B) */
     int rc = FR_ENOMEM;
 
-    if (lstm_plan_init(&pl, T, B, reverse, lengths) != FR_OK) return FR_ENOMEM;
+    if (seq_init(&pl, T, B, reverse, lengths) != FR_OK) return FR_ENOMEM;
     h = fr_alloc((size_t)B * P, 0);
     h2 = fr_alloc((size_t)B * P, 0);
     c = fr_alloc((size_t)B * H, 0);
@@ -357,7 +229,7 @@ static int lstm_forward(int T, int B, int I, int H, int P, int reverse,
 
     /* initial state, in sorted order */
     for (int k = 0; k < B; k++) {
-        int b = lstm_perm(&pl, k);
+        int b = seq_batch(&pl, k);
         if (h0) memcpy(h + (size_t)k * P, h0 + (size_t)b * P, (size_t)P * sizeof(real));
         else memset(h + (size_t)k * P, 0, (size_t)P * sizeof(real));
         if (c0) memcpy(c + (size_t)k * H, c0 + (size_t)b * H, (size_t)H * sizeof(real));
@@ -389,13 +261,9 @@ static int lstm_forward(int T, int B, int I, int H, int P, int reverse,
     const real *hf = cx.hbuf[pl.S & 1]; /* (B, P) the final h: the buffers swapped once per step */
 
     /* padded steps of y are 0; ended rows kept the state of their last valid step */
-    if (pl.perm) {
-        for (int k = 0; k < B; k++)
-            for (int t = pl.len[k]; t < T; t++)
-                memset(y + ((size_t)t * B + pl.perm[k]) * ldy, 0, (size_t)P * sizeof(real));
-    }
+    seq_zero_padding(&pl, y, ldy, P);
     for (int k = 0; k < B; k++) {
-        int b = lstm_perm(&pl, k);
+        int b = seq_batch(&pl, k);
         if (hn) memcpy(hn + (size_t)b * P, hf + (size_t)k * P, (size_t)P * sizeof(real));
         if (cn) memcpy(cn + (size_t)b * H, c + (size_t)k * H, (size_t)H * sizeof(real));
     }
@@ -410,7 +278,7 @@ done:
     free(mb);
     rec_pack_free(&wp);
     rec_pack_free(&rp);
-    lstm_plan_free(&pl);
+    seq_free(&pl);
     return rc;
 }
 
@@ -430,7 +298,7 @@ done:
  * dh are split by units. */
 
 typedef struct lstm_bwd_ctx {
-    const lstm_plan *pl;
+    const fr_seq *pl;
     int H, P;
     const rec_pack *hp;  /* W_hh^T packed: G = 1 over the P outputs, K = 4H */
     const rec_pack *rp;  /* W_hr packed: G = 1 over the H units, K = P; NULL without projection */
@@ -529,8 +397,8 @@ static inline void lstm_prefetch_row(int H, int u0, int u1, const real *a, const
 
 /* dy row of sorted row k at step s. */
 static inline const real *lstm_dy_row(const lstm_bwd_ctx *cx, int s, int k) {
-    const lstm_plan *pl = cx->pl;
-    return cx->dy + ((size_t)lstm_time(pl, s, k) * pl->B + lstm_perm(pl, k)) * (size_t)cx->lddy;
+    const fr_seq *pl = cx->pl;
+    return cx->dy + ((size_t)seq_slot_time(pl, s, k) * pl->B + seq_batch(pl, k)) * (size_t)cx->lddy;
 }
 
 /* Depth of a K chunk of the backward product: a chunk of one block's panel (kc, W) and of the n operand rows
@@ -548,7 +416,7 @@ static inline int lstm_bwd_kchunk(const rec_pack *hp, int n) {
 
 static void lstm_bwd_task(void *arg, int tid, int nth) {
     lstm_bwd_ctx *cx = (lstm_bwd_ctx *)arg;
-    const lstm_plan *pl = cx->pl;
+    const fr_seq *pl = cx->pl;
     const rec_pack *hp = cx->hp, *rp = cx->rp;
     const int H = cx->H, P = cx->P;
     const size_t H4 = (size_t)4 * H;
@@ -568,11 +436,11 @@ static void lstm_bwd_task(void *arg, int tid, int nth) {
     const int MRh = rec_tile_rows(hp), MRr = rp ? rec_tile_rows(rp) : 1;
 
     for (int s = pl->S - 1; s >= 0; s--) {
-        const int n = lstm_nact(pl, s);
-        const size_t r0 = lstm_row(pl, s);
-        const size_t rq = s > 0 ? lstm_row(pl, s - 1) : 0; /* rows of step s - 1: c_{t-1} and dh_{t-1} */
+        const int n = seq_active(pl, s);
+        const size_t r0 = seq_row(pl, s);
+        const size_t rq = s > 0 ? seq_row(pl, s - 1) : 0; /* rows of step s - 1: c_{t-1} and dh_{t-1} */
         /* ---- phase 1: dz_t and the c carry for this thread's units */
-#define LSTM_CP(k) (s > 0 ? cx->tc + (rq + (k)) * H : (cx->c0 ? cx->c0 + (size_t)lstm_perm(pl, (k)) * H : NULL))
+#define LSTM_CP(k) (s > 0 ? cx->tc + (rq + (k)) * H : (cx->c0 ? cx->c0 + (size_t)seq_batch(pl, (k)) * H : NULL))
         if (rp) {
             for (int q = q0; q < q1; q++) {
                 const int uq = q * rp->NB, nu = rec_block_units(rp, q);
@@ -603,10 +471,10 @@ static void lstm_bwd_task(void *arg, int tid, int nth) {
         /* ---- phase 2: dh_{t-1} = dz_t W_hh + dy_{t-1} for this thread's output blocks.  K = 4H is taken
          * in chunks of kc so that a chunk of the block's panel and of the n dz rows stay in L2 while every
          * row tile passes them (a whole panel of a large H would stream from L3 once per tile). */
-        const int n1 = s > 0 ? lstm_nact(pl, s - 1) : 0; /* rows of step s - 1 (>= n) */
+        const int n1 = s > 0 ? seq_active(pl, s - 1) : 0; /* rows of step s - 1 (>= n) */
         const int kc = lstm_bwd_kchunk(hp, n);
         if (s > 0) { /* the first rows phase 1 reads next (the others are fetched ahead there) */
-            const size_t rr = s > 1 ? lstm_row(pl, s - 2) : 0;
+            const size_t rr = s > 1 ? seq_row(pl, s - 2) : 0;
             for (int k = 0; k < LSTM_PREFETCH_ROWS && k < n1; k++)
                 lstm_prefetch_row(H, u0, u1, cx->tg + (rq + k) * H4,
                                   s > 1 ? cx->tc + (rr + k) * H : NULL);
@@ -679,7 +547,7 @@ static int lstm_backward(int T, int B, int I, int H, int P, int reverse,
     const real *tg = tape;                  /* (T*B, 4H) tape: activated gates */
     const real *tc = tape + TB * H4;        /* (T*B, H) tape: c */
     const real *tm = tc + TB * (size_t)H;   /* (T*B, H) tape: m, projection only */
-    lstm_plan pl;
+    fr_seq pl;
     real *dz = NULL;  /* (N, 4H) dL/dz for every compact row; padding has no row */
     real *dh = NULL;  /* (B, P) dL/dh carried backwards in time, sorted rows */
     real *dc = NULL;  /* (B, H) dL/dc carried backwards in time, sorted rows */
@@ -693,7 +561,7 @@ static int lstm_backward(int T, int B, int I, int H, int P, int reverse,
     real *dxs = NULL; /* (cs*B, I) dx of a chunk before the scatter (lengths only) */
     int rc = FR_ENOMEM;
 
-    if (lstm_plan_init(&pl, T, B, reverse, lengths) != FR_OK) return FR_ENOMEM;
+    if (seq_init(&pl, T, B, reverse, lengths) != FR_OK) return FR_ENOMEM;
     const size_t N = pl.N;
 
     if ((dz = fr_alloc(N * H4, 0)) == NULL) goto done;
@@ -727,16 +595,16 @@ static int lstm_backward(int T, int B, int I, int H, int P, int reverse,
     /* the carries start from the gradients of the final state, in sorted order (a row keeps them until the
      * loop reaches its last valid step, where phase 2 adds that step's dy); the first step's rows get their
      * dy here */
-    const int n_last = pl.S > 0 ? lstm_nact(&pl, pl.S - 1) : 0;
+    const int n_last = pl.S > 0 ? seq_active(&pl, pl.S - 1) : 0;
     for (int k = 0; k < B; k++) {
-        int b = lstm_perm(&pl, k);
+        int b = seq_batch(&pl, k);
         real *e = dh + (size_t)k * P;
         if (dhn) memcpy(e, dhn + (size_t)b * P, (size_t)P * sizeof(real));
         else memset(e, 0, (size_t)P * sizeof(real));
         if (k < n_last) {
             const real *d = lstm_dy_row(&cx, pl.S - 1, k);
             for (int j = 0; j < P; j++) e[j] += d[j];
-            if (dH) memcpy(dH + (lstm_row(&pl, pl.S - 1) + k) * P, e, (size_t)P * sizeof(real));
+            if (dH) memcpy(dH + (seq_row(&pl, pl.S - 1) + k) * P, e, (size_t)P * sizeof(real));
         }
         if (dcn) memcpy(dc + (size_t)k * H, dcn + (size_t)b * H, (size_t)H * sizeof(real));
         else memset(dc + (size_t)k * H, 0, (size_t)H * sizeof(real));
@@ -750,7 +618,7 @@ static int lstm_backward(int T, int B, int I, int H, int P, int reverse,
     }
 
     for (int k = 0; k < B; k++) {
-        int b = lstm_perm(&pl, k);
+        int b = seq_batch(&pl, k);
         if (dh0) memcpy(dh0 + (size_t)b * P, dh + (size_t)k * P, (size_t)P * sizeof(real));
         if (dc0) memcpy(dc0 + (size_t)b * H, dc + (size_t)k * H, (size_t)H * sizeof(real));
     }
@@ -778,42 +646,31 @@ static int lstm_backward(int T, int B, int I, int H, int P, int reverse,
         /* with lengths, x, h_{t-1} and dx are gathered / scattered chunk by chunk (bounded memory), each
          * chunk still a GEMM over many rows */
         size_t widest = (size_t)(I > P ? I : P);
-        size_t fit = LSTM_CHUNK_BYTES / sizeof(real) / ((size_t)B * (widest > 0 ? widest : 1));
-        int cs = fit < 1 ? 1 : (fit < (size_t)pl.S ? (int)fit : pl.S);
+        int cs = seq_chunk(&pl, widest);
         size_t cap = (size_t)cs * B;
         if (dw_ih && (xs = fr_alloc(cap * (size_t)I, 0)) == NULL) goto done;
         if (dw_hh && (hs = fr_alloc(cap * (size_t)P, 0)) == NULL) goto done;
         if (dx && (dxs = fr_alloc(cap * (size_t)I, 0)) == NULL) goto done;
         if (dx && !dx_accumulate) /* padded rows of dx are 0; valid rows are written by the scatter */
-            for (int k = 0; k < B; k++)
-                for (int t = pl.len[k]; t < T; t++)
-                    memset(dx + ((size_t)t * B + pl.perm[k]) * I, 0, (size_t)I * sizeof(real));
+            seq_zero_padding(&pl, dx, I, I);
         for (int s0 = 0; s0 < pl.S; s0 += cs) {
             int s1 = s0 + cs < pl.S ? s0 + cs : pl.S;
-            size_t base = lstm_chunk_base(&pl, s0, s1);
-            int rows = (int)lstm_chunk_rows(&pl, s0, s1);
+            size_t base, end;
+            seq_rows(&pl, s0, s1, &base, &end);
+            int rows = (int)(end - base);
             const real *dzc = dz + base * H4; /* (rows, 4H) */
             real beta = s0 > 0 ? 1 : 0;       /* the first chunk overwrites, the others add */
             if (dw_ih) {
-                lstm_gather(&pl, s0, s1, 0, x, I, NULL, I, xs);
+                seq_gather(&pl, s0, s1, x, I, I, xs);
                 fr_gemm(1, 0, (int)H4, I, rows, 1, dzc, (int)H4, xs, I, beta, dw_ih, I);
             }
             if (dw_hh) {
-                lstm_gather(&pl, s0, s1, 1, y, ldy, h0, P, hs);
+                seq_gather_prev(&pl, s0, s1, y, ldy, h0, P, hs);
                 fr_gemm(1, 0, (int)H4, P, rows, 1, dzc, (int)H4, hs, P, beta, dw_hh, P);
             }
             if (dx) {
                 fr_gemm(0, 0, rows, I, (int)H4, 1, dzc, (int)H4, w_ih, I, 0, dxs, I);
-                for (int s = s0; s < s1; s++) {
-                    const real *d = dxs + (lstm_row(&pl, s) - base) * I;
-                    for (int k = 0, na = lstm_nact(&pl, s); k < na; k++, d += I) {
-                        real *e = dx + ((size_t)lstm_time(&pl, s, k) * B + pl.perm[k]) * I;
-                        if (dx_accumulate)
-                            for (int j = 0; j < I; j++) e[j] += d[j];
-                        else
-                            memcpy(e, d, (size_t)I * sizeof(real));
-                    }
-                }
+                seq_scatter(&pl, s0, s1, dxs, dx, I, I, dx_accumulate);
             }
         }
     }
@@ -830,6 +687,6 @@ done:
     free(dxs);
     rec_pack_free(&hp);
     rec_pack_free(&rp);
-    lstm_plan_free(&pl);
+    seq_free(&pl);
     return rc;
 }

@@ -3,276 +3,8 @@
  *     h_t = act(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh),   act = tanh, or relu when `relu`.
  *
  * Included by instance.h once per dtype and ISA (common.h), so everything here is static and `real`.
- * This file also holds the sequence schedule (rnn_seq_*) and the small helpers the GRU shares: instance.h
- * includes rnn.c before gru.c.
- *
- * ---- How the work is laid out (shared with gru.c) --------------------------------------------------------
- * Slots.  With `lengths`, the sequences are sorted once by length, longest first (a stable counting sort),
- * and the recurrent state lives in that order: slot j holds sequence perm[j].  The sequences still running
- * at step s are then the first n_s slots, n_s = #{b : lengths[b] > s}, so every per-step GEMM runs on a
- * prefix of the state and nothing is computed for padding.  Without lengths perm is the identity, n_s = B,
- * and no permutation is ever applied.
- *
- * Row space.  The big per-row buffers (the input projection XW, the GRU tape, the gate gradients dG) hold
- * one row per (step, active sequence):
- *   - without lengths, row t*B + b: the natural (T, B) order of x and y, so x and dx are used in place;
- *   - with lengths, packed by step: the rows of step s are off[s] .. off[s] + n_s - 1 (slot order), with
- *     N = sum(lengths) rows in all and no padding rows; x rows are gathered into that order, dx scattered.
- * Either way the rows of one step are contiguous (the per-step GEMMs read and write them in place) and the
- * rows of a range of steps are contiguous too (chunks of steps are single GEMMs over a block of rows).
+ * The sequence schedule (slots, row space, lengths) is seq.h's, shared with the LSTM and the GRU.
  */
-
-/* Work buffers that grow with T are processed in chunks of steps of about this many bytes, which keeps
- * inference memory bounded while each chunk is still one large, efficient GEMM. */
-#ifndef RNN_CHUNK_BYTES /* overridable so that tests can force many small chunks */
-#define RNN_CHUNK_BYTES ((size_t)4 << 20)
-#endif
-
-typedef struct rnn_seq {
-    int T, B, reverse;
-    const int *len; /* (B) valid steps per sequence, or NULL: all T */
-    int S;          /* steps to run: the longest length (T without lengths) */
-    int *perm;      /* (B) slot j -> sequence b, longest first; NULL without lengths */
-    int *nact;      /* (T + 1) n_s = sequences with more than s steps; NULL without lengths */
-    size_t *off;    /* (S + 1) first row of step s in row space; NULL without lengths */
-    size_t N;       /* rows in row space: sum(lengths), or T*B */
-} rnn_seq;
-
-static int rnn_seq_init(rnn_seq *q, int T, int B, int reverse, const int *lengths) {
-    q->T = T;
-    q->B = B;
-    q->reverse = reverse;
-    q->len = lengths;
-    q->S = T;
-    q->perm = q->nact = NULL;
-    q->off = NULL;
-    q->N = (size_t)T * (size_t)B;
-    if (lengths == NULL) return FR_OK;
-
-    /* One block: perm (B), nact (T + 1), next (T + 1, the sort's fill positions). */
-    int *ints = malloc(sizeof(int) * ((size_t)B + 2 * ((size_t)T + 1)));
-    size_t *off = malloc(sizeof(size_t) * ((size_t)T + 1));
-    if (ints == NULL || off == NULL) {
-        free(ints);
-        free(off);
-        return FR_ENOMEM;
-    }
-    int *perm = ints, *nact = ints + B, *next = nact + T + 1;
-
-    /* Counting sort by length, descending and stable.  First nact[l] counts the sequences of length l;
-     * the suffix sums then turn it into #{lengths > l} = n_l, which is also the first slot of length l. */
-    for (int l = 0; l <= T; l++) nact[l] = 0;
-    for (int b = 0; b < B; b++) nact[lengths[b]]++;
-    int above = 0;
-    for (int l = T; l >= 0; l--) {
-        int count = nact[l];
-        nact[l] = next[l] = above;
-        above += count;
-    }
-    for (int b = 0; b < B; b++) perm[next[lengths[b]]++] = b;
-
-    q->S = B > 0 ? lengths[perm[0]] : 0;
-    off[0] = 0;
-    for (int s = 0; s < q->S; s++) off[s + 1] = off[s] + (size_t)nact[s];
-    q->perm = perm;
-    q->nact = nact;
-    q->off = off;
-    q->N = off[q->S];
-    return FR_OK;
-}
-
-static void rnn_seq_free(rnn_seq *q) {
-    free(q->perm); /* the start of the int block */
-    free(q->off);
-    q->perm = q->nact = NULL;
-    q->off = NULL;
-}
-
-/* n_s: the sequences running at step s, slots 0 .. n_s - 1. */
-static inline int rnn_seq_active(const rnn_seq *q, int s) { return q->nact ? q->nact[s] : q->B; }
-
-/* The sequence in slot j. */
-static inline int rnn_seq_batch(const rnn_seq *q, int j) { return q->perm ? q->perm[j] : j; }
-
-/* The time index sequence b reads and writes at step s. */
-static inline int rnn_seq_time(const rnn_seq *q, int s, int b) {
-    return fr_time_index(s, q->len ? q->len[b] : q->T, q->reverse);
-}
-
-/* The row of slot 0 at step s in row space (slot j is that + j). */
-static inline size_t rnn_seq_row(const rnn_seq *q, int s) {
-    if (q->off) return q->off[s];
-    return (size_t)fr_time_index(s, q->T, q->reverse) * (size_t)q->B;
-}
-
-/* The block of rows [*lo, *hi) that steps s0 .. s1-1 occupy in row space (in reverse without lengths the
- * later steps come first, but the block is still contiguous). */
-static void rnn_seq_rows(const rnn_seq *q, int s0, int s1, size_t *lo, size_t *hi) {
-    size_t B = (size_t)q->B;
-    if (q->off) {
-        *lo = q->off[s0];
-        *hi = q->off[s1];
-    } else if (!q->reverse) {
-        *lo = (size_t)s0 * B;
-        *hi = (size_t)s1 * B;
-    } else {
-        *lo = (size_t)(q->T - s1) * B;
-        *hi = (size_t)(q->T - s0) * B;
-    }
-}
-
-/* How many steps a chunk takes when each row of row space needs `per_row` elements of chunk buffers
- * (0: nothing is chunked, all steps at once).  At least one step. */
-static int rnn_seq_chunk(const rnn_seq *q, size_t per_row) {
-    if (q->S <= 1) return 1;
-    if (per_row == 0) return q->S;
-    size_t steps = RNN_CHUNK_BYTES / (per_row * sizeof(real) * (size_t)(q->B > 0 ? q->B : 1));
-    if (steps < 1) steps = 1;
-    if (steps > (size_t)q->S) steps = (size_t)q->S;
-    return (int)steps;
-}
-
-/* dst (rows of steps s0 .. s1-1, cols): those rows of row space taken from src (T, B, ld), i.e. row
- * (s, j) is src[t, b] for the sequence b in slot j at its time t of step s.  For the lengths case. */
-static void rnn_seq_gather(const rnn_seq *q, int s0, int s1,
-                           const real *src, int ld, int cols, /* (T, B, ld >= cols) */
-                           real *dst) {                       /* (rows, cols) out */
-    size_t lo, hi;
-    rnn_seq_rows(q, s0, s1, &lo, &hi);
-    for (int s = s0; s < s1; s++) {
-        int n = rnn_seq_active(q, s);
-        real *d = dst + (rnn_seq_row(q, s) - lo) * (size_t)cols; /* (n, cols) this step's rows */
-        for (int j = 0; j < n; j++) {
-            int b = rnn_seq_batch(q, j);
-            size_t t = (size_t)rnn_seq_time(q, s, b);
-            memcpy(d + (size_t)j * cols, src + (t * q->B + b) * (size_t)ld, sizeof(real) * (size_t)cols);
-        }
-    }
-}
-
-/* The inverse of rnn_seq_gather: dst[t, b] (T, B, ld) = (or += when accumulate) the rows of src. */
-static void rnn_seq_scatter(const rnn_seq *q, int s0, int s1,
-                            const real *src,            /* (rows, cols) */
-                            real *dst, int ld, int cols, /* (T, B, ld >= cols) out */
-                            int accumulate) {
-    size_t lo, hi;
-    rnn_seq_rows(q, s0, s1, &lo, &hi);
-    for (int s = s0; s < s1; s++) {
-        int n = rnn_seq_active(q, s);
-        const real *r = src + (rnn_seq_row(q, s) - lo) * (size_t)cols; /* (n, cols) */
-        for (int j = 0; j < n; j++) {
-            int b = rnn_seq_batch(q, j);
-            size_t t = (size_t)rnn_seq_time(q, s, b);
-            const real *sj = r + (size_t)j * cols;        /* (cols) */
-            real *dj = dst + (t * q->B + b) * (size_t)ld; /* (cols) */
-            if (accumulate)
-                for (int k = 0; k < cols; k++) dj[k] += sj[k];
-            else
-                memcpy(dj, sj, sizeof(real) * (size_t)cols);
-        }
-    }
-}
-
-/* Zero the padded rows t >= lengths[b] of a (T, B, ld) array (the first cols of each). */
-static void rnn_seq_zero_padding(const rnn_seq *q, real *a /* (T, B, ld >= cols) */, int ld, int cols) {
-    if (q->len == NULL) return;
-    for (int b = 0; b < q->B; b++)
-        for (int t = q->len[b]; t < q->T; t++)
-            memset(a + ((size_t)t * q->B + b) * (size_t)ld, 0, sizeof(real) * (size_t)cols);
-}
-
-/* The state sequence b entered step s with: h0[b] at s = 0 (`zero`, an (H) row of zeros, when h0 is
- * NULL), else the forward's output y at the sequence's previous time.  Backward rebuilds h_{t-1} this way
- * instead of keeping a copy in the tape. */
-static inline const real *rnn_seq_prev(const rnn_seq *q, int s, int b,
-                                       const real *y, int ldy, /* (T, B, ldy) */
-                                       const real *h0,         /* (B, H) or NULL */
-                                       int H, const real *zero) { /* (H) zeros, or NULL */
-    if (s == 0) return h0 ? h0 + (size_t)b * H : zero;
-    return y + ((size_t)rnn_seq_time(q, s - 1, b) * q->B + b) * (size_t)ldy;
-}
-
-/* dst (rows of steps s0 .. s1-1, H): h_{t-1} of every row, the right-hand operand of dW_hh = dG^T H_prev. */
-static void rnn_seq_gather_prev(const rnn_seq *q, int s0, int s1,
-                                const real *y, int ldy, /* (T, B, ldy) */
-                                const real *h0,         /* (B, H) or NULL */
-                                int H, real *dst) {     /* (rows, H) out */
-    size_t lo, hi;
-    rnn_seq_rows(q, s0, s1, &lo, &hi);
-    for (int s = s0; s < s1; s++) {
-        int n = rnn_seq_active(q, s);
-        real *d = dst + (rnn_seq_row(q, s) - lo) * (size_t)H; /* (n, H) */
-        for (int j = 0; j < n; j++) {
-            int b = rnn_seq_batch(q, j);
-            const real *p = rnn_seq_prev(q, s, b, y, ldy, h0, H, NULL); /* (H) or NULL: zeros */
-            if (p)
-                memcpy(d + (size_t)j * H, p, sizeof(real) * (size_t)H);
-            else
-                memset(d + (size_t)j * H, 0, sizeof(real) * (size_t)H);
-        }
-    }
-}
-
-/* xw (rows of steps s0 .. s1-1, GH) = x W^T + bias: the input projection of a chunk of steps as one GEMM.
- * Without lengths those rows are a contiguous block of x, read in place; with lengths they are gathered
- * into xg first. */
-static void rnn_seq_project(const rnn_seq *q, int s0, int s1, int I, int GH,
-                            const real *x,    /* (T, B, I) */
-                            const real *w,    /* (GH, I) */
-                            const real *bias, /* (GH) or NULL */
-                            real *xg,         /* (rows, I) workspace, lengths only */
-                            real *xw) {       /* (rows, GH) out */
-    size_t lo, hi;
-    rnn_seq_rows(q, s0, s1, &lo, &hi);
-    const real *a = x + lo * (size_t)I; /* (rows, I) the GEMM's left operand */
-    if (q->len) {
-        rnn_seq_gather(q, s0, s1, x, I, I, xg);
-        a = xg;
-    }
-    fr_gemm(0, 1, (int)(hi - lo), GH, I, (real)1, a, I, w, I, (real)0, xw, GH);
-    if (bias)
-        for (size_t r = 0; r < hi - lo; r++) {
-            real *row = xw + r * (size_t)GH; /* (GH) */
-            for (int k = 0; k < GH; k++) row[k] += bias[k];
-        }
-}
-
-/* Initial state in slot order: hs[j] = h0[perm[j]], or zeros. */
-static void rnn_seq_load_state(const rnn_seq *q, int H, const real *h0 /* (B, H) or NULL */,
-                               real *hs /* (B, H) slots */) {
-    for (int j = 0; j < q->B; j++) {
-        int b = rnn_seq_batch(q, j);
-        if (h0)
-            memcpy(hs + (size_t)j * H, h0 + (size_t)b * H, sizeof(real) * (size_t)H);
-        else
-            memset(hs + (size_t)j * H, 0, sizeof(real) * (size_t)H);
-    }
-}
-
-/* Final state back in batch order: out[perm[j]] = hs[j].  A slot stops changing after its last valid step
- * (it leaves the active prefix), so this is each sequence's state after its own last step. */
-static void rnn_seq_store_state(const rnn_seq *q, int H, const real *hs /* (B, H) slots */,
-                                real *out /* (B, H) */) {
-    for (int j = 0; j < q->B; j++)
-        memcpy(out + (size_t)rnn_seq_batch(q, j) * H, hs + (size_t)j * H, sizeof(real) * (size_t)H);
-}
-
-/* out (cols) = column sums of a (rows, cols; leading dimension lda), the bias gradients.  Summed in
- * double, in column blocks that fit on the stack: float sums over T*B rows would lose digits. */
-static void rnn_colsum(size_t rows, int cols,
-                       const real *a, int lda, /* (rows, lda >= cols) */
-                       real *out) {            /* (cols) out */
-    enum { BLK = 64 };
-    for (int c0 = 0; c0 < cols; c0 += BLK) {
-        int nc = cols - c0 < BLK ? cols - c0 : BLK;
-        double acc[BLK] = {0};
-        for (size_t r = 0; r < rows; r++) {
-            const real *row = a + r * (size_t)lda + c0; /* (nc) */
-            for (int k = 0; k < nc; k++) acc[k] += row[k];
-        }
-        for (int k = 0; k < nc; k++) out[c0 + k] = (real)acc[k];
-    }
-}
 
 /* ---- the RNN cell ------------------------------------------------------------------------------------ */
 
@@ -311,7 +43,7 @@ static void rnn_block_product(const rec_pack *p, int j, int n,
  * so sequence b's final state stays in hbuf[lengths[b] & 1]: no copying of ended rows per step. */
 
 typedef struct rnn_fwd_ctx {
-    const rnn_seq *q;
+    const fr_seq *q;
     int I, H, relu;
     const real *x;      /* (T, B, I) */
     const rec_pack *wp; /* packed [W_ih | W_hh]: G = 1, K = I + H */
@@ -353,7 +85,7 @@ static inline void rnn_fwd_cell(int nu, int relu,
 
 static void rnn_fwd_task(void *arg, int tid, int nth) {
     rnn_fwd_ctx *cx = (rnn_fwd_ctx *)arg;
-    const rnn_seq *q = cx->q;
+    const fr_seq *q = cx->q;
     const rec_pack *wp = cx->wp;
     const int I = cx->I, H = cx->H, B = q->B, W = wp->W, relu = cx->relu;
     real *acc = cx->acc + (size_t)tid * B * W; /* (B, W) the product of a block */
@@ -364,12 +96,12 @@ static void rnn_fwd_task(void *arg, int tid, int nth) {
     rec_thread_blocks(wp->nblk, tid, nth, &j0, &j1);
 
     for (int s = 0; s < q->S; s++) {
-        const int n = rnn_seq_active(q, s);
+        const int n = seq_active(q, s);
         const real *hp = cx->hbuf[s & 1];  /* (B, H) h_{t-1} */
         real *hn = cx->hbuf[(s & 1) ^ 1];  /* (B, H) h_t */
         for (int k = 0; k < n; k++) {
-            const int b = rnn_seq_batch(q, k);
-            const size_t row = (size_t)rnn_seq_time(q, s, b) * B + b;
+            const int b = seq_batch(q, k);
+            const size_t row = (size_t)seq_time(q, s, b) * B + b;
             xr[k] = cx->x + row * I;
             hr[k] = hp + (size_t)k * H;
             yr[k] = cx->y + row * cx->ldy;
@@ -397,8 +129,8 @@ static int rnn_forward(int T, int B, int I, int H, int relu, int reverse,
                        real *hn,           /* (B, H) out */
                        real *tape) {       /* (rnn_tape_len = 0) unused */
     (void)tape;
-    rnn_seq q;
-    if (rnn_seq_init(&q, T, B, reverse, lengths) != FR_OK) return FR_ENOMEM;
+    fr_seq q;
+    if (seq_init(&q, T, B, reverse, lengths) != FR_OK) return FR_ENOMEM;
 
     int rc = FR_ENOMEM;
     rnn_fwd_ctx cx;
@@ -412,8 +144,8 @@ static int rnn_forward(int T, int B, int I, int H, int relu, int reverse,
     if (rec_pack_init(&wp, 1, H, w_ih, I, I, w_hh, H, H, (size_t)T * B) != FR_OK) goto done;
     if ((bias = fr_alloc((size_t)wp.nblk * wp.NB, 1)) == NULL) goto done;
     for (int k = 0; k < H; k++) bias[k] = (b_ih ? b_ih[k] : 0) + (b_hh ? b_hh[k] : 0);
-    rnn_seq_load_state(&q, H, h0, h);
-    rnn_seq_zero_padding(&q, y, ldy, H);
+    seq_load_state(&q, H, h0, h);
+    seq_zero_padding(&q, y, ldy, H);
 
     memset(&cx, 0, sizeof cx);
     cx.q = &q;
@@ -437,7 +169,7 @@ static int rnn_forward(int T, int B, int I, int H, int relu, int reverse,
     /* the final state of slot j is in the buffer written by its last step */
     if (hn)
         for (int j = 0; j < B; j++) {
-            const int b = rnn_seq_batch(&q, j);
+            const int b = seq_batch(&q, j);
             const int len = q.len ? q.len[b] : q.S;
             memcpy(hn + (size_t)b * H, cx.hbuf[len & 1] + (size_t)j * H, sizeof(real) * (size_t)H);
         }
@@ -450,7 +182,7 @@ done:
     free(h);
     free(h2);
     rec_pack_free(&wp);
-    rnn_seq_free(&q);
+    seq_free(&q);
     return rc;
 }
 
@@ -467,7 +199,7 @@ done:
  * After the loop, the weight gradients and dx as large GEMMs over all rows. */
 
 typedef struct rnn_bwd_ctx {
-    const rnn_seq *q;
+    const fr_seq *q;
     int H, relu;
     const rec_pack *tp; /* packed W_hh^T: G = 1 over H outputs, K = H */
     const real *y;      /* (T, B, ldy) */
@@ -516,10 +248,10 @@ static inline void rnn_bwd_cell(int nu, int relu,
 /* y and dy rows of the slots [k0, k1) at step s. */
 static inline void rnn_bwd_rows(const rnn_bwd_ctx *cx, int s, int k0, int k1, const real **yr,
                                 const real **dyr) {
-    const rnn_seq *q = cx->q;
+    const fr_seq *q = cx->q;
     for (int k = k0; k < k1; k++) {
-        const int b = rnn_seq_batch(q, k);
-        const size_t row = (size_t)rnn_seq_time(q, s, b) * q->B + b;
+        const int b = seq_batch(q, k);
+        const size_t row = (size_t)seq_time(q, s, b) * q->B + b;
         yr[k] = cx->y + row * cx->ldy;
         dyr[k] = cx->dy + row * cx->lddy;
     }
@@ -527,7 +259,7 @@ static inline void rnn_bwd_rows(const rnn_bwd_ctx *cx, int s, int k0, int k1, co
 
 static void rnn_bwd_task(void *arg, int tid, int nth) {
     rnn_bwd_ctx *cx = (rnn_bwd_ctx *)arg;
-    const rnn_seq *q = cx->q;
+    const fr_seq *q = cx->q;
     const rec_pack *tp = cx->tp;
     const int H = cx->H, B = q->B, W = tp->W, NB = tp->NB, relu = cx->relu;
     real *acc = cx->acc + (size_t)tid * B * W; /* (B, W) dh_{t-1} of a block */
@@ -541,8 +273,8 @@ static void rnn_bwd_task(void *arg, int tid, int nth) {
 
     /* dG of the last step, from the carried dh_n */
     {
-        const int s = q->S - 1, n = rnn_seq_active(q, s);
-        real *g = cx->dg + rnn_seq_row(q, s) * H; /* (n, H) */
+        const int s = q->S - 1, n = seq_active(q, s);
+        real *g = cx->dg + seq_row(q, s) * H; /* (n, H) */
         rnn_bwd_rows(cx, s, 0, n, yr, dyr);
         for (int j = j0; j < j1; j++) {
             const int u0 = j * NB, nu = rec_block_units(tp, j);
@@ -553,9 +285,9 @@ static void rnn_bwd_task(void *arg, int tid, int nth) {
     }
     for (int s = q->S - 1; s >= 0; s--) {
         fr_barrier_wait(&cx->bar, tid); /* dG_t complete */
-        const int n = rnn_seq_active(q, s), np = s > 0 ? rnn_seq_active(q, s - 1) : 0;
-        const real *gs = cx->dg + rnn_seq_row(q, s) * H;            /* (n, H) dG_t */
-        real *gp = s > 0 ? cx->dg + rnn_seq_row(q, s - 1) * H : NULL; /* (np, H) dG_{t-1} out */
+        const int n = seq_active(q, s), np = s > 0 ? seq_active(q, s - 1) : 0;
+        const real *gs = cx->dg + seq_row(q, s) * H;            /* (n, H) dG_t */
+        real *gp = s > 0 ? cx->dg + seq_row(q, s - 1) * H : NULL; /* (np, H) dG_{t-1} out */
         for (int k = 0; k < n; k++) gr[k] = gs + (size_t)k * H;
         if (s > 0) rnn_bwd_rows(cx, s - 1, 0, np, yr, dyr);
         for (int j = j0; j < j1; j++) {
@@ -593,8 +325,8 @@ static int rnn_backward(int T, int B, int I, int H, int relu, int reverse,
                         real *db_ih,              /* (H) out, or NULL */
                         real *db_hh) {            /* (H) out, or NULL */
     (void)tape;
-    rnn_seq q;
-    if (rnn_seq_init(&q, T, B, reverse, lengths) != FR_OK) return FR_ENOMEM;
+    fr_seq q;
+    if (seq_init(&q, T, B, reverse, lengths) != FR_OK) return FR_ENOMEM;
 
     int rc = FR_ENOMEM;
     rnn_bwd_ctx cx;
@@ -613,7 +345,7 @@ static int rnn_backward(int T, int B, int I, int H, int relu, int reverse,
     memset(db, 0, sizeof(double) * (size_t)H);
     if (rec_pack_transposed(&tp, H, H, w_hh, H) != FR_OK) goto done;
 
-    rnn_seq_load_state(&q, H, dhn, dh);
+    seq_load_state(&q, H, dhn, dh);
     memset(&cx, 0, sizeof cx);
     cx.q = &q;
     cx.H = H;
@@ -632,7 +364,7 @@ static int rnn_backward(int T, int B, int I, int H, int relu, int reverse,
     for (int t = 0; t < nth; t++) cx.rows[t] = rowptrs + (size_t)3 * B * t;
     cx.acc = acc;
     fr_parallel(nth, rnn_bwd_task, &cx, &cx.bar);
-    if (dh0) rnn_seq_store_state(&q, H, dh, dh0);
+    if (dh0) seq_store_state(&q, H, dh, dh0);
 
     /* The weight gradients and dx as large GEMMs over all rows: dW_ih = dG^T X, dW_hh = dG^T H_prev,
      * dx = dG W_ih. */
@@ -655,27 +387,27 @@ static int rnn_backward(int T, int B, int I, int H, int relu, int reverse,
     } else {
         /* with lengths, x and h_{t-1} are gathered and dx scattered a chunk of steps at a time (bounded
          * memory), each chunk still one GEMM over many rows */
-        int chunk = rnn_seq_chunk(&q, (size_t)H + (size_t)I);
+        int chunk = seq_chunk(&q, (size_t)H + (size_t)I);
         size_t crows = (size_t)chunk * (size_t)B;
         hg = fr_alloc(crows * H, 0); /* (chunk rows, H) h_{t-1} */
         xg = fr_alloc(crows * I, 0); /* (chunk rows, I) x rows, then dx rows */
         if (hg == NULL || xg == NULL) goto done;
         memset(dw_ih, 0, sizeof(real) * (size_t)H * I);
         memset(dw_hh, 0, sizeof(real) * (size_t)H * H);
-        if (dx && !dx_accumulate) rnn_seq_zero_padding(&q, dx, I, I);
+        if (dx && !dx_accumulate) seq_zero_padding(&q, dx, I, I);
         for (int s0 = 0; s0 < q.S; s0 += chunk) {
             int s1 = s0 + chunk < q.S ? s0 + chunk : q.S;
             size_t lo, hi;
-            rnn_seq_rows(&q, s0, s1, &lo, &hi);
+            seq_rows(&q, s0, s1, &lo, &hi);
             int m = (int)(hi - lo);
             const real *gc = dg + lo * H; /* (m, H) */
-            rnn_seq_gather(&q, s0, s1, x, I, I, xg);
+            seq_gather(&q, s0, s1, x, I, I, xg);
             fr_gemm(1, 0, H, I, m, (real)1, gc, H, xg, I, (real)1, dw_ih, I);
-            rnn_seq_gather_prev(&q, s0, s1, y, ldy, h0, H, hg);
+            seq_gather_prev(&q, s0, s1, y, ldy, h0, H, hg);
             fr_gemm(1, 0, H, H, m, (real)1, gc, H, hg, H, (real)1, dw_hh, H);
             if (dx == NULL) continue;
             fr_gemm(0, 0, m, I, H, (real)1, gc, H, w_ih, I, (real)0, xg, I);
-            rnn_seq_scatter(&q, s0, s1, xg, dx, I, I, dx_accumulate);
+            seq_scatter(&q, s0, s1, xg, dx, I, I, dx_accumulate);
         }
     }
     /* b_ih and b_hh enter the pre-activation the same way: equal gradients, summed in the loop */
@@ -694,6 +426,6 @@ done:
     free(hg);
     free(xg);
     rec_pack_free(&tp);
-    rnn_seq_free(&q);
+    seq_free(&q);
     return rc;
 }

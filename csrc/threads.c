@@ -55,6 +55,11 @@ static inline void fr_pause(void) {
 #endif
 }
 
+/* Spins (pauses of ~25 ns on the project's VMs, so about 50 us) after which a waiting thread yields its
+ * CPU.  A wait that long means the thread waited for is not running: other processes share the cores.
+ * Yielding lets it run; when nothing else is runnable the yield returns at once, for a syscall's cost. */
+#define FR_SPINS_BEFORE_YIELD 2000u
+
 /* ---- barrier --------------------------------------------------------------------------------------------- */
 void fr_barrier_init(fr_barrier_t *b, int n) {
     for (int i = 0; i < n && i < FR_MAX_THREADS; i++) atomic_init(&b->slot[i].epoch, 0);
@@ -71,8 +76,7 @@ void fr_barrier_wait(fr_barrier_t *b, int tid) {
         unsigned spins = 0;
         while (atomic_load_explicit(&b->slot[i].epoch, memory_order_acquire) < e) {
             fr_pause();
-            /* Only an oversubscribed machine waits this long: let the thread we wait for run. */
-            if (++spins > 20000) {
+            if (++spins > FR_SPINS_BEFORE_YIELD) {
                 sched_yield();
                 spins = 0;
             }
@@ -216,7 +220,14 @@ int fr_parallel(int n, fr_task_fn fn, void *ctx, fr_barrier_t *bar) {
     fr_fpmode_leave(mode);
 
     /* Every worker, taking part or not, reports once per region: then none still reads fn/ctx. */
-    while (atomic_load_explicit(&g_pool.done, memory_order_acquire) < g_pool.nworkers) fr_pause();
+    unsigned spins = 0;
+    while (atomic_load_explicit(&g_pool.done, memory_order_acquire) < g_pool.nworkers) {
+        fr_pause();
+        if (++spins > FR_SPINS_BEFORE_YIELD) {
+            sched_yield();
+            spins = 0;
+        }
+    }
     pthread_mutex_unlock(&g_pool.busy);
     return n;
 }

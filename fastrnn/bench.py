@@ -703,12 +703,14 @@ def plan_rounds(t_call, budget, burst=0.05, min_rounds=3, max_rounds=15):
     return max(min_rounds, min(max_rounds, rounds)), it
 
 
-def measure(fns, rounds=None, budget=4.0, burst=0.05, min_rounds=3, max_rounds=15):
+def measure(fns, rounds=None, budget=4.0, burst=0.05, min_rounds=3, max_rounds=15, gap=0.02):
     """Interleaved timing of the callables in `fns` ({key: fn}): each round runs a burst of calls of every
     callable (rotating the order; the burst length is re-planned every round from the median so far, to
     last about `burst` seconds), the burst's mean is one sample; returns {key: Timing} with the median over
     rounds. `rounds` fixes the number of rounds; otherwise rounds continue until `budget` seconds are spent
-    (at least `min_rounds`, at most `max_rounds`)."""
+    (at least `min_rounds`, at most `max_rounds`).  Each burst starts after `gap` seconds of idleness:
+    thread pools (ORT's, OpenMP's, OpenBLAS's) keep spinning for a while after their last call, and on a
+    2-core machine that spinning would slow whichever engine is timed next."""
     keys = list(fns)
     if not keys:
         return {}
@@ -732,6 +734,8 @@ def measure(fns, rounds=None, budget=4.0, burst=0.05, min_rounds=3, max_rounds=1
                 t_call = float(np.median(samples[k])) if samples[k] else est[k]
                 n = max(1, int(round(burst / max(t_call, 1e-7))))
                 fn = fns[k]
+                if gap > 0:
+                    time.sleep(gap)
                 t0 = time.perf_counter()
                 for _ in range(n):
                     fn()

@@ -1,0 +1,286 @@
+/*
+ * seq.h -- the sequence schedule the three cells share: which rows each time step works on, with and
+ * without variable lengths, and the gathers / scatters between that order and the (T, B) arrays.
+ *
+ * Included by instance.h once per dtype and ISA, after common.h; everything is static and `real`.
+ *
+ * ---- How the work is laid out ---------------------------------------------------------------------------
+ * Slots.  With `lengths`, the sequences are sorted once by length, longest first (a stable counting sort),
+ * and the recurrent state lives in that order: slot j holds sequence perm[j].  The sequences still running
+ * at step s are then the first n_s slots, n_s = #{b : lengths[b] > s}, so every per-step GEMM runs on a
+ * prefix of the state and nothing is computed for padding.  Without lengths perm is the identity, n_s = B,
+ * and no permutation is ever applied.
+ *
+ * Row space.  The big per-row buffers (the input projection XW, the GRU tape, the gate gradients dG) hold
+ * one row per (step, active sequence):
+ *   - without lengths, row t*B + b: the natural (T, B) order of x and y, so x and dx are used in place;
+ *   - with lengths, packed by step: the rows of step s are off[s] .. off[s] + n_s - 1 (slot order), with
+ *     N = sum(lengths) rows in all and no padding rows; x rows are gathered into that order, dx scattered.
+ * Either way the rows of one step are contiguous (the per-step GEMMs read and write them in place) and the
+ * rows of a range of steps are contiguous too (chunks of steps are single GEMMs over a block of rows).
+ */
+#ifndef FR_SEQ_INSTANCE
+#define FR_SEQ_INSTANCE
+
+/* Work buffers that grow with T are processed in chunks of steps of about this many bytes, which keeps
+ * inference memory bounded while each chunk is still one large, efficient GEMM. */
+#ifndef SEQ_CHUNK_BYTES /* overridable so that tests can force many small chunks */
+#define SEQ_CHUNK_BYTES ((size_t)4 << 20)
+#endif
+
+typedef struct fr_seq {
+    int T, B, reverse;
+    const int *len; /* (B) valid steps per sequence, or NULL: all T */
+    int S;          /* steps to run: the longest length (T without lengths) */
+    int *perm;      /* (B) slot j -> sequence b, longest first; NULL without lengths */
+    int *nact;      /* (T + 1) n_s = sequences with more than s steps; NULL without lengths */
+    size_t *off;    /* (S + 1) first row of step s in row space; NULL without lengths */
+    size_t N;       /* rows in row space: sum(lengths), or T*B */
+} fr_seq;
+
+static int seq_init(fr_seq *q, int T, int B, int reverse, const int *lengths) {
+    q->T = T;
+    q->B = B;
+    q->reverse = reverse;
+    q->len = lengths;
+    q->S = T;
+    q->perm = q->nact = NULL;
+    q->off = NULL;
+    q->N = (size_t)T * (size_t)B;
+    if (lengths == NULL) return FR_OK;
+    int all_full = 1; /* every sequence of length T: the plain time-major order, no permutation */
+    for (int b = 0; b < B; b++) all_full &= lengths[b] == T;
+    if (all_full) {
+        q->len = NULL;
+        return FR_OK;
+    }
+
+    /* One block: perm (B), nact (T + 1), next (T + 1, the sort's fill positions). */
+    int *ints = malloc(sizeof(int) * ((size_t)B + 2 * ((size_t)T + 1)));
+    size_t *off = malloc(sizeof(size_t) * ((size_t)T + 1));
+    if (ints == NULL || off == NULL) {
+        free(ints);
+        free(off);
+        return FR_ENOMEM;
+    }
+    int *perm = ints, *nact = ints + B, *next = nact + T + 1;
+
+    /* Counting sort by length, descending and stable.  First nact[l] counts the sequences of length l;
+     * the suffix sums then turn it into #{lengths > l} = n_l, which is also the first slot of length l. */
+    for (int l = 0; l <= T; l++) nact[l] = 0;
+    for (int b = 0; b < B; b++) nact[lengths[b]]++;
+    int above = 0;
+    for (int l = T; l >= 0; l--) {
+        int count = nact[l];
+        nact[l] = next[l] = above;
+        above += count;
+    }
+    for (int b = 0; b < B; b++) perm[next[lengths[b]]++] = b;
+
+    q->S = B > 0 ? lengths[perm[0]] : 0;
+    off[0] = 0;
+    for (int s = 0; s < q->S; s++) off[s + 1] = off[s] + (size_t)nact[s];
+    q->perm = perm;
+    q->nact = nact;
+    q->off = off;
+    q->N = off[q->S];
+    return FR_OK;
+}
+
+static void seq_free(fr_seq *q) {
+    free(q->perm); /* the start of the int block */
+    free(q->off);
+    q->perm = q->nact = NULL;
+    q->off = NULL;
+}
+
+/* n_s: the sequences running at step s, slots 0 .. n_s - 1. */
+static inline int seq_active(const fr_seq *q, int s) { return q->nact ? q->nact[s] : q->B; }
+
+/* The sequence in slot j. */
+static inline int seq_batch(const fr_seq *q, int j) { return q->perm ? q->perm[j] : j; }
+
+/* The time index sequence b reads and writes at step s. */
+static inline int seq_time(const fr_seq *q, int s, int b) {
+    return fr_time_index(s, q->len ? q->len[b] : q->T, q->reverse);
+}
+
+/* The time index slot j reads and writes at step s. */
+static inline int seq_slot_time(const fr_seq *q, int s, int j) { return seq_time(q, s, seq_batch(q, j)); }
+
+/* The row of slot 0 at step s in row space (slot j is that + j). */
+static inline size_t seq_row(const fr_seq *q, int s) {
+    if (q->off) return q->off[s];
+    return (size_t)fr_time_index(s, q->T, q->reverse) * (size_t)q->B;
+}
+
+/* The block of rows [*lo, *hi) that steps s0 .. s1-1 occupy in row space (in reverse without lengths the
+ * later steps come first, but the block is still contiguous). */
+static void seq_rows(const fr_seq *q, int s0, int s1, size_t *lo, size_t *hi) {
+    size_t B = (size_t)q->B;
+    if (q->off) {
+        *lo = q->off[s0];
+        *hi = q->off[s1];
+    } else if (!q->reverse) {
+        *lo = (size_t)s0 * B;
+        *hi = (size_t)s1 * B;
+    } else {
+        *lo = (size_t)(q->T - s1) * B;
+        *hi = (size_t)(q->T - s0) * B;
+    }
+}
+
+/* How many steps a chunk takes when each row of row space needs `per_row` elements of chunk buffers
+ * (0: nothing is chunked, all steps at once).  At least one step. */
+static int seq_chunk(const fr_seq *q, size_t per_row) {
+    if (q->S <= 1) return 1;
+    if (per_row == 0) return q->S;
+    size_t steps = SEQ_CHUNK_BYTES / (per_row * sizeof(real) * (size_t)(q->B > 0 ? q->B : 1));
+    if (steps < 1) steps = 1;
+    if (steps > (size_t)q->S) steps = (size_t)q->S;
+    return (int)steps;
+}
+
+/* dst (rows of steps s0 .. s1-1, cols): those rows of row space taken from src (T, B, ld), i.e. row
+ * (s, j) is src[t, b] for the sequence b in slot j at its time t of step s.  For the lengths case. */
+static void seq_gather(const fr_seq *q, int s0, int s1,
+                           const real *src, int ld, int cols, /* (T, B, ld >= cols) */
+                           real *dst) {                       /* (rows, cols) out */
+    size_t lo, hi;
+    seq_rows(q, s0, s1, &lo, &hi);
+    for (int s = s0; s < s1; s++) {
+        int n = seq_active(q, s);
+        real *d = dst + (seq_row(q, s) - lo) * (size_t)cols; /* (n, cols) this step's rows */
+        for (int j = 0; j < n; j++) {
+            int b = seq_batch(q, j);
+            size_t t = (size_t)seq_time(q, s, b);
+            memcpy(d + (size_t)j * cols, src + (t * q->B + b) * (size_t)ld, sizeof(real) * (size_t)cols);
+        }
+    }
+}
+
+/* The inverse of seq_gather: dst[t, b] (T, B, ld) = (or += when accumulate) the rows of src. */
+static void seq_scatter(const fr_seq *q, int s0, int s1,
+                            const real *src,            /* (rows, cols) */
+                            real *dst, int ld, int cols, /* (T, B, ld >= cols) out */
+                            int accumulate) {
+    size_t lo, hi;
+    seq_rows(q, s0, s1, &lo, &hi);
+    for (int s = s0; s < s1; s++) {
+        int n = seq_active(q, s);
+        const real *r = src + (seq_row(q, s) - lo) * (size_t)cols; /* (n, cols) */
+        for (int j = 0; j < n; j++) {
+            int b = seq_batch(q, j);
+            size_t t = (size_t)seq_time(q, s, b);
+            const real *sj = r + (size_t)j * cols;        /* (cols) */
+            real *dj = dst + (t * q->B + b) * (size_t)ld; /* (cols) */
+            if (accumulate)
+                for (int k = 0; k < cols; k++) dj[k] += sj[k];
+            else
+                memcpy(dj, sj, sizeof(real) * (size_t)cols);
+        }
+    }
+}
+
+/* Zero the padded rows t >= lengths[b] of a (T, B, ld) array (the first cols of each). */
+static void seq_zero_padding(const fr_seq *q, real *a /* (T, B, ld >= cols) */, int ld, int cols) {
+    if (q->len == NULL) return;
+    for (int b = 0; b < q->B; b++)
+        for (int t = q->len[b]; t < q->T; t++)
+            memset(a + ((size_t)t * q->B + b) * (size_t)ld, 0, sizeof(real) * (size_t)cols);
+}
+
+/* The state sequence b entered step s with: h0[b] at s = 0 (`zero`, an (H) row of zeros, when h0 is
+ * NULL), else the forward's output y at the sequence's previous time.  Backward rebuilds h_{t-1} this way
+ * instead of keeping a copy in the tape. */
+static inline const real *seq_prev(const fr_seq *q, int s, int b,
+                                       const real *y, int ldy, /* (T, B, ldy) */
+                                       const real *h0,         /* (B, H) or NULL */
+                                       int H, const real *zero) { /* (H) zeros, or NULL */
+    if (s == 0) return h0 ? h0 + (size_t)b * H : zero;
+    return y + ((size_t)seq_time(q, s - 1, b) * q->B + b) * (size_t)ldy;
+}
+
+/* dst (rows of steps s0 .. s1-1, H): h_{t-1} of every row, the right-hand operand of dW_hh = dG^T H_prev. */
+static void seq_gather_prev(const fr_seq *q, int s0, int s1,
+                                const real *y, int ldy, /* (T, B, ldy) */
+                                const real *h0,         /* (B, H) or NULL */
+                                int H, real *dst) {     /* (rows, H) out */
+    size_t lo, hi;
+    seq_rows(q, s0, s1, &lo, &hi);
+    for (int s = s0; s < s1; s++) {
+        int n = seq_active(q, s);
+        real *d = dst + (seq_row(q, s) - lo) * (size_t)H; /* (n, H) */
+        for (int j = 0; j < n; j++) {
+            int b = seq_batch(q, j);
+            const real *p = seq_prev(q, s, b, y, ldy, h0, H, NULL); /* (H) or NULL: zeros */
+            if (p)
+                memcpy(d + (size_t)j * H, p, sizeof(real) * (size_t)H);
+            else
+                memset(d + (size_t)j * H, 0, sizeof(real) * (size_t)H);
+        }
+    }
+}
+
+/* xw (rows of steps s0 .. s1-1, GH) = x W^T + bias: the input projection of a chunk of steps as one GEMM.
+ * Without lengths those rows are a contiguous block of x, read in place; with lengths they are gathered
+ * into xg first. */
+static void seq_project(const fr_seq *q, int s0, int s1, int I, int GH,
+                            const real *x,    /* (T, B, I) */
+                            const real *w,    /* (GH, I) */
+                            const real *bias, /* (GH) or NULL */
+                            real *xg,         /* (rows, I) workspace, lengths only */
+                            real *xw) {       /* (rows, GH) out */
+    size_t lo, hi;
+    seq_rows(q, s0, s1, &lo, &hi);
+    const real *a = x + lo * (size_t)I; /* (rows, I) the GEMM's left operand */
+    if (q->len) {
+        seq_gather(q, s0, s1, x, I, I, xg);
+        a = xg;
+    }
+    fr_gemm(0, 1, (int)(hi - lo), GH, I, (real)1, a, I, w, I, (real)0, xw, GH);
+    if (bias)
+        for (size_t r = 0; r < hi - lo; r++) {
+            real *row = xw + r * (size_t)GH; /* (GH) */
+            for (int k = 0; k < GH; k++) row[k] += bias[k];
+        }
+}
+
+/* Initial state in slot order: hs[j] = h0[perm[j]], or zeros. */
+static void seq_load_state(const fr_seq *q, int H, const real *h0 /* (B, H) or NULL */,
+                               real *hs /* (B, H) slots */) {
+    for (int j = 0; j < q->B; j++) {
+        int b = seq_batch(q, j);
+        if (h0)
+            memcpy(hs + (size_t)j * H, h0 + (size_t)b * H, sizeof(real) * (size_t)H);
+        else
+            memset(hs + (size_t)j * H, 0, sizeof(real) * (size_t)H);
+    }
+}
+
+/* Final state back in batch order: out[perm[j]] = hs[j].  A slot stops changing after its last valid step
+ * (it leaves the active prefix), so this is each sequence's state after its own last step. */
+static void seq_store_state(const fr_seq *q, int H, const real *hs /* (B, H) slots */,
+                                real *out /* (B, H) */) {
+    for (int j = 0; j < q->B; j++)
+        memcpy(out + (size_t)seq_batch(q, j) * H, hs + (size_t)j * H, sizeof(real) * (size_t)H);
+}
+
+/* out (cols) = column sums of a (rows, cols; leading dimension lda), the bias gradients.  Summed in
+ * double, in column blocks that fit on the stack: float sums over T*B rows would lose digits. */
+static void fr_colsum(size_t rows, int cols,
+                       const real *a, int lda, /* (rows, lda >= cols) */
+                       real *out) {            /* (cols) out */
+    enum { BLK = 64 };
+    for (int c0 = 0; c0 < cols; c0 += BLK) {
+        int nc = cols - c0 < BLK ? cols - c0 : BLK;
+        double acc[BLK] = {0};
+        for (size_t r = 0; r < rows; r++) {
+            const real *row = a + r * (size_t)lda + c0; /* (nc) */
+            for (int k = 0; k < nc; k++) acc[k] += row[k];
+        }
+        for (int k = 0; k < nc; k++) out[c0 + k] = (real)acc[k];
+    }
+}
+
+#endif /* FR_SEQ_INSTANCE */
