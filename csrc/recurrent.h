@@ -313,9 +313,10 @@ static inline void rec_thread_blocks(int nblk, int tid, int nth, int *j0, int *j
 
 /* Threads worth using for a step of n rows: a barrier costs a cache-line round trip between cores (about
  * 1 us on this project's 2-vCPU VMs, 0.1-0.2 us on bare metal), so a step must carry enough multiply-adds
- * to pay for it.  Tuned with bench/ (README). */
+ * to pay for it.  Measured there: LSTM(64, 128) at B = 1 (98K multiply-adds a step) runs its forward in
+ * 0.38-0.41 ms on 2 threads vs 0.60 on one; LSTM(32, 64) (25K) is even either way. */
 #ifndef REC_FMA_PER_THREAD
-#define REC_FMA_PER_THREAD 200000.0
+#define REC_FMA_PER_THREAD 40000.0
 #endif
 static inline int rec_threads_for(int n, int G, int H, int K, int nblk) {
     double fma = (double)n * G * H * K;
