@@ -27,19 +27,31 @@
 typedef double real;
 #define R_EXP exp
 #define R_TANH tanh
-#define fr_gemm fr_gemm_f64
+#define fr_gemm_blas fr_gemm_f64
 #define FR_TABLE_T fr_kernels_f64_t
 #else
 typedef float real;
 #define R_EXP expf
 #define R_TANH tanhf
-#define fr_gemm fr_gemm_f32
+#define fr_gemm_blas fr_gemm_f32
 #define FR_TABLE_T fr_kernels_f32_t
 #endif
 
-/* Row-major GEMM (gemm.c): C (M, N) = alpha * op(A) @ op(B) + beta * C, op(X) = X^T when trans_x.
+/* Row-major GEMM: C (M, N) = alpha * op(A) @ op(B) + beta * C, op(X) = X^T when trans_x.
  * A is (M, K) or (K, M) when transposed, with leading dimension lda; likewise B; C has ldc.
- * Goes to the registered BLAS when there is one, else to a plain C loop nest. */
+ * The cells call fr_gemm: fastrnn's own blocked GEMM of this dtype and ISA (gemm_kernel.h, included by
+ * instance.h before the cells), or the BLAS path below when the backend is FR_GEMM_BLAS. */
+#define fr_gemm gk_gemm_cell
+
+/* Which GEMM fr_gemm uses (gemm.c): FR_GEMM_OWN, unless the environment variable FASTRNN_GEMM=blas said
+ * otherwise at first use, or fr_gemm_set_backend changed it (a knob for benchmarks and a fallback). */
+#define FR_GEMM_OWN 0
+#define FR_GEMM_BLAS 1
+int fr_gemm_backend(void);
+int fr_gemm_set_backend(int backend);
+
+/* The BLAS path (gemm.c, fr_gemm_blas for this dtype): goes to the registered BLAS when there is one, else
+ * to a plain C loop nest. */
 void fr_gemm_f32(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
                  const float *B, int ldb, float beta, float *C, int ldc);
 void fr_gemm_f64(int trans_a, int trans_b, int M, int N, int K, double alpha, const double *A, int lda,

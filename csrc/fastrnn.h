@@ -177,6 +177,15 @@ void fr_set_num_threads(int n);
                                                                                                          \
         /* The activations the kernels use, exposed for tests: y = sigmoid(x) (fn 0) or tanh(x) (fn 1). */ \
         void (*activation)(int fn, const real *x, /* (n) */ real *y, /* (n) */ size_t n);              \
+                                                                                                         \
+        /* The cells' own GEMM, exposed for tests: row-major C (M, N) = alpha op(A) op(B) + beta C,      \
+         * op(X) = X^T when trans_x; C is not read when beta == 0.  nthreads 0 lets the size decide,     \
+         * n > 0 asks for n threads (capped by fr_get_num_threads()). */                                 \
+        void (*gemm)(int trans_a, int trans_b, int M, int N, int K, real alpha,                          \
+                     const real *A, int lda, /* (M, lda >= K), or (K, lda >= M) when trans_a */          \
+                     const real *B, int ldb, /* (K, ldb >= N), or (N, ldb >= K) when trans_b */          \
+                     real beta, real *C, int ldc, /* (M, ldc >= N) */                                    \
+                     int nthreads);                                                                      \
     } name;
 
 /* <complex.h> defines the macro I, which the prototypes use as a parameter name (the input size). */

@@ -1,9 +1,37 @@
 /*
- * gemm.c -- row-major GEMM on top of a Fortran BLAS handed in at run time (fr_set_blas), so that the
+ * gemm.c -- the BLAS path of the cells' GEMM, and the choice between it and fastrnn's own GEMM
+ * (gemm_kernel.h, compiled per dtype and ISA with the cells).
+ *
+ * The BLAS path: row-major GEMM on top of a Fortran BLAS handed in at run time (fr_set_blas), so that the
  * extension links no BLAS at build time: the Python package passes scipy.linalg.cython_blas's sgemm/dgemm.
  * Without one, a plain C loop nest serves (correct, slow; for C users and tests).
  */
+#include <stdlib.h>
+#include <string.h>
+
 #include "fastrnn.h"
+
+/* These two are declared in common.h (not included here: it needs a dtype). */
+#define FR_GEMM_OWN 0
+#define FR_GEMM_BLAS 1
+int fr_gemm_backend(void);
+int fr_gemm_set_backend(int backend);
+
+/* -1 until first use.  A plain int like dispatch.c's ISA: set at start-up or by the benchmark knob. */
+static volatile int g_backend = -1;
+
+int fr_gemm_backend(void) {
+    if (g_backend < 0) {
+        const char *env = getenv("FASTRNN_GEMM");
+        g_backend = (env != NULL && strcmp(env, "blas") == 0) ? FR_GEMM_BLAS : FR_GEMM_OWN;
+    }
+    return g_backend;
+}
+
+int fr_gemm_set_backend(int backend) {
+    g_backend = backend == FR_GEMM_BLAS ? FR_GEMM_BLAS : FR_GEMM_OWN;
+    return g_backend;
+}
 
 static fr_sgemm_fn g_sgemm = NULL;
 static fr_dgemm_fn g_dgemm = NULL;

@@ -4,6 +4,7 @@
  */
 #include "common.h"
 #include "vmath.h"
+#include "gemm_kernel.h"
 #include "recurrent.h"
 #include "seq.h"
 
@@ -19,4 +20,5 @@ const FR_TABLE_T FR_TABLE_NAME(FR_DTYPE_NAME, FR_ISA_NAME) = {
     lstm_tape_len, lstm_forward, lstm_backward,
     gru_tape_len,  gru_forward,  gru_backward,
     vmath_apply,
+    gk_gemm,
 };

@@ -40,6 +40,7 @@ cdef extern from "fastrnn.h" nogil:
         int (*gru_forward)(int T, int B, int I, int H, int reset_after, int reverse, const int *lengths, const float *x, const float *h0, const float *w_ih, const float *w_hh, const float *b_ih, const float *b_hh, float *y, int ldy, float *hn, float *tape) noexcept nogil
         int (*gru_backward)(int T, int B, int I, int H, int reset_after, int reverse, const int *lengths, const float *x, const float *h0, const float *w_ih, const float *w_hh, const float *y, int ldy, const float *tape, const float *dy, int lddy, const float *dhn, float *dx, int dx_accumulate, float *dh0, float *dw_ih, float *dw_hh, float *db_ih, float *db_hh) noexcept nogil
         void (*activation)(int fn, const float *x, float *y, size_t n) noexcept nogil
+        void (*gemm)(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc, int nthreads) noexcept nogil
     ctypedef struct fr_kernels_f64_t:
         size_t (*rnn_tape_len)(int T, int B, int H) noexcept nogil
         int (*rnn_forward)(int T, int B, int I, int H, int relu, int reverse, const int *lengths, const double *x, const double *h0, const double *w_ih, const double *w_hh, const double *b_ih, const double *b_hh, double *y, int ldy, double *hn, double *tape) noexcept nogil
@@ -51,6 +52,7 @@ cdef extern from "fastrnn.h" nogil:
         int (*gru_forward)(int T, int B, int I, int H, int reset_after, int reverse, const int *lengths, const double *x, const double *h0, const double *w_ih, const double *w_hh, const double *b_ih, const double *b_hh, double *y, int ldy, double *hn, double *tape) noexcept nogil
         int (*gru_backward)(int T, int B, int I, int H, int reset_after, int reverse, const int *lengths, const double *x, const double *h0, const double *w_ih, const double *w_hh, const double *y, int ldy, const double *tape, const double *dy, int lddy, const double *dhn, double *dx, int dx_accumulate, double *dh0, double *dw_ih, double *dw_hh, double *db_ih, double *db_hh) noexcept nogil
         void (*activation)(int fn, const double *x, double *y, size_t n) noexcept nogil
+        void (*gemm)(int trans_a, int trans_b, int M, int N, int K, double alpha, const double *A, int lda, const double *B, int ldb, double beta, double *C, int ldc, int nthreads) noexcept nogil
     const fr_kernels_f32_t *fr_kernels_f32()
     const fr_kernels_f64_t *fr_kernels_f64()
 
@@ -270,3 +272,52 @@ def activation(name, x):
     else:
         raise TypeError("activation: expected a float32 or float64 array")
     return y
+
+
+cdef int _ld(cnp.ndarray a, str name) except -1:
+    """Leading dimension of a 2-D array whose rows are contiguous (a C-contiguous array or a column slice
+    of one), in elements."""
+    if a.ndim != 2:
+        raise ValueError(f"gemm: {name} must be 2-D")
+    cdef Py_ssize_t item = a.itemsize
+    if a.size == 0:
+        return <int>max(a.shape[1], 1)
+    if a.shape[1] > 1 and a.strides[1] != item:
+        raise ValueError(f"gemm: the rows of {name} must be contiguous")
+    if a.strides[0] % item or a.strides[0] < 0:
+        raise ValueError(f"gemm: {name} has an unsupported row stride")
+    cdef Py_ssize_t ld = a.strides[0] // item
+    if a.shape[0] > 1 and ld < a.shape[1]:
+        raise ValueError(f"gemm: the rows of {name} overlap")
+    return <int>max(ld, a.shape[1], 1)
+
+
+def gemm(bint trans_a, bint trans_b, alpha, cnp.ndarray A, cnp.ndarray B, beta, cnp.ndarray C, int nthreads=0):
+    """C = alpha op(A) op(B) + beta C in place, op(X) = X.T when trans_x, by the kernels' own GEMM of the
+    ISA in use (for tests).  A, B, C: 2-D arrays of one dtype whose rows are contiguous; their row strides
+    are the leading dimensions.  nthreads 0 lets the size decide."""
+    cdef int M = C.shape[0] if C.ndim == 2 else -1, N = C.shape[1] if C.ndim == 2 else -1
+    cdef int K = (A.shape[0] if trans_a else A.shape[1]) if A.ndim == 2 else -1
+    cdef int lda = _ld(A, "A"), ldb = _ld(B, "B"), ldc = _ld(C, "C")
+    if (A.shape[1] if trans_a else A.shape[0]) != M or (B.shape[0] if trans_b else B.shape[1]) != N \
+            or (B.shape[1] if trans_b else B.shape[0]) != K:
+        raise ValueError("gemm: shapes do not match")
+    if not C.flags.writeable:
+        raise ValueError("gemm: C is read-only")
+    cdef int t = cnp.PyArray_TYPE(C)
+    if cnp.PyArray_TYPE(A) != t or cnp.PyArray_TYPE(B) != t:
+        raise TypeError("gemm: A, B and C must have one dtype")
+    cdef double al = alpha, be = beta
+    cdef void *pa = cnp.PyArray_DATA(A)
+    cdef void *pb = cnp.PyArray_DATA(B)
+    cdef void *pc = cnp.PyArray_DATA(C)
+    if t == cnp.NPY_FLOAT64:
+        with nogil:
+            fr_kernels_f64().gemm(trans_a, trans_b, M, N, K, al, <double *>pa, lda, <double *>pb, ldb, be,
+                                  <double *>pc, ldc, nthreads)
+    elif t == cnp.NPY_FLOAT32:
+        with nogil:
+            fr_kernels_f32().gemm(trans_a, trans_b, M, N, K, <float>al, <float *>pa, lda, <float *>pb, ldb,
+                                  <float>be, <float *>pc, ldc, nthreads)
+    else:
+        raise TypeError("gemm: expected float32 or float64 arrays")

@@ -1,0 +1,514 @@
+/*
+ * gemm_kernel.h -- fastrnn's own row-major GEMM, C (M, N) = alpha op(A) op(B) + beta C, for the cells' large
+ * products after the time loop (dW = dG^T X, dx = dG W) and rnn.c's input projection.
+ *
+ * Included by instance.h once per dtype and ISA, after common.h and before the cells, so the AVX2 instances
+ * compile it with their avx2+fma target.  The cells reach it through common.h's fr_gemm macro; the BLAS
+ * path of gemm.c stays available (FASTRNN_GEMM=blas, fr_gemm_set_backend) to compare and as a fallback.
+ *
+ * Why not the BLAS: OpenBLAS's own threads are pathological on the project's 2-vCPU VMs (a 0.37 ms RNN
+ * training step takes 5-8 ms with its default 2 threads when another process is busy), and its 2-thread
+ * sgemm is slower than its 1-thread one on large products.  Here the threads are the kernels' own pool.
+ *
+ * Design, after Goto and BLIS:
+ *   for jc over N in NC columns                    (the packed B block, KC x NC, lives in L3)
+ *     for pc over K in KC                          (beta applies on the first pc only, then 1)
+ *       pack op(B)[pc.., jc..] into NR-column micro-panels: Bp[q][k][0..NR)
+ *       for ic over M in MC rows                   (the packed A block, MC x KC, lives in L2)
+ *         pack op(A)[ic.., pc..] into MR-row micro-panels: Ap[p][k][0..MR)
+ *         for jr over NR-wide panels of the block  (one B micro-panel, KC x NR, stays in L1 ...)
+ *           for ir over MR-high panels             (... while the A micro-panels stream from L2)
+ *             microkernel: an MR x NR tile of C in registers, KC rank-1 updates, then C = alpha*acc + beta*C
+ * The transpositions are handled by the packing only, so the microkernel sees one layout for all four
+ * combinations and any lda / ldb / ldc.  Packing pads the edge panels with zeros, so the microkernel always
+ * runs full tiles; only the write-back of an edge tile is partial.
+ *
+ * Threads: chunks of C along M or N (the larger) handed out dynamically (gk_task), each thread running the
+ * whole blocked algorithm on a chunk with its own packing buffers: no barrier.  Small products stay on the
+ * calling thread (the hand-over costs several microseconds on these VMs).
+ */
+#ifndef FR_GEMM_INSTANCE
+#define FR_GEMM_INSTANCE
+
+#include "threads.h"
+
+#if FR_AVX2
+#include <immintrin.h>
+#endif
+
+/* ---- register tile and cache blocks ------------------------------------------------------------------
+ * MR x NR accumulators: with AVX2, 6 rows x 2 vectors = 12 of the 16 ymm registers, plus 2 for the B row
+ * and 1 for the broadcast A element.  KC: a B micro-panel (KC x NR) is 16 KB, half the 32 KB L1d.
+ * MC: the A block (MC x KC) is ~240 KB, under half the 512 KB L2.  NC: the B block stays far below L3. */
+#if FR_AVX2 && !FR_DOUBLE
+#define GK_MR 6
+#define GK_NR 16
+#ifndef GK_KC
+#define GK_KC 256
+#endif
+#ifndef GK_MC
+#define GK_MC 240
+#endif
+#define GK_NC 3072
+#elif FR_AVX2 && FR_DOUBLE
+#define GK_MR 6
+#define GK_NR 8
+#define GK_KC 256
+#define GK_MC 120
+#define GK_NC 1536
+#elif FR_DOUBLE
+/* portable: SSE2 holds 2 doubles; 4 x 4 = 8 of the 16 xmm registers */
+#define GK_MR 4
+#define GK_NR 4
+#define GK_KC 256
+#define GK_MC 128
+#define GK_NC 1536
+#else
+/* portable: 4 x 8 floats = 8 xmm accumulators */
+#define GK_MR 4
+#define GK_NR 8
+#define GK_KC 256
+#define GK_MC 240
+#define GK_NC 3072
+#endif
+
+/* Products of fewer flops (2MNK) than this run on one thread.  Measured on the 2-vCPU EPYC VMs: with the
+ * second core free, 2 threads already win at 6.5 MFLOP (80 -> 50 us); but in some processes the pool's
+ * worker runs slowly or late (sharing a core), and then a region costs ~150 us more than one thread
+ * (6.5 MFLOP: 80 -> 230 us) while large products only fall back to about one thread's speed.  20 MFLOP
+ * (~230 us on one thread) bounds that loss. */
+#ifndef GK_PAR_FLOPS
+#define GK_PAR_FLOPS 2.0e7
+#endif
+
+static inline int gk_min(int a, int b) { return a < b ? a : b; }
+
+/* ---- packing ------------------------------------------------------------------------------------------ */
+
+/* Ap (ceil(mc/MR) panels, kc, MR) <- op(A)[i0 .. i0+mc)[k0 .. k0+kc), zero rows past mc.
+ * op(A)[i][k] is A[i*lda + k], or A[k*lda + i] when trans_a.  Ap has GK_MR*GK_MR elements of slack at its
+ * end (gk_abuf_len): the AVX2 path stores whole vectors whose tail the next store overwrites. */
+static void gk_pack_a(int trans_a, const real *A, int lda, /* (M, lda) or (K, lda) when trans_a */
+                      int i0, int k0, int mc, int kc,
+                      real *restrict Ap)                   /* (ceil(mc/MR)*MR*kc) out */
+{
+    int full = mc / GK_MR * GK_MR; /* rows in full panels */
+    if (trans_a) {
+        /* A panel row is MR consecutive elements of one row of A.  A few rows of A at a time, across all
+         * panels: the rows are read straight through (with the power-of-two lda the cells have, walking
+         * one panel down all kc rows would thrash a few L1 sets: 0.9 ns per element, as slow as the
+         * microkernel when N is 64) and each panel gets a contiguous run of kb*MR. */
+        enum { KB = 8 };
+        for (int k = 0; k < kc; k += KB) {
+            int kb = gk_min(KB, kc - k);
+            const real *src = A + (size_t)(k0 + k) * lda + i0; /* (kb, lda) */
+            for (int p = 0; p < full; p += GK_MR) {
+                real *dst = Ap + (size_t)p * kc + (size_t)k * GK_MR; /* (kb, MR) */
+                for (int kk = 0; kk < kb; kk++)
+                    for (int r = 0; r < GK_MR; r++) dst[kk * GK_MR + r] = src[(size_t)kk * lda + p + r];
+            }
+        }
+    } else {
+        /* A panel is MR rows of A, each read contiguously; written interleaved */
+        int p = 0;
+#if FR_AVX2 && !FR_DOUBLE
+        /* 8 k at a time: the 6 x 8 block through an 8 x 8 register transpose, then 8 stores of 6 floats
+         * (whole vectors; the next store, or the slack, takes the 2 extra) */
+        for (; p < full; p += GK_MR) {
+            const real *src = A + (size_t)(i0 + p) * lda + k0; /* (MR, lda) */
+            real *dst = Ap + (size_t)p * kc;                   /* (kc, MR) */
+            int k = 0;
+            for (; k + 8 <= kc; k += 8) {
+                __m256 r0 = _mm256_loadu_ps(src + 0 * (size_t)lda + k), r1 = _mm256_loadu_ps(src + 1 * (size_t)lda + k);
+                __m256 r2 = _mm256_loadu_ps(src + 2 * (size_t)lda + k), r3 = _mm256_loadu_ps(src + 3 * (size_t)lda + k);
+                __m256 r4 = _mm256_loadu_ps(src + 4 * (size_t)lda + k), r5 = _mm256_loadu_ps(src + 5 * (size_t)lda + k);
+                __m256 r6 = _mm256_setzero_ps(), r7 = _mm256_setzero_ps();
+                __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+                __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+                __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+                __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+                __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+                __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+                __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+                __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+                /* column j of the 8 x 8 block (rows 0-5 valid) */
+                real *d = dst + (size_t)k * GK_MR;
+                _mm256_storeu_ps(d + 0 * GK_MR, _mm256_permute2f128_ps(u0, u4, 0x20));
+                _mm256_storeu_ps(d + 1 * GK_MR, _mm256_permute2f128_ps(u1, u5, 0x20));
+                _mm256_storeu_ps(d + 2 * GK_MR, _mm256_permute2f128_ps(u2, u6, 0x20));
+                _mm256_storeu_ps(d + 3 * GK_MR, _mm256_permute2f128_ps(u3, u7, 0x20));
+                _mm256_storeu_ps(d + 4 * GK_MR, _mm256_permute2f128_ps(u0, u4, 0x31));
+                _mm256_storeu_ps(d + 5 * GK_MR, _mm256_permute2f128_ps(u1, u5, 0x31));
+                _mm256_storeu_ps(d + 6 * GK_MR, _mm256_permute2f128_ps(u2, u6, 0x31));
+                _mm256_storeu_ps(d + 7 * GK_MR, _mm256_permute2f128_ps(u3, u7, 0x31));
+            }
+            for (; k < kc; k++)
+                for (int r = 0; r < GK_MR; r++) dst[(size_t)k * GK_MR + r] = src[(size_t)r * lda + k];
+        }
+#endif
+        for (; p < full; p += GK_MR) {
+            const real *src = A + (size_t)(i0 + p) * lda + k0; /* (MR, lda) */
+            real *dst = Ap + (size_t)p * kc;                   /* (kc, MR) */
+            for (int k = 0; k < kc; k++)
+                for (int r = 0; r < GK_MR; r++) dst[(size_t)k * GK_MR + r] = src[(size_t)r * lda + k];
+        }
+    }
+    if (full < mc) { /* the edge panel, zero-padded */
+        int mr = mc - full;
+        real *dst = Ap + (size_t)full * kc; /* (kc, MR) */
+        for (int k = 0; k < kc; k++, dst += GK_MR) {
+            int r = 0;
+            for (; r < mr; r++)
+                dst[r] = trans_a ? A[(size_t)(k0 + k) * lda + i0 + full + r] : A[(size_t)(i0 + full + r) * lda + k0 + k];
+            for (; r < GK_MR; r++) dst[r] = 0;
+        }
+    }
+}
+
+/* Bp (ceil(nc/NR) panels, kc, NR) <- op(B)[k0 .. k0+kc)[j0 .. j0+nc), zero columns past nc.
+ * op(B)[k][j] is B[k*ldb + j], or B[j*ldb + k] when trans_b. */
+static void gk_pack_b(int trans_b, const real *B, int ldb, /* (K, ldb) or (N, ldb) when trans_b */
+                      int k0, int j0, int kc, int nc,
+                      real *restrict Bp)                   /* (ceil(nc/NR)*NR*kc) out */
+{
+    for (int q = 0; q < nc; q += GK_NR) {
+        int nr = gk_min(GK_NR, nc - q);
+        real *dst = Bp + (size_t)q * kc; /* (kc, NR) this panel */
+        if (!trans_b) {
+            const real *src = B + (size_t)k0 * ldb + j0 + q; /* (kc, ldb) */
+            if (nr == GK_NR) {
+                for (int k = 0; k < kc; k++, src += ldb, dst += GK_NR) memcpy(dst, src, sizeof(real) * GK_NR);
+            } else {
+                for (int k = 0; k < kc; k++, src += ldb, dst += GK_NR) {
+                    int c = 0;
+                    for (; c < nr; c++) dst[c] = src[c];
+                    for (; c < GK_NR; c++) dst[c] = 0;
+                }
+            }
+        } else {
+            const real *src = B + (size_t)(j0 + q) * ldb + k0; /* (nr, ldb) */
+            if (nr == GK_NR) {
+                for (int k = 0; k < kc; k++, dst += GK_NR)
+                    for (int c = 0; c < GK_NR; c++) dst[c] = src[(size_t)c * ldb + k];
+            } else {
+                for (int k = 0; k < kc; k++, dst += GK_NR) {
+                    int c = 0;
+                    for (; c < nr; c++) dst[c] = src[(size_t)c * ldb + k];
+                    for (; c < GK_NR; c++) dst[c] = 0;
+                }
+            }
+        }
+    }
+}
+
+/* ---- write-back of one tile --------------------------------------------------------------------------- */
+
+/* C[0..mr)[0..nr) = alpha * t + beta * C, t a full (MR, NR) tile; C is not read when beta == 0 (it may hold
+ * NaN garbage then). */
+static void gk_store_edge(int mr, int nr, const real *t, /* (MR, NR) */
+                          real alpha, real beta, real *C, int ldc) /* (mr, ldc) */
+{
+    for (int i = 0; i < mr; i++) {
+        real *c = C + (size_t)i * ldc;
+        const real *s = t + i * GK_NR;
+        if (beta == 0)
+            for (int j = 0; j < nr; j++) c[j] = alpha * s[j];
+        else
+            for (int j = 0; j < nr; j++) c[j] = alpha * s[j] + beta * c[j];
+    }
+}
+
+/* ---- microkernels ------------------------------------------------------------------------------------- */
+
+#if FR_AVX2
+#if FR_DOUBLE
+typedef __m256d gk_vec;
+#define GK_VL 4
+#define GK_ZERO() _mm256_setzero_pd()
+#define GK_LOAD(p) _mm256_load_pd(p)   /* packed panels: 64-byte aligned rows */
+#define GK_LOADU(p) _mm256_loadu_pd(p)
+#define GK_STOREU(p, v) _mm256_storeu_pd(p, v)
+#define GK_BCAST(p) _mm256_broadcast_sd(p)
+#define GK_SET1(x) _mm256_set1_pd(x)
+#define GK_FMA(a, b, c) _mm256_fmadd_pd(a, b, c)
+#define GK_MUL(a, b) _mm256_mul_pd(a, b)
+#else
+typedef __m256 gk_vec;
+#define GK_VL 8
+#define GK_ZERO() _mm256_setzero_ps()
+#define GK_LOAD(p) _mm256_load_ps(p)
+#define GK_LOADU(p) _mm256_loadu_ps(p)
+#define GK_STOREU(p, v) _mm256_storeu_ps(p, v)
+#define GK_BCAST(p) _mm256_broadcast_ss(p)
+#define GK_SET1(x) _mm256_set1_ps(x)
+#define GK_FMA(a, b, c) _mm256_fmadd_ps(a, b, c)
+#define GK_MUL(a, b) _mm256_mul_ps(a, b)
+#endif
+
+#if GK_NR != 2 * GK_VL || GK_MR != 6
+#error "the AVX2 microkernel is written for 6 rows x 2 vectors"
+#endif
+
+/* C (MR x NR tile) = alpha * Ap Bp + beta * C over kc.  The 12 accumulators are named variables, not an
+ * array: GCC spilled accumulator arrays to the stack in this project before (see gen_tiles.py). */
+static void gk_micro(int kc, const real *restrict a, /* (kc, MR) packed */
+                     const real *restrict b,         /* (kc, NR) packed, 64-byte aligned */
+                     real alpha, real beta, real *C, int ldc, /* (mr, ldc) */
+                     int mr, int nr)
+{
+    /* The tile of C is read (or written) only after the k loop: ask for its lines now, so that the loads
+     * of a C larger than the caches do not stall the write-back (each row is 64 bytes, two lines when
+     * unaligned). */
+    for (int r = 0; r < mr; r++) {
+        _mm_prefetch((const char *)(C + (size_t)r * ldc), _MM_HINT_T0);
+        _mm_prefetch((const char *)(C + (size_t)r * ldc + GK_NR - 1), _MM_HINT_T0);
+    }
+    gk_vec c00 = GK_ZERO(), c01 = GK_ZERO(), c10 = GK_ZERO(), c11 = GK_ZERO();
+    gk_vec c20 = GK_ZERO(), c21 = GK_ZERO(), c30 = GK_ZERO(), c31 = GK_ZERO();
+    gk_vec c40 = GK_ZERO(), c41 = GK_ZERO(), c50 = GK_ZERO(), c51 = GK_ZERO();
+#define GK_RANK1(r, v0, v1)                                                                                \
+    do {                                                                                                   \
+        gk_vec ar = GK_BCAST(a + (r));                                                                     \
+        v0 = GK_FMA(ar, b0, v0);                                                                           \
+        v1 = GK_FMA(ar, b1, v1);                                                                           \
+    } while (0)
+#pragma GCC unroll 4
+    for (int k = 0; k < kc; k++) {
+        gk_vec b0 = GK_LOAD(b), b1 = GK_LOAD(b + GK_VL);
+        GK_RANK1(0, c00, c01);
+        GK_RANK1(1, c10, c11);
+        GK_RANK1(2, c20, c21);
+        GK_RANK1(3, c30, c31);
+        GK_RANK1(4, c40, c41);
+        GK_RANK1(5, c50, c51);
+        a += GK_MR;
+        b += GK_NR;
+    }
+#undef GK_RANK1
+    gk_vec va = GK_SET1(alpha);
+    if (mr == GK_MR && nr == GK_NR) {
+        /* full tile: straight into C */
+#define GK_ROW(r, v0, v1)                                                                                  \
+    do {                                                                                                   \
+        real *cr = C + (size_t)(r) * ldc;                                                                  \
+        if (beta == 0) {                                                                                   \
+            GK_STOREU(cr, GK_MUL(va, v0));                                                                 \
+            GK_STOREU(cr + GK_VL, GK_MUL(va, v1));                                                         \
+        } else {                                                                                           \
+            gk_vec vb = GK_SET1(beta);                                                                     \
+            GK_STOREU(cr, GK_FMA(vb, GK_LOADU(cr), GK_MUL(va, v0)));                                       \
+            GK_STOREU(cr + GK_VL, GK_FMA(vb, GK_LOADU(cr + GK_VL), GK_MUL(va, v1)));                       \
+        }                                                                                                  \
+    } while (0)
+        GK_ROW(0, c00, c01);
+        GK_ROW(1, c10, c11);
+        GK_ROW(2, c20, c21);
+        GK_ROW(3, c30, c31);
+        GK_ROW(4, c40, c41);
+        GK_ROW(5, c50, c51);
+#undef GK_ROW
+    } else {
+        /* edge tile: through a buffer, only the valid part written */
+        real t[GK_MR * GK_NR] __attribute__((aligned(64)));
+        GK_STOREU(t + 0 * GK_NR, c00), GK_STOREU(t + 0 * GK_NR + GK_VL, c01);
+        GK_STOREU(t + 1 * GK_NR, c10), GK_STOREU(t + 1 * GK_NR + GK_VL, c11);
+        GK_STOREU(t + 2 * GK_NR, c20), GK_STOREU(t + 2 * GK_NR + GK_VL, c21);
+        GK_STOREU(t + 3 * GK_NR, c30), GK_STOREU(t + 3 * GK_NR + GK_VL, c31);
+        GK_STOREU(t + 4 * GK_NR, c40), GK_STOREU(t + 4 * GK_NR + GK_VL, c41);
+        GK_STOREU(t + 5 * GK_NR, c50), GK_STOREU(t + 5 * GK_NR + GK_VL, c51);
+        gk_store_edge(mr, nr, t, alpha, beta, C, ldc);
+    }
+}
+
+#else /* portable */
+
+/* Plain loops over a small accumulator array; GCC vectorises the j loops with SSE2. */
+static void gk_micro(int kc, const real *restrict a, /* (kc, MR) packed */
+                     const real *restrict b,         /* (kc, NR) packed */
+                     real alpha, real beta, real *C, int ldc, /* (mr, ldc) */
+                     int mr, int nr)
+{
+    real t[GK_MR * GK_NR] __attribute__((aligned(64)));
+    for (int i = 0; i < GK_MR * GK_NR; i++) t[i] = 0;
+    for (int k = 0; k < kc; k++, a += GK_MR, b += GK_NR)
+        for (int i = 0; i < GK_MR; i++) {
+            real ai = a[i];
+            for (int j = 0; j < GK_NR; j++) t[i * GK_NR + j] += ai * b[j];
+        }
+    gk_store_edge(mr, nr, t, alpha, beta, C, ldc);
+}
+
+#endif
+
+/* ---- the blocked algorithm on one thread -------------------------------------------------------------- */
+
+typedef struct gk_problem {
+    int trans_a, trans_b, M, N, K;
+    real alpha, beta;
+    const real *A; /* (M, lda) or (K, lda) when trans_a */
+    const real *B; /* (K, ldb) or (N, ldb) when trans_b */
+    real *C;       /* (M, ldc) */
+    int lda, ldb, ldc;
+} gk_problem;
+
+/* Workspace of gk_serial for rows [0, mc_max) and columns [0, nc_max) of C. */
+static size_t gk_abuf_len(int rows, int K) {
+    int mc = gk_min(GK_MC, rows), kc = gk_min(GK_KC, K);
+    return (size_t)((mc + GK_MR - 1) / GK_MR * GK_MR) * (size_t)kc + GK_MR * GK_MR; /* + slack, gk_pack_a */
+}
+static size_t gk_bbuf_len(int cols, int K) {
+    int nc = gk_min(GK_NC, cols), kc = gk_min(GK_KC, K);
+    return (size_t)((nc + GK_NR - 1) / GK_NR * GK_NR) * (size_t)kc;
+}
+
+/* C[m0 .. m1)[n0 .. n1) of problem g (K > 0), with packing buffers ap (gk_abuf_len(m1 - m0, K)) and
+ * bp (gk_bbuf_len(n1 - n0, K)), both 64-byte aligned. */
+static void gk_serial(const gk_problem *g, int m0, int m1, int n0, int n1, real *ap, real *bp) {
+    for (int jc = n0; jc < n1; jc += GK_NC) {
+        int nc = gk_min(GK_NC, n1 - jc);
+        for (int pc = 0; pc < g->K; pc += GK_KC) {
+            int kc = gk_min(GK_KC, g->K - pc);
+            real beta = pc == 0 ? g->beta : (real)1; /* later K blocks add to the first one's result */
+            gk_pack_b(g->trans_b, g->B, g->ldb, pc, jc, kc, nc, bp);
+            for (int ic = m0; ic < m1; ic += GK_MC) {
+                int mc = gk_min(GK_MC, m1 - ic);
+                gk_pack_a(g->trans_a, g->A, g->lda, ic, pc, mc, kc, ap);
+                for (int jr = 0; jr < nc; jr += GK_NR) {
+                    int nr = gk_min(GK_NR, nc - jr);
+                    const real *bq = bp + (size_t)jr * kc; /* (kc, NR) */
+                    real *cc = g->C + (size_t)ic * g->ldc + jc + jr;
+                    for (int ir = 0; ir < mc; ir += GK_MR)
+                        gk_micro(kc, ap + (size_t)ir * kc, bq, g->alpha, beta, cc + (size_t)ir * g->ldc, g->ldc,
+                                 gk_min(GK_MR, mc - ir), nr);
+                }
+            }
+        }
+    }
+}
+
+/* C[m0 .. m1)[n0 .. n1) = beta * C, not reading C when beta == 0 (K == 0 or alpha == 0). */
+static void gk_scale(const gk_problem *g, int m0, int m1, int n0, int n1) {
+    for (int i = m0; i < m1; i++) {
+        real *c = g->C + (size_t)i * g->ldc;
+        if (g->beta == 0)
+            for (int j = n0; j < n1; j++) c[j] = 0;
+        else if (g->beta != 1)
+            for (int j = n0; j < n1; j++) c[j] *= g->beta;
+    }
+}
+
+/* Without workspace (allocation failed): the plain loop nest, correct and slow. */
+static void gk_naive(const gk_problem *g, int m0, int m1, int n0, int n1) {
+    gk_scale(g, m0, m1, n0, n1);
+    for (int i = m0; i < m1; i++) {
+        real *c = g->C + (size_t)i * g->ldc;
+        for (int k = 0; k < g->K; k++) {
+            real a = g->alpha * (g->trans_a ? g->A[(size_t)k * g->lda + i] : g->A[(size_t)i * g->lda + k]);
+            for (int j = n0; j < n1; j++)
+                c[j] += a * (g->trans_b ? g->B[(size_t)j * g->ldb + k] : g->B[(size_t)k * g->ldb + j]);
+        }
+    }
+}
+
+/* Threads take chunks of C -- blocks of rows (when M >= N) or of columns, all of the other dimension --
+ * from a shared position, so a thread whose core is shared with another process (common on these VMs: a
+ * static split there ran no faster than one thread) simply takes fewer.  Guided sizes: each take is the
+ * remainder / (4 nth), within [least, most], so the chunks shrink towards the end and the threads finish
+ * close together (equal fixed chunks can leave one thread a whole chunk behind).  Each chunk runs gk_serial with the thread's own buffers; the price is re-packing the operand
+ * all chunks share, once per chunk: 2 * least flops or more per packed element. */
+#define GK_CHUNK_MIN 96 /* rows or columns; a multiple of MR and NR */
+
+typedef struct gk_task_ctx {
+    const gk_problem *g;
+    int split_m;     /* chunks are row blocks (1) or column blocks (0) */
+    int D, step;     /* the dimension chunked; chunks are multiples of step (MR or NR) but the last */
+    int least, most; /* chunk size bounds */
+    atomic_int next; /* the first row / column not taken yet */
+} gk_task_ctx;
+
+static void gk_task(void *ctx, int tid, int nth) {
+    gk_task_ctx *t = (gk_task_ctx *)ctx;
+    const gk_problem *g = t->g;
+    (void)tid;
+    real *ap = NULL, *bp = NULL;
+    int ok = 0;
+    for (;;) {
+        int pos = atomic_load_explicit(&t->next, memory_order_relaxed), take;
+        do {
+            if (pos >= t->D) break;
+            take = (t->D - pos + 4 * nth - 1) / (4 * nth);
+            take = (take + t->step - 1) / t->step * t->step;
+            if (take < t->least) take = t->least;
+            if (take > t->most) take = t->most;
+            if (take > t->D - pos) take = t->D - pos;
+        } while (!atomic_compare_exchange_weak_explicit(&t->next, &pos, pos + take, memory_order_relaxed,
+                                                        memory_order_relaxed));
+        if (pos >= t->D) break;
+        int m0 = 0, m1 = g->M, n0 = 0, n1 = g->N;
+        if (t->split_m) m0 = pos, m1 = pos + take;
+        else n0 = pos, n1 = pos + take;
+        if (g->K == 0 || g->alpha == 0) {
+            gk_scale(g, m0, m1, n0, n1);
+            continue;
+        }
+        if (ap == NULL && bp == NULL) { /* first chunk: buffers for the largest chunk */
+            ap = fr_alloc(gk_abuf_len(t->split_m ? t->most : g->M, g->K), 0);
+            bp = fr_alloc(gk_bbuf_len(t->split_m ? g->N : t->most, g->K), 0);
+            ok = ap != NULL && bp != NULL;
+        }
+        if (ok) gk_serial(g, m0, m1, n0, n1, ap, bp);
+        else gk_naive(g, m0, m1, n0, n1);
+    }
+    free(ap);
+    free(bp);
+}
+
+/* The own GEMM.  nthreads: 0 chooses (1 thread below GK_PAR_FLOPS, else up to fr_get_num_threads()),
+ * > 0 asks for that many (still capped by fr_get_num_threads() and a busy pool) -- the tests use it. */
+static void gk_gemm(int trans_a, int trans_b, int M, int N, int K, real alpha,
+                    const real *A, int lda,  /* (M, lda >= K), or (K, lda >= M) when trans_a */
+                    const real *B, int ldb,  /* (K, ldb >= N), or (N, ldb >= K) when trans_b */
+                    real beta, real *C, int ldc, /* (M, ldc >= N) */
+                    int nthreads)
+{
+    if (M <= 0 || N <= 0) return;
+    if (K < 0) K = 0;
+    gk_problem g = {trans_a, trans_b, M, N, K, alpha, beta, A, B, C, lda, ldb, ldc};
+    int nth = nthreads > 0 ? nthreads : (2.0 * M * N * K >= GK_PAR_FLOPS ? fr_get_num_threads() : 1);
+    if (nth > 1) {
+        /* chunk the larger dimension: the operand every chunk re-packs is then the smaller one */
+        gk_task_ctx t;
+        t.g = &g;
+        t.split_m = M >= N;
+        t.D = t.split_m ? M : N;
+        t.step = t.split_m ? GK_MR : GK_NR;
+        t.most = (t.split_m ? GK_MC : GK_NC) / t.step * t.step;
+        t.least = GK_CHUNK_MIN;
+        if (nthreads > 0) t.least = t.step, t.most = gk_min(t.most, (t.D + 1) / 2); /* tests: small chunks */
+        atomic_init(&t.next, 0);
+        if (t.D >= 2 * t.least) { /* else one chunk: no work for a second thread */
+            fr_parallel(nth, gk_task, &t, NULL);
+            return;
+        }
+    }
+    /* one thread: the whole product as one chunk */
+    real *ap = NULL, *bp = NULL;
+    if (K > 0 && alpha != 0) {
+        ap = fr_alloc(gk_abuf_len(M, K), 0);
+        bp = fr_alloc(gk_bbuf_len(N, K), 0);
+    }
+    if (K == 0 || alpha == 0) gk_scale(&g, 0, M, 0, N);
+    else if (ap && bp) gk_serial(&g, 0, M, 0, N, ap, bp);
+    else gk_naive(&g, 0, M, 0, N);
+    free(ap);
+    free(bp);
+}
+
+/* The cells' fr_gemm (common.h): the own GEMM, or the BLAS path of gemm.c when FASTRNN_GEMM=blas. */
+static void gk_gemm_cell(int trans_a, int trans_b, int M, int N, int K, real alpha, const real *A, int lda,
+                         const real *B, int ldb, real beta, real *C, int ldc) {
+    if (fr_gemm_backend() == FR_GEMM_BLAS) fr_gemm_blas(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    else gk_gemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, 0);
+}
+
+#endif /* FR_GEMM_INSTANCE */

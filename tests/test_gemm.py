@@ -1,0 +1,113 @@
+"""The kernels' own GEMM (csrc/gemm_kernel.h) against numpy, through the test hook _core.gemm, on every ISA:
+all four transpositions, edge sizes around the register tiles (6x16 / 6x8 on AVX2, 4x8 / 4x4 portable) and
+the cache blocks (KC 256, MC 120-240), leading dimensions larger than needed, alpha/beta, 1 and 2 threads."""
+import itertools
+
+import numpy as np
+import pytest
+
+import fastrnn
+from fastrnn import _core
+
+DTYPES = [np.float32, np.float64]
+# Normwise relative tolerance per dtype for sums over up to ~600 terms (the reference is float64).
+TOL = {np.float32: 2e-5, np.float64: 1e-13}
+
+
+def _operand(rng, rows, cols, dtype, pad):
+    """A (rows, cols) array whose rows are `pad` elements longer than needed (leading dimension cols + pad),
+    the padding NaN so that reading it shows."""
+    full = np.full((rows, cols + pad), np.nan, dtype=dtype)
+    full[:, :cols] = rng.standard_normal((rows, cols))
+    return full[:, :cols]
+
+
+def _check(isa, dtype, ta, tb, M, N, K, alpha=1.0, beta=0.0, pad=0, nthreads=1, seed=0):
+    rng = np.random.default_rng(seed)
+    A = _operand(rng, *((K, M) if ta else (M, K)), dtype, pad)
+    B = _operand(rng, *((N, K) if tb else (K, N)), dtype, pad + 3 if pad else 0)
+    C_full = np.full((M, N + pad), np.nan, dtype=dtype)  # NaN: beta == 0 must not read C
+    C = C_full[:, :N]
+    if beta != 0:
+        C[...] = rng.standard_normal((M, N))
+    C0 = C.astype(np.float64)
+    _core.gemm(ta, tb, alpha, A, B, beta, C, nthreads)
+    opA = (A.T if ta else A).astype(np.float64)
+    opB = (B.T if tb else B).astype(np.float64)
+    ref = alpha * (opA @ opB) + (beta * C0 if beta != 0 else 0)
+    assert np.all(np.isfinite(C)), f"non-finite output ({isa}, {dtype.__name__}, ta={ta} tb={tb} {M}x{N}x{K})"
+    scale = np.abs(alpha) * (np.abs(opA) @ np.abs(opB)).max() + (np.abs(beta) * np.abs(C0).max() if beta else 0)
+    err = np.abs(C - ref).max() / scale
+    assert err <= TOL[dtype], f"{isa} {dtype.__name__} ta={ta} tb={tb} {M}x{N}x{K}: rel err {err:.2e}"
+    if pad:  # the padding of C is untouched
+        assert np.all(np.isnan(C_full[:, N:]))
+
+
+SIZES = [1, 7, 13, 17, 100, 257]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("ta,tb", list(itertools.product([0, 1], [0, 1])))
+def test_gemm_odd_sizes(isa, dtype, ta, tb):
+    for M, N, K in itertools.product(SIZES, SIZES, [1, 13, 257]):
+        _check(isa, dtype, ta, tb, M, N, K)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("ta,tb", list(itertools.product([0, 1], [0, 1])))
+@pytest.mark.parametrize("alpha,beta", [(1.0, 0.0), (1.0, 1.0), (-0.5, 0.0), (2.5, 1.0), (0.75, -1.5)])
+@pytest.mark.parametrize("pad", [0, 5])
+def test_gemm_alpha_beta_ld(isa, dtype, ta, tb, alpha, beta, pad):
+    for M, N, K in [(7, 17, 13), (37, 45, 300), (100, 33, 520)]:
+        _check(isa, dtype, ta, tb, M, N, K, alpha=alpha, beta=beta, pad=pad)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("ta,tb", list(itertools.product([0, 1], [0, 1])))
+@pytest.mark.parametrize("nthreads", [1, 2])
+def test_gemm_blocks_and_threads(isa, dtype, ta, tb, nthreads):
+    """Past the cache blocks (several MC, KC blocks) and chunked over threads along M or along N."""
+    for M, N, K, beta in [(257, 100, 600, 0.0), (100, 257, 300, 1.0), (500, 31, 257, 1.0), (13, 700, 64, 0.0),
+                          (2, 2, 5, 1.0), (1, 1, 1, 0.0)]:
+        _check(isa, dtype, ta, tb, M, N, K, alpha=1.5, beta=beta, pad=3, nthreads=nthreads, seed=M + N + K)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("nthreads", [1, 2])
+def test_gemm_large(isa, dtype, nthreads):
+    """The cells' typical product dW = dG^T X across several NC blocks (f64 NC 1536) and the automatic
+    thread choice (nthreads = 0)."""
+    _check(isa, dtype, 1, 0, 300, 3100 if dtype == np.float64 else 700, 400, beta=1.0, nthreads=nthreads)
+    _check(isa, dtype, 0, 0, 1600, 64, 512, nthreads=0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_gemm_k_zero_and_alpha_zero(isa, dtype):
+    """K = 0 or alpha = 0: C = beta C, without reading C when beta == 0 (BLAS semantics)."""
+    for K, alpha in [(0, 1.0), (5, 0.0)]:
+        for beta in (0.0, 2.0):
+            A = np.ones((4, K), dtype)
+            B = np.ones((K, 3), dtype)
+            C = np.full((4, 3), np.nan if beta == 0 else 1.5, dtype)
+            _core.gemm(0, 0, alpha, A, B, beta, C, 1)
+            np.testing.assert_array_equal(C, np.full((4, 3), 0.0 if beta == 0 else 3.0, dtype))
+
+
+def test_gemm_nan_propagates(isa):
+    """NaN in an operand reaches the output (no -ffast-math in the kernel)."""
+    A = np.ones((7, 9), np.float32)
+    A[3, 4] = np.nan
+    B = np.ones((9, 20), np.float32)
+    C = np.zeros((7, 20), np.float32)
+    _core.gemm(0, 0, 1.0, A, B, 0.0, C, 1)
+    assert np.all(np.isnan(C[3])) and np.all(np.isfinite(np.delete(C, 3, axis=0)))
+
+
+def test_gemm_bad_arguments():
+    A = np.ones((3, 4), np.float32)
+    with pytest.raises(ValueError):
+        _core.gemm(0, 0, 1.0, A, np.ones((5, 2), np.float32), 0.0, np.zeros((3, 2), np.float32))
+    with pytest.raises(TypeError):
+        _core.gemm(0, 0, 1.0, A, np.ones((4, 2), np.float64), 0.0, np.zeros((3, 2), np.float32))
+    with pytest.raises(ValueError):
+        _core.gemm(0, 0, 1.0, A[:, ::2], np.ones((2, 2), np.float32), 0.0, np.zeros((3, 2), np.float32))
