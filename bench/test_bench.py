@@ -35,6 +35,7 @@ def test_bench(case_id, mode, threads, engine, bench_state, benchmark):
         t_call = fb._estimate(fn, 0.02)
         rounds, iterations = fb.plan_rounds(t_call, bench_state.budget, burst=0.02, min_rounds=3, max_rounds=50)
         rec["loadavg"] = fb.load_average()[0]
+        fb.wait_quiet_threads()  # the previous case's pools (ORT's, OpenMP's) stop spinning first
         c0 = fb._cpu_counters()
         benchmark.pedantic(fn, rounds=rounds, iterations=iterations, warmup_rounds=1)
         rec["other_cpus"] = fb.other_cpus(c0, fb._cpu_counters())

@@ -19,6 +19,9 @@
 
 #include "fastrnn.h"
 
+#ifndef FR_AVX512
+#define FR_AVX512 0 /* 1 only in csrc/isa/f32_avx512.c, which also sets FR_AVX2 */
+#endif
 #if !defined(FR_DOUBLE) || !defined(FR_AVX2)
 #error "define FR_DOUBLE and FR_AVX2 before including common.h (see csrc/isa/)"
 #endif

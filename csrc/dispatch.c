@@ -15,15 +15,32 @@ int fr_cpu_has_avx2(void) {
 #endif
 }
 
+int fr_cpu_has_avx512(void) {
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+    __builtin_cpu_init();
+    return fr_cpu_has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw");
+#else
+    return 0;
+#endif
+}
+
+/* The best ISA this CPU supports at or below `isa`. */
+static int supported_at_most(int isa) {
+    if (isa >= FR_ISA_AVX512 && fr_cpu_has_avx512()) return FR_ISA_AVX512;
+    if (isa >= FR_ISA_AVX2 && fr_cpu_has_avx2()) return FR_ISA_AVX2;
+    return FR_ISA_PORTABLE;
+}
+
 /* -1 until first use; then FR_ISA_*.  A plain int: written once at start-up or by fr_set_isa (a testing
  * and tuning knob, not meant to race with running kernels). */
 static volatile int g_isa = -1;
 
 static int choose_isa(void) {
     const char *env = getenv("FASTRNN_ISA");
-    int best = fr_cpu_has_avx2() ? FR_ISA_AVX2 : FR_ISA_PORTABLE;
     if (env != NULL && (strcmp(env, "portable") == 0 || strcmp(env, "generic") == 0)) return FR_ISA_PORTABLE;
-    return best;
+    if (env != NULL && strcmp(env, "avx2") == 0) return supported_at_most(FR_ISA_AVX2);
+    return supported_at_most(FR_ISA_AVX512);
 }
 
 int fr_get_isa(void) {
@@ -32,14 +49,19 @@ int fr_get_isa(void) {
 }
 
 int fr_set_isa(int isa) {
-    g_isa = (isa == FR_ISA_AVX2 && fr_cpu_has_avx2()) ? FR_ISA_AVX2 : FR_ISA_PORTABLE;
+    g_isa = supported_at_most(isa);
     return g_isa;
 }
 
 const fr_kernels_f32_t *fr_kernels_f32(void) {
-    return fr_get_isa() == FR_ISA_AVX2 ? &fr_kernels_f32_avx2 : &fr_kernels_f32_portable;
+    switch (fr_get_isa()) {
+    case FR_ISA_AVX512: return &fr_kernels_f32_avx512;
+    case FR_ISA_AVX2: return &fr_kernels_f32_avx2;
+    default: return &fr_kernels_f32_portable;
+    }
 }
 
 const fr_kernels_f64_t *fr_kernels_f64(void) {
-    return fr_get_isa() == FR_ISA_AVX2 ? &fr_kernels_f64_avx2 : &fr_kernels_f64_portable;
+    /* no f64 avx512 instance: float64 serves gradient checks, where the AVX2 kernels are plenty */
+    return fr_get_isa() >= FR_ISA_AVX2 ? &fr_kernels_f64_avx2 : &fr_kernels_f64_portable;
 }

@@ -45,13 +45,16 @@ extern "C" {
 /* ---- instruction sets ------------------------------------------------------------------------------- */
 #define FR_ISA_PORTABLE 0 /* plain C99, any x86-64 (or other) CPU */
 #define FR_ISA_AVX2 1     /* AVX2 + FMA */
+#define FR_ISA_AVX512 2   /* AVX-512 F/VL/DQ/BW + AVX2 + FMA: float32 16-wide tiles and GEMM; float64 as AVX2 */
 
 /* The ISA in use: the best this CPU supports, unless the environment variable FASTRNN_ISA=portable
- * (or avx2) asked otherwise at first use, or fr_set_isa() changed it. */
+ * (or avx2: at most AVX2) asked otherwise at first use, or fr_set_isa() changed it. */
 int fr_get_isa(void);
-/* Force an ISA; returns the ISA now in use (an unsupported request keeps the portable path). */
+/* Force an ISA; returns the ISA now in use (an unsupported request falls back to the best supported
+ * below it). */
 int fr_set_isa(int isa);
 int fr_cpu_has_avx2(void);
+int fr_cpu_has_avx512(void);
 
 /* ---- BLAS -------------------------------------------------------------------------------------------- */
 /* Fortran BLAS sgemm / dgemm (column-major), e.g. from scipy.linalg.cython_blas.  Until both are set the
@@ -199,7 +202,7 @@ const fr_kernels_f32_t *fr_kernels_f32(void);
 const fr_kernels_f64_t *fr_kernels_f64(void);
 
 /* The tables of each ISA, whatever the CPU (calling the AVX2 ones on a CPU without AVX2 crashes). */
-extern const fr_kernels_f32_t fr_kernels_f32_portable, fr_kernels_f32_avx2;
+extern const fr_kernels_f32_t fr_kernels_f32_portable, fr_kernels_f32_avx2, fr_kernels_f32_avx512;
 extern const fr_kernels_f64_t fr_kernels_f64_portable, fr_kernels_f64_avx2;
 
 #ifdef __cplusplus

@@ -15,6 +15,7 @@ cdef extern from "fastrnn.h" nogil:
     int FR_ENOMEM
     int FR_ISA_PORTABLE
     int FR_ISA_AVX2
+    int FR_ISA_AVX512
     ctypedef void (*fr_sgemm_fn)(const char *, const char *, const int *, const int *, const int *,
                                  const float *, const float *, const int *, const float *, const int *,
                                  const float *, float *, const int *)
@@ -25,6 +26,7 @@ cdef extern from "fastrnn.h" nogil:
     int fr_get_isa()
     int fr_set_isa(int isa)
     int fr_cpu_has_avx2()
+    int fr_cpu_has_avx512()
     int fr_get_num_threads()
     void fr_set_num_threads(int n)
 
@@ -68,26 +70,35 @@ def _install_scipy_blas():
 _install_scipy_blas()
 
 # ---- ISA and threads ----------------------------------------------------------------------------------------
-_ISA_NAMES = {FR_ISA_PORTABLE: "portable", FR_ISA_AVX2: "avx2"}
+_ISA_NAMES = {FR_ISA_PORTABLE: "portable", FR_ISA_AVX2: "avx2", FR_ISA_AVX512: "avx512"}
+_ISA_CODES = {v: k for k, v in _ISA_NAMES.items()}
 
 
 def get_isa():
-    """The instruction set the kernels use now: "avx2" or "portable"."""
+    """The instruction set the kernels use now: "avx512", "avx2" or "portable"."""
     return _ISA_NAMES[fr_get_isa()]
 
 
 def set_isa(name):
-    """Use the "portable" or the "avx2" kernels from now on; returns the ISA in use afterwards."""
-    if name not in ("portable", "avx2"):
-        raise ValueError(f"isa: expected 'portable' or 'avx2', got {name!r}")
+    """Use the "portable", "avx2" or "avx512" kernels from now on; returns the ISA in use afterwards.
+    "avx512" changes the float32 kernels only (float64 runs its AVX2 kernels there)."""
+    if name not in _ISA_CODES:
+        raise ValueError(f"isa: expected one of {sorted(_ISA_CODES)}, got {name!r}")
     if name == "avx2" and not fr_cpu_has_avx2():
         raise ValueError("isa: 'avx2' requested but this CPU lacks AVX2+FMA")
-    return _ISA_NAMES[fr_set_isa(FR_ISA_AVX2 if name == "avx2" else FR_ISA_PORTABLE)]
+    if name == "avx512" and not fr_cpu_has_avx512():
+        raise ValueError("isa: 'avx512' requested but this CPU lacks AVX-512 F/VL/DQ/BW (or AVX2+FMA)")
+    return _ISA_NAMES[fr_set_isa(_ISA_CODES[name])]
 
 
 def cpu_has_avx2():
     """Whether this CPU can run the AVX2+FMA kernels."""
     return bool(fr_cpu_has_avx2())
+
+
+def cpu_has_avx512():
+    """Whether this CPU can run the AVX-512 kernels (F, VL, DQ, BW, with AVX2+FMA)."""
+    return bool(fr_cpu_has_avx512())
 
 
 def get_num_threads():

@@ -35,6 +35,7 @@ import math
 import os
 import platform
 import sys
+import threading
 import time
 
 import numpy as np
@@ -703,14 +704,49 @@ def plan_rounds(t_call, budget, burst=0.05, min_rounds=3, max_rounds=15):
     return max(min_rounds, min(max_rounds, rounds)), it
 
 
+def _threads_runtime():
+    """Nanoseconds of CPU used so far by this process's threads other than the calling one (Linux
+    /proc/self/task/*/schedstat), or None where that is not readable."""
+    me = str(threading.get_native_id())
+    total = 0
+    try:
+        for tid in os.listdir("/proc/self/task"):
+            if tid == me:
+                continue
+            try:
+                with open(f"/proc/self/task/{tid}/schedstat") as f:
+                    total += int(f.read().split()[0])
+            except (OSError, ValueError, IndexError):
+                pass  # the thread ended meanwhile
+    except OSError:
+        return None
+    return total
+
+
+def wait_quiet_threads(gap=0.02, max_wait=0.3, window=0.005, quiet_fraction=0.1):
+    """Sleep `gap` seconds, then until this process's other threads use less than `quiet_fraction` of a CPU
+    over a `window` (at most `max_wait` seconds in all).  Peers' pools keep spinning after their last call --
+    ONNX Runtime's workers for ~50 ms on a Xeon VM, longer than a fixed 20 ms gap -- and on a 2-core machine
+    that spinning would slow whichever engine is timed next."""
+    time.sleep(gap)
+    deadline = time.perf_counter() + max(0.0, max_wait - gap)
+    prev = _threads_runtime()
+    while prev is not None and time.perf_counter() < deadline:
+        time.sleep(window)
+        cur = _threads_runtime()
+        if cur is None or cur - prev < quiet_fraction * window * 1e9:
+            return
+        prev = cur
+
+
 def measure(fns, rounds=None, budget=4.0, burst=0.05, min_rounds=3, max_rounds=15, gap=0.02):
     """Interleaved timing of the callables in `fns` ({key: fn}): each round runs a burst of calls of every
     callable (rotating the order; the burst length is re-planned every round from the median so far, to
     last about `burst` seconds), the burst's mean is one sample; returns {key: Timing} with the median over
     rounds. `rounds` fixes the number of rounds; otherwise rounds continue until `budget` seconds are spent
-    (at least `min_rounds`, at most `max_rounds`).  Each burst starts after `gap` seconds of idleness:
-    thread pools (ORT's, OpenMP's, OpenBLAS's) keep spinning for a while after their last call, and on a
-    2-core machine that spinning would slow whichever engine is timed next."""
+    (at least `min_rounds`, at most `max_rounds`).  Each burst starts after `gap` seconds of idleness and
+    once the process's other threads are quiet (wait_quiet_threads): thread pools (ORT's, OpenMP's,
+    OpenBLAS's) keep spinning for a while after their last call."""
     keys = list(fns)
     if not keys:
         return {}
@@ -735,7 +771,7 @@ def measure(fns, rounds=None, budget=4.0, burst=0.05, min_rounds=3, max_rounds=1
                 n = max(1, int(round(burst / max(t_call, 1e-7))))
                 fn = fns[k]
                 if gap > 0:
-                    time.sleep(gap)
+                    wait_quiet_threads(gap)
                 t0 = time.perf_counter()
                 for _ in range(n):
                     fn()

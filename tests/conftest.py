@@ -13,7 +13,7 @@ sys.path.insert(0, _TESTS)
 
 import helpers  # noqa: E402
 
-ISAS = ["portable", "avx2"]
+ISAS = ["portable", "avx2", "avx512"]
 
 
 def pytest_configure(config):
@@ -28,6 +28,8 @@ def isa(request):
     import fastrnn
     if request.param == "avx2" and not fastrnn.cpu_has_avx2():
         pytest.skip("this CPU has no AVX2+FMA")
+    if request.param == "avx512" and not fastrnn.cpu_has_avx512():
+        pytest.skip("this CPU has no AVX-512 (F, VL, DQ, BW)")
     previous = fastrnn.get_isa()
     fastrnn.set_isa(request.param)
     assert fastrnn.get_isa() == request.param, f"set_isa({request.param!r}) left {fastrnn.get_isa()!r}"

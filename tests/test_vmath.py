@@ -5,7 +5,8 @@ import pytest
 import fastrnn
 from fastrnn import _core
 
-ISAS = ["portable"] + (["avx2"] if fastrnn.cpu_has_avx2() else [])
+ISAS = (["portable"] + (["avx2"] if fastrnn.cpu_has_avx2() else [])
+        + (["avx512"] if fastrnn.cpu_has_avx512() else []))
 # A few ulps of the float32-rounded exact value: the polynomial exp is within ~1 ulp, the division adds
 # one rounding.  Where the exact value is below FLT_MIN the kernels may flush it to zero.
 MAX_ULP = 4
