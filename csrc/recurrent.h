@@ -19,8 +19,13 @@
 
 #include "threads.h"
 
-/* Most accumulator rows of a tile: 12 of the 16 AVX2 registers hold accumulators (rows x vectors). */
+/* Most accumulator rows of a tile: 12 of the 16 AVX2 registers hold accumulators (rows x vectors); with
+ * AVX-512's 32 registers, 24 hold up to 12 rows of a panel row of 2 vectors. */
+#if FR_AVX512
+#define REC_MR_MAX 12
+#else
 #define REC_MR_MAX 4
+#endif
 /* Widest panel row, in elements (float32 LSTM: 4 gates x 8 units). */
 #define REC_W_MAX 64
 
@@ -187,10 +192,18 @@ static inline int rec_block_units(const rec_pack *p, int j) {
  * kernels keep even and odd k apart. */
 #include "tiles_avx2.h"
 #endif
+#if FR_AVX512
+/* rec_z32[mr], rec_z24[mr], rec_z16[mr] for mr = 1 .. 12: the same panels in zmm registers, twice the
+ * FMA width of AVX2 and 32 registers, so a tile takes 12 rows (B = 16 passes a panel twice per step, not
+ * 6 times) */
+#include "tiles_avx512.h"
+#endif
 
 /* Rows of one tile: as many as keep the accumulators in registers. */
 static inline int rec_tile_rows(const rec_pack *p) {
-#if FR_AVX2 && !FR_DOUBLE
+#if FR_AVX512
+    return p->W == 32 || p->W == 24 || p->W == 16 ? Z_MR : REC_MR_MAX;
+#elif FR_AVX2 && !FR_DOUBLE
     return p->W == 24 || p->W == 16 ? 4 : 3;
 #else
     (void)p;
@@ -270,6 +283,12 @@ static void rec_tile(const rec_pack *p, int j, int mr,
         return;
     }
     const real *panel = p->panels + (size_t)j * p->K * p->W; /* (K, W) */
+#if FR_AVX512
+    if (p->W == 32 || p->W == 24 || p->W == 16) {
+        (p->W == 32 ? rec_z32 : p->W == 24 ? rec_z24 : rec_z16)[mr](p->K1, p->K, a1, a2, panel, out);
+        return;
+    }
+#endif
 #if FR_AVX2 && !FR_DOUBLE
     if (p->W == 32) {
         if (mr == 1) rec_k4_row(p->K1, p->K, a1, a2, panel, out);

@@ -114,6 +114,23 @@ def test_larger_shapes_and_threads(isa, dtype, variant, shape, threads):
         fastrnn.set_num_threads(previous)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
+@pytest.mark.parametrize("variant", ["rnn_tanh", "lstm", "lstm_proj", "gru", "gru_reset_before"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_every_tile_height(isa, dtype, variant, threads):
+    """Lengths 1 .. 14 (shuffled): the active rows of a step go 14, 13, ..., 1, so every tile kernel height
+    (1 .. 12 rows with AVX-512, 1 .. 4 with AVX2) and its tails run, forward and backward, with H past a
+    multiple of the blocks (a partial last block)."""
+    lengths = tuple(int(v) for v in np.random.default_rng(14).permutation(np.arange(1, 15)))
+    previous = fastrnn.get_num_threads()
+    fastrnn.set_num_threads(threads)
+    try:
+        proj = dict(proj_size=11) if variant == "lstm_proj" else {}
+        check(Case.variant(variant, T=14, B=14, I=9, H=70, lengths=lengths, **proj), dtype)
+    finally:
+        fastrnn.set_num_threads(previous)
+
+
 # ---- layouts: batch_first, unbatched, non-contiguous -------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
