@@ -46,10 +46,6 @@ static size_t gru_tape_len(int T, int B, int H) { return (size_t)T * (size_t)B *
 #define GRU_XW_BYTES ((size_t)192 << 10)
 #endif
 
-/* Row tiles of n rows, at most MR rows each and balanced (a row left alone would take the slower one-row
- * kernel): tile i of nt covers rows [gru_tile_start(n, nt, i), gru_tile_start(n, nt, i + 1)). */
-static inline int gru_ntiles(int n, int MR) { return (n + MR - 1) / MR; }
-static inline int gru_tile_start(int n, int nt, int i) { return (int)((long)n * i / nt); }
 
 /* ---- forward: the cells on a tile row ------------------------------------------------------------------ */
 
@@ -312,8 +308,8 @@ static void gru_fwd_task(void *arg, int tid, int nth) {
             for (int ja = j0; ja < j1; ja += gsz) {
                 const int jb = ja + gsz < j1 ? ja + gsz : j1;
                 for (int j = ja; j < jb; j++)
-                    for (int i = 0, nt = gru_ntiles(n, MR); i < nt; i++) {
-                        const int k0 = gru_tile_start(n, nt, i), mr = gru_tile_start(n, nt, i + 1) - k0;
+                    for (int i = 0, nt = rec_ntiles(n, MR); i < nt; i++) {
+                        const int k0 = rec_tile_start(n, nt, i), mr = rec_tile_start(n, nt, i + 1) - k0;
                         rec_tile(hp, j, mr, hr + k0, NULL, tb + ((size_t)(j - ja) * n + k0) * hp->W);
                     }
                 if (ra)
@@ -338,8 +334,8 @@ static void gru_fwd_task(void *arg, int tid, int nth) {
             for (int k = 0; k < n; k++) hr[k] = cx->ta ? cx->ta + (r0 + k) * H : cx->rh + (size_t)k * H;
             for (int j = p0; j < p1; j++) {
                 const int u0 = j * np->NB, nu = rec_block_units(np, j);
-                for (int i = 0, nt = gru_ntiles(n, MRn); i < nt; i++) {
-                    const int k0 = gru_tile_start(n, nt, i), mr = gru_tile_start(n, nt, i + 1) - k0;
+                for (int i = 0, nt = rec_ntiles(n, MRn); i < nt; i++) {
+                    const int k0 = rec_tile_start(n, nt, i), mr = rec_tile_start(n, nt, i + 1) - k0;
                     rec_tile(np, j, mr, hr + k0, NULL, tile);
                     for (int r = 0; r < mr; r++) {
                         const size_t k = (size_t)(k0 + r);
@@ -547,8 +543,8 @@ static void gru_bwd_product(const rec_pack *p, int j, int n, const real *const *
                             real *dh, int H, real *tile) /* dh (n, H) */
 {
     const int MR = rec_tile_rows(p), u0 = j * p->NB, nu = rec_block_units(p, j);
-    for (int i = 0, nt = gru_ntiles(n, MR); i < nt; i++) {
-        const int k0 = gru_tile_start(n, nt, i), mr = gru_tile_start(n, nt, i + 1) - k0;
+    for (int i = 0, nt = rec_ntiles(n, MR); i < nt; i++) {
+        const int k0 = rec_tile_start(n, nt, i), mr = rec_tile_start(n, nt, i + 1) - k0;
         rec_tile(p, j, mr, a1 + k0, a2 ? a2 + k0 : NULL, tile);
         for (int r = 0; r < mr; r++) {
             real *d = dh + (size_t)(k0 + r) * H + u0;
@@ -599,8 +595,8 @@ static void gru_bwd_task(void *arg, int tid, int nth) {
         const int MR = rec_tile_rows(tn);
         for (int j = j0; j < j1; j++) {
             const int v0 = j * tn->NB, nu = rec_block_units(tn, j);
-            for (int i = 0, nt = gru_ntiles(n, MR); i < nt; i++) {
-                const int k0 = gru_tile_start(n, nt, i), mr = gru_tile_start(n, nt, i + 1) - k0;
+            for (int i = 0, nt = rec_ntiles(n, MR); i < nt; i++) {
+                const int k0 = rec_tile_start(n, nt, i), mr = rec_tile_start(n, nt, i + 1) - k0;
                 rec_tile(tn, j, mr, ar + k0, NULL, tile);
                 for (int r = 0; r < mr; r++) {
                     const size_t k = (size_t)(k0 + r);

@@ -141,8 +141,8 @@ static void lstm_fwd_task(void *arg, int tid, int nth) {
         /* blocks outside, row tiles inside: a block's panel stays in L2 while every row passes it */
         for (int j = j0; j < j1; j++) {
             const int u0 = j * wp->NB, nu = rec_block_units(wp, j);
-            for (int k0 = 0; k0 < n; k0 += MR) {
-                const int mr = n - k0 < MR ? n - k0 : MR;
+            for (int i = 0, nt = rec_ntiles(n, MR); i < nt; i++) {
+                const int k0 = rec_tile_start(n, nt, i), mr = rec_tile_start(n, nt, i + 1) - k0;
                 rec_tile(wp, j, mr, xr + k0, hr + k0, tile);
                 for (int r = 0; r < mr; r++) {
                     const size_t k = (size_t)(k0 + r);
@@ -159,8 +159,8 @@ static void lstm_fwd_task(void *arg, int tid, int nth) {
             for (int k = 0; k < n; k++) hr[k] = m + (size_t)k * H; /* the operand is m now */
             for (int q = q0; q < q1; q++) {
                 const int p0 = q * rp->NB, np = rec_block_units(rp, q);
-                for (int k0 = 0; k0 < n; k0 += MRp) {
-                    const int mr = n - k0 < MRp ? n - k0 : MRp;
+                for (int i = 0, nt = rec_ntiles(n, MRp); i < nt; i++) {
+                    const int k0 = rec_tile_start(n, nt, i), mr = rec_tile_start(n, nt, i + 1) - k0;
                     rec_tile(rp, q, mr, hr + k0, NULL, tile);
                     for (int r = 0; r < mr; r++) {
                         memcpy(hn + (size_t)(k0 + r) * P + p0, tile + (size_t)r * rp->W, np * sizeof(real));
@@ -444,8 +444,8 @@ static void lstm_bwd_task(void *arg, int tid, int nth) {
         if (rp) {
             for (int q = q0; q < q1; q++) {
                 const int uq = q * rp->NB, nu = rec_block_units(rp, q);
-                for (int k0 = 0; k0 < n; k0 += MRr) {
-                    const int mr = n - k0 < MRr ? n - k0 : MRr;
+                for (int i = 0, nt = rec_ntiles(n, MRr); i < nt; i++) {
+                    const int k0 = rec_tile_start(n, nt, i), mr = rec_tile_start(n, nt, i + 1) - k0;
                     for (int r = 0; r < mr; r++) ar[r] = dh + (size_t)(k0 + r) * P;
                     for (int k = k0 + mr; k < k0 + 2 * mr && k < n; k++) /* the next tile's rows */
                         lstm_prefetch_row(H, uq, uq + nu, cx->tg + (r0 + k) * H4, LSTM_CP(k));
@@ -486,8 +486,8 @@ static void lstm_bwd_task(void *arg, int tid, int nth) {
                 chunk.K1 = chunk.K = hp->K - c0 < kc ? hp->K - c0 : kc;
                 chunk.nblk = 1;
                 chunk.panels = hp->panels + ((size_t)j * hp->K + c0) * hp->W;
-                for (int k0 = 0; k0 < n; k0 += MRh) {
-                    const int mr = n - k0 < MRh ? n - k0 : MRh;
+                for (int i = 0, nt = rec_ntiles(n, MRh); i < nt; i++) {
+                    const int k0 = rec_tile_start(n, nt, i), mr = rec_tile_start(n, nt, i + 1) - k0;
                     for (int r = 0; r < mr; r++) ar[r] = dz + (r0 + k0 + r) * H4 + c0;
                     rec_tile(&chunk, 0, mr, ar, NULL, tile);
                     for (int r = 0; r < mr; r++) {

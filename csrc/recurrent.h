@@ -324,6 +324,12 @@ static void rec_tile(const rec_pack *p, int j, int mr,
     }
 }
 
+/* n operand rows in tiles of at most MR rows, balanced (16 rows with MR = 12 run as 8 + 8, not 12 + 4: a
+ * short tile re-reads the whole panel for few rows): tile i of nt covers rows
+ * [rec_tile_start(n, nt, i), rec_tile_start(n, nt, i + 1)). */
+static inline int rec_ntiles(int n, int MR) { return (n + MR - 1) / MR; }
+static inline int rec_tile_start(int n, int nt, int i) { return (int)((long)n * i / nt); }
+
 /* Blocks [*j0, *j1) of thread tid out of nth: contiguous, balanced. */
 static inline void rec_thread_blocks(int nblk, int tid, int nth, int *j0, int *j1) {
     *j0 = (int)((long)nblk * tid / nth);

@@ -26,8 +26,8 @@ static void rnn_block_product(const rec_pack *p, int j, int n,
                               real *out)             /* (n, W) */
 {
     const int W = p->W, MR = rec_tile_rows(p);
-    for (int k0 = 0; k0 < n; k0 += MR) {
-        const int mr = n - k0 < MR ? n - k0 : MR;
+    for (int i = 0, nt = rec_ntiles(n, MR); i < nt; i++) {
+        const int k0 = rec_tile_start(n, nt, i), mr = rec_tile_start(n, nt, i + 1) - k0;
         rec_tile(p, j, mr, a1 + k0, a2 ? a2 + k0 : NULL, out + (size_t)k0 * W);
     }
 }
