@@ -109,6 +109,39 @@ static inline void lstm_tile_cell(int H, int NB, int u0, int nu,
     }
 }
 
+#if FR_AVX512
+/* lstm_tile_cell for 8 units (NB = 8) of two consecutive rows at once, row 0 in the low half of each zmm and
+ * row 1 in the high half: the rows' tile rows are adjacent (acc), as are their tape, c and m rows (row
+ * stride 4H, H, H). */
+static inline void lstm_tile_cell2(int H, int u0,
+                                   const float *acc,  /* (2, 4, 8) tile rows of the two rows */
+                                   const float *bias, /* (4H) or NULL */
+                                   float *gates,      /* (2, 4H) tape rows, or NULL */
+                                   float *c,          /* (2, H) rows of the cell state */
+                                   float *m,          /* (2, H) rows of m */
+                                   float *y0, float *y1) /* (H) the rows' y rows, or NULL (projection) */
+{
+    const size_t H4 = (size_t)4 * H;
+    __m512 p[4];
+    for (int g = 0; g < 4; g++) {
+        p[g] = vm_join8(acc + g * 8, acc + 32 + g * 8);
+        if (bias) p[g] = _mm512_add_ps(p[g], vm_join8(bias + g * H + u0, bias + g * H + u0));
+    }
+    __m512 i = vm_sigmoid16(p[0]), f = vm_sigmoid16(p[1]), g = vm_tanh16(p[2]), o = vm_sigmoid16(p[3]);
+    __m512 cn = _mm512_fmadd_ps(f, vm_join8(c + u0, c + H + u0), _mm512_mul_ps(i, g));
+    __m512 mv = _mm512_mul_ps(o, vm_tanh16(cn));
+    if (gates) {
+        vm_split8(i, gates + u0, gates + H4 + u0);
+        vm_split8(f, gates + H + u0, gates + H4 + H + u0);
+        vm_split8(g, gates + 2 * H + u0, gates + H4 + 2 * H + u0);
+        vm_split8(o, gates + 3 * H + u0, gates + H4 + 3 * H + u0);
+    }
+    vm_split8(cn, c + u0, c + H + u0);
+    vm_split8(mv, m + u0, m + H + u0);
+    if (y0) vm_split8(mv, y0 + u0, y1 + u0);
+}
+#endif
+
 static void lstm_fwd_task(void *arg, int tid, int nth) {
     lstm_fwd_ctx *cx = (lstm_fwd_ctx *)arg;
     const fr_seq *pl = cx->pl;
@@ -144,7 +177,21 @@ static void lstm_fwd_task(void *arg, int tid, int nth) {
             for (int i = 0, nt = rec_ntiles(n, MR); i < nt; i++) {
                 const int k0 = rec_tile_start(n, nt, i), mr = rec_tile_start(n, nt, i + 1) - k0;
                 rec_tile(wp, j, mr, xr + k0, hr + k0, tile);
-                for (int r = 0; r < mr; r++) {
+                int r = 0;
+#if FR_AVX512
+                if (nu == 8 && wp->NB == 8) /* two rows per zmm: half the sigmoid / tanh instructions */
+                    for (; r + 2 <= mr; r += 2) {
+                        const size_t k = (size_t)(k0 + r);
+                        lstm_tile_cell2(H, u0, tile + (size_t)r * wp->W, cx->bias,
+                                        cx->tg ? cx->tg + (r0 + k) * H4 : NULL, cx->c + k * H, m + k * H,
+                                        rp ? NULL : yr[k], rp ? NULL : yr[k + 1]);
+                        if (cx->tc) {
+                            memcpy(cx->tc + (r0 + k) * H + u0, cx->c + k * H + u0, nu * sizeof(real));
+                            memcpy(cx->tc + (r0 + k + 1) * H + u0, cx->c + (k + 1) * H + u0, nu * sizeof(real));
+                        }
+                    }
+#endif
+                for (; r < mr; r++) {
                     const size_t k = (size_t)(k0 + r);
                     lstm_tile_cell(H, wp->NB, u0, nu, tile + (size_t)r * wp->W, cx->bias,
                                    cx->tg ? cx->tg + (r0 + k) * H4 : NULL, cx->c + k * H, m + k * H,
