@@ -123,7 +123,20 @@ static void gru_cells_after(int H, int NB, int ja, int jb, int n,
     if (NB == 8) {
         jf = jb * 8 > H ? jb - 1 : jb;
         const int m = (jf - ja) * n;
-        for (int i = 0; i < m; i++) {
+        int i = 0;
+#if FR_AVX512
+        /* two tile rows per zmm (low and high halves), in both sweeps: half the sigmoid / tanh instructions */
+        for (; i + 2 <= m; i += 2) {
+            const int ua = (ja + i / n) * 8, ub = (ja + (i + 1) / n) * 8;
+            real *ta = tb + (size_t)i * W, *tb1 = ta + W;
+            const real *xa = xs + (size_t)(i % n) * G3, *xb = xs + (size_t)((i + 1) % n) * G3;
+            __m512 r = vm_sigmoid16(_mm512_add_ps(vm_join8(ta, tb1), vm_join8(xa + ua, xb + ub)));
+            __m512 z = vm_sigmoid16(_mm512_add_ps(vm_join8(ta + 8, tb1 + 8), vm_join8(xa + H + ua, xb + H + ub)));
+            vm_split8(r, ta, tb1);
+            vm_split8(z, ta + 8, tb1 + 8);
+        }
+#endif
+        for (; i < m; i++) {
             const int u0 = (ja + i / n) * 8;
             real *t = tb + (size_t)i * W;
             const real *x = xs + (size_t)(i % n) * G3;
@@ -132,7 +145,28 @@ static void gru_cells_after(int H, int NB, int ja, int jb, int n,
             _mm256_store_ps(t, r);
             _mm256_store_ps(t + 8, z);
         }
-        for (int i = 0; i < m; i++) {
+        i = 0;
+#if FR_AVX512
+        for (; i + 2 <= m; i += 2) {
+            const int ua = (ja + i / n) * 8, ka = i % n, ub = (ja + (i + 1) / n) * 8, kb = (i + 1) % n;
+            const real *ta = tb + (size_t)i * W, *tb1 = ta + W;
+            real *xa = xs + (size_t)ka * G3, *xb = xs + (size_t)kb * G3;
+            __m512 r = vm_join8(ta, tb1), z = vm_join8(ta + 8, tb1 + 8), ph = vm_join8(ta + 16, tb1 + 16);
+            if (b_hn) ph = _mm512_add_ps(ph, vm_join8(b_hn + ua, b_hn + ub));
+            __m512 nn = vm_tanh16(_mm512_fmadd_ps(r, ph, vm_join8(xa + 2 * H + ua, xb + 2 * H + ub)));
+            __m512 hv = _mm512_fmadd_ps(
+                z, _mm512_sub_ps(vm_join8(hprev + (size_t)ka * H + ua, hprev + (size_t)kb * H + ub), nn), nn);
+            vm_split8(hv, hnew + (size_t)ka * H + ua, hnew + (size_t)kb * H + ub);
+            vm_split8(hv, yr[ka] + ua, yr[kb] + ub);
+            if (tape) {
+                vm_split8(r, xa + ua, xb + ub);
+                vm_split8(z, xa + H + ua, xb + H + ub);
+                vm_split8(nn, xa + 2 * H + ua, xb + 2 * H + ub);
+                vm_split8(ph, aux + (size_t)ka * H + ua, aux + (size_t)kb * H + ub);
+            }
+        }
+#endif
+        for (; i < m; i++) {
             const int u0 = (ja + i / n) * 8, k = i % n;
             const real *t = tb + (size_t)i * W;
             real *x = xs + (size_t)k * G3;
@@ -282,9 +316,18 @@ static void gru_fwd_task(void *arg, int tid, int nth) {
                 for (int r = 0; r < mr; r++) {
                     real *o = xw + (k0 + r) * G3 + u0;
                     const real *t = tile + (size_t)r * xp->W;
-                    for (int g = 0; g < 3; g++)
-                        for (int v = 0; v < nu; v++)
-                            o[g * H + v] = t[g * NB + v] + (cx->bias ? cx->bias[g * H + u0 + v] : (real)0);
+                    for (int g = 0; g < 3; g++) {
+                        real *og = o + (size_t)g * H;                                /* (nu) */
+                        const real *tg = t + g * NB;                                 /* (nu) */
+                        const real *bg = cx->bias ? cx->bias + (size_t)g * H + u0 : NULL; /* (nu) or NULL */
+                        int v = 0;
+#if FR_AVX2 && !FR_DOUBLE
+                        for (; v + 8 <= nu; v += 8) /* (written out: the scalar loop was half of this task) */
+                            _mm256_storeu_ps(og + v, bg ? _mm256_add_ps(_mm256_loadu_ps(tg + v), _mm256_loadu_ps(bg + v))
+                                                        : _mm256_loadu_ps(tg + v));
+#endif
+                        for (; v < nu; v++) og[v] = tg[v] + (bg ? bg[v] : (real)0);
+                    }
                 }
             }
         }
