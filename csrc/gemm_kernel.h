@@ -3,7 +3,8 @@
  * products after the time loop (dW = dG^T X, dx = dG W) and rnn.c's input projection.
  *
  * Included by instance.h once per dtype and ISA, after common.h and before the cells, so the AVX2 instances
- * compile it with their avx2+fma target.  The cells reach it through common.h's fr_gemm macro; the BLAS
+ * compile it with their avx2+fma target and the f32 AVX-512 instance with its avx512 one (a 14x32 zmm
+ * microkernel and packing of its own).  The cells reach it through common.h's fr_gemm macro; the BLAS
  * path of gemm.c stays available (FASTRNN_GEMM=blas, fr_gemm_set_backend) to compare and as a fallback.
  *
  * Why not the BLAS: OpenBLAS's own threads are pathological on the project's 2-vCPU VMs (a 0.37 ms RNN
@@ -39,8 +40,30 @@
 /* ---- register tile and cache blocks ------------------------------------------------------------------
  * MR x NR accumulators: with AVX2, 6 rows x 2 vectors = 12 of the 16 ymm registers, plus 2 for the B row
  * and 1 for the broadcast A element.  KC: a B micro-panel (KC x NR) is 16 KB, half the 32 KB L1d.
- * MC: the A block (MC x KC) is ~240 KB, under half the 512 KB L2.  NC: the B block stays far below L3. */
-#if FR_AVX2 && !FR_DOUBLE
+ * MC: the A block (MC x KC) is ~240 KB, under half the 512 KB L2.  NC: the B block stays far below L3.
+ *
+ * AVX-512 (f32 only; the avx512 instance also sets FR_AVX2, so it comes first): 14 rows x 2 zmm vectors =
+ * 28 of the 32 zmm registers, plus 2 for the B row and 1 for the broadcast.  Measured on the Sapphire
+ * Rapids Xeon (48 KB L1d, 2 MB L2), one thread, own GEMM near 150 GFLOP/s: 14x32 and 12x32 within a few
+ * per cent of each other (14 ahead on the small-M shapes), KC 384 as fast as or faster than 256 and 192
+ * (fewer passes over C) although the B micro-panel (KC x 32, 48 KB) then no longer fits the L1d beside
+ * the A micro-panel: the L2 feeds it fast enough.  MC: the A block (MC x KC) is 546 KB, a quarter of the
+ * L2.  NC: the B block (KC x NC) is 4.5 MB, in the large L3. */
+#if FR_AVX512 && !FR_DOUBLE
+#ifndef GK_MR
+#define GK_MR 14 /* or 12 (gk_micro has both), to compare */
+#endif
+#define GK_NR 32
+#ifndef GK_KC
+#define GK_KC 384
+#endif
+#ifndef GK_MC
+#define GK_MC 364 /* a multiple of MR */
+#endif
+#ifndef GK_NC
+#define GK_NC 3072
+#endif
+#elif FR_AVX2 && !FR_DOUBLE
 #define GK_MR 6
 #define GK_NR 16
 #ifndef GK_KC
@@ -85,6 +108,54 @@ static inline int gk_min(int a, int b) { return a < b ? a : b; }
 
 /* ---- packing ------------------------------------------------------------------------------------------ */
 
+#if FR_AVX512 && !FR_DOUBLE
+/* The first n lanes (n clamped to 0 .. 16).  Masked loads do not fault on the lanes left out, so edge rows
+ * and columns read nothing past the operand. */
+static inline __mmask16 gk_mask16(int n) {
+    return n <= 0 ? (__mmask16)0 : n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1);
+}
+
+/* dst[j*dld + i] = src[i*ld + j] for i < rows, j < kb (both <= 16): a 16 x 16 block of src, its rows past
+ * rows taken as zero, transposed in registers; output row j is written in the lanes of wmask (the panel
+ * width, MR or 16), so the rows past `rows` become the zero padding of an edge panel.  The loops have
+ * constant bounds and are unrolled, so the arrays stay in zmm registers. */
+static inline void gk_tr16(const float *src, size_t ld, int rows, int kb, /* (rows, ld) */
+                           float *dst, int dld, __mmask16 wmask)          /* (kb, dld) out */
+{
+    __mmask16 km = gk_mask16(kb);
+    __m512 r[16], t[16], u[16];
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; i++) r[i] = i < rows ? _mm512_maskz_loadu_ps(km, src + i * ld) : _mm512_setzero_ps();
+    /* in each 128-bit lane: interleave row pairs, then row quads: u[4q + j] lane L holds column 4L + j of
+     * rows 4q .. 4q+3 */
+#pragma GCC unroll 8
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < 16; i += 4) {
+        u[i + 0] = _mm512_shuffle_ps(t[i + 0], t[i + 2], 0x44);
+        u[i + 1] = _mm512_shuffle_ps(t[i + 0], t[i + 2], 0xEE);
+        u[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        u[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+    }
+    /* then gather lane L of u[j], u[4+j], u[8+j], u[12+j]: column 4L + j, all 16 rows */
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; j++) {
+        __m512 x0 = _mm512_shuffle_f32x4(u[j], u[4 + j], 0x88), x1 = _mm512_shuffle_f32x4(u[j], u[4 + j], 0xDD);
+        __m512 y0 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0x88), y1 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0xDD);
+        r[j] = _mm512_shuffle_f32x4(x0, y0, 0x88);
+        r[4 + j] = _mm512_shuffle_f32x4(x1, y1, 0x88);
+        r[8 + j] = _mm512_shuffle_f32x4(x0, y0, 0xDD);
+        r[12 + j] = _mm512_shuffle_f32x4(x1, y1, 0xDD);
+    }
+#pragma GCC unroll 16
+    for (int j = 0; j < 16; j++)
+        if (j < kb) _mm512_mask_storeu_ps(dst + (size_t)j * dld, wmask, r[j]);
+}
+#endif
+
 /* Ap (ceil(mc/MR) panels, kc, MR) <- op(A)[i0 .. i0+mc)[k0 .. k0+kc), zero rows past mc.
  * op(A)[i][k] is A[i*lda + k], or A[k*lda + i] when trans_a.  Ap has GK_MR*GK_MR elements of slack at its
  * end (gk_abuf_len): the AVX2 path stores whole vectors whose tail the next store overwrites. */
@@ -92,6 +163,37 @@ static void gk_pack_a(int trans_a, const real *A, int lda, /* (M, lda) or (K, ld
                       int i0, int k0, int mc, int kc,
                       real *restrict Ap)                   /* (ceil(mc/MR)*MR*kc) out */
 {
+#if FR_AVX512 && !FR_DOUBLE
+    /* AVX-512: every panel, the edge one included, through masked loads (zeros past mc) and stores of MR
+     * lanes, so no slack is written */
+    if (trans_a) {
+        /* a panel row is MR consecutive elements of one row of A: one masked load and store.  A few rows
+         * of A at a time across all panels, as in the generic path below (walking one panel down all kc
+         * rows thrashes L1 sets with the cells' power-of-two lda) */
+        enum { KB = 8 };
+        for (int k = 0; k < kc; k += KB) {
+            int kb = gk_min(KB, kc - k);
+            const real *src = A + (size_t)(k0 + k) * lda + i0; /* (kb, lda) */
+            for (int p = 0; p < mc; p += GK_MR) {
+                __mmask16 in = gk_mask16(mc - p);
+                real *dst = Ap + (size_t)p * kc + (size_t)k * GK_MR; /* (kb, MR) */
+                for (int kk = 0; kk < kb; kk++)
+                    _mm512_mask_storeu_ps(dst + kk * GK_MR, gk_mask16(GK_MR),
+                                          _mm512_maskz_loadu_ps(in, src + (size_t)kk * lda + p));
+            }
+        }
+    } else {
+        /* a panel is MR rows of A: 16 k at a time through a 16 x 16 register transpose */
+        for (int p = 0; p < mc; p += GK_MR) {
+            const real *src = A + (size_t)(i0 + p) * lda + k0; /* (mr, lda) */
+            real *dst = Ap + (size_t)p * kc;                   /* (kc, MR) */
+            for (int k = 0; k < kc; k += 16)
+                gk_tr16(src + k, lda, gk_min(GK_MR, mc - p), gk_min(16, kc - k), dst + (size_t)k * GK_MR, GK_MR,
+                        gk_mask16(GK_MR));
+        }
+    }
+    return;
+#endif
     int full = mc / GK_MR * GK_MR; /* rows in full panels */
     if (trans_a) {
         /* A panel row is MR consecutive elements of one row of A.  A few rows of A at a time, across all
@@ -111,7 +213,7 @@ static void gk_pack_a(int trans_a, const real *A, int lda, /* (M, lda) or (K, ld
     } else {
         /* A panel is MR rows of A, each read contiguously; written interleaved */
         int p = 0;
-#if FR_AVX2 && !FR_DOUBLE
+#if FR_AVX2 && !FR_DOUBLE && GK_MR == 6
         /* 8 k at a time: the 6 x 8 block through an 8 x 8 register transpose, then 8 stores of 6 floats
          * (whole vectors; the next store, or the slack, takes the 2 extra) */
         for (; p < full; p += GK_MR) {
@@ -171,6 +273,31 @@ static void gk_pack_b(int trans_b, const real *B, int ldb, /* (K, ldb) or (N, ld
                       int k0, int j0, int kc, int nc,
                       real *restrict Bp)                   /* (ceil(nc/NR)*NR*kc) out */
 {
+#if FR_AVX512 && !FR_DOUBLE
+    /* AVX-512 (NR = 32, two vectors): masked loads give the edge panel's zero columns */
+    for (int q = 0; q < nc; q += GK_NR) {
+        int nr = gk_min(GK_NR, nc - q);
+        real *dst = Bp + (size_t)q * kc; /* (kc, NR) this panel, 64-byte aligned */
+        if (!trans_b) {
+            const real *src = B + (size_t)k0 * ldb + j0 + q; /* (kc, ldb) */
+            __mmask16 m0 = gk_mask16(nr), m1 = gk_mask16(nr - 16);
+            for (int k = 0; k < kc; k++, src += ldb, dst += GK_NR) {
+                _mm512_store_ps(dst, _mm512_maskz_loadu_ps(m0, src));
+                _mm512_store_ps(dst + 16, _mm512_maskz_loadu_ps(m1, src + 16));
+            }
+        } else {
+            /* the panel is nr rows of B read along k: each half (16 columns of the panel) 16 k at a time
+             * through a 16 x 16 register transpose; a half past nr is all zero rows */
+            for (int h = 0; h < GK_NR; h += 16) {
+                const real *src = B + (size_t)(j0 + q + h) * ldb + k0; /* (nr - h, ldb) */
+                int rows = nr - h < 0 ? 0 : gk_min(16, nr - h);
+                for (int k = 0; k < kc; k += 16)
+                    gk_tr16(src + k, ldb, rows, gk_min(16, kc - k), dst + (size_t)k * GK_NR + h, GK_NR, 0xFFFF);
+            }
+        }
+    }
+    return;
+#endif
     for (int q = 0; q < nc; q += GK_NR) {
         int nr = gk_min(GK_NR, nc - q);
         real *dst = Bp + (size_t)q * kc; /* (kc, NR) this panel */
@@ -220,7 +347,78 @@ static void gk_store_edge(int mr, int nr, const real *t, /* (MR, NR) */
 
 /* ---- microkernels ------------------------------------------------------------------------------------- */
 
-#if FR_AVX2
+#if FR_AVX512 && !FR_DOUBLE
+
+/* AVX-512: MR rows x 2 zmm vectors (NR = 32).  The tile is listed once, in GK_ROWS, and every per-row step
+ * is a macro over it: the accumulators are named variables c<r>_0, c<r>_1, not an array (GCC spilled
+ * accumulator arrays to the stack in this project before, see gen_tiles.py).  Per k: 2 loads of the B row,
+ * MR broadcasts of A (vbroadcastss from memory is a plain load, no shuffle port) and 2 MR FMAs: 16 loads
+ * for 28 FMAs, so the two FMA ports stay the limit, and GCC keeps all 28 accumulators, the B row and one
+ * broadcast register in the 32 zmm registers (no spill in the k loop). */
+#if GK_MR == 12
+#define GK_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11)
+#elif GK_MR == 14
+#define GK_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11) X(12) X(13)
+#else
+#error "the AVX-512 microkernel is written for 12 or 14 rows x 2 vectors"
+#endif
+#if GK_NR != 32
+#error "the AVX-512 microkernel is written for NR = 32 (2 vectors)"
+#endif
+
+/* C (mr x nr of an MR x NR tile) = alpha * Ap Bp + beta * C over kc; the edge tiles' write-back is masked
+ * (columns) and skips rows past mr. */
+static void gk_micro(int kc, const real *restrict a, /* (kc, MR) packed */
+                     const real *restrict b,         /* (kc, NR) packed, 64-byte aligned */
+                     real alpha, real beta, real *C, int ldc, /* (mr, ldc) */
+                     int mr, int nr)
+{
+    /* The tile of C is read (or written) only after the k loop: ask for its lines now (a row is 128 bytes,
+     * three lines when unaligned). */
+    for (int r = 0; r < mr; r++) {
+        const char *cr = (const char *)(C + (size_t)r * ldc);
+        _mm_prefetch(cr, _MM_HINT_T0);
+        _mm_prefetch(cr + 64, _MM_HINT_T0);
+        _mm_prefetch(cr + 4 * GK_NR - 1, _MM_HINT_T0);
+    }
+#define GK_DECL(r) __m512 c##r##_0 = _mm512_setzero_ps(), c##r##_1 = _mm512_setzero_ps();
+    GK_ROWS(GK_DECL)
+#undef GK_DECL
+#define GK_RANK1(r)                                                                                        \
+    {                                                                                                      \
+        __m512 ar = _mm512_set1_ps(a[r]);                                                                  \
+        c##r##_0 = _mm512_fmadd_ps(ar, b0, c##r##_0);                                                      \
+        c##r##_1 = _mm512_fmadd_ps(ar, b1, c##r##_1);                                                      \
+    }
+#pragma GCC unroll 4
+    for (int k = 0; k < kc; k++) {
+        __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16);
+        GK_ROWS(GK_RANK1)
+        a += GK_MR;
+        b += GK_NR;
+    }
+#undef GK_RANK1
+    /* write-back: columns through masks (all lanes on full tiles), rows past mr skipped; with beta == 0
+     * C is not read */
+    __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+    __mmask16 m0 = gk_mask16(nr), m1 = gk_mask16(nr - 16);
+#define GK_ROW(r)                                                                                          \
+    if ((r) < mr) {                                                                                        \
+        real *cr = C + (size_t)(r) * ldc;                                                                  \
+        __m512 v0 = _mm512_mul_ps(va, c##r##_0), v1 = _mm512_mul_ps(va, c##r##_1);                         \
+        if (beta != 0) {                                                                                   \
+            v0 = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m0, cr), v0);                                   \
+            v1 = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m1, cr + 16), v1);                              \
+        }                                                                                                  \
+        _mm512_mask_storeu_ps(cr, m0, v0);                                                                 \
+        _mm512_mask_storeu_ps(cr + 16, m1, v1);                                                            \
+    }
+    GK_ROWS(GK_ROW)
+#undef GK_ROW
+}
+#undef GK_ROWS
+
+#elif FR_AVX2
 #if FR_DOUBLE
 typedef __m256d gk_vec;
 #define GK_VL 4
@@ -416,7 +614,7 @@ static void gk_naive(const gk_problem *g, int m0, int m1, int n0, int n1) {
  * remainder / (4 nth), within [least, most], so the chunks shrink towards the end and the threads finish
  * close together (equal fixed chunks can leave one thread a whole chunk behind).  Each chunk runs gk_serial with the thread's own buffers; the price is re-packing the operand
  * all chunks share, once per chunk: 2 * least flops or more per packed element. */
-#define GK_CHUNK_MIN 96 /* rows or columns; a multiple of MR and NR */
+#define GK_CHUNK_MIN 96 /* rows or columns; rounded up to a multiple of MR or NR (gk_gemm) */
 
 typedef struct gk_task_ctx {
     const gk_problem *g;
@@ -483,7 +681,7 @@ static void gk_gemm(int trans_a, int trans_b, int M, int N, int K, real alpha,
         t.D = t.split_m ? M : N;
         t.step = t.split_m ? GK_MR : GK_NR;
         t.most = (t.split_m ? GK_MC : GK_NC) / t.step * t.step;
-        t.least = GK_CHUNK_MIN;
+        t.least = (GK_CHUNK_MIN + t.step - 1) / t.step * t.step; /* chunks of whole tiles (MR 14 on AVX-512) */
         if (nthreads > 0) t.least = t.step, t.most = gk_min(t.most, (t.D + 1) / 2); /* tests: small chunks */
         atomic_init(&t.next, 0);
         if (t.D >= 2 * t.least) { /* else one chunk: no work for a second thread */

@@ -1,6 +1,7 @@
 """The kernels' own GEMM (csrc/gemm_kernel.h) against numpy, through the test hook _core.gemm, on every ISA:
-all four transpositions, edge sizes around the register tiles (6x16 / 6x8 on AVX2, 4x8 / 4x4 portable) and
-the cache blocks (KC 256, MC 120-240), leading dimensions larger than needed, alpha/beta, 1 and 2 threads."""
+all four transpositions, edge sizes around the register tiles (14x32 f32 on AVX-512, 6x16 / 6x8 on AVX2,
+4x8 / 4x4 portable) and the cache blocks (KC 256-384, MC 120-364), leading dimensions larger than needed,
+alpha/beta, 1 and 2 threads."""
 import itertools
 
 import numpy as np
@@ -51,6 +52,17 @@ SIZES = [1, 7, 13, 17, 100, 257]
 def test_gemm_odd_sizes(isa, dtype, ta, tb):
     for M, N, K in itertools.product(SIZES, SIZES, [1, 13, 257]):
         _check(isa, dtype, ta, tb, M, N, K)
+
+
+@pytest.mark.parametrize("ta,tb", list(itertools.product([0, 1], [0, 1])))
+@pytest.mark.parametrize("beta,pad", [(0.0, 0), (1.0, 5)])
+def test_gemm_avx512_tile_edges(isa, ta, tb, beta, pad):
+    """f32 around the AVX-512 tile (14 x 32: masked write-back of 1-31 columns, 1-13 rows) and its packing
+    (16 x 16 transposes: k and row remainders of 16), on every ISA since the sizes cost little."""
+    for M, N, K in itertools.product([13, 14, 15, 29], [15, 16, 17, 31, 33, 65], [1, 15, 16, 17, 40]):
+        _check(isa, np.float32, ta, tb, M, N, K, beta=beta, pad=pad)
+    # past KC (384) and MC (364) with a partial tile at each end
+    _check(isa, np.float32, ta, tb, 743, 47, 801, beta=beta, pad=pad)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
