@@ -110,6 +110,25 @@ if HAVE_PYTEST_BENCHMARK:
             "records": getattr(config, "_fastrnn_records", [])}
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session, exitstatus):
+    """The sgemm peak again now that the run is over (one measured while something else ran is too low): the
+    records' %peak use the better of the two, in the JSON (written after this) and in the table."""
+    records = getattr(session.config, "_fastrnn_records", [])
+    if not records:
+        return
+    import fastrnn.bench as fb
+    for k in list(fb._PEAKS):
+        fb.sgemm_peak(k[0], refresh=True)
+    peaks = {k[0]: v["gflops"] for k, v in fb._PEAKS.items()}
+    for rec in records:
+        peak = peaks.get(rec.get("threads"))
+        if peak:
+            rec["sgemm_peak_gflops"] = peak
+            if rec.get("gflops"):
+                rec["pct_peak"] = 100.0 * rec["gflops"] / peak
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     records = getattr(config, "_fastrnn_records", [])

@@ -279,7 +279,8 @@ _PEAKS = {}
 
 def sgemm_peak(threads, sizes=(2048, 3072), trials=3, refresh=False):
     """The machine's float32 GEMM peak at `threads` threads, GFLOP/s: the best of `trials` runs of numpy's
-    matmul and of scipy's BLAS sgemm (Fortran-ordered operands, no copies) on square matrices of `sizes`.
+    matmul, of scipy's BLAS sgemm (Fortran-ordered operands, no copies) and of fastrnn's own GEMM (the one
+    its cells use, at the ISA in use) on square matrices of `sizes`.
     Cached per thread count; `refresh=True` measures again and keeps the better of the two (a peak measured
     while other processes ran is too low). Returns a dict: gflops (the best), numpy, scipy, size (of the
     best), other_cpus (CPUs other processes used during the measurement)."""
@@ -291,7 +292,8 @@ def sgemm_peak(threads, sizes=(2048, 3072), trials=3, refresh=False):
     except Exception:  # scipy is a dependency, but keep the peak measurable without it
         sblas = None
     rng = np.random.default_rng(1)
-    res = {"gflops": 0.0, "numpy": 0.0, "scipy": 0.0, "size": None, "threads": int(threads)}
+    from . import _core
+    res = {"gflops": 0.0, "numpy": 0.0, "scipy": 0.0, "fastrnn": 0.0, "size": None, "threads": int(threads)}
     c0 = _cpu_counters()
     with thread_limits(threads):
         for n in sizes:
@@ -304,6 +306,7 @@ def sgemm_peak(threads, sizes=(2048, 3072), trials=3, refresh=False):
                 af, bf = np.asfortranarray(a), np.asfortranarray(b)
                 cf = np.asfortranarray(c)
                 runs.append(("scipy", lambda: sblas.sgemm(1.0, af, bf, 0.0, cf, overwrite_c=1)))
+            runs.append(("fastrnn", lambda: _core.gemm(False, False, 1.0, a, b, 0.0, c)))
             for name, fn in runs:
                 fn()  # warm-up (thread pool start, page faults)
                 for _ in range(trials):
