@@ -131,6 +131,22 @@ def test_every_tile_height(isa, dtype, variant, threads):
         fastrnn.set_num_threads(previous)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
+@pytest.mark.parametrize("variant", ["lstm", "lstm_proj"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_lstm_projection_in_chunks(isa, dtype, variant, threads):
+    """B <= 2: the LSTM forward projects x for a chunk of steps at a time (lstm.c, lstm_split); H = 520 makes a
+    chunk (~192 KB of projection) 11-23 steps, so T = 30 runs several chunks, with lengths and reversed."""
+    previous = fastrnn.get_num_threads()
+    fastrnn.set_num_threads(threads)
+    try:
+        proj = dict(proj_size=13) if variant == "lstm_proj" else {}
+        check(Case.variant(variant, T=30, B=2, I=9, H=520, lengths=(30, 17), bidirectional=True, **proj), dtype)
+        check(Case.variant(variant, T=30, B=1, I=5, H=520, **proj), dtype)
+    finally:
+        fastrnn.set_num_threads(previous)
+
+
 # ---- layouts: batch_first, unbatched, non-contiguous -------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
