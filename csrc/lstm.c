@@ -114,35 +114,35 @@ static inline void lstm_tile_cell(int H, int NB, int u0, int nu,
 }
 
 #if FR_AVX512
-/* lstm_tile_cell for 8 units (NB = 8) of two consecutive rows at once, row 0 in the low half of each zmm and
- * row 1 in the high half: the rows' tile rows are adjacent (acc), as are their tape, c and m rows (row
- * stride 4H, H, H). */
-static inline void lstm_tile_cell2(int H, int u0,
-                                   const float *acc,  /* (2, 4, 8) tile rows of the two rows */
-                                   const float *bias, /* (4H) or NULL */
-                                   float *gates,      /* (2, 4H) tape rows, or NULL */
-                                   float *c,          /* (2, H) rows of the cell state */
-                                   float *m,          /* (2, H) rows of m */
-                                   float *y0, float *y1) /* (H) the rows' y rows, or NULL (projection) */
-{
-    const size_t H4 = (size_t)4 * H;
+/* The cell on two groups of 8 units at once, group 0 in the low half of each zmm and group 1 in the high
+ * half: two rows of the same 8 units (B >= 2), or 16 consecutive units of one row (two blocks, B = 1).
+ * Each pointer is already at the group's first unit; gate q of a group is at acc + 8q, and at + qH in the
+ * H-strided rows (bias, gates). */
+typedef struct lstm_half {
+    const float *acc;   /* (4, 8) tile row part */
+    const float *bias;  /* gate rows at the units, stride H, or NULL */
+    float *gates;       /* tape gate rows at the units, stride H, or NULL */
+    float *c, *m, *y;   /* (8) each; y NULL with projection */
+} lstm_half;
+
+static inline void lstm_cell16(int H, lstm_half a, lstm_half b) {
     __m512 p[4];
-    for (int g = 0; g < 4; g++) {
-        p[g] = vm_join8(acc + g * 8, acc + 32 + g * 8);
-        if (bias) p[g] = _mm512_add_ps(p[g], vm_join8(bias + g * H + u0, bias + g * H + u0));
+    for (int q = 0; q < 4; q++) {
+        p[q] = vm_join8(a.acc + q * 8, b.acc + q * 8);
+        if (a.bias) p[q] = _mm512_add_ps(p[q], vm_join8(a.bias + (size_t)q * H, b.bias + (size_t)q * H));
     }
     __m512 i = vm_sigmoid16(p[0]), f = vm_sigmoid16(p[1]), g = vm_tanh16(p[2]), o = vm_sigmoid16(p[3]);
-    __m512 cn = _mm512_fmadd_ps(f, vm_join8(c + u0, c + H + u0), _mm512_mul_ps(i, g));
+    __m512 cn = _mm512_fmadd_ps(f, vm_join8(a.c, b.c), _mm512_mul_ps(i, g));
     __m512 mv = _mm512_mul_ps(o, vm_tanh16(cn));
-    if (gates) {
-        vm_split8(i, gates + u0, gates + H4 + u0);
-        vm_split8(f, gates + H + u0, gates + H4 + H + u0);
-        vm_split8(g, gates + 2 * H + u0, gates + H4 + 2 * H + u0);
-        vm_split8(o, gates + 3 * H + u0, gates + H4 + 3 * H + u0);
+    if (a.gates) {
+        vm_split8(i, a.gates, b.gates);
+        vm_split8(f, a.gates + H, b.gates + H);
+        vm_split8(g, a.gates + 2 * (size_t)H, b.gates + 2 * (size_t)H);
+        vm_split8(o, a.gates + 3 * (size_t)H, b.gates + 3 * (size_t)H);
     }
-    vm_split8(cn, c + u0, c + H + u0);
-    vm_split8(mv, m + u0, m + H + u0);
-    if (y0) vm_split8(mv, y0 + u0, y1 + u0);
+    vm_split8(cn, a.c, b.c);
+    vm_split8(mv, a.m, b.m);
+    if (a.y) vm_split8(mv, a.y, b.y);
 }
 #endif
 
@@ -181,6 +181,17 @@ static inline void lstm_add_projection(int H, int NB, int u0, int nu,
         for (; v < nu; v++) a[v] += x[v];
     }
 }
+
+#if FR_AVX512
+/* The lstm_half of tile row acc: sorted row k of the step whose rows start at r0, units from u0. */
+static inline lstm_half lstm_row_half(const lstm_fwd_ctx *cx, real *m, real **yr, const real *bias,
+                                      const real *acc, size_t r0, size_t k, int u0) {
+    const int H = cx->H;
+    lstm_half h = {acc, bias ? bias + u0 : NULL, cx->tg ? cx->tg + (r0 + k) * 4 * (size_t)H + u0 : NULL,
+                   cx->c + k * H + u0, m + k * H + u0, cx->rp ? NULL : yr[k] + u0};
+    return h;
+}
+#endif
 
 static void lstm_fwd_task(void *arg, int tid, int nth) {
     lstm_fwd_ctx *cx = (lstm_fwd_ctx *)arg;
@@ -242,7 +253,27 @@ static void lstm_fwd_task(void *arg, int tid, int nth) {
         }
         /* blocks outside, row tiles inside: a block's panel stays in L2 while every row passes it */
         const real *bias = xp ? NULL : cx->bias; /* with xp the projection rows hold it */
-        for (int j = j0; j < j1; j++) {
+        int j = j0;
+#if FR_AVX512
+        /* one row (B = 1): two blocks' tiles, then their 16 consecutive units in one zmm cell */
+        if (n == 1 && wp->NB == 8)
+            for (; j + 2 <= j1 && rec_block_units(wp, j + 1) == 8; j += 2) {
+                const int u0 = j * 8;
+                for (int h = 0; h < 2; h++) {
+                    real *t = tile + (size_t)h * wp->W;
+                    if (xp) {
+                        rec_tile(wp, j + h, 1, hr, NULL, t);
+                        lstm_add_projection(H, 8, u0 + 8 * h, 8, xw + (r0 - lo) * H4, t);
+                    } else {
+                        rec_tile(wp, j + h, 1, xr, hr, t);
+                    }
+                }
+                lstm_cell16(H, lstm_row_half(cx, m, yr, bias, tile, r0, 0, u0),
+                            lstm_row_half(cx, m, yr, bias, tile + wp->W, r0, 0, u0 + 8));
+                if (cx->tc) memcpy(cx->tc + r0 * H + u0, cx->c + u0, 16 * sizeof(real));
+            }
+#endif
+        for (; j < j1; j++) {
             const int u0 = j * wp->NB, nu = rec_block_units(wp, j);
             for (int i = 0, nt = rec_ntiles(n, MR); i < nt; i++) {
                 const int k0 = rec_tile_start(n, nt, i), mr = rec_tile_start(n, nt, i + 1) - k0;
@@ -259,9 +290,8 @@ static void lstm_fwd_task(void *arg, int tid, int nth) {
                 if (nu == 8 && wp->NB == 8) /* two rows per zmm: half the sigmoid / tanh instructions */
                     for (; r + 2 <= mr; r += 2) {
                         const size_t k = (size_t)(k0 + r);
-                        lstm_tile_cell2(H, u0, tile + (size_t)r * wp->W, bias,
-                                        cx->tg ? cx->tg + (r0 + k) * H4 : NULL, cx->c + k * H, m + k * H,
-                                        rp ? NULL : yr[k], rp ? NULL : yr[k + 1]);
+                        lstm_cell16(H, lstm_row_half(cx, m, yr, bias, tile + (size_t)r * wp->W, r0, k, u0),
+                                    lstm_row_half(cx, m, yr, bias, tile + (size_t)(r + 1) * wp->W, r0, k + 1, u0));
                         if (cx->tc) {
                             memcpy(cx->tc + (r0 + k) * H + u0, cx->c + k * H + u0, nu * sizeof(real));
                             memcpy(cx->tc + (r0 + k + 1) * H + u0, cx->c + (k + 1) * H + u0, nu * sizeof(real));
