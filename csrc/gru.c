@@ -108,6 +108,15 @@ static size_t gru_group_rows(int B) { return (size_t)(B > 2 * GRU_GROUP_ROWS ? B
  * tape gates rows when `tape`), aux (n, H) its tape aux rows or NULL.  For float32 AVX2 the cells run in two
  * sweeps over all those rows -- r and z of every row, then n and h -- so that the OoO core overlaps many
  * independent sigmoid and tanh chains instead of waiting on one row's sigmoid -> tanh -> h chain. */
+/* Group gi of 8 units in the tiles of gru_cells_after: tile row i = gi / (NB/8) (block ja + i / n, sorted
+ * row k = i % n), units v .. v + 8 of the block; returns its r part in tb (z at + NB, h part at + 2 NB). */
+static inline real *gru_group(real *tb, int W, int n, int ja, int NB, int gi, int *u0, int *k) {
+    const int per = NB / 8, i = gi / per, v = gi % per * 8;
+    *u0 = (ja + i / n) * NB + v;
+    *k = i % n;
+    return tb + (size_t)i * W + v;
+}
+
 static void gru_cells_after(int H, int NB, int ja, int jb, int n,
                             real *tb, int W,        /* (rows, W) tiles; r, z overwritten */
                             real *xs,               /* (n, 3H) */
@@ -120,38 +129,38 @@ static void gru_cells_after(int H, int NB, int ja, int jb, int n,
     const size_t G3 = (size_t)3 * H;
     int jf = ja; /* blocks [ja, jf) are full and take the vector path, the others the scalar one */
 #if FR_AVX2 && !FR_DOUBLE
-    if (NB == 8) {
-        jf = jb * 8 > H ? jb - 1 : jb;
-        const int m = (jf - ja) * n;
-        int i = 0;
+    if (NB % 8 == 0) {
+        /* groups of 8 units: group gi is units [u0, u0 + 8) of sorted row k (gru_group) */
+        jf = jb * NB > H ? jb - 1 : jb;
+        const int m = (jf - ja) * n * (NB / 8);
+        int i = 0, ua, ka;
 #if FR_AVX512
-        /* two tile rows per zmm (low and high halves), in both sweeps: half the sigmoid / tanh instructions */
+        /* two groups per zmm (low and high halves), in both sweeps: half the sigmoid / tanh instructions */
         for (; i + 2 <= m; i += 2) {
-            const int ua = (ja + i / n) * 8, ub = (ja + (i + 1) / n) * 8;
-            real *ta = tb + (size_t)i * W, *tb1 = ta + W;
-            const real *xa = xs + (size_t)(i % n) * G3, *xb = xs + (size_t)((i + 1) % n) * G3;
+            int ub, kb;
+            real *ta = gru_group(tb, W, n, ja, NB, i, &ua, &ka), *tb1 = gru_group(tb, W, n, ja, NB, i + 1, &ub, &kb);
+            const real *xa = xs + (size_t)ka * G3, *xb = xs + (size_t)kb * G3;
             __m512 r = vm_sigmoid16(_mm512_add_ps(vm_join8(ta, tb1), vm_join8(xa + ua, xb + ub)));
-            __m512 z = vm_sigmoid16(_mm512_add_ps(vm_join8(ta + 8, tb1 + 8), vm_join8(xa + H + ua, xb + H + ub)));
+            __m512 z = vm_sigmoid16(_mm512_add_ps(vm_join8(ta + NB, tb1 + NB), vm_join8(xa + H + ua, xb + H + ub)));
             vm_split8(r, ta, tb1);
-            vm_split8(z, ta + 8, tb1 + 8);
+            vm_split8(z, ta + NB, tb1 + NB);
         }
 #endif
         for (; i < m; i++) {
-            const int u0 = (ja + i / n) * 8;
-            real *t = tb + (size_t)i * W;
-            const real *x = xs + (size_t)(i % n) * G3;
-            __m256 r = vm_sigmoid8(_mm256_add_ps(_mm256_load_ps(t), _mm256_loadu_ps(x + u0)));
-            __m256 z = vm_sigmoid8(_mm256_add_ps(_mm256_load_ps(t + 8), _mm256_loadu_ps(x + H + u0)));
-            _mm256_store_ps(t, r);
-            _mm256_store_ps(t + 8, z);
+            real *t = gru_group(tb, W, n, ja, NB, i, &ua, &ka);
+            const real *x = xs + (size_t)ka * G3;
+            __m256 r = vm_sigmoid8(_mm256_add_ps(_mm256_loadu_ps(t), _mm256_loadu_ps(x + ua)));
+            __m256 z = vm_sigmoid8(_mm256_add_ps(_mm256_loadu_ps(t + NB), _mm256_loadu_ps(x + H + ua)));
+            _mm256_storeu_ps(t, r);
+            _mm256_storeu_ps(t + NB, z);
         }
         i = 0;
 #if FR_AVX512
         for (; i + 2 <= m; i += 2) {
-            const int ua = (ja + i / n) * 8, ka = i % n, ub = (ja + (i + 1) / n) * 8, kb = (i + 1) % n;
-            const real *ta = tb + (size_t)i * W, *tb1 = ta + W;
+            int ub, kb;
+            const real *ta = gru_group(tb, W, n, ja, NB, i, &ua, &ka), *tb1 = gru_group(tb, W, n, ja, NB, i + 1, &ub, &kb);
             real *xa = xs + (size_t)ka * G3, *xb = xs + (size_t)kb * G3;
-            __m512 r = vm_join8(ta, tb1), z = vm_join8(ta + 8, tb1 + 8), ph = vm_join8(ta + 16, tb1 + 16);
+            __m512 r = vm_join8(ta, tb1), z = vm_join8(ta + NB, tb1 + NB), ph = vm_join8(ta + 2 * NB, tb1 + 2 * NB);
             if (b_hn) ph = _mm512_add_ps(ph, vm_join8(b_hn + ua, b_hn + ub));
             __m512 nn = vm_tanh16(_mm512_fmadd_ps(r, ph, vm_join8(xa + 2 * H + ua, xb + 2 * H + ub)));
             __m512 hv = _mm512_fmadd_ps(
@@ -167,20 +176,19 @@ static void gru_cells_after(int H, int NB, int ja, int jb, int n,
         }
 #endif
         for (; i < m; i++) {
-            const int u0 = (ja + i / n) * 8, k = i % n;
-            const real *t = tb + (size_t)i * W;
-            real *x = xs + (size_t)k * G3;
-            __m256 r = _mm256_load_ps(t), z = _mm256_load_ps(t + 8), ph = _mm256_load_ps(t + 16);
-            if (b_hn) ph = _mm256_add_ps(ph, _mm256_loadu_ps(b_hn + u0));
-            __m256 nn = vm_tanh8(_mm256_fmadd_ps(r, ph, _mm256_loadu_ps(x + 2 * H + u0)));
-            __m256 hv = _mm256_fmadd_ps(z, _mm256_sub_ps(_mm256_loadu_ps(hprev + (size_t)k * H + u0), nn), nn);
-            _mm256_storeu_ps(hnew + (size_t)k * H + u0, hv);
-            _mm256_storeu_ps(yr[k] + u0, hv);
+            const real *t = gru_group(tb, W, n, ja, NB, i, &ua, &ka);
+            real *x = xs + (size_t)ka * G3;
+            __m256 r = _mm256_loadu_ps(t), z = _mm256_loadu_ps(t + NB), ph = _mm256_loadu_ps(t + 2 * NB);
+            if (b_hn) ph = _mm256_add_ps(ph, _mm256_loadu_ps(b_hn + ua));
+            __m256 nn = vm_tanh8(_mm256_fmadd_ps(r, ph, _mm256_loadu_ps(x + 2 * H + ua)));
+            __m256 hv = _mm256_fmadd_ps(z, _mm256_sub_ps(_mm256_loadu_ps(hprev + (size_t)ka * H + ua), nn), nn);
+            _mm256_storeu_ps(hnew + (size_t)ka * H + ua, hv);
+            _mm256_storeu_ps(yr[ka] + ua, hv);
             if (tape) {
-                _mm256_storeu_ps(x + u0, r);
-                _mm256_storeu_ps(x + H + u0, z);
-                _mm256_storeu_ps(x + 2 * H + u0, nn);
-                _mm256_storeu_ps(aux + (size_t)k * H + u0, ph);
+                _mm256_storeu_ps(x + ua, r);
+                _mm256_storeu_ps(x + H + ua, z);
+                _mm256_storeu_ps(x + 2 * H + ua, nn);
+                _mm256_storeu_ps(aux + (size_t)ka * H + ua, ph);
             }
         }
     }
@@ -203,17 +211,18 @@ static inline void gru_cell_rz(int H, int NB, int u0, int nu,
                                real *g,         /* (3H) in: projection; out: r, z, n_x */
                                real *rh)        /* (H) out: r * h */
 {
+    int v = 0;
 #if FR_AVX2 && !FR_DOUBLE
-    if (nu == 8 && NB == 8) {
-        __m256 r = vm_sigmoid8(_mm256_add_ps(_mm256_loadu_ps(acc), _mm256_loadu_ps(g + u0)));
-        __m256 z = vm_sigmoid8(_mm256_add_ps(_mm256_loadu_ps(acc + 8), _mm256_loadu_ps(g + H + u0)));
-        _mm256_storeu_ps(g + u0, r);
-        _mm256_storeu_ps(g + H + u0, z);
-        _mm256_storeu_ps(rh + u0, _mm256_mul_ps(r, _mm256_loadu_ps(h + u0)));
-        return;
+    for (; v + 8 <= nu; v += 8) {
+        const int u = u0 + v;
+        __m256 r = vm_sigmoid8(_mm256_add_ps(_mm256_loadu_ps(acc + v), _mm256_loadu_ps(g + u)));
+        __m256 z = vm_sigmoid8(_mm256_add_ps(_mm256_loadu_ps(acc + NB + v), _mm256_loadu_ps(g + H + u)));
+        _mm256_storeu_ps(g + u, r);
+        _mm256_storeu_ps(g + H + u, z);
+        _mm256_storeu_ps(rh + u, _mm256_mul_ps(r, _mm256_loadu_ps(h + u)));
     }
 #endif
-    for (int v = 0; v < nu; v++) {
+    for (; v < nu; v++) {
         const int u = u0 + v;
         real r = fr_sigmoid(g[u] + acc[v]);
         g[u] = r;

@@ -52,6 +52,10 @@ typedef struct rec_pack {
 static int rec_units_per_block(int G) {
 #if FR_DOUBLE
     return G == 1 ? 16 : 4; /* 4 doubles = one AVX2 vector per gate */
+#elif FR_AVX512
+    /* one zmm per gate for the GRU (3 or 2 gates: panel rows of 48 / 32), half of one for the LSTM (32);
+     * the GRU's 24 of AVX2 would leave a ymm FMA costing a zmm slot in every row */
+    return G == 1 ? 32 : G <= 3 ? 16 : 8;
 #else
     return G == 1 ? 32 : 8; /* 8 floats = one AVX2 vector per gate */
 #endif
@@ -193,16 +197,16 @@ static inline int rec_block_units(const rec_pack *p, int j) {
 #include "tiles_avx2.h"
 #endif
 #if FR_AVX512
-/* rec_z32[mr], rec_z24[mr], rec_z16[mr] for mr = 1 .. 12: the same panels in zmm registers, twice the
- * FMA width of AVX2 and 32 registers, so a tile takes 12 rows (B = 16 passes a panel twice per step, not
- * 6 times) */
+/* rec_z32[mr], rec_z24[mr], rec_z16[mr] for mr = 1 .. 12 and rec_z48[mr] for mr = 1 .. 8: the panels in
+ * zmm registers, twice the FMA width of AVX2 and 32 registers, so a tile takes 12 rows (B = 16 passes a
+ * panel twice per step, not 6 times) */
 #include "tiles_avx512.h"
 #endif
 
 /* Rows of one tile: as many as keep the accumulators in registers. */
 static inline int rec_tile_rows(const rec_pack *p) {
 #if FR_AVX512
-    return p->W == 32 || p->W == 24 || p->W == 16 ? Z_MR : REC_MR_MAX;
+    return p->W == 48 ? Z_MR48 : p->W == 32 || p->W == 24 || p->W == 16 ? Z_MR : REC_MR_MAX;
 #elif FR_AVX2 && !FR_DOUBLE
     return p->W == 24 || p->W == 16 ? 4 : 3;
 #else
@@ -284,8 +288,8 @@ static void rec_tile(const rec_pack *p, int j, int mr,
     }
     const real *panel = p->panels + (size_t)j * p->K * p->W; /* (K, W) */
 #if FR_AVX512
-    if (p->W == 32 || p->W == 24 || p->W == 16) {
-        (p->W == 32 ? rec_z32 : p->W == 24 ? rec_z24 : rec_z16)[mr](p->K1, p->K, a1, a2, panel, out);
+    if (p->W == 48 || p->W == 32 || p->W == 24 || p->W == 16) {
+        (p->W == 48 ? rec_z48 : p->W == 32 ? rec_z32 : p->W == 24 ? rec_z24 : rec_z16)[mr](p->K1, p->K, a1, a2, panel, out);
         return;
     }
 #endif

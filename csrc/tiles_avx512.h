@@ -9,6 +9,681 @@
 
 #define Z_MR 12
 
+#define Z_MR48 8
+
+static void rec_z48_1(int K1, int K, const float *const *a1, const float *const *a2,
+                        const float *panel, float *out) {
+    __m512 c0_0 = _mm512_setzero_ps(), c0_1 = _mm512_setzero_ps(), c0_2 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c1_1 = _mm512_setzero_ps(), c1_2 = _mm512_setzero_ps(), c2_0 = _mm512_setzero_ps(), c2_1 = _mm512_setzero_ps(), c2_2 = _mm512_setzero_ps(), c3_0 = _mm512_setzero_ps(), c3_1 = _mm512_setzero_ps(), c3_2 = _mm512_setzero_ps();
+    const float *pk = panel;
+    const float *a = a1[0];
+    const int n = K1;
+    int k = 0;
+    for (; k + 4 <= n; k += 4, pk += 192) {
+        { const __m512 x = _mm512_set1_ps(a[k + 0]);
+          c0_0 = _mm512_fmadd_ps(x, _mm512_loadu_ps(pk + 0), c0_0);
+          c0_1 = _mm512_fmadd_ps(x, _mm512_loadu_ps(pk + 16), c0_1);
+          c0_2 = _mm512_fmadd_ps(x, _mm512_loadu_ps(pk + 32), c0_2);
+        }
+        { const __m512 x = _mm512_set1_ps(a[k + 1]);
+          c1_0 = _mm512_fmadd_ps(x, _mm512_loadu_ps(pk + 48), c1_0);
+          c1_1 = _mm512_fmadd_ps(x, _mm512_loadu_ps(pk + 64), c1_1);
+          c1_2 = _mm512_fmadd_ps(x, _mm512_loadu_ps(pk + 80), c1_2);
+        }
+        { const __m512 x = _mm512_set1_ps(a[k + 2]);
+          c2_0 = _mm512_fmadd_ps(x, _mm512_loadu_ps(pk + 96), c2_0);
+          c2_1 = _mm512_fmadd_ps(x, _mm512_loadu_ps(pk + 112), c2_1);
+          c2_2 = _mm512_fmadd_ps(x, _mm512_loadu_ps(pk + 128), c2_2);
+        }
+        { const __m512 x = _mm512_set1_ps(a[k + 3]);
+          c3_0 = _mm512_fmadd_ps(x, _mm512_loadu_ps(pk + 144), c3_0);
+          c3_1 = _mm512_fmadd_ps(x, _mm512_loadu_ps(pk + 160), c3_1);
+          c3_2 = _mm512_fmadd_ps(x, _mm512_loadu_ps(pk + 176), c3_2);
+        }
+    }
+    for (; k < n; k++, pk += 48) {
+        const __m512 x = _mm512_set1_ps(a[k]);
+        c0_0 = _mm512_fmadd_ps(x, _mm512_loadu_ps(pk + 0), c0_0);
+        c0_1 = _mm512_fmadd_ps(x, _mm512_loadu_ps(pk + 16), c0_1);
+        c0_2 = _mm512_fmadd_ps(x, _mm512_loadu_ps(pk + 32), c0_2);
+    }
+    if (K > K1) {
+        const float *a = a2[0];
+        const int n = K - K1;
+        int k = 0;
+        for (; k + 4 <= n; k += 4, pk += 192) {
+            { const __m512 x = _mm512_set1_ps(a[k + 0]);
+              c0_0 = _mm512_fmadd_ps(x, _mm512_loadu_ps(pk + 0), c0_0);
+              c0_1 = _mm512_fmadd_ps(x, _mm512_loadu_ps(pk + 16), c0_1);
+              c0_2 = _mm512_fmadd_ps(x, _mm512_loadu_ps(pk + 32), c0_2);
+            }
+            { const __m512 x = _mm512_set1_ps(a[k + 1]);
+              c1_0 = _mm512_fmadd_ps(x, _mm512_loadu_ps(pk + 48), c1_0);
+              c1_1 = _mm512_fmadd_ps(x, _mm512_loadu_ps(pk + 64), c1_1);
+              c1_2 = _mm512_fmadd_ps(x, _mm512_loadu_ps(pk + 80), c1_2);
+            }
+            { const __m512 x = _mm512_set1_ps(a[k + 2]);
+              c2_0 = _mm512_fmadd_ps(x, _mm512_loadu_ps(pk + 96), c2_0);
+              c2_1 = _mm512_fmadd_ps(x, _mm512_loadu_ps(pk + 112), c2_1);
+              c2_2 = _mm512_fmadd_ps(x, _mm512_loadu_ps(pk + 128), c2_2);
+            }
+            { const __m512 x = _mm512_set1_ps(a[k + 3]);
+              c3_0 = _mm512_fmadd_ps(x, _mm512_loadu_ps(pk + 144), c3_0);
+              c3_1 = _mm512_fmadd_ps(x, _mm512_loadu_ps(pk + 160), c3_1);
+              c3_2 = _mm512_fmadd_ps(x, _mm512_loadu_ps(pk + 176), c3_2);
+            }
+        }
+        for (; k < n; k++, pk += 48) {
+            const __m512 x = _mm512_set1_ps(a[k]);
+            c0_0 = _mm512_fmadd_ps(x, _mm512_loadu_ps(pk + 0), c0_0);
+            c0_1 = _mm512_fmadd_ps(x, _mm512_loadu_ps(pk + 16), c0_1);
+            c0_2 = _mm512_fmadd_ps(x, _mm512_loadu_ps(pk + 32), c0_2);
+        }
+    }
+    _mm512_storeu_ps(out + 0, _mm512_add_ps(_mm512_add_ps(c0_0, c1_0), _mm512_add_ps(c2_0, c3_0)));
+    _mm512_storeu_ps(out + 16, _mm512_add_ps(_mm512_add_ps(c0_1, c1_1), _mm512_add_ps(c2_1, c3_1)));
+    _mm512_storeu_ps(out + 32, _mm512_add_ps(_mm512_add_ps(c0_2, c1_2), _mm512_add_ps(c2_2, c3_2)));
+}
+
+static void rec_z48_2(int K1, int K, const float *const *a1, const float *const *a2,
+                        const float *panel, float *out) {
+    __m512 c0_0 = _mm512_setzero_ps(), c0_1 = _mm512_setzero_ps(), c0_2 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c1_1 = _mm512_setzero_ps(), c1_2 = _mm512_setzero_ps();
+    const float *pk = panel;
+    const float *r0 = a1[0], *r1 = a1[1];
+    for (int kk = 0, n = K1; kk < n; kk++, pk += 48) {
+        const __m512 b0 = _mm512_loadu_ps(pk + 0);
+        const __m512 b1 = _mm512_loadu_ps(pk + 16);
+        const __m512 b2 = _mm512_loadu_ps(pk + 32);
+        { const __m512 a = _mm512_set1_ps(r0[kk]);
+          c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+          c0_1 = _mm512_fmadd_ps(a, b1, c0_1);
+          c0_2 = _mm512_fmadd_ps(a, b2, c0_2);
+        }
+        { const __m512 a = _mm512_set1_ps(r1[kk]);
+          c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+          c1_1 = _mm512_fmadd_ps(a, b1, c1_1);
+          c1_2 = _mm512_fmadd_ps(a, b2, c1_2);
+        }
+    }
+    if (K > K1) {
+        const float *r0 = a2[0], *r1 = a2[1];
+        for (int kk = 0, n = K - K1; kk < n; kk++, pk += 48) {
+            const __m512 b0 = _mm512_loadu_ps(pk + 0);
+            const __m512 b1 = _mm512_loadu_ps(pk + 16);
+            const __m512 b2 = _mm512_loadu_ps(pk + 32);
+            { const __m512 a = _mm512_set1_ps(r0[kk]);
+              c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+              c0_1 = _mm512_fmadd_ps(a, b1, c0_1);
+              c0_2 = _mm512_fmadd_ps(a, b2, c0_2);
+            }
+            { const __m512 a = _mm512_set1_ps(r1[kk]);
+              c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+              c1_1 = _mm512_fmadd_ps(a, b1, c1_1);
+              c1_2 = _mm512_fmadd_ps(a, b2, c1_2);
+            }
+        }
+    }
+    _mm512_storeu_ps(out + 0, c0_0);
+    _mm512_storeu_ps(out + 16, c0_1);
+    _mm512_storeu_ps(out + 32, c0_2);
+    _mm512_storeu_ps(out + 48, c1_0);
+    _mm512_storeu_ps(out + 64, c1_1);
+    _mm512_storeu_ps(out + 80, c1_2);
+}
+
+static void rec_z48_3(int K1, int K, const float *const *a1, const float *const *a2,
+                        const float *panel, float *out) {
+    __m512 c0_0 = _mm512_setzero_ps(), c0_1 = _mm512_setzero_ps(), c0_2 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c1_1 = _mm512_setzero_ps(), c1_2 = _mm512_setzero_ps(), c2_0 = _mm512_setzero_ps(), c2_1 = _mm512_setzero_ps(), c2_2 = _mm512_setzero_ps();
+    const float *pk = panel;
+    const float *r0 = a1[0], *r1 = a1[1], *r2 = a1[2];
+    for (int kk = 0, n = K1; kk < n; kk++, pk += 48) {
+        const __m512 b0 = _mm512_loadu_ps(pk + 0);
+        const __m512 b1 = _mm512_loadu_ps(pk + 16);
+        const __m512 b2 = _mm512_loadu_ps(pk + 32);
+        { const __m512 a = _mm512_set1_ps(r0[kk]);
+          c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+          c0_1 = _mm512_fmadd_ps(a, b1, c0_1);
+          c0_2 = _mm512_fmadd_ps(a, b2, c0_2);
+        }
+        { const __m512 a = _mm512_set1_ps(r1[kk]);
+          c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+          c1_1 = _mm512_fmadd_ps(a, b1, c1_1);
+          c1_2 = _mm512_fmadd_ps(a, b2, c1_2);
+        }
+        { const __m512 a = _mm512_set1_ps(r2[kk]);
+          c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+          c2_1 = _mm512_fmadd_ps(a, b1, c2_1);
+          c2_2 = _mm512_fmadd_ps(a, b2, c2_2);
+        }
+    }
+    if (K > K1) {
+        const float *r0 = a2[0], *r1 = a2[1], *r2 = a2[2];
+        for (int kk = 0, n = K - K1; kk < n; kk++, pk += 48) {
+            const __m512 b0 = _mm512_loadu_ps(pk + 0);
+            const __m512 b1 = _mm512_loadu_ps(pk + 16);
+            const __m512 b2 = _mm512_loadu_ps(pk + 32);
+            { const __m512 a = _mm512_set1_ps(r0[kk]);
+              c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+              c0_1 = _mm512_fmadd_ps(a, b1, c0_1);
+              c0_2 = _mm512_fmadd_ps(a, b2, c0_2);
+            }
+            { const __m512 a = _mm512_set1_ps(r1[kk]);
+              c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+              c1_1 = _mm512_fmadd_ps(a, b1, c1_1);
+              c1_2 = _mm512_fmadd_ps(a, b2, c1_2);
+            }
+            { const __m512 a = _mm512_set1_ps(r2[kk]);
+              c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+              c2_1 = _mm512_fmadd_ps(a, b1, c2_1);
+              c2_2 = _mm512_fmadd_ps(a, b2, c2_2);
+            }
+        }
+    }
+    _mm512_storeu_ps(out + 0, c0_0);
+    _mm512_storeu_ps(out + 16, c0_1);
+    _mm512_storeu_ps(out + 32, c0_2);
+    _mm512_storeu_ps(out + 48, c1_0);
+    _mm512_storeu_ps(out + 64, c1_1);
+    _mm512_storeu_ps(out + 80, c1_2);
+    _mm512_storeu_ps(out + 96, c2_0);
+    _mm512_storeu_ps(out + 112, c2_1);
+    _mm512_storeu_ps(out + 128, c2_2);
+}
+
+static void rec_z48_4(int K1, int K, const float *const *a1, const float *const *a2,
+                        const float *panel, float *out) {
+    __m512 c0_0 = _mm512_setzero_ps(), c0_1 = _mm512_setzero_ps(), c0_2 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c1_1 = _mm512_setzero_ps(), c1_2 = _mm512_setzero_ps(), c2_0 = _mm512_setzero_ps(), c2_1 = _mm512_setzero_ps(), c2_2 = _mm512_setzero_ps(), c3_0 = _mm512_setzero_ps(), c3_1 = _mm512_setzero_ps(), c3_2 = _mm512_setzero_ps();
+    const float *pk = panel;
+    const float *r0 = a1[0], *r1 = a1[1], *r2 = a1[2], *r3 = a1[3];
+    for (int kk = 0, n = K1; kk < n; kk++, pk += 48) {
+        const __m512 b0 = _mm512_loadu_ps(pk + 0);
+        const __m512 b1 = _mm512_loadu_ps(pk + 16);
+        const __m512 b2 = _mm512_loadu_ps(pk + 32);
+        { const __m512 a = _mm512_set1_ps(r0[kk]);
+          c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+          c0_1 = _mm512_fmadd_ps(a, b1, c0_1);
+          c0_2 = _mm512_fmadd_ps(a, b2, c0_2);
+        }
+        { const __m512 a = _mm512_set1_ps(r1[kk]);
+          c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+          c1_1 = _mm512_fmadd_ps(a, b1, c1_1);
+          c1_2 = _mm512_fmadd_ps(a, b2, c1_2);
+        }
+        { const __m512 a = _mm512_set1_ps(r2[kk]);
+          c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+          c2_1 = _mm512_fmadd_ps(a, b1, c2_1);
+          c2_2 = _mm512_fmadd_ps(a, b2, c2_2);
+        }
+        { const __m512 a = _mm512_set1_ps(r3[kk]);
+          c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+          c3_1 = _mm512_fmadd_ps(a, b1, c3_1);
+          c3_2 = _mm512_fmadd_ps(a, b2, c3_2);
+        }
+    }
+    if (K > K1) {
+        const float *r0 = a2[0], *r1 = a2[1], *r2 = a2[2], *r3 = a2[3];
+        for (int kk = 0, n = K - K1; kk < n; kk++, pk += 48) {
+            const __m512 b0 = _mm512_loadu_ps(pk + 0);
+            const __m512 b1 = _mm512_loadu_ps(pk + 16);
+            const __m512 b2 = _mm512_loadu_ps(pk + 32);
+            { const __m512 a = _mm512_set1_ps(r0[kk]);
+              c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+              c0_1 = _mm512_fmadd_ps(a, b1, c0_1);
+              c0_2 = _mm512_fmadd_ps(a, b2, c0_2);
+            }
+            { const __m512 a = _mm512_set1_ps(r1[kk]);
+              c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+              c1_1 = _mm512_fmadd_ps(a, b1, c1_1);
+              c1_2 = _mm512_fmadd_ps(a, b2, c1_2);
+            }
+            { const __m512 a = _mm512_set1_ps(r2[kk]);
+              c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+              c2_1 = _mm512_fmadd_ps(a, b1, c2_1);
+              c2_2 = _mm512_fmadd_ps(a, b2, c2_2);
+            }
+            { const __m512 a = _mm512_set1_ps(r3[kk]);
+              c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+              c3_1 = _mm512_fmadd_ps(a, b1, c3_1);
+              c3_2 = _mm512_fmadd_ps(a, b2, c3_2);
+            }
+        }
+    }
+    _mm512_storeu_ps(out + 0, c0_0);
+    _mm512_storeu_ps(out + 16, c0_1);
+    _mm512_storeu_ps(out + 32, c0_2);
+    _mm512_storeu_ps(out + 48, c1_0);
+    _mm512_storeu_ps(out + 64, c1_1);
+    _mm512_storeu_ps(out + 80, c1_2);
+    _mm512_storeu_ps(out + 96, c2_0);
+    _mm512_storeu_ps(out + 112, c2_1);
+    _mm512_storeu_ps(out + 128, c2_2);
+    _mm512_storeu_ps(out + 144, c3_0);
+    _mm512_storeu_ps(out + 160, c3_1);
+    _mm512_storeu_ps(out + 176, c3_2);
+}
+
+static void rec_z48_5(int K1, int K, const float *const *a1, const float *const *a2,
+                        const float *panel, float *out) {
+    __m512 c0_0 = _mm512_setzero_ps(), c0_1 = _mm512_setzero_ps(), c0_2 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c1_1 = _mm512_setzero_ps(), c1_2 = _mm512_setzero_ps(), c2_0 = _mm512_setzero_ps(), c2_1 = _mm512_setzero_ps(), c2_2 = _mm512_setzero_ps(), c3_0 = _mm512_setzero_ps(), c3_1 = _mm512_setzero_ps(), c3_2 = _mm512_setzero_ps(), c4_0 = _mm512_setzero_ps(), c4_1 = _mm512_setzero_ps(), c4_2 = _mm512_setzero_ps();
+    const float *pk = panel;
+    const float *r0 = a1[0], *r1 = a1[1], *r2 = a1[2], *r3 = a1[3], *r4 = a1[4];
+    for (int kk = 0, n = K1; kk < n; kk++, pk += 48) {
+        const __m512 b0 = _mm512_loadu_ps(pk + 0);
+        const __m512 b1 = _mm512_loadu_ps(pk + 16);
+        const __m512 b2 = _mm512_loadu_ps(pk + 32);
+        { const __m512 a = _mm512_set1_ps(r0[kk]);
+          c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+          c0_1 = _mm512_fmadd_ps(a, b1, c0_1);
+          c0_2 = _mm512_fmadd_ps(a, b2, c0_2);
+        }
+        { const __m512 a = _mm512_set1_ps(r1[kk]);
+          c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+          c1_1 = _mm512_fmadd_ps(a, b1, c1_1);
+          c1_2 = _mm512_fmadd_ps(a, b2, c1_2);
+        }
+        { const __m512 a = _mm512_set1_ps(r2[kk]);
+          c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+          c2_1 = _mm512_fmadd_ps(a, b1, c2_1);
+          c2_2 = _mm512_fmadd_ps(a, b2, c2_2);
+        }
+        { const __m512 a = _mm512_set1_ps(r3[kk]);
+          c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+          c3_1 = _mm512_fmadd_ps(a, b1, c3_1);
+          c3_2 = _mm512_fmadd_ps(a, b2, c3_2);
+        }
+        { const __m512 a = _mm512_set1_ps(r4[kk]);
+          c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+          c4_1 = _mm512_fmadd_ps(a, b1, c4_1);
+          c4_2 = _mm512_fmadd_ps(a, b2, c4_2);
+        }
+    }
+    if (K > K1) {
+        const float *r0 = a2[0], *r1 = a2[1], *r2 = a2[2], *r3 = a2[3], *r4 = a2[4];
+        for (int kk = 0, n = K - K1; kk < n; kk++, pk += 48) {
+            const __m512 b0 = _mm512_loadu_ps(pk + 0);
+            const __m512 b1 = _mm512_loadu_ps(pk + 16);
+            const __m512 b2 = _mm512_loadu_ps(pk + 32);
+            { const __m512 a = _mm512_set1_ps(r0[kk]);
+              c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+              c0_1 = _mm512_fmadd_ps(a, b1, c0_1);
+              c0_2 = _mm512_fmadd_ps(a, b2, c0_2);
+            }
+            { const __m512 a = _mm512_set1_ps(r1[kk]);
+              c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+              c1_1 = _mm512_fmadd_ps(a, b1, c1_1);
+              c1_2 = _mm512_fmadd_ps(a, b2, c1_2);
+            }
+            { const __m512 a = _mm512_set1_ps(r2[kk]);
+              c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+              c2_1 = _mm512_fmadd_ps(a, b1, c2_1);
+              c2_2 = _mm512_fmadd_ps(a, b2, c2_2);
+            }
+            { const __m512 a = _mm512_set1_ps(r3[kk]);
+              c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+              c3_1 = _mm512_fmadd_ps(a, b1, c3_1);
+              c3_2 = _mm512_fmadd_ps(a, b2, c3_2);
+            }
+            { const __m512 a = _mm512_set1_ps(r4[kk]);
+              c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+              c4_1 = _mm512_fmadd_ps(a, b1, c4_1);
+              c4_2 = _mm512_fmadd_ps(a, b2, c4_2);
+            }
+        }
+    }
+    _mm512_storeu_ps(out + 0, c0_0);
+    _mm512_storeu_ps(out + 16, c0_1);
+    _mm512_storeu_ps(out + 32, c0_2);
+    _mm512_storeu_ps(out + 48, c1_0);
+    _mm512_storeu_ps(out + 64, c1_1);
+    _mm512_storeu_ps(out + 80, c1_2);
+    _mm512_storeu_ps(out + 96, c2_0);
+    _mm512_storeu_ps(out + 112, c2_1);
+    _mm512_storeu_ps(out + 128, c2_2);
+    _mm512_storeu_ps(out + 144, c3_0);
+    _mm512_storeu_ps(out + 160, c3_1);
+    _mm512_storeu_ps(out + 176, c3_2);
+    _mm512_storeu_ps(out + 192, c4_0);
+    _mm512_storeu_ps(out + 208, c4_1);
+    _mm512_storeu_ps(out + 224, c4_2);
+}
+
+static void rec_z48_6(int K1, int K, const float *const *a1, const float *const *a2,
+                        const float *panel, float *out) {
+    __m512 c0_0 = _mm512_setzero_ps(), c0_1 = _mm512_setzero_ps(), c0_2 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c1_1 = _mm512_setzero_ps(), c1_2 = _mm512_setzero_ps(), c2_0 = _mm512_setzero_ps(), c2_1 = _mm512_setzero_ps(), c2_2 = _mm512_setzero_ps(), c3_0 = _mm512_setzero_ps(), c3_1 = _mm512_setzero_ps(), c3_2 = _mm512_setzero_ps(), c4_0 = _mm512_setzero_ps(), c4_1 = _mm512_setzero_ps(), c4_2 = _mm512_setzero_ps(), c5_0 = _mm512_setzero_ps(), c5_1 = _mm512_setzero_ps(), c5_2 = _mm512_setzero_ps();
+    const float *pk = panel;
+    const float *r0 = a1[0], *r1 = a1[1], *r2 = a1[2], *r3 = a1[3], *r4 = a1[4], *r5 = a1[5];
+    for (int kk = 0, n = K1; kk < n; kk++, pk += 48) {
+        const __m512 b0 = _mm512_loadu_ps(pk + 0);
+        const __m512 b1 = _mm512_loadu_ps(pk + 16);
+        const __m512 b2 = _mm512_loadu_ps(pk + 32);
+        { const __m512 a = _mm512_set1_ps(r0[kk]);
+          c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+          c0_1 = _mm512_fmadd_ps(a, b1, c0_1);
+          c0_2 = _mm512_fmadd_ps(a, b2, c0_2);
+        }
+        { const __m512 a = _mm512_set1_ps(r1[kk]);
+          c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+          c1_1 = _mm512_fmadd_ps(a, b1, c1_1);
+          c1_2 = _mm512_fmadd_ps(a, b2, c1_2);
+        }
+        { const __m512 a = _mm512_set1_ps(r2[kk]);
+          c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+          c2_1 = _mm512_fmadd_ps(a, b1, c2_1);
+          c2_2 = _mm512_fmadd_ps(a, b2, c2_2);
+        }
+        { const __m512 a = _mm512_set1_ps(r3[kk]);
+          c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+          c3_1 = _mm512_fmadd_ps(a, b1, c3_1);
+          c3_2 = _mm512_fmadd_ps(a, b2, c3_2);
+        }
+        { const __m512 a = _mm512_set1_ps(r4[kk]);
+          c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+          c4_1 = _mm512_fmadd_ps(a, b1, c4_1);
+          c4_2 = _mm512_fmadd_ps(a, b2, c4_2);
+        }
+        { const __m512 a = _mm512_set1_ps(r5[kk]);
+          c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
+          c5_1 = _mm512_fmadd_ps(a, b1, c5_1);
+          c5_2 = _mm512_fmadd_ps(a, b2, c5_2);
+        }
+    }
+    if (K > K1) {
+        const float *r0 = a2[0], *r1 = a2[1], *r2 = a2[2], *r3 = a2[3], *r4 = a2[4], *r5 = a2[5];
+        for (int kk = 0, n = K - K1; kk < n; kk++, pk += 48) {
+            const __m512 b0 = _mm512_loadu_ps(pk + 0);
+            const __m512 b1 = _mm512_loadu_ps(pk + 16);
+            const __m512 b2 = _mm512_loadu_ps(pk + 32);
+            { const __m512 a = _mm512_set1_ps(r0[kk]);
+              c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+              c0_1 = _mm512_fmadd_ps(a, b1, c0_1);
+              c0_2 = _mm512_fmadd_ps(a, b2, c0_2);
+            }
+            { const __m512 a = _mm512_set1_ps(r1[kk]);
+              c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+              c1_1 = _mm512_fmadd_ps(a, b1, c1_1);
+              c1_2 = _mm512_fmadd_ps(a, b2, c1_2);
+            }
+            { const __m512 a = _mm512_set1_ps(r2[kk]);
+              c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+              c2_1 = _mm512_fmadd_ps(a, b1, c2_1);
+              c2_2 = _mm512_fmadd_ps(a, b2, c2_2);
+            }
+            { const __m512 a = _mm512_set1_ps(r3[kk]);
+              c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+              c3_1 = _mm512_fmadd_ps(a, b1, c3_1);
+              c3_2 = _mm512_fmadd_ps(a, b2, c3_2);
+            }
+            { const __m512 a = _mm512_set1_ps(r4[kk]);
+              c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+              c4_1 = _mm512_fmadd_ps(a, b1, c4_1);
+              c4_2 = _mm512_fmadd_ps(a, b2, c4_2);
+            }
+            { const __m512 a = _mm512_set1_ps(r5[kk]);
+              c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
+              c5_1 = _mm512_fmadd_ps(a, b1, c5_1);
+              c5_2 = _mm512_fmadd_ps(a, b2, c5_2);
+            }
+        }
+    }
+    _mm512_storeu_ps(out + 0, c0_0);
+    _mm512_storeu_ps(out + 16, c0_1);
+    _mm512_storeu_ps(out + 32, c0_2);
+    _mm512_storeu_ps(out + 48, c1_0);
+    _mm512_storeu_ps(out + 64, c1_1);
+    _mm512_storeu_ps(out + 80, c1_2);
+    _mm512_storeu_ps(out + 96, c2_0);
+    _mm512_storeu_ps(out + 112, c2_1);
+    _mm512_storeu_ps(out + 128, c2_2);
+    _mm512_storeu_ps(out + 144, c3_0);
+    _mm512_storeu_ps(out + 160, c3_1);
+    _mm512_storeu_ps(out + 176, c3_2);
+    _mm512_storeu_ps(out + 192, c4_0);
+    _mm512_storeu_ps(out + 208, c4_1);
+    _mm512_storeu_ps(out + 224, c4_2);
+    _mm512_storeu_ps(out + 240, c5_0);
+    _mm512_storeu_ps(out + 256, c5_1);
+    _mm512_storeu_ps(out + 272, c5_2);
+}
+
+static void rec_z48_7(int K1, int K, const float *const *a1, const float *const *a2,
+                        const float *panel, float *out) {
+    __m512 c0_0 = _mm512_setzero_ps(), c0_1 = _mm512_setzero_ps(), c0_2 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c1_1 = _mm512_setzero_ps(), c1_2 = _mm512_setzero_ps(), c2_0 = _mm512_setzero_ps(), c2_1 = _mm512_setzero_ps(), c2_2 = _mm512_setzero_ps(), c3_0 = _mm512_setzero_ps(), c3_1 = _mm512_setzero_ps(), c3_2 = _mm512_setzero_ps(), c4_0 = _mm512_setzero_ps(), c4_1 = _mm512_setzero_ps(), c4_2 = _mm512_setzero_ps(), c5_0 = _mm512_setzero_ps(), c5_1 = _mm512_setzero_ps(), c5_2 = _mm512_setzero_ps(), c6_0 = _mm512_setzero_ps(), c6_1 = _mm512_setzero_ps(), c6_2 = _mm512_setzero_ps();
+    const float *pk = panel;
+    const float *r0 = a1[0], *r1 = a1[1], *r2 = a1[2], *r3 = a1[3], *r4 = a1[4], *r5 = a1[5], *r6 = a1[6];
+    for (int kk = 0, n = K1; kk < n; kk++, pk += 48) {
+        const __m512 b0 = _mm512_loadu_ps(pk + 0);
+        const __m512 b1 = _mm512_loadu_ps(pk + 16);
+        const __m512 b2 = _mm512_loadu_ps(pk + 32);
+        { const __m512 a = _mm512_set1_ps(r0[kk]);
+          c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+          c0_1 = _mm512_fmadd_ps(a, b1, c0_1);
+          c0_2 = _mm512_fmadd_ps(a, b2, c0_2);
+        }
+        { const __m512 a = _mm512_set1_ps(r1[kk]);
+          c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+          c1_1 = _mm512_fmadd_ps(a, b1, c1_1);
+          c1_2 = _mm512_fmadd_ps(a, b2, c1_2);
+        }
+        { const __m512 a = _mm512_set1_ps(r2[kk]);
+          c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+          c2_1 = _mm512_fmadd_ps(a, b1, c2_1);
+          c2_2 = _mm512_fmadd_ps(a, b2, c2_2);
+        }
+        { const __m512 a = _mm512_set1_ps(r3[kk]);
+          c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+          c3_1 = _mm512_fmadd_ps(a, b1, c3_1);
+          c3_2 = _mm512_fmadd_ps(a, b2, c3_2);
+        }
+        { const __m512 a = _mm512_set1_ps(r4[kk]);
+          c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+          c4_1 = _mm512_fmadd_ps(a, b1, c4_1);
+          c4_2 = _mm512_fmadd_ps(a, b2, c4_2);
+        }
+        { const __m512 a = _mm512_set1_ps(r5[kk]);
+          c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
+          c5_1 = _mm512_fmadd_ps(a, b1, c5_1);
+          c5_2 = _mm512_fmadd_ps(a, b2, c5_2);
+        }
+        { const __m512 a = _mm512_set1_ps(r6[kk]);
+          c6_0 = _mm512_fmadd_ps(a, b0, c6_0);
+          c6_1 = _mm512_fmadd_ps(a, b1, c6_1);
+          c6_2 = _mm512_fmadd_ps(a, b2, c6_2);
+        }
+    }
+    if (K > K1) {
+        const float *r0 = a2[0], *r1 = a2[1], *r2 = a2[2], *r3 = a2[3], *r4 = a2[4], *r5 = a2[5], *r6 = a2[6];
+        for (int kk = 0, n = K - K1; kk < n; kk++, pk += 48) {
+            const __m512 b0 = _mm512_loadu_ps(pk + 0);
+            const __m512 b1 = _mm512_loadu_ps(pk + 16);
+            const __m512 b2 = _mm512_loadu_ps(pk + 32);
+            { const __m512 a = _mm512_set1_ps(r0[kk]);
+              c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+              c0_1 = _mm512_fmadd_ps(a, b1, c0_1);
+              c0_2 = _mm512_fmadd_ps(a, b2, c0_2);
+            }
+            { const __m512 a = _mm512_set1_ps(r1[kk]);
+              c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+              c1_1 = _mm512_fmadd_ps(a, b1, c1_1);
+              c1_2 = _mm512_fmadd_ps(a, b2, c1_2);
+            }
+            { const __m512 a = _mm512_set1_ps(r2[kk]);
+              c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+              c2_1 = _mm512_fmadd_ps(a, b1, c2_1);
+              c2_2 = _mm512_fmadd_ps(a, b2, c2_2);
+            }
+            { const __m512 a = _mm512_set1_ps(r3[kk]);
+              c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+              c3_1 = _mm512_fmadd_ps(a, b1, c3_1);
+              c3_2 = _mm512_fmadd_ps(a, b2, c3_2);
+            }
+            { const __m512 a = _mm512_set1_ps(r4[kk]);
+              c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+              c4_1 = _mm512_fmadd_ps(a, b1, c4_1);
+              c4_2 = _mm512_fmadd_ps(a, b2, c4_2);
+            }
+            { const __m512 a = _mm512_set1_ps(r5[kk]);
+              c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
+              c5_1 = _mm512_fmadd_ps(a, b1, c5_1);
+              c5_2 = _mm512_fmadd_ps(a, b2, c5_2);
+            }
+            { const __m512 a = _mm512_set1_ps(r6[kk]);
+              c6_0 = _mm512_fmadd_ps(a, b0, c6_0);
+              c6_1 = _mm512_fmadd_ps(a, b1, c6_1);
+              c6_2 = _mm512_fmadd_ps(a, b2, c6_2);
+            }
+        }
+    }
+    _mm512_storeu_ps(out + 0, c0_0);
+    _mm512_storeu_ps(out + 16, c0_1);
+    _mm512_storeu_ps(out + 32, c0_2);
+    _mm512_storeu_ps(out + 48, c1_0);
+    _mm512_storeu_ps(out + 64, c1_1);
+    _mm512_storeu_ps(out + 80, c1_2);
+    _mm512_storeu_ps(out + 96, c2_0);
+    _mm512_storeu_ps(out + 112, c2_1);
+    _mm512_storeu_ps(out + 128, c2_2);
+    _mm512_storeu_ps(out + 144, c3_0);
+    _mm512_storeu_ps(out + 160, c3_1);
+    _mm512_storeu_ps(out + 176, c3_2);
+    _mm512_storeu_ps(out + 192, c4_0);
+    _mm512_storeu_ps(out + 208, c4_1);
+    _mm512_storeu_ps(out + 224, c4_2);
+    _mm512_storeu_ps(out + 240, c5_0);
+    _mm512_storeu_ps(out + 256, c5_1);
+    _mm512_storeu_ps(out + 272, c5_2);
+    _mm512_storeu_ps(out + 288, c6_0);
+    _mm512_storeu_ps(out + 304, c6_1);
+    _mm512_storeu_ps(out + 320, c6_2);
+}
+
+static void rec_z48_8(int K1, int K, const float *const *a1, const float *const *a2,
+                        const float *panel, float *out) {
+    __m512 c0_0 = _mm512_setzero_ps(), c0_1 = _mm512_setzero_ps(), c0_2 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c1_1 = _mm512_setzero_ps(), c1_2 = _mm512_setzero_ps(), c2_0 = _mm512_setzero_ps(), c2_1 = _mm512_setzero_ps(), c2_2 = _mm512_setzero_ps(), c3_0 = _mm512_setzero_ps(), c3_1 = _mm512_setzero_ps(), c3_2 = _mm512_setzero_ps(), c4_0 = _mm512_setzero_ps(), c4_1 = _mm512_setzero_ps(), c4_2 = _mm512_setzero_ps(), c5_0 = _mm512_setzero_ps(), c5_1 = _mm512_setzero_ps(), c5_2 = _mm512_setzero_ps(), c6_0 = _mm512_setzero_ps(), c6_1 = _mm512_setzero_ps(), c6_2 = _mm512_setzero_ps(), c7_0 = _mm512_setzero_ps(), c7_1 = _mm512_setzero_ps(), c7_2 = _mm512_setzero_ps();
+    const float *pk = panel;
+    const float *r0 = a1[0], *r1 = a1[1], *r2 = a1[2], *r3 = a1[3], *r4 = a1[4], *r5 = a1[5], *r6 = a1[6], *r7 = a1[7];
+    for (int kk = 0, n = K1; kk < n; kk++, pk += 48) {
+        const __m512 b0 = _mm512_loadu_ps(pk + 0);
+        const __m512 b1 = _mm512_loadu_ps(pk + 16);
+        const __m512 b2 = _mm512_loadu_ps(pk + 32);
+        { const __m512 a = _mm512_set1_ps(r0[kk]);
+          c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+          c0_1 = _mm512_fmadd_ps(a, b1, c0_1);
+          c0_2 = _mm512_fmadd_ps(a, b2, c0_2);
+        }
+        { const __m512 a = _mm512_set1_ps(r1[kk]);
+          c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+          c1_1 = _mm512_fmadd_ps(a, b1, c1_1);
+          c1_2 = _mm512_fmadd_ps(a, b2, c1_2);
+        }
+        { const __m512 a = _mm512_set1_ps(r2[kk]);
+          c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+          c2_1 = _mm512_fmadd_ps(a, b1, c2_1);
+          c2_2 = _mm512_fmadd_ps(a, b2, c2_2);
+        }
+        { const __m512 a = _mm512_set1_ps(r3[kk]);
+          c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+          c3_1 = _mm512_fmadd_ps(a, b1, c3_1);
+          c3_2 = _mm512_fmadd_ps(a, b2, c3_2);
+        }
+        { const __m512 a = _mm512_set1_ps(r4[kk]);
+          c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+          c4_1 = _mm512_fmadd_ps(a, b1, c4_1);
+          c4_2 = _mm512_fmadd_ps(a, b2, c4_2);
+        }
+        { const __m512 a = _mm512_set1_ps(r5[kk]);
+          c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
+          c5_1 = _mm512_fmadd_ps(a, b1, c5_1);
+          c5_2 = _mm512_fmadd_ps(a, b2, c5_2);
+        }
+        { const __m512 a = _mm512_set1_ps(r6[kk]);
+          c6_0 = _mm512_fmadd_ps(a, b0, c6_0);
+          c6_1 = _mm512_fmadd_ps(a, b1, c6_1);
+          c6_2 = _mm512_fmadd_ps(a, b2, c6_2);
+        }
+        { const __m512 a = _mm512_set1_ps(r7[kk]);
+          c7_0 = _mm512_fmadd_ps(a, b0, c7_0);
+          c7_1 = _mm512_fmadd_ps(a, b1, c7_1);
+          c7_2 = _mm512_fmadd_ps(a, b2, c7_2);
+        }
+    }
+    if (K > K1) {
+        const float *r0 = a2[0], *r1 = a2[1], *r2 = a2[2], *r3 = a2[3], *r4 = a2[4], *r5 = a2[5], *r6 = a2[6], *r7 = a2[7];
+        for (int kk = 0, n = K - K1; kk < n; kk++, pk += 48) {
+            const __m512 b0 = _mm512_loadu_ps(pk + 0);
+            const __m512 b1 = _mm512_loadu_ps(pk + 16);
+            const __m512 b2 = _mm512_loadu_ps(pk + 32);
+            { const __m512 a = _mm512_set1_ps(r0[kk]);
+              c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+              c0_1 = _mm512_fmadd_ps(a, b1, c0_1);
+              c0_2 = _mm512_fmadd_ps(a, b2, c0_2);
+            }
+            { const __m512 a = _mm512_set1_ps(r1[kk]);
+              c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+              c1_1 = _mm512_fmadd_ps(a, b1, c1_1);
+              c1_2 = _mm512_fmadd_ps(a, b2, c1_2);
+            }
+            { const __m512 a = _mm512_set1_ps(r2[kk]);
+              c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+              c2_1 = _mm512_fmadd_ps(a, b1, c2_1);
+              c2_2 = _mm512_fmadd_ps(a, b2, c2_2);
+            }
+            { const __m512 a = _mm512_set1_ps(r3[kk]);
+              c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+              c3_1 = _mm512_fmadd_ps(a, b1, c3_1);
+              c3_2 = _mm512_fmadd_ps(a, b2, c3_2);
+            }
+            { const __m512 a = _mm512_set1_ps(r4[kk]);
+              c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+              c4_1 = _mm512_fmadd_ps(a, b1, c4_1);
+              c4_2 = _mm512_fmadd_ps(a, b2, c4_2);
+            }
+            { const __m512 a = _mm512_set1_ps(r5[kk]);
+              c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
+              c5_1 = _mm512_fmadd_ps(a, b1, c5_1);
+              c5_2 = _mm512_fmadd_ps(a, b2, c5_2);
+            }
+            { const __m512 a = _mm512_set1_ps(r6[kk]);
+              c6_0 = _mm512_fmadd_ps(a, b0, c6_0);
+              c6_1 = _mm512_fmadd_ps(a, b1, c6_1);
+              c6_2 = _mm512_fmadd_ps(a, b2, c6_2);
+            }
+            { const __m512 a = _mm512_set1_ps(r7[kk]);
+              c7_0 = _mm512_fmadd_ps(a, b0, c7_0);
+              c7_1 = _mm512_fmadd_ps(a, b1, c7_1);
+              c7_2 = _mm512_fmadd_ps(a, b2, c7_2);
+            }
+        }
+    }
+    _mm512_storeu_ps(out + 0, c0_0);
+    _mm512_storeu_ps(out + 16, c0_1);
+    _mm512_storeu_ps(out + 32, c0_2);
+    _mm512_storeu_ps(out + 48, c1_0);
+    _mm512_storeu_ps(out + 64, c1_1);
+    _mm512_storeu_ps(out + 80, c1_2);
+    _mm512_storeu_ps(out + 96, c2_0);
+    _mm512_storeu_ps(out + 112, c2_1);
+    _mm512_storeu_ps(out + 128, c2_2);
+    _mm512_storeu_ps(out + 144, c3_0);
+    _mm512_storeu_ps(out + 160, c3_1);
+    _mm512_storeu_ps(out + 176, c3_2);
+    _mm512_storeu_ps(out + 192, c4_0);
+    _mm512_storeu_ps(out + 208, c4_1);
+    _mm512_storeu_ps(out + 224, c4_2);
+    _mm512_storeu_ps(out + 240, c5_0);
+    _mm512_storeu_ps(out + 256, c5_1);
+    _mm512_storeu_ps(out + 272, c5_2);
+    _mm512_storeu_ps(out + 288, c6_0);
+    _mm512_storeu_ps(out + 304, c6_1);
+    _mm512_storeu_ps(out + 320, c6_2);
+    _mm512_storeu_ps(out + 336, c7_0);
+    _mm512_storeu_ps(out + 352, c7_1);
+    _mm512_storeu_ps(out + 368, c7_2);
+}
+
+typedef void (*rec_z_fn)(int, int, const float *const *, const float *const *, const float *, float *);
+
+
+static const rec_z_fn rec_z48[Z_MR + 1] = {NULL, rec_z48_1, rec_z48_2, rec_z48_3, rec_z48_4, rec_z48_5, rec_z48_6, rec_z48_7, rec_z48_8};
+
 static void rec_z32_1(int K1, int K, const float *const *a1, const float *const *a2,
                         const float *panel, float *out) {
     __m512 c0_0 = _mm512_setzero_ps(), c0_1 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c1_1 = _mm512_setzero_ps(), c2_0 = _mm512_setzero_ps(), c2_1 = _mm512_setzero_ps(), c3_0 = _mm512_setzero_ps(), c3_1 = _mm512_setzero_ps();
@@ -1038,9 +1713,6 @@ static void rec_z32_12(int K1, int K, const float *const *a1, const float *const
     _mm512_storeu_ps(out + 352, c11_0);
     _mm512_storeu_ps(out + 368, c11_1);
 }
-
-typedef void (*rec_z_fn)(int, int, const float *const *, const float *const *, const float *, float *);
-
 
 static const rec_z_fn rec_z32[Z_MR + 1] = {NULL, rec_z32_1, rec_z32_2, rec_z32_3, rec_z32_4, rec_z32_5, rec_z32_6, rec_z32_7, rec_z32_8, rec_z32_9, rec_z32_10, rec_z32_11, rec_z32_12};
 
