@@ -221,28 +221,13 @@ static void gk_pack_a(int trans_a, const real *A, int lda, /* (M, lda) or (K, ld
             real *dst = Ap + (size_t)p * kc;                   /* (kc, MR) */
             int k = 0;
             for (; k + 8 <= kc; k += 8) {
-                __m256 r0 = _mm256_loadu_ps(src + 0 * (size_t)lda + k), r1 = _mm256_loadu_ps(src + 1 * (size_t)lda + k);
-                __m256 r2 = _mm256_loadu_ps(src + 2 * (size_t)lda + k), r3 = _mm256_loadu_ps(src + 3 * (size_t)lda + k);
-                __m256 r4 = _mm256_loadu_ps(src + 4 * (size_t)lda + k), r5 = _mm256_loadu_ps(src + 5 * (size_t)lda + k);
-                __m256 r6 = _mm256_setzero_ps(), r7 = _mm256_setzero_ps();
-                __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
-                __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
-                __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
-                __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
-                __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
-                __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
-                __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
-                __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+                __m256 r[8], c[8];
+                for (int v = 0; v < 6; v++) r[v] = _mm256_loadu_ps(src + (size_t)v * lda + k);
+                r[6] = r[7] = _mm256_setzero_ps();
+                vm_transpose8(r, c);
                 /* column j of the 8 x 8 block (rows 0-5 valid) */
                 real *d = dst + (size_t)k * GK_MR;
-                _mm256_storeu_ps(d + 0 * GK_MR, _mm256_permute2f128_ps(u0, u4, 0x20));
-                _mm256_storeu_ps(d + 1 * GK_MR, _mm256_permute2f128_ps(u1, u5, 0x20));
-                _mm256_storeu_ps(d + 2 * GK_MR, _mm256_permute2f128_ps(u2, u6, 0x20));
-                _mm256_storeu_ps(d + 3 * GK_MR, _mm256_permute2f128_ps(u3, u7, 0x20));
-                _mm256_storeu_ps(d + 4 * GK_MR, _mm256_permute2f128_ps(u0, u4, 0x31));
-                _mm256_storeu_ps(d + 5 * GK_MR, _mm256_permute2f128_ps(u1, u5, 0x31));
-                _mm256_storeu_ps(d + 6 * GK_MR, _mm256_permute2f128_ps(u2, u6, 0x31));
-                _mm256_storeu_ps(d + 7 * GK_MR, _mm256_permute2f128_ps(u3, u7, 0x31));
+                for (int q = 0; q < 8; q++) _mm256_storeu_ps(d + q * GK_MR, c[q]);
             }
             for (; k < kc; k++)
                 for (int r = 0; r < GK_MR; r++) dst[(size_t)k * GK_MR + r] = src[(size_t)r * lda + k];

@@ -77,27 +77,11 @@ static void rec_pack_segment(real *pj, int W, int NB, int g, int nu,
 #if FR_AVX2 && !FR_DOUBLE
     if (nu == 8 && NB % 8 == 0) {
         for (; k + 8 <= K; k += 8) {
-            __m256 r0 = _mm256_loadu_ps(src + 0 * (size_t)ld + k), r1 = _mm256_loadu_ps(src + 1 * (size_t)ld + k);
-            __m256 r2 = _mm256_loadu_ps(src + 2 * (size_t)ld + k), r3 = _mm256_loadu_ps(src + 3 * (size_t)ld + k);
-            __m256 r4 = _mm256_loadu_ps(src + 4 * (size_t)ld + k), r5 = _mm256_loadu_ps(src + 5 * (size_t)ld + k);
-            __m256 r6 = _mm256_loadu_ps(src + 6 * (size_t)ld + k), r7 = _mm256_loadu_ps(src + 7 * (size_t)ld + k);
-            __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
-            __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
-            __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
-            __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
-            __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
-            __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
-            __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
-            __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+            __m256 r[8], c[8];
+            for (int v = 0; v < 8; v++) r[v] = _mm256_loadu_ps(src + (size_t)v * ld + k);
+            vm_transpose8(r, c);
             real *d = pj + (size_t)(k0 + k) * W + g * NB;
-            _mm256_storeu_ps(d + 0 * (size_t)W, _mm256_permute2f128_ps(u0, u4, 0x20));
-            _mm256_storeu_ps(d + 1 * (size_t)W, _mm256_permute2f128_ps(u1, u5, 0x20));
-            _mm256_storeu_ps(d + 2 * (size_t)W, _mm256_permute2f128_ps(u2, u6, 0x20));
-            _mm256_storeu_ps(d + 3 * (size_t)W, _mm256_permute2f128_ps(u3, u7, 0x20));
-            _mm256_storeu_ps(d + 4 * (size_t)W, _mm256_permute2f128_ps(u0, u4, 0x31));
-            _mm256_storeu_ps(d + 5 * (size_t)W, _mm256_permute2f128_ps(u1, u5, 0x31));
-            _mm256_storeu_ps(d + 6 * (size_t)W, _mm256_permute2f128_ps(u2, u6, 0x31));
-            _mm256_storeu_ps(d + 7 * (size_t)W, _mm256_permute2f128_ps(u3, u7, 0x31));
+            for (int q = 0; q < 8; q++) _mm256_storeu_ps(d + (size_t)q * W, c[q]);
         }
     }
 #endif
