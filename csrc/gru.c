@@ -421,11 +421,9 @@ static int gru_forward(int T, int B, int I, int H, int reset_after, int reverse,
     const real **rowptrs = NULL;
     real *tbufs = NULL;
     int rc = FR_ENOMEM;
-    /* The projection of a chunk of steps is read back by the steps of that chunk: a chunk of about
-     * GRU_XW_BYTES keeps it in L2 in between (in training too, where it goes to the tape's gates rows). */
-    int chunk = (int)(GRU_XW_BYTES / ((size_t)(G3 > 0 ? G3 : 1) * sizeof(real) * (size_t)(B > 0 ? B : 1)));
-    if (chunk < 1) chunk = 1;
-    if (chunk > q.S) chunk = q.S > 0 ? q.S : 1;
+    /* The projection of a chunk of steps is read back by the steps of that chunk (in training from the
+     * tape's gates rows): rec_proj_chunk sizes the chunk. */
+    const int chunk = rec_proj_chunk(q.S, B, G3, GRU_XW_BYTES);
     const size_t crows = (size_t)chunk * (size_t)B;
     real *bias = (b_ih || b_hh) ? fr_alloc((size_t)G3, 0) : NULL; /* (3H) folded biases */
     real *h = fr_alloc((size_t)B * H, 0);                           /* (B, H) state, slot order */

@@ -32,8 +32,9 @@
  * One parallel region runs the whole sequence.  Per step, each thread takes its blocks of hidden units and,
  * for each tile of active rows, computes x_t W_ih^T + h_{t-1} W_hh^T for all four gates of those units in
  * one pass over the packed [W_ih | W_hh] panel (recurrent.h), then the cell on that tile while it is in
- * registers / L1, writing c, h_t (or m) and y.  At B <= 2 (lstm_split) x W_ih^T + b is instead computed
- * for a chunk of steps at a time, each thread for its own blocks, and the step multiplies by W_hh alone.  No (T, B, 4H) buffer and no BLAS call: the forward is
+ * registers / L1, writing c, h_t (or m) and y.  At small B for the weights' size (lstm_split) x W_ih^T + b
+ * is instead computed for a chunk of steps at a time, each thread for its own blocks, and the step
+ * multiplies by W_hh alone.  No (T, B, 4H) buffer and no BLAS call: the forward is
  * entirely ours.  h_t goes to the other of two state buffers, so threads still reading h_{t-1} are not
  * disturbed; one barrier per step (two with projection, whose product needs all of m). */
 
@@ -340,15 +341,24 @@ static void lstm_fwd_task(void *arg, int tid, int nth) {
 #endif
 
 /* Whether the forward projects x per chunk of steps (split) rather than per step beside W_hh (fused).
- * Split pays at B <= 2, where a step's tile has one or two rows and the fused step streams all of W_ih for
- * them: LSTM(64, 128), T = 100, B = 1 forward 0.78 -> 0.70 ms on one thread, 0.50 -> 0.48 on two.  From
- * B = 16 the fused step is faster (2.37 vs 2.92 ms; 50,64,512,512: 70 vs 75 ms, 2 threads): the tiles are
- * full either way and split adds a pass over the (rows, 4H) projection.  Measured interleaved in one
- * process on the Xeon VM. */
+ * The fused step streams all of [W_ih | W_hh] once per step for the step's B rows; split streams W_ih once
+ * per chunk (rec_proj_chunk: >= 128 rows) and W_hh per step, at the price of a pass over the (rows, 4H)
+ * projection.  Split pays when the weights are large for the rows that share a step's pass over them.
+ * Measured on the Xeon VM, 2 threads, old and new builds interleaved in one process (split vs fused
+ * forward, ms): T,B,I,H = 100,1,64,128 0.48 vs 0.50; 50,8,1536,1536 202 vs 400; 25,32,1024,1024 150 vs
+ * 178; 50,16,512,512 28 vs 30 -- but 100,16,64,128 3.3 vs 2.6; 100,32,128,256 19.8 vs 16.8; 150,32,256,256
+ * 40.6 vs 38.2; 50,64,512,512 79 vs 59; 25,128,512,512 141 vs 129; 25,64,1024,1024 even.  Rule: B <= 2,
+ * or more than LSTM_SPLIT_BYTES_PER_ROW of weights per row of a step. */
 #ifndef LSTM_SPLIT_MAX_B
 #define LSTM_SPLIT_MAX_B 2
 #endif
-static int lstm_split(int B) { return B <= LSTM_SPLIT_MAX_B; }
+#ifndef LSTM_SPLIT_BYTES_PER_ROW
+#define LSTM_SPLIT_BYTES_PER_ROW ((size_t)128 << 10)
+#endif
+static int lstm_split(int B, int I, int H, int P) {
+    const size_t bytes = (size_t)4 * H * (size_t)(I + P) * sizeof(real); /* [W_ih | W_hh] */
+    return B <= LSTM_SPLIT_MAX_B || bytes > LSTM_SPLIT_BYTES_PER_ROW * (size_t)B;
+}
 
 static size_t lstm_tape_len(int T, int B, int H, int P) {
     size_t rows = (size_t)(T > 0 ? T : 0) * (size_t)(B > 0 ? B : 0);
@@ -393,15 +403,13 @@ static int lstm_forward(int T, int B, int I, int H, int P, int reverse,
     c = fr_alloc((size_t)B * H, 0);
     if (h == NULL || h2 == NULL || c == NULL) goto done;
     /* Split (projection per chunk of steps, then W_hh alone per step) or fused ([W_ih | W_hh] per step). */
-    const int split = lstm_split(B);
+    const int split = lstm_split(B, I, H, P);
     int chunk = pl.S > 0 ? pl.S : 1;
     if (split) {
         if (rec_pack_init(&xp, 4, H, w_ih, I, I, NULL, 0, 0, (size_t)T * B) != FR_OK) goto done;
         if (rec_pack_init(&wp, 4, H, w_hh, P, P, NULL, 0, 0, (size_t)T * B) != FR_OK) goto done;
-        /* the projection of a chunk is read back by its steps: about LSTM_XW_BYTES keeps it in L2 */
-        chunk = (int)(LSTM_XW_BYTES / (H4 * sizeof(real) * (size_t)(B > 0 ? B : 1)));
-        if (chunk < 1) chunk = 1;
-        if (chunk > pl.S) chunk = pl.S > 0 ? pl.S : 1;
+        /* the projection of a chunk is read back by its steps: rec_proj_chunk sizes the chunk */
+        chunk = rec_proj_chunk(pl.S, B, H4, LSTM_XW_BYTES);
         if (tape == NULL && (xw = fr_alloc((size_t)chunk * B * H4, 0)) == NULL) goto done;
     } else if (rec_pack_init(&wp, 4, H, w_ih, I, I, w_hh, P, P, (size_t)T * B) != FR_OK) {
         goto done;

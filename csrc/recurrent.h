@@ -318,6 +318,23 @@ static void rec_tile(const rec_pack *p, int j, int mr,
 static inline int rec_ntiles(int n, int MR) { return (n + MR - 1) / MR; }
 static inline int rec_tile_start(int n, int nt, int i) { return (int)((long)n * i / nt); }
 
+/* Steps per chunk for a cell that projects x W_ih^T for a chunk of steps at a time (GRU; LSTM at small
+ * B): about `bytes` of projection ((chunk * B, cols) values), which then stays in L2 until the chunk's
+ * steps read it back, but at least REC_PROJ_MIN_ROWS rows: W_ih is streamed once per chunk, and when it is
+ * larger than the caches (GRU(1536, 1536): 28 MB) one-step chunks of a few rows would stream it from
+ * memory every step (DeepBench's GRU 187,32,1536,1536 forward ran at half ONNX Runtime's speed so). */
+#ifndef REC_PROJ_MIN_ROWS
+#define REC_PROJ_MIN_ROWS 128
+#endif
+static int rec_proj_chunk(int S, int B, size_t cols, size_t bytes) {
+    const size_t b = (size_t)(B > 0 ? B : 1);
+    size_t chunk = bytes / ((cols > 0 ? cols : 1) * sizeof(real) * b);
+    const size_t least = (REC_PROJ_MIN_ROWS + b - 1) / b;
+    if (chunk < least) chunk = least;
+    if (chunk > (size_t)S) chunk = (size_t)S;
+    return chunk < 1 ? 1 : (int)chunk;
+}
+
 /* Blocks [*j0, *j1) of thread tid out of nth: contiguous, balanced. */
 static inline void rec_thread_blocks(int nblk, int tid, int nth, int *j0, int *j1) {
     *j0 = (int)((long)nblk * tid / nth);

@@ -135,14 +135,17 @@ def test_every_tile_height(isa, dtype, variant, threads):
 @pytest.mark.parametrize("variant", ["lstm", "lstm_proj"])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_lstm_projection_in_chunks(isa, dtype, variant, threads):
-    """B <= 2: the LSTM forward projects x for a chunk of steps at a time (lstm.c, lstm_split); H = 520 makes a
-    chunk (~192 KB of projection) 11-23 steps, so T = 30 runs several chunks, with lengths and reversed."""
+    """B <= 2: the LSTM forward projects x for a chunk of steps at a time (lstm.c, lstm_split); a chunk is at
+    least 128 rows (recurrent.h, rec_proj_chunk), so T = 150 runs 3 chunks at B = 2 (with lengths, reversed)
+    and 2 at B = 1, the last one partial."""
     previous = fastrnn.get_num_threads()
     fastrnn.set_num_threads(threads)
     try:
         proj = dict(proj_size=13) if variant == "lstm_proj" else {}
-        check(Case.variant(variant, T=30, B=2, I=9, H=520, lengths=(30, 17), bidirectional=True, **proj), dtype)
-        check(Case.variant(variant, T=30, B=1, I=5, H=520, **proj), dtype)
+        check(Case.variant(variant, T=150, B=2, I=9, H=40, lengths=(150, 97), bidirectional=True, **proj), dtype)
+        check(Case.variant(variant, T=150, B=1, I=5, H=40, **proj), dtype)
+        # B = 5 with 665 KB of weights (> 128 KB per row): split too, tiles of 5 rows, 2 chunks of 26 steps
+        check(Case.variant(variant, T=40, B=5, I=100, H=160, lengths=(40, 3, 27, 40, 12), **proj), dtype)
     finally:
         fastrnn.set_num_threads(previous)
 
