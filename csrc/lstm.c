@@ -347,17 +347,10 @@ static void lstm_fwd_task(void *arg, int tid, int nth) {
  * Measured on the Xeon VM, 2 threads, old and new builds interleaved in one process (split vs fused
  * forward, ms): T,B,I,H = 100,1,64,128 0.48 vs 0.50; 50,8,1536,1536 202 vs 400; 25,32,1024,1024 150 vs
  * 178; 50,16,512,512 28 vs 30 -- but 100,16,64,128 3.3 vs 2.6; 100,32,128,256 19.8 vs 16.8; 150,32,256,256
- * 40.6 vs 38.2; 50,64,512,512 79 vs 59; 25,128,512,512 141 vs 129; 25,64,1024,1024 even.  Rule: B <= 2,
- * or more than LSTM_SPLIT_BYTES_PER_ROW of weights per row of a step. */
-#ifndef LSTM_SPLIT_MAX_B
-#define LSTM_SPLIT_MAX_B 2
-#endif
-#ifndef LSTM_SPLIT_BYTES_PER_ROW
-#define LSTM_SPLIT_BYTES_PER_ROW ((size_t)128 << 10)
-#endif
+ * 40.6 vs 38.2; 50,64,512,512 79 vs 59; 25,128,512,512 141 vs 129; 25,64,1024,1024 even.  The rule that
+ * follows (rec_split): B <= 2, or more than 128 KB of weights per row of a step. */
 static int lstm_split(int B, int I, int H, int P) {
-    const size_t bytes = (size_t)4 * H * (size_t)(I + P) * sizeof(real); /* [W_ih | W_hh] */
-    return B <= LSTM_SPLIT_MAX_B || bytes > LSTM_SPLIT_BYTES_PER_ROW * (size_t)B;
+    return rec_split(B, (size_t)4 * H * (size_t)(I + P) * sizeof(real)); /* [W_ih | W_hh] */
 }
 
 static size_t lstm_tape_len(int T, int B, int H, int P) {

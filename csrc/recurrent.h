@@ -335,6 +335,20 @@ static int rec_proj_chunk(int S, int B, size_t cols, size_t bytes) {
     return chunk < 1 ? 1 : (int)chunk;
 }
 
+/* Whether a forward with `weight_bytes` of [W_ih | W_hh] and B rows per step should project x per chunk
+ * of steps (W_ih streamed once per chunk) rather than fuse it into every step (streamed once per step for
+ * B rows): at B <= REC_SPLIT_MAX_B, or above REC_SPLIT_BYTES_PER_ROW of weights per row.  The measurements
+ * behind it are in lstm.c (lstm_split). */
+#ifndef REC_SPLIT_MAX_B
+#define REC_SPLIT_MAX_B 2
+#endif
+#ifndef REC_SPLIT_BYTES_PER_ROW
+#define REC_SPLIT_BYTES_PER_ROW ((size_t)128 << 10)
+#endif
+static inline int rec_split(int B, size_t weight_bytes) {
+    return B <= REC_SPLIT_MAX_B || weight_bytes > REC_SPLIT_BYTES_PER_ROW * (size_t)(B > 0 ? B : 1);
+}
+
 /* Blocks [*j0, *j1) of thread tid out of nth: contiguous, balanced. */
 static inline void rec_thread_blocks(int nblk, int tid, int nth, int *j0, int *j1) {
     *j0 = (int)((long)nblk * tid / nth);

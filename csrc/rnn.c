@@ -42,17 +42,25 @@ static void rnn_block_product(const rec_pack *p, int j, int n,
  * A slot stops being written after its last valid step (it leaves the active prefix, which only shrinks),
  * so sequence b's final state stays in hbuf[lengths[b] & 1]: no copying of ended rows per step. */
 
+/* Bytes of input projection per chunk of steps in the split forward (rec_proj_chunk). */
+#ifndef RNN_XW_BYTES
+#define RNN_XW_BYTES ((size_t)192 << 10)
+#endif
+
 typedef struct rnn_fwd_ctx {
     const fr_seq *q;
     int I, H, relu;
     const real *x;      /* (T, B, I) */
-    const rec_pack *wp; /* packed [W_ih | W_hh]: G = 1, K = I + H */
+    const rec_pack *wp; /* packed [W_ih | W_hh] (G = 1, K = I + H), or W_hh alone (K = H) when xp */
+    const rec_pack *xp; /* packed W_ih (K = I) for the per-chunk projection (rnn_split), or NULL */
+    real *xw;           /* (chunk rows, H) x W_ih^T of a chunk, with xp */
+    int chunk;          /* steps per chunk with xp (q->S without) */
     const real *bias;   /* (nblk * NB) b_ih + b_hh, zero-padded (zeros without bias) */
     real *hbuf[2];      /* (B, H) each: the state in slot order, alternating; hbuf[0] holds h0 */
     real *y;            /* (T, B, ldy) */
     int ldy;
     real *acc;          /* (nthreads, B, W) per thread: a block's product for the active rows */
-    const real **rows[FR_MAX_THREADS]; /* per thread: (3B) x, h_{t-1} and y row pointers of a step */
+    const real **rows[FR_MAX_THREADS]; /* per thread: x rows of a chunk (xp) or step, h_{t-1} and y rows */
     fr_barrier_t bar;
 } rnn_fwd_ctx;
 
@@ -89,32 +97,75 @@ static void rnn_fwd_task(void *arg, int tid, int nth) {
     const rec_pack *wp = cx->wp;
     const int I = cx->I, H = cx->H, B = q->B, W = wp->W, relu = cx->relu;
     real *acc = cx->acc + (size_t)tid * B * W; /* (B, W) the product of a block */
-    const real **xr = cx->rows[tid]; /* (B) x_t rows of the step */
-    const real **hr = xr + B;        /* (B) h_{t-1} rows */
+    const rec_pack *xp = cx->xp;
+    const size_t crows = xp ? (size_t)cx->chunk * B : (size_t)B;
+    const real **xr = cx->rows[tid]; /* (crows) x rows: of a chunk (xp) or of a step */
+    const real **hr = xr + crows;    /* (B) h_{t-1} rows */
     real **yr = (real **)(hr + B);   /* (B) y rows */
     int j0, j1;
-    rec_thread_blocks(wp->nblk, tid, nth, &j0, &j1);
+    rec_thread_blocks(wp->nblk, tid, nth, &j0, &j1); /* xp has the same blocks as wp */
 
-    for (int s = 0; s < q->S; s++) {
-        const int n = seq_active(q, s);
-        const real *hp = cx->hbuf[s & 1];  /* (B, H) h_{t-1} */
-        real *hn = cx->hbuf[(s & 1) ^ 1];  /* (B, H) h_t */
-        for (int k = 0; k < n; k++) {
-            const int b = seq_batch(q, k);
-            const size_t row = (size_t)seq_time(q, s, b) * B + b;
-            xr[k] = cx->x + row * I;
-            hr[k] = hp + (size_t)k * H;
-            yr[k] = cx->y + row * cx->ldy;
+    for (int c0 = 0; c0 < q->S; c0 += cx->chunk) {
+        const int c1 = c0 + cx->chunk < q->S ? c0 + cx->chunk : q->S;
+        size_t lo = 0, hi = 0;
+        if (xp) {
+            /* x W_ih^T of every row of the chunk for this thread's blocks (lstm.c's split forward): W_ih is
+             * read once per chunk.  Only this thread reads these columns: no barrier. */
+            seq_rows(q, c0, c1, &lo, &hi);
+            for (int s = c0; s < c1; s++) {
+                const size_t base = seq_row(q, s) - lo;
+                for (int k = 0, n = seq_active(q, s); k < n; k++) {
+                    const int b = seq_batch(q, k);
+                    xr[base + (size_t)k] = cx->x + ((size_t)seq_time(q, s, b) * B + b) * I;
+                }
+            }
+            for (int j = j0; j < j1; j++) {
+                const int u0 = j * xp->NB, nu = rec_block_units(xp, j);
+                for (size_t r0 = 0; r0 < hi - lo; r0 += (size_t)B) { /* B rows at a time: acc holds (B, W) */
+                    const int rows = hi - lo - r0 < (size_t)B ? (int)(hi - lo - r0) : B;
+                    rnn_block_product(xp, j, rows, xr + r0, NULL, acc);
+                    for (int k = 0; k < rows; k++)
+                        memcpy(cx->xw + (r0 + (size_t)k) * H + u0, acc + (size_t)k * W, (size_t)nu * sizeof(real));
+                }
+            }
         }
-        /* blocks outside, rows inside: a block's panel stays in cache while every row passes it */
-        for (int j = j0; j < j1; j++) {
-            const int u0 = j * wp->NB, nu = rec_block_units(wp, j);
-            rnn_block_product(wp, j, n, xr, hr, acc);
-            for (int k = 0; k < n; k++)
-                rnn_fwd_cell(nu, relu, acc + (size_t)k * W, cx->bias + u0, hn + (size_t)k * H + u0, yr[k] + u0);
+        for (int s = c0; s < c1; s++) {
+            const int n = seq_active(q, s);
+            const real *hp = cx->hbuf[s & 1];  /* (B, H) h_{t-1} */
+            real *hn = cx->hbuf[(s & 1) ^ 1];  /* (B, H) h_t */
+            const real *xs = xp ? cx->xw + (seq_row(q, s) - lo) * H : NULL; /* (n, H) the step's projection */
+            for (int k = 0; k < n; k++) {
+                const int b = seq_batch(q, k);
+                const size_t row = (size_t)seq_time(q, s, b) * B + b;
+                if (!xp) xr[k] = cx->x + row * I;
+                hr[k] = hp + (size_t)k * H;
+                yr[k] = cx->y + row * cx->ldy;
+            }
+            /* blocks outside, rows inside: a block's panel stays in cache while every row passes it */
+            for (int j = j0; j < j1; j++) {
+                const int u0 = j * wp->NB, nu = rec_block_units(wp, j);
+                if (xp) {
+                    rnn_block_product(wp, j, n, hr, NULL, acc);
+                    for (int k = 0; k < n; k++) {
+                        real *a = acc + (size_t)k * W;                 /* (nu) */
+                        const real *xk = xs + (size_t)k * H + u0;     /* (nu) */
+                        for (int v = 0; v < nu; v++) a[v] += xk[v];
+                    }
+                } else {
+                    rnn_block_product(wp, j, n, xr, hr, acc);
+                }
+                for (int k = 0; k < n; k++)
+                    rnn_fwd_cell(nu, relu, acc + (size_t)k * W, cx->bias + u0, hn + (size_t)k * H + u0, yr[k] + u0);
+            }
+            fr_barrier_wait(&cx->bar, tid);
         }
-        fr_barrier_wait(&cx->bar, tid);
     }
+}
+
+/* Whether the forward projects x per chunk of steps (split) rather than per step beside W_hh (fused):
+ * rec_split's rule (measured on the LSTM, lstm.c), with the RNN's weights. */
+static int rnn_split(int B, int I, int H) {
+    return rec_split(B, (size_t)H * (size_t)(I + H) * sizeof(real)); /* [W_ih | W_hh] */
 }
 
 static int rnn_forward(int T, int B, int I, int H, int relu, int reverse,
@@ -134,14 +185,24 @@ static int rnn_forward(int T, int B, int I, int H, int relu, int reverse,
 
     int rc = FR_ENOMEM;
     rnn_fwd_ctx cx;
-    rec_pack wp = {0};             /* [W_ih | W_hh] packed in blocks of units */
+    rec_pack wp = {0};             /* [W_ih | W_hh] (fused) or W_hh (split) packed in blocks of units */
+    rec_pack xp = {0};             /* W_ih packed likewise (split only) */
+    real *xw = NULL;               /* (chunk rows, H) projection of a chunk (split only) */
     const real **rowptrs = NULL;   /* (nthreads, 3B) */
     real *bias = NULL;             /* (nblk * NB) */
     real *acc = NULL;              /* (nthreads, B, W) */
     real *h = fr_alloc((size_t)B * H, 0);  /* (B, H) state, slot order */
     real *h2 = fr_alloc((size_t)B * H, 0); /* (B, H) the other state buffer */
     if (h == NULL || h2 == NULL) goto done;
-    if (rec_pack_init(&wp, 1, H, w_ih, I, I, w_hh, H, H, (size_t)T * B) != FR_OK) goto done;
+    const int split = rnn_split(B, I, H);
+    const int chunk = split ? rec_proj_chunk(q.S, B, (size_t)H, RNN_XW_BYTES) : (q.S > 0 ? q.S : 1);
+    if (split) {
+        if (rec_pack_init(&xp, 1, H, w_ih, I, I, NULL, 0, 0, (size_t)T * B) != FR_OK) goto done;
+        if (rec_pack_init(&wp, 1, H, w_hh, H, H, NULL, 0, 0, (size_t)T * B) != FR_OK) goto done;
+        if ((xw = fr_alloc((size_t)chunk * B * H, 0)) == NULL) goto done;
+    } else if (rec_pack_init(&wp, 1, H, w_ih, I, I, w_hh, H, H, (size_t)T * B) != FR_OK) {
+        goto done;
+    }
     if ((bias = fr_alloc((size_t)wp.nblk * wp.NB, 1)) == NULL) goto done;
     for (int k = 0; k < H; k++) bias[k] = (b_ih ? b_ih[k] : 0) + (b_hh ? b_hh[k] : 0);
     seq_load_state(&q, H, h0, h);
@@ -154,15 +215,19 @@ static int rnn_forward(int T, int B, int I, int H, int relu, int reverse,
     cx.relu = relu;
     cx.x = x;
     cx.wp = &wp;
+    cx.xp = split ? &xp : NULL;
+    cx.xw = xw;
+    cx.chunk = chunk;
     cx.bias = bias;
     cx.hbuf[0] = h;
     cx.hbuf[1] = h2;
     cx.y = y;
     cx.ldy = ldy;
     const int nth = rec_threads_for(B, 1, H, I + H, wp.nblk);
-    if ((rowptrs = (const real **)malloc(sizeof(real *) * 3 * (size_t)(B > 0 ? B : 1) * nth)) == NULL) goto done;
+    const size_t per = (split ? (size_t)chunk * B : (size_t)B) + 2 * (size_t)B; /* row pointers per thread */
+    if ((rowptrs = (const real **)malloc(sizeof(real *) * (per * nth + 1))) == NULL) goto done;
     if ((acc = fr_alloc((size_t)nth * B * wp.W, 0)) == NULL) goto done;
-    for (int t = 0; t < nth; t++) cx.rows[t] = rowptrs + (size_t)3 * B * t;
+    for (int t = 0; t < nth; t++) cx.rows[t] = rowptrs + per * t;
     cx.acc = acc;
     fr_parallel(nth, rnn_fwd_task, &cx, &cx.bar);
 
@@ -181,7 +246,9 @@ done:
     free(bias);
     free(h);
     free(h2);
+    free(xw);
     rec_pack_free(&wp);
+    rec_pack_free(&xp);
     seq_free(&q);
     return rc;
 }

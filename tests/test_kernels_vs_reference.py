@@ -132,19 +132,21 @@ def test_every_tile_height(isa, dtype, variant, threads):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
-@pytest.mark.parametrize("variant", ["lstm", "lstm_proj"])
+@pytest.mark.parametrize("variant", ["lstm", "lstm_proj", "rnn_tanh", "gru", "gru_reset_before"])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_lstm_projection_in_chunks(isa, dtype, variant, threads):
-    """B <= 2: the LSTM forward projects x for a chunk of steps at a time (lstm.c, lstm_split); a chunk is at
-    least 128 rows (recurrent.h, rec_proj_chunk), so T = 150 runs 3 chunks at B = 2 (with lengths, reversed)
-    and 2 at B = 1, the last one partial."""
+def test_projection_in_chunks(isa, dtype, variant, threads):
+    """B <= 2 (or large weights per row): the forward projects x for a chunk of steps at a time (recurrent.h,
+    rec_split; the GRU always); with these H a chunk is the 128-row minimum (rec_proj_chunk), so T = 150 runs
+    3 chunks at B = 2 (with lengths, reversed) and 2 at B = 1, the last one partial."""
     previous = fastrnn.get_num_threads()
     fastrnn.set_num_threads(threads)
     try:
         proj = dict(proj_size=13) if variant == "lstm_proj" else {}
-        check(Case.variant(variant, T=150, B=2, I=9, H=40, lengths=(150, 97), bidirectional=True, **proj), dtype)
-        check(Case.variant(variant, T=150, B=1, I=5, H=40, **proj), dtype)
-        # B = 5 with 665 KB of weights (> 128 KB per row): split too, tiles of 5 rows, 2 chunks of 26 steps
+        # H so that a chunk is the 128-row minimum, not ~192 KB of projection (which would hold all 150 steps)
+        H = {"lstm": 100, "lstm_proj": 100, "rnn_tanh": 400, "gru": 140, "gru_reset_before": 140}[variant]
+        check(Case.variant(variant, T=150, B=2, I=9, H=H, lengths=(150, 97), bidirectional=True, **proj), dtype)
+        check(Case.variant(variant, T=150, B=1, I=5, H=H, **proj), dtype)
+        # B = 5 with 665 KB of LSTM weights (> 128 KB per row): split too, tiles of 5 rows, 2 chunks of 26 steps
         check(Case.variant(variant, T=40, B=5, I=100, H=160, lengths=(40, 3, 27, 40, 12), **proj), dtype)
     finally:
         fastrnn.set_num_threads(previous)
