@@ -108,13 +108,23 @@ static size_t gru_group_rows(int B) { return (size_t)(B > 2 * GRU_GROUP_ROWS ? B
  * tape gates rows when `tape`), aux (n, H) its tape aux rows or NULL.  For float32 AVX2 the cells run in two
  * sweeps over all those rows -- r and z of every row, then n and h -- so that the OoO core overlaps many
  * independent sigmoid and tanh chains instead of waiting on one row's sigmoid -> tanh -> h chain. */
-/* Group gi of 8 units in the tiles of gru_cells_after: tile row i = gi / (NB/8) (block ja + i / n, sorted
- * row k = i % n), units v .. v + 8 of the block; returns its r part in tb (z at + NB, h part at + 2 NB). */
-static inline real *gru_group(real *tb, int W, int n, int ja, int NB, int gi, int *u0, int *k) {
-    const int per = NB / 8, i = gi / per, v = gi % per * 8;
-    *u0 = (ja + i / n) * NB + v;
-    *k = i % n;
-    return tb + (size_t)i * W + v;
+/* Walks the groups of 8 units in the tiles of gru_cells_after in order: tile rows (block ja + jr, sorted
+ * row k) one after the other, units v .. v + 8 of the block within each; gru_next returns the group's r
+ * part in tb (z at + NB, h part at + 2 NB) with its first unit and row, then steps on (no divisions: this
+ * runs for every 8 units of every step). */
+typedef struct gru_cursor {
+    int jr, k, v;
+} gru_cursor;
+
+static inline real *gru_next(gru_cursor *c, real *tb, int W, int n, int ja, int NB, int *u0, int *k) {
+    real *t = tb + ((size_t)c->jr * n + c->k) * W + c->v;
+    *u0 = (ja + c->jr) * NB + c->v;
+    *k = c->k;
+    if ((c->v += 8) == NB) {
+        c->v = 0;
+        if (++c->k == n) c->k = 0, c->jr++;
+    }
+    return t;
 }
 
 static void gru_cells_after(int H, int NB, int ja, int jb, int n,
@@ -130,15 +140,16 @@ static void gru_cells_after(int H, int NB, int ja, int jb, int n,
     int jf = ja; /* blocks [ja, jf) are full and take the vector path, the others the scalar one */
 #if FR_AVX2 && !FR_DOUBLE
     if (NB % 8 == 0) {
-        /* groups of 8 units: group gi is units [u0, u0 + 8) of sorted row k (gru_group) */
+        /* groups of 8 units: units [u0, u0 + 8) of sorted row k (gru_next) */
         jf = jb * NB > H ? jb - 1 : jb;
         const int m = (jf - ja) * n * (NB / 8);
         int i = 0, ua, ka;
+        gru_cursor cur = {0, 0, 0};
 #if FR_AVX512
         /* two groups per zmm (low and high halves), in both sweeps: half the sigmoid / tanh instructions */
         for (; i + 2 <= m; i += 2) {
             int ub, kb;
-            real *ta = gru_group(tb, W, n, ja, NB, i, &ua, &ka), *tb1 = gru_group(tb, W, n, ja, NB, i + 1, &ub, &kb);
+            real *ta = gru_next(&cur, tb, W, n, ja, NB, &ua, &ka), *tb1 = gru_next(&cur, tb, W, n, ja, NB, &ub, &kb);
             const real *xa = xs + (size_t)ka * G3, *xb = xs + (size_t)kb * G3;
             __m512 r = vm_sigmoid16(_mm512_add_ps(vm_join8(ta, tb1), vm_join8(xa + ua, xb + ub)));
             __m512 z = vm_sigmoid16(_mm512_add_ps(vm_join8(ta + NB, tb1 + NB), vm_join8(xa + H + ua, xb + H + ub)));
@@ -147,7 +158,7 @@ static void gru_cells_after(int H, int NB, int ja, int jb, int n,
         }
 #endif
         for (; i < m; i++) {
-            real *t = gru_group(tb, W, n, ja, NB, i, &ua, &ka);
+            real *t = gru_next(&cur, tb, W, n, ja, NB, &ua, &ka);
             const real *x = xs + (size_t)ka * G3;
             __m256 r = vm_sigmoid8(_mm256_add_ps(_mm256_loadu_ps(t), _mm256_loadu_ps(x + ua)));
             __m256 z = vm_sigmoid8(_mm256_add_ps(_mm256_loadu_ps(t + NB), _mm256_loadu_ps(x + H + ua)));
@@ -155,10 +166,11 @@ static void gru_cells_after(int H, int NB, int ja, int jb, int n,
             _mm256_storeu_ps(t + NB, z);
         }
         i = 0;
+        cur = (gru_cursor){0, 0, 0};
 #if FR_AVX512
         for (; i + 2 <= m; i += 2) {
             int ub, kb;
-            const real *ta = gru_group(tb, W, n, ja, NB, i, &ua, &ka), *tb1 = gru_group(tb, W, n, ja, NB, i + 1, &ub, &kb);
+            const real *ta = gru_next(&cur, tb, W, n, ja, NB, &ua, &ka), *tb1 = gru_next(&cur, tb, W, n, ja, NB, &ub, &kb);
             real *xa = xs + (size_t)ka * G3, *xb = xs + (size_t)kb * G3;
             __m512 r = vm_join8(ta, tb1), z = vm_join8(ta + NB, tb1 + NB), ph = vm_join8(ta + 2 * NB, tb1 + 2 * NB);
             if (b_hn) ph = _mm512_add_ps(ph, vm_join8(b_hn + ua, b_hn + ub));
@@ -176,7 +188,7 @@ static void gru_cells_after(int H, int NB, int ja, int jb, int n,
         }
 #endif
         for (; i < m; i++) {
-            const real *t = gru_group(tb, W, n, ja, NB, i, &ua, &ka);
+            const real *t = gru_next(&cur, tb, W, n, ja, NB, &ua, &ka);
             real *x = xs + (size_t)ka * G3;
             __m256 r = _mm256_loadu_ps(t), z = _mm256_loadu_ps(t + NB), ph = _mm256_loadu_ps(t + 2 * NB);
             if (b_hn) ph = _mm256_add_ps(ph, _mm256_loadu_ps(b_hn + ua));
