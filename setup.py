@@ -2,7 +2,7 @@
 
 The kernels are compiled once per dtype and ISA (csrc/isa/*.c); the AVX2+FMA instances get their target
 through `#pragma GCC target` inside those files, so the extension itself is built for the baseline x86-64
-and runs anywhere (never -march=native). No BLAS is linked: scipy's is passed in at import time.
+and runs anywhere (no flag for the build machine's own CPU). No BLAS is linked: scipy's is passed in at import time.
 """
 import glob
 import os

@@ -322,13 +322,7 @@ static void gru_fwd_task(void *arg, int tid, int nth) {
         real *xw = cx->tg ? cx->tg + lo * G3 : cx->xw; /* (hi - lo, 3H): row lo + i of row space is row i */
         /* The input projection of the chunk for this thread's blocks: every row passes a block's panel
          * while it is in L1.  Only this thread reads these columns, so no barrier follows. */
-        for (int s = c0; s < c1; s++) {
-            const size_t base = seq_row(q, s) - lo;
-            for (int k = 0, n = seq_active(q, s); k < n; k++) {
-                const int b = seq_batch(q, k);
-                xr[base + (size_t)k] = cx->x + ((size_t)seq_time(q, s, b) * B + b) * I;
-            }
-        }
+        seq_x_rows(q, c0, c1, lo, cx->x, I, xr);
         for (int j = j0; j < j1; j++) {
             const int u0 = j * NB, nu = rec_block_units(xp, j);
             for (size_t k0 = 0; k0 < hi - lo; k0 += MRx) {

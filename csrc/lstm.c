@@ -222,11 +222,7 @@ static void lstm_fwd_task(void *arg, int tid, int nth) {
              * in tiles of many rows.  Only this thread reads these columns: no barrier. */
             seq_rows(pl, c0, c1, &lo, &hi);
             xw = cx->tg ? cx->tg + lo * H4 : cx->xw;
-            for (int s = c0; s < c1; s++) {
-                const size_t base = seq_row(pl, s) - lo;
-                for (int k = 0, n = seq_active(pl, s); k < n; k++)
-                    xr[base + (size_t)k] = cx->x + ((size_t)seq_slot_time(pl, s, k) * B + seq_batch(pl, k)) * I;
-            }
+            seq_x_rows(pl, c0, c1, lo, cx->x, I, xr);
             const int MRx = rec_tile_rows(xp), rows = (int)(hi - lo);
             for (int j = j0; j < j1; j++) {
                 const int u0 = j * xp->NB, nu = rec_block_units(xp, j);

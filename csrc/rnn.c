@@ -112,13 +112,7 @@ static void rnn_fwd_task(void *arg, int tid, int nth) {
             /* x W_ih^T of every row of the chunk for this thread's blocks (lstm.c's split forward): W_ih is
              * read once per chunk.  Only this thread reads these columns: no barrier. */
             seq_rows(q, c0, c1, &lo, &hi);
-            for (int s = c0; s < c1; s++) {
-                const size_t base = seq_row(q, s) - lo;
-                for (int k = 0, n = seq_active(q, s); k < n; k++) {
-                    const int b = seq_batch(q, k);
-                    xr[base + (size_t)k] = cx->x + ((size_t)seq_time(q, s, b) * B + b) * I;
-                }
-            }
+            seq_x_rows(q, c0, c1, lo, cx->x, I, xr);
             for (int j = j0; j < j1; j++) {
                 const int u0 = j * xp->NB, nu = rec_block_units(xp, j);
                 for (size_t r0 = 0; r0 < hi - lo; r0 += (size_t)B) { /* B rows at a time: acc holds (B, W) */

@@ -130,6 +130,19 @@ static void seq_rows(const fr_seq *q, int s0, int s1, size_t *lo, size_t *hi) {
     }
 }
 
+/* xr[i] = the row of x (T, B, I) behind row lo + i of row space, for the rows [lo, hi) of steps s0 .. s1-1
+ * (seq_rows): the operand rows of a chunk's input projection, sorted slots at their own times. */
+static void seq_x_rows(const fr_seq *q, int s0, int s1, size_t lo,
+                       const real *x, int I, /* (T, B, I) */
+                       const real **xr)      /* (hi - lo) out */
+{
+    for (int s = s0; s < s1; s++) {
+        const size_t base = seq_row(q, s) - lo;
+        for (int k = 0, n = seq_active(q, s); k < n; k++)
+            xr[base + (size_t)k] = x + ((size_t)seq_slot_time(q, s, k) * q->B + seq_batch(q, k)) * I;
+    }
+}
+
 /* How many steps a chunk takes when each row of row space needs `per_row` elements of chunk buffers
  * (0: nothing is chunked, all steps at once).  At least one step. */
 static int seq_chunk(const fr_seq *q, size_t per_row) {
