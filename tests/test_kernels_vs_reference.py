@@ -63,6 +63,15 @@ def check(case, dtype, seed=0):
 
 # ---- single layer, one direction: every cell, varied shapes ------------------------------------------------
 
+@pytest.fixture(params=[1, 2])
+def threads(request):
+    """Run the test with the kernels on 1 and on 2 threads, restoring the count afterwards."""
+    previous = fastrnn.get_num_threads()
+    fastrnn.set_num_threads(request.param)
+    yield request.param
+    fastrnn.set_num_threads(previous)
+
+
 SHAPES = [  # (T, B, I, H)
     (1, 1, 3, 5),
     (7, 1, 5, 8),
@@ -101,55 +110,37 @@ LARGER = [(5, 1, 24, 128), (3, 1, 16, 256), (4, 33, 20, 40), (3, 64, 16, 96)]
 @pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
 @pytest.mark.parametrize("variant", ["rnn_tanh", "lstm", "lstm_proj", "gru", "gru_reset_before"])
 @pytest.mark.parametrize("shape", LARGER, ids=["T{}_B{}_I{}_H{}".format(*s) for s in LARGER])
-@pytest.mark.parametrize("threads", [1, 2])
 def test_larger_shapes_and_threads(isa, dtype, variant, shape, threads):
     """Shapes big enough for the blocked / threaded paths (hidden-unit split at B=1, batch split)."""
     T, B, I, H = shape
-    previous = fastrnn.get_num_threads()
-    fastrnn.set_num_threads(threads)
-    try:
-        proj = dict(proj_size=37) if variant == "lstm_proj" else {}
-        check(Case.variant(variant, T=T, B=B, I=I, H=H, **proj), dtype)
-    finally:
-        fastrnn.set_num_threads(previous)
+    proj = dict(proj_size=37) if variant == "lstm_proj" else {}
+    check(Case.variant(variant, T=T, B=B, I=I, H=H, **proj), dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
 @pytest.mark.parametrize("variant", ["rnn_tanh", "lstm", "lstm_proj", "gru", "gru_reset_before"])
-@pytest.mark.parametrize("threads", [1, 2])
 def test_every_tile_height(isa, dtype, variant, threads):
     """Lengths 1 .. 14 (shuffled): the active rows of a step go 14, 13, ..., 1, so every tile kernel height
     (1 .. 12 rows with AVX-512, 1 .. 4 with AVX2) and its tails run, forward and backward, with H past a
     multiple of the blocks (a partial last block)."""
     lengths = tuple(int(v) for v in np.random.default_rng(14).permutation(np.arange(1, 15)))
-    previous = fastrnn.get_num_threads()
-    fastrnn.set_num_threads(threads)
-    try:
-        proj = dict(proj_size=11) if variant == "lstm_proj" else {}
-        check(Case.variant(variant, T=14, B=14, I=9, H=70, lengths=lengths, **proj), dtype)
-    finally:
-        fastrnn.set_num_threads(previous)
+    proj = dict(proj_size=11) if variant == "lstm_proj" else {}
+    check(Case.variant(variant, T=14, B=14, I=9, H=70, lengths=lengths, **proj), dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
 @pytest.mark.parametrize("variant", ["lstm", "lstm_proj", "rnn_tanh", "gru", "gru_reset_before"])
-@pytest.mark.parametrize("threads", [1, 2])
 def test_projection_in_chunks(isa, dtype, variant, threads):
     """B <= 2 (or large weights per row): the forward projects x for a chunk of steps at a time (recurrent.h,
     rec_split; the GRU always); with these H a chunk is the 128-row minimum (rec_proj_chunk), so T = 150 runs
     3 chunks at B = 2 (with lengths, reversed) and 2 at B = 1, the last one partial."""
-    previous = fastrnn.get_num_threads()
-    fastrnn.set_num_threads(threads)
-    try:
-        proj = dict(proj_size=13) if variant == "lstm_proj" else {}
-        # H so that a chunk is the 128-row minimum, not ~192 KB of projection (which would hold all 150 steps)
-        H = {"lstm": 100, "lstm_proj": 100, "rnn_tanh": 400, "gru": 140, "gru_reset_before": 140}[variant]
-        check(Case.variant(variant, T=150, B=2, I=9, H=H, lengths=(150, 97), bidirectional=True, **proj), dtype)
-        check(Case.variant(variant, T=150, B=1, I=5, H=H, **proj), dtype)
-        # B = 5 with 665 KB of LSTM weights (> 128 KB per row): split too, tiles of 5 rows, 2 chunks of 26 steps
-        check(Case.variant(variant, T=40, B=5, I=100, H=160, lengths=(40, 3, 27, 40, 12), **proj), dtype)
-    finally:
-        fastrnn.set_num_threads(previous)
+    proj = dict(proj_size=13) if variant == "lstm_proj" else {}
+    # H so that a chunk is the 128-row minimum, not ~192 KB of projection (which would hold all 150 steps)
+    H = {"lstm": 100, "lstm_proj": 100, "rnn_tanh": 400, "gru": 140, "gru_reset_before": 140}[variant]
+    check(Case.variant(variant, T=150, B=2, I=9, H=H, lengths=(150, 97), bidirectional=True, **proj), dtype)
+    check(Case.variant(variant, T=150, B=1, I=5, H=H, **proj), dtype)
+    # B = 5 with 665 KB of LSTM weights (> 128 KB per row): split too, tiles of 5 rows, 2 chunks of 26 steps
+    check(Case.variant(variant, T=40, B=5, I=100, H=160, lengths=(40, 3, 27, 40, 12), **proj), dtype)
 
 
 # ---- layouts: batch_first, unbatched, non-contiguous -------------------------------------------------------
