@@ -41,10 +41,6 @@
 
 static size_t gru_tape_len(int T, int B, int H) { return (size_t)T * (size_t)B * 4 * (size_t)H; }
 
-/* Bytes of input projection per chunk of steps (see gru_forward); overridable for tests. */
-#ifndef GRU_XW_BYTES
-#define GRU_XW_BYTES ((size_t)192 << 10)
-#endif
 
 
 /* ---- forward: the cells on a tile row ------------------------------------------------------------------ */
@@ -328,22 +324,8 @@ static void gru_fwd_task(void *arg, int tid, int nth) {
             for (size_t k0 = 0; k0 < hi - lo; k0 += MRx) {
                 const int mr = hi - lo - k0 < (size_t)MRx ? (int)(hi - lo - k0) : MRx;
                 rec_tile(xp, j, mr, xr + k0, NULL, tile);
-                for (int r = 0; r < mr; r++) {
-                    real *o = xw + (k0 + r) * G3 + u0;
-                    const real *t = tile + (size_t)r * xp->W;
-                    for (int g = 0; g < 3; g++) {
-                        real *og = o + (size_t)g * H;                                /* (nu) */
-                        const real *tg = t + g * NB;                                 /* (nu) */
-                        const real *bg = cx->bias ? cx->bias + (size_t)g * H + u0 : NULL; /* (nu) or NULL */
-                        int v = 0;
-#if FR_AVX2 && !FR_DOUBLE
-                        for (; v + 8 <= nu; v += 8) /* (written out: the scalar loop was half of this task) */
-                            _mm256_storeu_ps(og + v, bg ? _mm256_add_ps(_mm256_loadu_ps(tg + v), _mm256_loadu_ps(bg + v))
-                                                        : _mm256_loadu_ps(tg + v));
-#endif
-                        for (; v < nu; v++) og[v] = tg[v] + (bg ? bg[v] : (real)0);
-                    }
-                }
+                for (int r = 0; r < mr; r++)
+                    rec_put_gates(3, H, NB, u0, nu, tile + (size_t)r * xp->W, cx->bias, xw + (k0 + r) * G3);
             }
         }
 
@@ -429,7 +411,7 @@ static int gru_forward(int T, int B, int I, int H, int reset_after, int reverse,
     int rc = FR_ENOMEM;
     /* The projection of a chunk of steps is read back by the steps of that chunk (in training from the
      * tape's gates rows): rec_proj_chunk sizes the chunk. */
-    const int chunk = rec_proj_chunk(q.S, B, G3, GRU_XW_BYTES);
+    const int chunk = rec_proj_chunk(q.S, B, G3);
     const size_t crows = (size_t)chunk * (size_t)B;
     real *bias = (b_ih || b_hh) ? fr_alloc((size_t)G3, 0) : NULL; /* (3H) folded biases */
     real *h = fr_alloc((size_t)B * H, 0);                           /* (B, H) state, slot order */

@@ -147,42 +147,6 @@ static inline void lstm_cell16(int H, lstm_half a, lstm_half b) {
 }
 #endif
 
-/* Units [u0, u0 + nu) of one row's projection: xw[g*H + u] = acc[g*NB + v] + bias[g*H + u], u = u0 + v. */
-static inline void lstm_put_projection(int H, int NB, int u0, int nu,
-                                       const real *acc,  /* (4, NB) x W_ih^T of those units */
-                                       const real *bias, /* (4H) or NULL */
-                                       real *xw)         /* (4H) row out */
-{
-    for (int g = 0; g < 4; g++) {
-        real *o = xw + (size_t)g * H + u0;                          /* (nu) */
-        const real *a = acc + g * NB;                               /* (nu) */
-        const real *b = bias ? bias + (size_t)g * H + u0 : NULL;    /* (nu) or NULL */
-        int v = 0;
-#if FR_AVX2 && !FR_DOUBLE
-        for (; v + 8 <= nu; v += 8)
-            _mm256_storeu_ps(o + v, b ? _mm256_add_ps(_mm256_loadu_ps(a + v), _mm256_loadu_ps(b + v))
-                                      : _mm256_loadu_ps(a + v));
-#endif
-        for (; v < nu; v++) o[v] = a[v] + (b ? b[v] : (real)0);
-    }
-}
-
-/* acc[g*NB + v] += xw[g*H + u0 + v]: the row's projection into its tile row before the cell. */
-static inline void lstm_add_projection(int H, int NB, int u0, int nu,
-                                       const real *xw, /* (4H) projection row */
-                                       real *acc)      /* (4, NB) tile row, in place */
-{
-    for (int g = 0; g < 4; g++) {
-        const real *x = xw + (size_t)g * H + u0; /* (nu) */
-        real *a = acc + g * NB;                  /* (nu) */
-        int v = 0;
-#if FR_AVX2 && !FR_DOUBLE
-        for (; v + 8 <= nu; v += 8) _mm256_storeu_ps(a + v, _mm256_add_ps(_mm256_loadu_ps(a + v), _mm256_loadu_ps(x + v)));
-#endif
-        for (; v < nu; v++) a[v] += x[v];
-    }
-}
-
 #if FR_AVX512
 /* The lstm_half of tile row acc: sorted row k of the step whose rows start at r0, units from u0. */
 static inline lstm_half lstm_row_half(const lstm_fwd_ctx *cx, real *m, real **yr, const real *bias,
@@ -230,111 +194,106 @@ static void lstm_fwd_task(void *arg, int tid, int nth) {
                     const int k0 = rec_tile_start(rows, nt, i), mr = rec_tile_start(rows, nt, i + 1) - k0;
                     rec_tile(xp, j, mr, xr + k0, NULL, tile);
                     for (int r = 0; r < mr; r++)
-                        lstm_put_projection(H, xp->NB, u0, nu, tile + (size_t)r * xp->W, cx->bias,
+                        rec_put_gates(4, H, xp->NB, u0, nu, tile + (size_t)r * xp->W, cx->bias,
                                             xw + (size_t)(k0 + r) * H4);
                 }
             }
         }
         for (int s = c0; s < c1; s++) {
-        const int n = seq_active(pl, s);
-        const size_t r0 = seq_row(pl, s);
-        const real *hp = cx->hbuf[cur];                       /* (B, P) h_{t-1} */
-        real *hn = cx->hbuf[cur ^ 1];                         /* (B, P) h_t */
-        real *m = rp ? (cx->tm ? cx->tm + r0 * H : cx->mb) : hn; /* (n, H) */
-        /* operand and output rows of this step (sorted row k is sequence perm[k] at its own time) */
-        for (int k = 0; k < n; k++) {
-            const size_t row = (size_t)seq_slot_time(pl, s, k) * B + seq_batch(pl, k);
-            if (!xp) xr[k] = cx->x + row * I;
-            hr[k] = hp + (size_t)k * P;
-            yr[k] = cx->y + row * cx->ldy;
-        }
-        /* blocks outside, row tiles inside: a block's panel stays in L2 while every row passes it */
-        const real *bias = xp ? NULL : cx->bias; /* with xp the projection rows hold it */
-        int j = j0;
-#if FR_AVX512
-        /* one row (B = 1): two blocks' tiles, then their 16 consecutive units in one zmm cell */
-        if (n == 1 && wp->NB == 8)
-            for (; j + 2 <= j1 && rec_block_units(wp, j + 1) == 8; j += 2) {
-                const int u0 = j * 8;
-                for (int h = 0; h < 2; h++) {
-                    real *t = tile + (size_t)h * wp->W;
-                    if (xp) {
-                        rec_tile(wp, j + h, 1, hr, NULL, t);
-                        lstm_add_projection(H, 8, u0 + 8 * h, 8, xw + (r0 - lo) * H4, t);
-                    } else {
-                        rec_tile(wp, j + h, 1, xr, hr, t);
-                    }
-                }
-                lstm_cell16(H, lstm_row_half(cx, m, yr, bias, tile, r0, 0, u0),
-                            lstm_row_half(cx, m, yr, bias, tile + wp->W, r0, 0, u0 + 8));
-                if (cx->tc) memcpy(cx->tc + r0 * H + u0, cx->c + u0, 16 * sizeof(real));
+            const int n = seq_active(pl, s);
+            const size_t r0 = seq_row(pl, s);
+            const real *hp = cx->hbuf[cur];                       /* (B, P) h_{t-1} */
+            real *hn = cx->hbuf[cur ^ 1];                         /* (B, P) h_t */
+            real *m = rp ? (cx->tm ? cx->tm + r0 * H : cx->mb) : hn; /* (n, H) */
+            /* operand and output rows of this step (sorted row k is sequence perm[k] at its own time) */
+            for (int k = 0; k < n; k++) {
+                const size_t row = (size_t)seq_slot_time(pl, s, k) * B + seq_batch(pl, k);
+                if (!xp) xr[k] = cx->x + row * I;
+                hr[k] = hp + (size_t)k * P;
+                yr[k] = cx->y + row * cx->ldy;
             }
-#endif
-        for (; j < j1; j++) {
-            const int u0 = j * wp->NB, nu = rec_block_units(wp, j);
-            for (int i = 0, nt = rec_ntiles(n, MR); i < nt; i++) {
-                const int k0 = rec_tile_start(n, nt, i), mr = rec_tile_start(n, nt, i + 1) - k0;
-                if (xp) {
-                    rec_tile(wp, j, mr, hr + k0, NULL, tile);
-                    for (int r = 0; r < mr; r++)
-                        lstm_add_projection(H, wp->NB, u0, nu, xw + (r0 - lo + (size_t)(k0 + r)) * H4,
-                                            tile + (size_t)r * wp->W);
-                } else {
-                    rec_tile(wp, j, mr, xr + k0, hr + k0, tile);
-                }
-                int r = 0;
+            /* blocks outside, row tiles inside: a block's panel stays in L2 while every row passes it */
+            const real *bias = xp ? NULL : cx->bias; /* with xp the projection rows hold it */
+            int j = j0;
 #if FR_AVX512
-                if (nu == 8 && wp->NB == 8) /* two rows per zmm: half the sigmoid / tanh instructions */
-                    for (; r + 2 <= mr; r += 2) {
-                        const size_t k = (size_t)(k0 + r);
-                        lstm_cell16(H, lstm_row_half(cx, m, yr, bias, tile + (size_t)r * wp->W, r0, k, u0),
-                                    lstm_row_half(cx, m, yr, bias, tile + (size_t)(r + 1) * wp->W, r0, k + 1, u0));
-                        if (cx->tc) {
-                            memcpy(cx->tc + (r0 + k) * H + u0, cx->c + k * H + u0, nu * sizeof(real));
-                            memcpy(cx->tc + (r0 + k + 1) * H + u0, cx->c + (k + 1) * H + u0, nu * sizeof(real));
+            /* one row (B = 1): two blocks' tiles, then their 16 consecutive units in one zmm cell */
+            if (n == 1 && wp->NB == 8)
+                for (; j + 2 <= j1 && rec_block_units(wp, j + 1) == 8; j += 2) {
+                    const int u0 = j * 8;
+                    for (int h = 0; h < 2; h++) {
+                        real *t = tile + (size_t)h * wp->W;
+                        if (xp) {
+                            rec_tile(wp, j + h, 1, hr, NULL, t);
+                            rec_add_gates(4, H, 8, u0 + 8 * h, 8, xw + (r0 - lo) * H4, t);
+                        } else {
+                            rec_tile(wp, j + h, 1, xr, hr, t);
                         }
                     }
-#endif
-                for (; r < mr; r++) {
-                    const size_t k = (size_t)(k0 + r);
-                    lstm_tile_cell(H, wp->NB, u0, nu, tile + (size_t)r * wp->W, bias,
-                                   cx->tg ? cx->tg + (r0 + k) * H4 : NULL, cx->c + k * H, m + k * H,
-                                   rp ? NULL : yr[k]);
-                    if (cx->tc) memcpy(cx->tc + (r0 + k) * H + u0, cx->c + k * H + u0, nu * sizeof(real));
+                    lstm_cell16(H, lstm_row_half(cx, m, yr, bias, tile, r0, 0, u0),
+                                lstm_row_half(cx, m, yr, bias, tile + wp->W, r0, 0, u0 + 8));
+                    if (cx->tc) memcpy(cx->tc + r0 * H + u0, cx->c + u0, 16 * sizeof(real));
                 }
-            }
-        }
-        fr_barrier_wait(&cx->bar, tid);
-        if (rp) { /* h_t = m W_hr^T: this thread's blocks of the P outputs */
-            const int MRp = rec_tile_rows(rp);
-            for (int k = 0; k < n; k++) hr[k] = m + (size_t)k * H; /* the operand is m now */
-            for (int q = q0; q < q1; q++) {
-                const int p0 = q * rp->NB, np = rec_block_units(rp, q);
-                for (int i = 0, nt = rec_ntiles(n, MRp); i < nt; i++) {
+#endif
+            for (; j < j1; j++) {
+                const int u0 = j * wp->NB, nu = rec_block_units(wp, j);
+                for (int i = 0, nt = rec_ntiles(n, MR); i < nt; i++) {
                     const int k0 = rec_tile_start(n, nt, i), mr = rec_tile_start(n, nt, i + 1) - k0;
-                    rec_tile(rp, q, mr, hr + k0, NULL, tile);
-                    for (int r = 0; r < mr; r++) {
-                        memcpy(hn + (size_t)(k0 + r) * P + p0, tile + (size_t)r * rp->W, np * sizeof(real));
-                        memcpy(yr[k0 + r] + p0, tile + (size_t)r * rp->W, np * sizeof(real));
+                    if (xp) {
+                        rec_tile(wp, j, mr, hr + k0, NULL, tile);
+                        for (int r = 0; r < mr; r++)
+                            rec_add_gates(4, H, wp->NB, u0, nu, xw + (r0 - lo + (size_t)(k0 + r)) * H4,
+                                                tile + (size_t)r * wp->W);
+                    } else {
+                        rec_tile(wp, j, mr, xr + k0, hr + k0, tile);
+                    }
+                    int r = 0;
+#if FR_AVX512
+                    if (nu == 8 && wp->NB == 8) /* two rows per zmm: half the sigmoid / tanh instructions */
+                        for (; r + 2 <= mr; r += 2) {
+                            const size_t k = (size_t)(k0 + r);
+                            lstm_cell16(H, lstm_row_half(cx, m, yr, bias, tile + (size_t)r * wp->W, r0, k, u0),
+                                        lstm_row_half(cx, m, yr, bias, tile + (size_t)(r + 1) * wp->W, r0, k + 1, u0));
+                            if (cx->tc) {
+                                memcpy(cx->tc + (r0 + k) * H + u0, cx->c + k * H + u0, nu * sizeof(real));
+                                memcpy(cx->tc + (r0 + k + 1) * H + u0, cx->c + (k + 1) * H + u0, nu * sizeof(real));
+                            }
+                        }
+#endif
+                    for (; r < mr; r++) {
+                        const size_t k = (size_t)(k0 + r);
+                        lstm_tile_cell(H, wp->NB, u0, nu, tile + (size_t)r * wp->W, bias,
+                                       cx->tg ? cx->tg + (r0 + k) * H4 : NULL, cx->c + k * H, m + k * H,
+                                       rp ? NULL : yr[k]);
+                        if (cx->tc) memcpy(cx->tc + (r0 + k) * H + u0, cx->c + k * H + u0, nu * sizeof(real));
                     }
                 }
             }
             fr_barrier_wait(&cx->bar, tid);
-        }
-        /* Sequences that have ended keep their state: carry their rows into the buffer that becomes
-         * h_{t-1} (the next step reads and writes only rows < n, so this races with nothing). */
-        if (n < B && tid == 0) memcpy(hn + (size_t)n * P, hp + (size_t)n * P, (size_t)(B - n) * P * sizeof(real));
-        /* No second barrier: the next step writes only what no thread reads after the one above (its own
-         * units of c, m and of the buffer that held h_{t-1}). */
-        cur ^= 1;
+            if (rp) { /* h_t = m W_hr^T: this thread's blocks of the P outputs */
+                const int MRp = rec_tile_rows(rp);
+                for (int k = 0; k < n; k++) hr[k] = m + (size_t)k * H; /* the operand is m now */
+                for (int q = q0; q < q1; q++) {
+                    const int p0 = q * rp->NB, np = rec_block_units(rp, q);
+                    for (int i = 0, nt = rec_ntiles(n, MRp); i < nt; i++) {
+                        const int k0 = rec_tile_start(n, nt, i), mr = rec_tile_start(n, nt, i + 1) - k0;
+                        rec_tile(rp, q, mr, hr + k0, NULL, tile);
+                        for (int r = 0; r < mr; r++) {
+                            memcpy(hn + (size_t)(k0 + r) * P + p0, tile + (size_t)r * rp->W, np * sizeof(real));
+                            memcpy(yr[k0 + r] + p0, tile + (size_t)r * rp->W, np * sizeof(real));
+                        }
+                    }
+                }
+                fr_barrier_wait(&cx->bar, tid);
+            }
+            /* Sequences that have ended keep their state: carry their rows into the buffer that becomes
+             * h_{t-1} (the next step reads and writes only rows < n, so this races with nothing). */
+            if (n < B && tid == 0) memcpy(hn + (size_t)n * P, hp + (size_t)n * P, (size_t)(B - n) * P * sizeof(real));
+            /* No second barrier: the next step writes only what no thread reads after the one above (its own
+             * units of c, m and of the buffer that held h_{t-1}). */
+            cur ^= 1;
         }
     }
 }
-
-/* Bytes of input projection per chunk of steps in the split forward; overridable for tests. */
-#ifndef LSTM_XW_BYTES
-#define LSTM_XW_BYTES ((size_t)192 << 10)
-#endif
 
 /* Whether the forward projects x per chunk of steps (split) rather than per step beside W_hh (fused).
  * The fused step streams all of [W_ih | W_hh] once per step for the step's B rows; split streams W_ih once
@@ -398,7 +357,7 @@ static int lstm_forward(int T, int B, int I, int H, int P, int reverse,
         if (rec_pack_init(&xp, 4, H, w_ih, I, I, NULL, 0, 0, (size_t)T * B) != FR_OK) goto done;
         if (rec_pack_init(&wp, 4, H, w_hh, P, P, NULL, 0, 0, (size_t)T * B) != FR_OK) goto done;
         /* the projection of a chunk is read back by its steps: rec_proj_chunk sizes the chunk */
-        chunk = rec_proj_chunk(pl.S, B, H4, LSTM_XW_BYTES);
+        chunk = rec_proj_chunk(pl.S, B, H4);
         if (tape == NULL && (xw = fr_alloc((size_t)chunk * B * H4, 0)) == NULL) goto done;
     } else if (rec_pack_init(&wp, 4, H, w_ih, I, I, w_hh, P, P, (size_t)T * B) != FR_OK) {
         goto done;

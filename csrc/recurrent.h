@@ -318,21 +318,62 @@ static void rec_tile(const rec_pack *p, int j, int mr,
 static inline int rec_ntiles(int n, int MR) { return (n + MR - 1) / MR; }
 static inline int rec_tile_start(int n, int nt, int i) { return (int)((long)n * i / nt); }
 
-/* Steps per chunk for a cell that projects x W_ih^T for a chunk of steps at a time (GRU; LSTM at small
- * B): about `bytes` of projection ((chunk * B, cols) values), which then stays in L2 until the chunk's
- * steps read it back, but at least REC_PROJ_MIN_ROWS rows: W_ih is streamed once per chunk, and when it is
+/* Steps per chunk for a cell that projects x W_ih^T for a chunk of steps at a time (GRU; LSTM and RNN when
+ * rec_split): about REC_PROJ_BYTES of projection ((chunk * B, cols) values), which then stays in L2 until
+ * the chunk's steps read it back, but at least REC_PROJ_MIN_ROWS rows: W_ih is streamed once per chunk, and when it is
  * larger than the caches (GRU(1536, 1536): 28 MB) one-step chunks of a few rows would stream it from
  * memory every step (DeepBench's GRU 187,32,1536,1536 forward ran at half ONNX Runtime's speed so). */
+#ifndef REC_PROJ_BYTES
+#define REC_PROJ_BYTES ((size_t)192 << 10)
+#endif
 #ifndef REC_PROJ_MIN_ROWS
 #define REC_PROJ_MIN_ROWS 128
 #endif
-static int rec_proj_chunk(int S, int B, size_t cols, size_t bytes) {
+static int rec_proj_chunk(int S, int B, size_t cols) {
     const size_t b = (size_t)(B > 0 ? B : 1);
-    size_t chunk = bytes / ((cols > 0 ? cols : 1) * sizeof(real) * b);
+    size_t chunk = REC_PROJ_BYTES / ((cols > 0 ? cols : 1) * sizeof(real) * b);
     const size_t least = (REC_PROJ_MIN_ROWS + b - 1) / b;
     if (chunk < least) chunk = least;
     if (chunk > (size_t)S) chunk = (size_t)S;
     return chunk < 1 ? 1 : (int)chunk;
+}
+
+/* Units [u0, u0 + nu) of one row's input projection out of its tile row, for the G gates:
+ * xw[g*H + u0 + v] = acc[g*NB + v] + bias[g*H + u0 + v] (no bias: a copy). */
+static inline void rec_put_gates(int G, int H, int NB, int u0, int nu,
+                                 const real *acc,  /* (G, NB) tile row */
+                                 const real *bias, /* (G*H) or NULL */
+                                 real *xw)         /* (G*H) projection row out */
+{
+    for (int g = 0; g < G; g++) {
+        real *o = xw + (size_t)g * H + u0;                       /* (nu) */
+        const real *a = acc + g * NB;                            /* (nu) */
+        const real *b = bias ? bias + (size_t)g * H + u0 : NULL; /* (nu) or NULL */
+        int v = 0;
+#if FR_AVX2 && !FR_DOUBLE
+        /* written out: GCC left the loop below scalar, and it was half of the GRU's step outside the tiles */
+        for (; v + 8 <= nu; v += 8)
+            _mm256_storeu_ps(o + v, b ? _mm256_add_ps(_mm256_loadu_ps(a + v), _mm256_loadu_ps(b + v))
+                                      : _mm256_loadu_ps(a + v));
+#endif
+        for (; v < nu; v++) o[v] = a[v] + (b ? b[v] : (real)0);
+    }
+}
+
+/* acc[g*NB + v] += xw[g*H + u0 + v] for the G gates: a row's projection into its tile row of the step. */
+static inline void rec_add_gates(int G, int H, int NB, int u0, int nu,
+                                 const real *xw, /* (G*H) projection row */
+                                 real *acc)      /* (G, NB) tile row, in place */
+{
+    for (int g = 0; g < G; g++) {
+        const real *x = xw + (size_t)g * H + u0; /* (nu) */
+        real *a = acc + g * NB;                  /* (nu) */
+        int v = 0;
+#if FR_AVX2 && !FR_DOUBLE
+        for (; v + 8 <= nu; v += 8) _mm256_storeu_ps(a + v, _mm256_add_ps(_mm256_loadu_ps(a + v), _mm256_loadu_ps(x + v)));
+#endif
+        for (; v < nu; v++) a[v] += x[v];
+    }
 }
 
 /* Whether a forward with `weight_bytes` of [W_ih | W_hh] and B rows per step should project x per chunk

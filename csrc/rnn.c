@@ -42,11 +42,6 @@ static void rnn_block_product(const rec_pack *p, int j, int n,
  * A slot stops being written after its last valid step (it leaves the active prefix, which only shrinks),
  * so sequence b's final state stays in hbuf[lengths[b] & 1]: no copying of ended rows per step. */
 
-/* Bytes of input projection per chunk of steps in the split forward (rec_proj_chunk). */
-#ifndef RNN_XW_BYTES
-#define RNN_XW_BYTES ((size_t)192 << 10)
-#endif
-
 typedef struct rnn_fwd_ctx {
     const fr_seq *q;
     int I, H, relu;
@@ -119,7 +114,7 @@ static void rnn_fwd_task(void *arg, int tid, int nth) {
                     const int rows = hi - lo - r0 < (size_t)B ? (int)(hi - lo - r0) : B;
                     rnn_block_product(xp, j, rows, xr + r0, NULL, acc);
                     for (int k = 0; k < rows; k++)
-                        memcpy(cx->xw + (r0 + (size_t)k) * H + u0, acc + (size_t)k * W, (size_t)nu * sizeof(real));
+                        rec_put_gates(1, H, W, u0, nu, acc + (size_t)k * W, NULL, cx->xw + (r0 + (size_t)k) * H);
                 }
             }
         }
@@ -140,11 +135,7 @@ static void rnn_fwd_task(void *arg, int tid, int nth) {
                 const int u0 = j * wp->NB, nu = rec_block_units(wp, j);
                 if (xp) {
                     rnn_block_product(wp, j, n, hr, NULL, acc);
-                    for (int k = 0; k < n; k++) {
-                        real *a = acc + (size_t)k * W;                 /* (nu) */
-                        const real *xk = xs + (size_t)k * H + u0;     /* (nu) */
-                        for (int v = 0; v < nu; v++) a[v] += xk[v];
-                    }
+                    for (int k = 0; k < n; k++) rec_add_gates(1, H, W, u0, nu, xs + (size_t)k * H, acc + (size_t)k * W);
                 } else {
                     rnn_block_product(wp, j, n, xr, hr, acc);
                 }
@@ -189,7 +180,7 @@ static int rnn_forward(int T, int B, int I, int H, int relu, int reverse,
     real *h2 = fr_alloc((size_t)B * H, 0); /* (B, H) the other state buffer */
     if (h == NULL || h2 == NULL) goto done;
     const int split = rnn_split(B, I, H);
-    const int chunk = split ? rec_proj_chunk(q.S, B, (size_t)H, RNN_XW_BYTES) : (q.S > 0 ? q.S : 1);
+    const int chunk = split ? rec_proj_chunk(q.S, B, (size_t)H) : (q.S > 0 ? q.S : 1);
     if (split) {
         if (rec_pack_init(&xp, 1, H, w_ih, I, I, NULL, 0, 0, (size_t)T * B) != FR_OK) goto done;
         if (rec_pack_init(&wp, 1, H, w_hh, H, H, NULL, 0, 0, (size_t)T * B) != FR_OK) goto done;
