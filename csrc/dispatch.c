@@ -65,3 +65,15 @@ const fr_kernels_f64_t *fr_kernels_f64(void) {
     /* no f64 avx512 instance: float64 serves gradient checks, where the AVX2 kernels are plenty */
     return fr_get_isa() >= FR_ISA_AVX2 ? &fr_kernels_f64_avx2 : &fr_kernels_f64_portable;
 }
+
+/* ---- chunk sizes (fastrnn.h) ---------------------------------------------------------------------------- */
+static size_t g_chunk_bytes = (size_t)4 << 20; /* bounds inference memory; each chunk is still one big GEMM */
+static int g_proj_min_rows = 1024;            /* a GEMM packs W_ih anew: fewer rows do not pay that back */
+
+size_t fr_chunk_bytes(void) { return g_chunk_bytes; }
+int fr_proj_min_rows(void) { return g_proj_min_rows; }
+
+void fr_set_chunking(size_t chunk_bytes, int proj_min_rows) {
+    if (chunk_bytes > 0) g_chunk_bytes = chunk_bytes;
+    if (proj_min_rows > 0) g_proj_min_rows = proj_min_rows;
+}

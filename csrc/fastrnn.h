@@ -56,6 +56,14 @@ int fr_set_isa(int isa);
 int fr_cpu_has_avx2(void);
 int fr_cpu_has_avx512(void);
 
+/* Work buffers that grow with T (seq.h) are processed in chunks of steps of about fr_chunk_bytes() bytes,
+ * and a chunk whose input projection is one GEMM has at least fr_proj_min_rows() rows (4 MB and 1024 by
+ * default).  fr_set_chunking changes both (0 keeps a value): a testing knob that makes small inputs run
+ * many chunks, not meant to change while kernels run. */
+size_t fr_chunk_bytes(void);
+int fr_proj_min_rows(void);
+void fr_set_chunking(size_t chunk_bytes, int proj_min_rows);
+
 /* ---- BLAS -------------------------------------------------------------------------------------------- */
 /* Fortran BLAS sgemm / dgemm (column-major), e.g. from scipy.linalg.cython_blas.  Until both are set the
  * kernels use their own (slower) C GEMM. */

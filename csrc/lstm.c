@@ -29,23 +29,24 @@
  */
 
 /* ---- forward: the fused step ------------------------------------------------------------------------
- * One parallel region runs the whole sequence.  Per step, each thread takes its blocks of hidden units and,
- * for each tile of active rows, computes x_t W_ih^T + h_{t-1} W_hh^T for all four gates of those units in
- * one pass over the packed [W_ih | W_hh] panel (recurrent.h), then the cell on that tile while it is in
- * registers / L1, writing c, h_t (or m) and y.  At small B for the weights' size (lstm_split) x W_ih^T + b
- * is instead computed for a chunk of steps at a time, each thread for its own blocks, and the step
- * multiplies by W_hh alone.  No (T, B, 4H) buffer and no BLAS call: the forward is
- * entirely ours.  h_t goes to the other of two state buffers, so threads still reading h_{t-1} are not
- * disturbed; one barrier per step (two with projection, whose product needs all of m). */
+ * Parallel regions run the time loop, one per chunk of steps.  Per step, each thread takes its blocks of
+ * hidden units and, for each tile of active rows, computes x_t W_ih^T + h_{t-1} W_hh^T for all four gates
+ * of those units in one pass over the packed [W_ih | W_hh] panel (recurrent.h), then the cell on that tile
+ * while it is in registers / L1, writing c, h_t (or m) and y; fused, one region runs every step.  When the
+ * weights are large for the rows of a step (lstm_split), x W_ih^T is instead one GEMM per chunk of steps
+ * before the chunk's region (seq_project, into the tape's gate rows in training), and the step multiplies
+ * by W_hh alone and adds its row of that projection.  h_t goes to the other of two state buffers, so
+ * threads still reading h_{t-1} are not disturbed; one barrier per step (two with projection, whose
+ * product needs all of m). */
 
 typedef struct lstm_fwd_ctx {
     const fr_seq *pl;
     int I, H, P;
     const real *x;           /* (T, B, I) */
-    const rec_pack *wp;      /* packed [W_ih | W_hh] (G = 4, K = I + P), or W_hh alone (K = P) when xp */
-    const rec_pack *xp;      /* packed W_ih (G = 4, K = I) for the per-chunk projection, or NULL (fused) */
-    real *xw;                /* (chunk rows, 4H) projection of a chunk with xp, inference; training: tg */
-    int chunk;               /* steps per chunk with xp (pl->S without) */
+    const rec_pack *wp;      /* packed [W_ih | W_hh] (G = 4, K = I + P), or W_hh alone (K = P) when split */
+    int split;               /* the step adds a row of x W_ih^T computed by seq_project before the region */
+    real *xw;                /* (rows of the region's steps, 4H) that projection: inference; training: tg */
+    int s_begin, s_end;      /* the steps this region runs */
     const rec_pack *rp;      /* packed W_hr: G = 1 over P outputs, K = H; NULL without projection */
     const real *bias;        /* (4H) b_ih + b_hh, or NULL */
     real *c;                 /* (B, H) cell state, sorted rows */
@@ -54,7 +55,7 @@ typedef struct lstm_fwd_ctx {
     real *tg, *tc, *tm;      /* tape gates (T*B, 4H), c and m (T*B, H), or NULL for inference */
     real *y;                 /* (T, B, ldy) */
     int ldy;
-    const real **rows[FR_MAX_THREADS]; /* per thread: (chunk rows + 2B) row pointers */
+    const real **rows[FR_MAX_THREADS]; /* per thread: (3B) row pointers */
     fr_barrier_t bar;
 } lstm_fwd_ctx;
 
@@ -166,40 +167,20 @@ static void lstm_fwd_task(void *arg, int tid, int nth) {
     const size_t H4 = (size_t)4 * H;
     const int MR = rec_tile_rows(wp);
     real tile[REC_MR_MAX * REC_W_MAX] __attribute__((aligned(64))); /* (MR, W) */
-    const rec_pack *xp = cx->xp;
-    const size_t crows = xp ? (size_t)cx->chunk * B : (size_t)B;
-    const real **xr = cx->rows[tid];  /* (crows) x rows: of a chunk (xp) or of a step */
-    const real **hr = xr + crows;     /* (B) h_{t-1} rows (m rows in the projection phase) */
+    const int split = cx->split;
+    const real **xr = cx->rows[tid];  /* (B) x rows of a step (fused) */
+    const real **hr = xr + B;         /* (B) h_{t-1} rows (m rows in the projection phase) */
     real **yr = (real **)(hr + B);    /* (B) y rows */
     int j0, j1, q0 = 0, q1 = 0;
-    rec_thread_blocks(wp->nblk, tid, nth, &j0, &j1); /* xp has the same blocks as wp */
+    rec_thread_blocks(wp->nblk, tid, nth, &j0, &j1);
     if (rp) rec_thread_blocks(rp->nblk, tid, nth, &q0, &q1);
-    int cur = 0;
-
-    for (int c0 = 0; c0 < pl->S; c0 += cx->chunk) {
-        const int c1 = c0 + cx->chunk < pl->S ? c0 + cx->chunk : pl->S;
-        size_t lo = 0, hi = 0;
-        real *xw = NULL; /* (hi - lo, 4H): row lo + i of row space is row i */
-        if (xp) {
-            /* x W_ih^T + b of every row of the chunk for this thread's blocks: W_ih is read once per
-             * chunk instead of once per step (a third of the bytes a B = 1 step streams at I = H / 2),
-             * in tiles of many rows.  Only this thread reads these columns: no barrier. */
-            seq_rows(pl, c0, c1, &lo, &hi);
-            xw = cx->tg ? cx->tg + lo * H4 : cx->xw;
-            seq_x_rows(pl, c0, c1, lo, cx->x, I, xr);
-            const int MRx = rec_tile_rows(xp), rows = (int)(hi - lo);
-            for (int j = j0; j < j1; j++) {
-                const int u0 = j * xp->NB, nu = rec_block_units(xp, j);
-                for (int i = 0, nt = rec_ntiles(rows, MRx); i < nt; i++) {
-                    const int k0 = rec_tile_start(rows, nt, i), mr = rec_tile_start(rows, nt, i + 1) - k0;
-                    rec_tile(xp, j, mr, xr + k0, NULL, tile);
-                    for (int r = 0; r < mr; r++)
-                        rec_put_gates(4, H, xp->NB, u0, nu, tile + (size_t)r * xp->W, cx->bias,
-                                            xw + (size_t)(k0 + r) * H4);
-                }
-            }
-        }
-        for (int s = c0; s < c1; s++) {
+    int cur = cx->s_begin & 1; /* h_{t-1} of step s is in hbuf[s & 1] */
+    size_t lo = 0, hi = 0;
+    seq_rows(pl, cx->s_begin, cx->s_end, &lo, &hi);
+    const real *xw = split ? (cx->tg ? cx->tg + lo * H4 : cx->xw) : NULL; /* (hi - lo, 4H): row lo + i is row i */
+    const real *bias = cx->bias;
+    {
+        for (int s = cx->s_begin; s < cx->s_end; s++) {
             const int n = seq_active(pl, s);
             const size_t r0 = seq_row(pl, s);
             const real *hp = cx->hbuf[cur];                       /* (B, P) h_{t-1} */
@@ -208,12 +189,11 @@ static void lstm_fwd_task(void *arg, int tid, int nth) {
             /* operand and output rows of this step (sorted row k is sequence perm[k] at its own time) */
             for (int k = 0; k < n; k++) {
                 const size_t row = (size_t)seq_slot_time(pl, s, k) * B + seq_batch(pl, k);
-                if (!xp) xr[k] = cx->x + row * I;
+                if (!split) xr[k] = cx->x + row * I;
                 hr[k] = hp + (size_t)k * P;
                 yr[k] = cx->y + row * cx->ldy;
             }
             /* blocks outside, row tiles inside: a block's panel stays in L2 while every row passes it */
-            const real *bias = xp ? NULL : cx->bias; /* with xp the projection rows hold it */
             int j = j0;
 #if FR_AVX512
             /* one row (B = 1): two blocks' tiles, then their 16 consecutive units in one zmm cell */
@@ -222,7 +202,7 @@ static void lstm_fwd_task(void *arg, int tid, int nth) {
                     const int u0 = j * 8;
                     for (int h = 0; h < 2; h++) {
                         real *t = tile + (size_t)h * wp->W;
-                        if (xp) {
+                        if (split) {
                             rec_tile(wp, j + h, 1, hr, NULL, t);
                             rec_add_gates(4, H, 8, u0 + 8 * h, 8, xw + (r0 - lo) * H4, t);
                         } else {
@@ -238,7 +218,7 @@ static void lstm_fwd_task(void *arg, int tid, int nth) {
                 const int u0 = j * wp->NB, nu = rec_block_units(wp, j);
                 for (int i = 0, nt = rec_ntiles(n, MR); i < nt; i++) {
                     const int k0 = rec_tile_start(n, nt, i), mr = rec_tile_start(n, nt, i + 1) - k0;
-                    if (xp) {
+                    if (split) {
                         rec_tile(wp, j, mr, hr + k0, NULL, tile);
                         for (int r = 0; r < mr; r++)
                             rec_add_gates(4, H, wp->NB, u0, nu, xw + (r0 - lo + (size_t)(k0 + r)) * H4,
@@ -295,17 +275,18 @@ static void lstm_fwd_task(void *arg, int tid, int nth) {
     }
 }
 
-/* Whether the forward projects x per chunk of steps (split) rather than per step beside W_hh (fused).
- * The fused step streams all of [W_ih | W_hh] once per step for the step's B rows; split streams W_ih once
- * per chunk (rec_proj_chunk: >= 128 rows) and W_hh per step, at the price of a pass over the (rows, 4H)
- * projection.  Split pays when the weights are large for the rows that share a step's pass over them.
- * Measured on the Xeon VM, 2 threads, old and new builds interleaved in one process (split vs fused
- * forward, ms): T,B,I,H = 100,1,64,128 0.48 vs 0.50; 50,8,1536,1536 202 vs 400; 25,32,1024,1024 150 vs
- * 178; 50,16,512,512 28 vs 30 -- but 100,16,64,128 3.3 vs 2.6; 100,32,128,256 19.8 vs 16.8; 150,32,256,256
- * 40.6 vs 38.2; 50,64,512,512 79 vs 59; 25,128,512,512 141 vs 129; 25,64,1024,1024 even.  The rule that
- * follows (rec_split): B <= 2, or more than 128 KB of weights per row of a step. */
-static int lstm_split(int B, int I, int H, int P) {
-    return rec_split(B, (size_t)4 * H * (size_t)(I + P) * sizeof(real)); /* [W_ih | W_hh] */
+/* Whether the forward projects x by GEMM per chunk of steps (split) rather than per step beside W_hh
+ * (fused).  The fused step streams all of [W_ih | W_hh] once per step for the step's B rows; split streams
+ * W_ih once per chunk of >= 1024 rows (seq_proj_chunk) inside an efficient GEMM, and W_hh per step, at the
+ * price of a pass over the (rows, 4H) projection.  Split pays when the weights are large for the rows that
+ * share a step's pass over them.  Measured on the Xeon VM (AVX-512), 2 threads, in one process, split vs
+ * fused forward (ms), T,B,I,H: 25,16,512,512 13.8 vs 16.7; 50,8,1536,1536 139 vs 192; 25,64,1024,1024 193
+ * vs 216; 25,16,2048,2048 325 vs 400; 50,32,512,512 51 vs 55; 100,1,64,128 even -- but 100,16,64,128 3.7
+ * vs 3.2; 100,32,128,256 40 vs 27; 150,32,256,256 46 vs 39; 50,64,512,512 92 vs 84; 25,128,512,512 even.
+ * The rule (rec_split): B <= 2, or more than 128 KB of weights per row of a step; and more than
+ * REC_DIRECT_ROWS rows in all (a streaming step() multiplies the unpacked weights in place). */
+static int lstm_split(size_t rows, int B, int I, int H, int P) {
+    return rows > REC_DIRECT_ROWS && rec_split(B, (size_t)4 * H * (size_t)(I + P) * sizeof(real)); /* [W_ih | W_hh] */
 }
 
 static size_t lstm_tape_len(int T, int B, int H, int P) {
@@ -339,8 +320,8 @@ static int lstm_forward(int T, int B, int I, int H, int P, int reverse,
     real *bias = NULL; /* (4H) b_ih + b_hh, NULL without bias */
     real *mb = NULL;   /* (B, H) m of a step (inference with projection; training uses the tape) */
     rec_pack wp = {0}; /* [W_ih | W_hh] (fused) or W_hh (split) packed in blocks of units x 4 gates */
-    rec_pack xp = {0}; /* W_ih packed likewise (split only) */
     real *xw = NULL;   /* (chunk rows, 4H) projection of a chunk: split inference */
+    real *xg = NULL;   /* (chunk rows, I) x rows of a chunk: split with lengths */
     rec_pack rp = {0}; /* W_hr packed in blocks of P outputs (projection only) */
     const real **rowptrs = NULL; /* (nthreads, 3B) */
     int rc = FR_ENOMEM;
@@ -350,16 +331,17 @@ static int lstm_forward(int T, int B, int I, int H, int P, int reverse,
     h2 = fr_alloc((size_t)B * P, 0);
     c = fr_alloc((size_t)B * H, 0);
     if (h == NULL || h2 == NULL || c == NULL) goto done;
-    /* Split (projection per chunk of steps, then W_hh alone per step) or fused ([W_ih | W_hh] per step). */
-    const int split = lstm_split(B, I, H, P);
+    /* Split (x W_ih^T by GEMM per chunk of steps, then W_hh alone per step) or fused ([W_ih | W_hh] per
+     * step, in one region). */
+    const int split = lstm_split(TB, B, I, H, P);
     int chunk = pl.S > 0 ? pl.S : 1;
     if (split) {
-        if (rec_pack_init(&xp, 4, H, w_ih, I, I, NULL, 0, 0, (size_t)T * B) != FR_OK) goto done;
-        if (rec_pack_init(&wp, 4, H, w_hh, P, P, NULL, 0, 0, (size_t)T * B) != FR_OK) goto done;
-        /* the projection of a chunk is read back by its steps: rec_proj_chunk sizes the chunk */
-        chunk = rec_proj_chunk(pl.S, B, H4);
+        if (rec_pack_init(&wp, 4, H, w_hh, P, P, NULL, 0, 0, TB) != FR_OK) goto done;
+        const size_t gather = pl.off ? (size_t)I : 0;
+        chunk = seq_proj_chunk(&pl, (tape ? 0 : H4) + gather, tape && !pl.off);
         if (tape == NULL && (xw = fr_alloc((size_t)chunk * B * H4, 0)) == NULL) goto done;
-    } else if (rec_pack_init(&wp, 4, H, w_ih, I, I, w_hh, P, P, (size_t)T * B) != FR_OK) {
+        if (gather && (xg = fr_alloc((size_t)chunk * B * I, 0)) == NULL) goto done;
+    } else if (rec_pack_init(&wp, 4, H, w_ih, I, I, w_hh, P, P, TB) != FR_OK) {
         goto done;
     }
     if (proj && rec_pack_init(&rp, 1, P, w_hr, H, H, NULL, 0, 0, (size_t)T * B) != FR_OK) goto done;
@@ -385,9 +367,8 @@ static int lstm_forward(int T, int B, int I, int H, int P, int reverse,
     cx.P = P;
     cx.x = x;
     cx.wp = &wp;
-    cx.xp = split ? &xp : NULL;
+    cx.split = split;
     cx.xw = xw;
-    cx.chunk = chunk;
     cx.rp = proj ? &rp : NULL;
     cx.bias = bias;
     cx.c = c;
@@ -400,10 +381,19 @@ static int lstm_forward(int T, int B, int I, int H, int P, int reverse,
     cx.y = y;
     cx.ldy = ldy;
     const int nth = rec_threads_for(B, 4, H, I + P, wp.nblk);
-    const size_t per = (split ? (size_t)chunk * B : (size_t)B) + 2 * (size_t)B; /* row pointers per thread */
-    if ((rowptrs = (const real **)malloc(sizeof(real *) * (per * nth + 1))) == NULL) goto done;
-    for (int t = 0; t < nth; t++) cx.rows[t] = rowptrs + per * t;
-    fr_parallel(nth, lstm_fwd_task, &cx, &cx.bar);
+    if ((rowptrs = (const real **)malloc(sizeof(real *) * (3 * (size_t)B * nth + 1))) == NULL) goto done;
+    for (int t = 0; t < nth; t++) cx.rows[t] = rowptrs + 3 * (size_t)B * t;
+    for (int s0 = 0; s0 < pl.S; s0 += chunk) { /* one region per chunk (fused: one for all steps) */
+        const int s1 = s0 + chunk < pl.S ? s0 + chunk : pl.S;
+        if (split) {
+            size_t lo, hi;
+            seq_rows(&pl, s0, s1, &lo, &hi);
+            seq_project(&pl, s0, s1, I, (int)H4, x, w_ih, NULL, xg, tape ? tape + lo * H4 : xw);
+        }
+        cx.s_begin = s0;
+        cx.s_end = s1;
+        fr_parallel(nth, lstm_fwd_task, &cx, &cx.bar);
+    }
     const real *hf = cx.hbuf[pl.S & 1]; /* (B, P) the final h: the buffers swapped once per step */
 
     /* padded steps of y are 0; ended rows kept the state of their last valid step */
@@ -423,9 +413,9 @@ done:
     free(bias);
     free(mb);
     rec_pack_free(&wp);
-    rec_pack_free(&xp);
     rec_pack_free(&rp);
     free(xw);
+    free(xg);
     seq_free(&pl);
     return rc;
 }

@@ -22,12 +22,6 @@
 #ifndef FR_SEQ_INSTANCE
 #define FR_SEQ_INSTANCE
 
-/* Work buffers that grow with T are processed in chunks of steps of about this many bytes, which keeps
- * inference memory bounded while each chunk is still one large, efficient GEMM. */
-#ifndef SEQ_CHUNK_BYTES /* overridable so that tests can force many small chunks */
-#define SEQ_CHUNK_BYTES ((size_t)4 << 20)
-#endif
-
 typedef struct fr_seq {
     int T, B, reverse;
     const int *len; /* (B) valid steps per sequence, or NULL: all T */
@@ -144,11 +138,12 @@ static void seq_x_rows(const fr_seq *q, int s0, int s1, size_t lo,
 }
 
 /* How many steps a chunk takes when each row of row space needs `per_row` elements of chunk buffers
- * (0: nothing is chunked, all steps at once).  At least one step. */
+ * (0: nothing is chunked, all steps at once): about fr_chunk_bytes() of buffers (fastrnn.h: 4 MB, which
+ * bounds inference memory while each chunk is still one large, efficient GEMM).  At least one step. */
 static int seq_chunk(const fr_seq *q, size_t per_row) {
     if (q->S <= 1) return 1;
     if (per_row == 0) return q->S;
-    size_t steps = SEQ_CHUNK_BYTES / (per_row * sizeof(real) * (size_t)(q->B > 0 ? q->B : 1));
+    size_t steps = fr_chunk_bytes() / (per_row * sizeof(real) * (size_t)(q->B > 0 ? q->B : 1));
     if (steps < 1) steps = 1;
     if (steps > (size_t)q->S) steps = (size_t)q->S;
     return (int)steps;
@@ -170,6 +165,19 @@ static void seq_gather(const fr_seq *q, int s0, int s1,
             memcpy(d + (size_t)j * cols, src + (t * q->B + b) * (size_t)ld, sizeof(real) * (size_t)cols);
         }
     }
+}
+
+/* Steps per chunk of a forward that computes x W_ih^T a chunk of steps at a time (seq_project: the split
+ * forwards of lstm.c and rnn.c), then runs the chunk's steps on W_hh alone, with chunk buffers of per_row
+ * elements a row of row space: seq_chunk's, but at least fr_proj_min_rows() rows, since each GEMM packs
+ * W_ih anew; all steps when `whole` (training without lengths: the tape holds every row's projection and
+ * x is used in place, so one GEMM over all rows packs W_ih once). */
+static int seq_proj_chunk(const fr_seq *q, size_t per_row, int whole) {
+    if (whole || q->S <= 1) return q->S > 1 ? q->S : 1;
+    const int b = q->B > 0 ? q->B : 1;
+    const int least = (fr_proj_min_rows() + b - 1) / b;
+    const int steps = seq_chunk(q, per_row);
+    return steps >= least ? steps : least < q->S ? least : q->S;
 }
 
 /* The inverse of seq_gather: dst[t, b] (T, B, ld) = (or += when accumulate) the rows of src. */

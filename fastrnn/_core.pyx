@@ -27,6 +27,9 @@ cdef extern from "fastrnn.h" nogil:
     int fr_set_isa(int isa)
     int fr_cpu_has_avx2()
     int fr_cpu_has_avx512()
+    size_t fr_chunk_bytes()
+    int fr_proj_min_rows()
+    void fr_set_chunking(size_t chunk_bytes, int proj_min_rows)
     int fr_get_num_threads()
     void fr_set_num_threads(int n)
 
@@ -99,6 +102,17 @@ def cpu_has_avx2():
 def cpu_has_avx512():
     """Whether this CPU can run the AVX-512 kernels (F, VL, DQ, BW, with AVX2+FMA)."""
     return bool(fr_cpu_has_avx512())
+
+
+def _set_chunking(chunk_bytes=0, proj_min_rows=0):
+    """Testing knob (not API): the kernels' chunk buffers take about chunk_bytes (default 4 MB), and a
+    chunk whose input projection is one GEMM at least proj_min_rows rows (default 1024); 0 keeps a value.
+    Small values make small inputs run many chunks.  Returns the previous (chunk_bytes, proj_min_rows)."""
+    if chunk_bytes < 0 or proj_min_rows < 0:
+        raise ValueError(f"_set_chunking: expected sizes >= 0, got {chunk_bytes}, {proj_min_rows}")
+    old = (fr_chunk_bytes(), fr_proj_min_rows())
+    fr_set_chunking(chunk_bytes, proj_min_rows)
+    return old
 
 
 def get_num_threads():

@@ -128,18 +128,30 @@ def test_every_tile_height(isa, dtype, variant, threads):
     check(Case.variant(variant, T=14, B=14, I=9, H=70, lengths=lengths, **proj), dtype)
 
 
+@pytest.fixture
+def small_chunks():
+    """Chunks of few steps (a testing knob of the kernels, fastrnn._core._set_chunking): work buffers of 1
+    byte (so seq_chunk gives one step) and GEMM projections of at least 42 rows (odd step counts at B = 2
+    and 5, so a chunk may start on either state buffer), restored afterwards."""
+    previous = fastrnn._core._set_chunking(chunk_bytes=1, proj_min_rows=42)
+    yield
+    fastrnn._core._set_chunking(*previous)
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
 @pytest.mark.parametrize("variant", ["lstm", "lstm_proj", "rnn_tanh", "gru", "gru_reset_before"])
-def test_projection_in_chunks(isa, dtype, variant, threads):
-    """B <= 2 (or large weights per row): the forward projects x for a chunk of steps at a time (recurrent.h,
-    rec_split; the GRU always); with these H a chunk is the 128-row minimum (rec_proj_chunk), so T = 150 runs
-    3 chunks at B = 2 (with lengths, reversed) and 2 at B = 1, the last one partial."""
+def test_projection_in_chunks(isa, dtype, variant, threads, small_chunks):
+    """B <= 2 (or large weights per row): the LSTM forward projects x by GEMM a chunk of steps at a time
+    (lstm_split, seq_proj_chunk: here 42 rows, so T = 150 runs 8 chunks of 21 steps at B = 2, with lengths
+    and reversed, and 4 of 42 at B = 1, the last ones partial); the RNN and GRU forwards project per chunk in tiles
+    (rec_proj_chunk: H such that a chunk is its 128-row minimum).  The backward with lengths gathers one
+    step per chunk here."""
     proj = dict(proj_size=13) if variant == "lstm_proj" else {}
-    # H so that a chunk is the 128-row minimum, not ~192 KB of projection (which would hold all 150 steps)
+    # H so that a tile-projected chunk is the 128-row minimum, not ~192 KB of projection (all 150 steps)
     H = {"lstm": 100, "lstm_proj": 100, "rnn_tanh": 400, "gru": 140, "gru_reset_before": 140}[variant]
     check(Case.variant(variant, T=150, B=2, I=9, H=H, lengths=(150, 97), bidirectional=True, **proj), dtype)
     check(Case.variant(variant, T=150, B=1, I=5, H=H, **proj), dtype)
-    # B = 5 with 665 KB of LSTM weights (> 128 KB per row): split too, tiles of 5 rows, 2 chunks of 26 steps
+    # B = 5 with 665 KB of LSTM weights (> 128 KB per row): split too, tiles of 5 rows, 9-step chunks
     check(Case.variant(variant, T=40, B=5, I=100, H=160, lengths=(40, 3, 27, 40, 12), **proj), dtype)
 
 
