@@ -33,10 +33,12 @@ static void rnn_block_product(const rec_pack *p, int j, int n,
 }
 
 /* ---- forward: the fused step (lstm.c's pattern) ---------------------------------------------------------
- * One parallel region runs the whole sequence.  Per step each thread takes its blocks of hidden units and,
- * for the active slots, computes x_t W_ih^T + h_{t-1} W_hh^T for those units in one pass over the packed
- * [W_ih | W_hh] panel (recurrent.h, register tiles of a few rows), then the bias and the activation on
- * that (n, NB) block while it is in L1, writing h_t and y.  No BLAS call and no (T, B, H) projection buffer.  h_t goes to the other of two state
+ * Parallel regions run the time loop, one per chunk of steps (fused: one for all).  Per step each thread
+ * takes its blocks of hidden units and, for the active slots, computes x_t W_ih^T + h_{t-1} W_hh^T for
+ * those units in one pass over the packed [W_ih | W_hh] panel (recurrent.h, register tiles of a few rows),
+ * then the bias and the activation on that (n, NB) block while it is in L1, writing h_t and y.  When the
+ * weights are large for a step's rows (rnn_split), x W_ih^T is one GEMM per chunk of steps before the
+ * chunk's region (seq_project) and the step multiplies by W_hh alone.  h_t goes to the other of two state
  * buffers (step s reads hbuf[s & 1], writes hbuf[(s + 1) & 1]), so one barrier per step suffices: after it,
  * the next step writes only the buffer no thread reads any more.
  * A slot stops being written after its last valid step (it leaves the active prefix, which only shrinks),
@@ -46,16 +48,16 @@ typedef struct rnn_fwd_ctx {
     const fr_seq *q;
     int I, H, relu;
     const real *x;      /* (T, B, I) */
-    const rec_pack *wp; /* packed [W_ih | W_hh] (G = 1, K = I + H), or W_hh alone (K = H) when xp */
-    const rec_pack *xp; /* packed W_ih (K = I) for the per-chunk projection (rnn_split), or NULL */
-    real *xw;           /* (chunk rows, H) x W_ih^T of a chunk, with xp */
-    int chunk;          /* steps per chunk with xp (q->S without) */
+    const rec_pack *wp; /* packed [W_ih | W_hh] (G = 1, K = I + H), or W_hh alone (K = H) when split */
+    int split;          /* the step adds a row of xw (rnn_split) */
+    real *xw;           /* (rows of the region's steps, H) x W_ih^T, by seq_project before the region */
+    int s_begin, s_end; /* the steps this region runs */
     const real *bias;   /* (nblk * NB) b_ih + b_hh, zero-padded (zeros without bias) */
     real *hbuf[2];      /* (B, H) each: the state in slot order, alternating; hbuf[0] holds h0 */
     real *y;            /* (T, B, ldy) */
     int ldy;
     real *acc;          /* (nthreads, B, W) per thread: a block's product for the active rows */
-    const real **rows[FR_MAX_THREADS]; /* per thread: x rows of a chunk (xp) or step, h_{t-1} and y rows */
+    const real **rows[FR_MAX_THREADS]; /* per thread: (3B) x rows of a step (fused), h_{t-1} and y rows */
     fr_barrier_t bar;
 } rnn_fwd_ctx;
 
@@ -92,48 +94,31 @@ static void rnn_fwd_task(void *arg, int tid, int nth) {
     const rec_pack *wp = cx->wp;
     const int I = cx->I, H = cx->H, B = q->B, W = wp->W, relu = cx->relu;
     real *acc = cx->acc + (size_t)tid * B * W; /* (B, W) the product of a block */
-    const rec_pack *xp = cx->xp;
-    const size_t crows = xp ? (size_t)cx->chunk * B : (size_t)B;
-    const real **xr = cx->rows[tid]; /* (crows) x rows: of a chunk (xp) or of a step */
-    const real **hr = xr + crows;    /* (B) h_{t-1} rows */
+    const int split = cx->split;
+    const real **xr = cx->rows[tid]; /* (B) x rows of a step (fused) */
+    const real **hr = xr + B;        /* (B) h_{t-1} rows */
     real **yr = (real **)(hr + B);   /* (B) y rows */
     int j0, j1;
-    rec_thread_blocks(wp->nblk, tid, nth, &j0, &j1); /* xp has the same blocks as wp */
-
-    for (int c0 = 0; c0 < q->S; c0 += cx->chunk) {
-        const int c1 = c0 + cx->chunk < q->S ? c0 + cx->chunk : q->S;
-        size_t lo = 0, hi = 0;
-        if (xp) {
-            /* x W_ih^T of every row of the chunk for this thread's blocks (lstm.c's split forward): W_ih is
-             * read once per chunk.  Only this thread reads these columns: no barrier. */
-            seq_rows(q, c0, c1, &lo, &hi);
-            seq_x_rows(q, c0, c1, lo, cx->x, I, xr);
-            for (int j = j0; j < j1; j++) {
-                const int u0 = j * xp->NB, nu = rec_block_units(xp, j);
-                for (size_t r0 = 0; r0 < hi - lo; r0 += (size_t)B) { /* B rows at a time: acc holds (B, W) */
-                    const int rows = hi - lo - r0 < (size_t)B ? (int)(hi - lo - r0) : B;
-                    rnn_block_product(xp, j, rows, xr + r0, NULL, acc);
-                    for (int k = 0; k < rows; k++)
-                        rec_put_gates(1, H, W, u0, nu, acc + (size_t)k * W, NULL, cx->xw + (r0 + (size_t)k) * H);
-                }
-            }
-        }
-        for (int s = c0; s < c1; s++) {
+    rec_thread_blocks(wp->nblk, tid, nth, &j0, &j1);
+    size_t lo = 0, hi = 0;
+    seq_rows(q, cx->s_begin, cx->s_end, &lo, &hi);
+    {
+        for (int s = cx->s_begin; s < cx->s_end; s++) {
             const int n = seq_active(q, s);
             const real *hp = cx->hbuf[s & 1];  /* (B, H) h_{t-1} */
             real *hn = cx->hbuf[(s & 1) ^ 1];  /* (B, H) h_t */
-            const real *xs = xp ? cx->xw + (seq_row(q, s) - lo) * H : NULL; /* (n, H) the step's projection */
+            const real *xs = split ? cx->xw + (seq_row(q, s) - lo) * H : NULL; /* (n, H) the step's projection */
             for (int k = 0; k < n; k++) {
                 const int b = seq_batch(q, k);
                 const size_t row = (size_t)seq_time(q, s, b) * B + b;
-                if (!xp) xr[k] = cx->x + row * I;
+                if (!split) xr[k] = cx->x + row * I;
                 hr[k] = hp + (size_t)k * H;
                 yr[k] = cx->y + row * cx->ldy;
             }
             /* blocks outside, rows inside: a block's panel stays in cache while every row passes it */
             for (int j = j0; j < j1; j++) {
                 const int u0 = j * wp->NB, nu = rec_block_units(wp, j);
-                if (xp) {
+                if (split) {
                     rnn_block_product(wp, j, n, hr, NULL, acc);
                     for (int k = 0; k < n; k++) rec_add_gates(1, H, W, u0, nu, xs + (size_t)k * H, acc + (size_t)k * W);
                 } else {
@@ -147,10 +132,10 @@ static void rnn_fwd_task(void *arg, int tid, int nth) {
     }
 }
 
-/* Whether the forward projects x per chunk of steps (split) rather than per step beside W_hh (fused):
- * rec_split's rule (measured on the LSTM, lstm.c), with the RNN's weights. */
-static int rnn_split(int B, int I, int H) {
-    return rec_split(B, (size_t)H * (size_t)(I + H) * sizeof(real)); /* [W_ih | W_hh] */
+/* Whether the forward projects x by GEMM per chunk of steps (split) rather than per step beside W_hh
+ * (fused): lstm_split's rule (measured on the LSTM, lstm.c), with the RNN's weights. */
+static int rnn_split(size_t rows, int B, int I, int H) {
+    return rows > REC_DIRECT_ROWS && rec_split(B, (size_t)H * (size_t)(I + H) * sizeof(real)); /* [W_ih | W_hh] */
 }
 
 static int rnn_forward(int T, int B, int I, int H, int relu, int reverse,
@@ -171,21 +156,23 @@ static int rnn_forward(int T, int B, int I, int H, int relu, int reverse,
     int rc = FR_ENOMEM;
     rnn_fwd_ctx cx;
     rec_pack wp = {0};             /* [W_ih | W_hh] (fused) or W_hh (split) packed in blocks of units */
-    rec_pack xp = {0};             /* W_ih packed likewise (split only) */
     real *xw = NULL;               /* (chunk rows, H) projection of a chunk (split only) */
+    real *xg = NULL;               /* (chunk rows, I) x rows of a chunk (split with lengths) */
     const real **rowptrs = NULL;   /* (nthreads, 3B) */
     real *bias = NULL;             /* (nblk * NB) */
     real *acc = NULL;              /* (nthreads, B, W) */
     real *h = fr_alloc((size_t)B * H, 0);  /* (B, H) state, slot order */
     real *h2 = fr_alloc((size_t)B * H, 0); /* (B, H) the other state buffer */
     if (h == NULL || h2 == NULL) goto done;
-    const int split = rnn_split(B, I, H);
-    const int chunk = split ? rec_proj_chunk(q.S, B, (size_t)H) : (q.S > 0 ? q.S : 1);
+    const size_t TB = (size_t)(T > 0 ? T : 0) * (size_t)(B > 0 ? B : 0);
+    const int split = rnn_split(TB, B, I, H);
+    const size_t gather = q.len ? (size_t)I : 0;
+    const int chunk = split ? seq_proj_chunk(&q, (size_t)H + gather, 0) : (q.S > 0 ? q.S : 1);
     if (split) {
-        if (rec_pack_init(&xp, 1, H, w_ih, I, I, NULL, 0, 0, (size_t)T * B) != FR_OK) goto done;
-        if (rec_pack_init(&wp, 1, H, w_hh, H, H, NULL, 0, 0, (size_t)T * B) != FR_OK) goto done;
+        if (rec_pack_init(&wp, 1, H, w_hh, H, H, NULL, 0, 0, TB) != FR_OK) goto done;
         if ((xw = fr_alloc((size_t)chunk * B * H, 0)) == NULL) goto done;
-    } else if (rec_pack_init(&wp, 1, H, w_ih, I, I, w_hh, H, H, (size_t)T * B) != FR_OK) {
+        if (gather && (xg = fr_alloc((size_t)chunk * B * I, 0)) == NULL) goto done;
+    } else if (rec_pack_init(&wp, 1, H, w_ih, I, I, w_hh, H, H, TB) != FR_OK) {
         goto done;
     }
     if ((bias = fr_alloc((size_t)wp.nblk * wp.NB, 1)) == NULL) goto done;
@@ -200,21 +187,25 @@ static int rnn_forward(int T, int B, int I, int H, int relu, int reverse,
     cx.relu = relu;
     cx.x = x;
     cx.wp = &wp;
-    cx.xp = split ? &xp : NULL;
+    cx.split = split;
     cx.xw = xw;
-    cx.chunk = chunk;
     cx.bias = bias;
     cx.hbuf[0] = h;
     cx.hbuf[1] = h2;
     cx.y = y;
     cx.ldy = ldy;
     const int nth = rec_threads_for(B, 1, H, I + H, wp.nblk);
-    const size_t per = (split ? (size_t)chunk * B : (size_t)B) + 2 * (size_t)B; /* row pointers per thread */
-    if ((rowptrs = (const real **)malloc(sizeof(real *) * (per * nth + 1))) == NULL) goto done;
+    if ((rowptrs = (const real **)malloc(sizeof(real *) * (3 * (size_t)B * nth + 1))) == NULL) goto done;
     if ((acc = fr_alloc((size_t)nth * B * wp.W, 0)) == NULL) goto done;
-    for (int t = 0; t < nth; t++) cx.rows[t] = rowptrs + per * t;
+    for (int t = 0; t < nth; t++) cx.rows[t] = rowptrs + 3 * (size_t)B * t;
     cx.acc = acc;
-    fr_parallel(nth, rnn_fwd_task, &cx, &cx.bar);
+    for (int s0 = 0; s0 < q.S; s0 += chunk) { /* one region per chunk (fused: one for all steps) */
+        const int s1 = s0 + chunk < q.S ? s0 + chunk : q.S;
+        if (split) seq_project(&q, s0, s1, I, H, x, w_ih, NULL, xg, xw);
+        cx.s_begin = s0;
+        cx.s_end = s1;
+        fr_parallel(nth, rnn_fwd_task, &cx, &cx.bar);
+    }
 
     /* the final state of slot j is in the buffer written by its last step */
     if (hn)
@@ -232,8 +223,8 @@ done:
     free(h);
     free(h2);
     free(xw);
+    free(xg);
     rec_pack_free(&wp);
-    rec_pack_free(&xp);
     seq_free(&q);
     return rc;
 }

@@ -141,11 +141,11 @@ def small_chunks():
 @pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
 @pytest.mark.parametrize("variant", ["lstm", "lstm_proj", "rnn_tanh", "gru", "gru_reset_before"])
 def test_projection_in_chunks(isa, dtype, variant, threads, small_chunks):
-    """B <= 2 (or large weights per row): the LSTM forward projects x by GEMM a chunk of steps at a time
-    (lstm_split, seq_proj_chunk: here 42 rows, so T = 150 runs 8 chunks of 21 steps at B = 2, with lengths
-    and reversed, and 4 of 42 at B = 1, the last ones partial); the RNN and GRU forwards project per chunk in tiles
-    (rec_proj_chunk: H such that a chunk is its 128-row minimum).  The backward with lengths gathers one
-    step per chunk here."""
+    """B <= 2 (or large weights per row): the LSTM and RNN forwards project x by GEMM a chunk of steps at a
+    time (lstm_split, rnn_split, seq_proj_chunk: here 42 rows, so T = 150 runs 8 chunks of 21 steps at
+    B = 2, with lengths and reversed, and 4 of 42 at B = 1, the last ones partial); the GRU forward projects
+    per chunk in tiles (rec_proj_chunk: H such that a chunk is its 128-row minimum).  The backward with
+    lengths gathers one step per chunk here."""
     proj = dict(proj_size=13) if variant == "lstm_proj" else {}
     # H so that a tile-projected chunk is the 128-row minimum, not ~192 KB of projection (all 150 steps)
     H = {"lstm": 100, "lstm_proj": 100, "rnn_tanh": 400, "gru": 140, "gru_reset_before": 140}[variant]
