@@ -19,13 +19,16 @@
  * h_{t-1} itself is not kept: backward reads it from the forward's y (or h0).
  *
  * ---- Forward (DESIGN.md's recipe, the pattern of lstm.c) -------------------------------------------------
- * One parallel region runs the whole sequence, no BLAS call.  Each thread owns blocks of NB units (the same
- * blocks in the W_ih and W_hh packs of recurrent.h) and, per chunk of steps, first projects every row of the
- * chunk onto its own blocks (x W_ih^T + folded biases, into the tape's gates rows in training, or a chunk
- * buffer): all rows pass a block's panel while it is in L1, and only the owner reads those columns again,
- * so no barrier is needed.  The step then reads only the h part of the panels -- a third less than a fused
- * [W_ih | W_hh] pass, which is what bounds B = 1 (the panels stream from L2) -- and keeps n_x and n_h apart
- * for free.  Per step, for tiles of active rows and the thread's blocks:
+ * The input projection (x W_ih^T + folded biases, into the tape's gates rows in training, or a chunk
+ * buffer) is computed a chunk of steps at a time, the chunk's steps then read it back; either way, the step
+ * reads only the h part of the panels -- a third less than a fused [W_ih | W_hh] pass, which is what bounds
+ * B = 1 (the panels stream from L2) -- and keeps n_x and n_h apart for free.  Two ways to project
+ * (gru_gemm_projection): in training and for large W_ih, one GEMM per chunk of >= 1024 rows (seq_project)
+ * before the chunk's parallel region; otherwise inside one region for the whole sequence, each thread
+ * projecting every row of a chunk of >= 128 rows onto its own blocks of units (the same blocks in the W_ih
+ * and W_hh packs of recurrent.h): all rows pass a block's panel while it is in L1, only the owner reads
+ * those columns again, so no barrier is needed, and the projection is still in L2 when the steps read it.
+ * Per step, for tiles of active rows and the thread's blocks:
  *   reset_after = 1: h_{t-1} [W_hr, W_hz, W_hn]^T (3 gates in one pass), then the cell on the tile; h is
  *     double-buffered, one barrier per step.
  *   reset_after = 0: phase 1: h_{t-1} [W_hr, W_hz]^T, r and z, and r*h of its units; barrier; phase 2:
@@ -275,8 +278,9 @@ typedef struct gru_fwd_ctx {
     const fr_seq *q;
     int I, H, reset_after;
     int chunk;               /* steps per chunk of the input projection */
+    int s_begin, s_end;      /* the steps this region runs */
     const real *x;           /* (T, B, I) */
-    const rec_pack *xp;      /* W_ih packed: G = 3, K = I */
+    const rec_pack *xp;      /* W_ih packed: G = 3, K = I; NULL: xw / tg already hold the projection */
     const rec_pack *hp;      /* W_hh packed: G = 3 (reset_after) or W_h{r,z}: G = 2, K = H */
     const rec_pack *np;      /* W_hn packed, G = 1, K = H (reset_after = 0), else NULL */
     const real *bias;        /* (3H) folded biases, or NULL */
@@ -288,7 +292,7 @@ typedef struct gru_fwd_ctx {
     real *rh;                /* (B, H) r*h of a step: reset_after = 0 inference */
     real *y;                 /* (T, B, ldy) */
     int ldy;
-    const real **rows[FR_MAX_THREADS]; /* per thread: (chunk rows + 2B) row pointers */
+    const real **rows[FR_MAX_THREADS]; /* per thread: ((xp ? chunk rows : 0) + 2B) row pointers */
     real *tbuf[FR_MAX_THREADS];        /* per thread: (gru_group_rows(B), W) tiles of a group of blocks */
     fr_barrier_t bar;
 } gru_fwd_ctx;
@@ -299,27 +303,27 @@ static void gru_fwd_task(void *arg, int tid, int nth) {
     const rec_pack *xp = cx->xp, *hp = cx->hp, *np = cx->np;
     const int I = cx->I, H = cx->H, B = q->B, ra = cx->reset_after, NB = hp->NB;
     const size_t G3 = (size_t)3 * H;
-    const int MRx = rec_tile_rows(xp), MR = rec_tile_rows(hp);
+    const int MRx = xp ? rec_tile_rows(xp) : 1, MR = rec_tile_rows(hp);
     real tile[REC_MR_MAX * REC_W_MAX] __attribute__((aligned(64))); /* (MR, W) */
-    const size_t crows = (size_t)cx->chunk * B;
+    const size_t crows = xp ? (size_t)cx->chunk * B : 0;
     real *tb = cx->tbuf[tid];          /* (max(B, 2 GRU_GROUP_ROWS), W) tiles of a group of blocks */
-    const real **xr = cx->rows[tid];   /* (chunk rows) x rows of a chunk */
+    const real **xr = cx->rows[tid];   /* (chunk rows) x rows of a chunk (xp), or none */
     const real **hr = xr + crows;      /* (B) h_{t-1} rows (r*h rows in phase 2) */
     real **yr = (real **)(hr + B);     /* (B) y rows */
     int j0, j1, p0 = 0, p1 = 0;
     rec_thread_blocks(hp->nblk, tid, nth, &j0, &j1); /* xp and hp have the same blocks */
     if (np) rec_thread_blocks(np->nblk, tid, nth, &p0, &p1);
-    int cur = 0;
+    int cur = ra ? cx->s_begin & 1 : 0;
 
-    for (int c0 = 0; c0 < q->S; c0 += cx->chunk) {
-        const int c1 = c0 + cx->chunk < q->S ? c0 + cx->chunk : q->S;
+    for (int c0 = cx->s_begin; c0 < cx->s_end; c0 += cx->chunk) {
+        const int c1 = c0 + cx->chunk < cx->s_end ? c0 + cx->chunk : cx->s_end;
         size_t lo, hi;
         seq_rows(q, c0, c1, &lo, &hi);
         real *xw = cx->tg ? cx->tg + lo * G3 : cx->xw; /* (hi - lo, 3H): row lo + i of row space is row i */
-        /* The input projection of the chunk for this thread's blocks: every row passes a block's panel
+        /* The input projection of the chunk for this thread's blocks (xp): every row passes a block's panel
          * while it is in L1.  Only this thread reads these columns, so no barrier follows. */
-        seq_x_rows(q, c0, c1, lo, cx->x, I, xr);
-        for (int j = j0; j < j1; j++) {
+        if (xp) seq_x_rows(q, c0, c1, lo, cx->x, I, xr);
+        for (int j = j0; xp && j < j1; j++) {
             const int u0 = j * NB, nu = rec_block_units(xp, j);
             for (size_t k0 = 0; k0 < hi - lo; k0 += MRx) {
                 const int mr = hi - lo - k0 < (size_t)MRx ? (int)(hi - lo - k0) : MRx;
@@ -388,6 +392,20 @@ static void gru_fwd_task(void *arg, int tid, int nth) {
     }
 }
 
+/* Whether the forward computes x W_ih^T (+ biases) by GEMM per chunk of >= 1024 rows before each chunk's
+ * region (seq_project; in training one GEMM over all rows into the tape) rather than in each thread's
+ * tiles per chunk of >= 128 rows inside the region (which then reads it back from L2).  Measured on the
+ * Xeon VM (AVX-512), 2 threads, GEMM vs tiles in one process: training 1.02-1.11x at every grid and
+ * DeepBench shape; inference 25,64,1024,1024 1.08x, 187,32,1536,1536 1.13x, 1,32,512,512 1.24x,
+ * 50,64,512,512 even (W_ih 3 MB), but 100,16,64,128 0.92x and 100,32,128,256 0.93x (W_ih 98 / 393 KB).
+ * A call of at most REC_DIRECT_ROWS rows (streaming step()) keeps the unpacked weights in place. */
+#ifndef GRU_GEMM_PROJ_BYTES
+#define GRU_GEMM_PROJ_BYTES ((size_t)1 << 20)
+#endif
+static int gru_gemm_projection(size_t rows, int training, int I, int H) {
+    return rows > REC_DIRECT_ROWS && (training || (size_t)3 * H * (size_t)I * sizeof(real) > GRU_GEMM_PROJ_BYTES);
+}
+
 static int gru_forward(int T, int B, int I, int H, int reset_after, int reverse,
                        const int *lengths, /* (B) or NULL */
                        const real *x,      /* (T, B, I) */
@@ -411,8 +429,11 @@ static int gru_forward(int T, int B, int I, int H, int reset_after, int reverse,
     int rc = FR_ENOMEM;
     /* The projection of a chunk of steps is read back by the steps of that chunk (in training from the
      * tape's gates rows): rec_proj_chunk sizes the chunk. */
-    const int chunk = rec_proj_chunk(q.S, B, G3);
+    const int gm = gru_gemm_projection((size_t)T * B, tape != NULL, I, H);
+    const size_t gather = q.len ? (size_t)I : 0;
+    const int chunk = gm ? seq_proj_chunk(&q, (tape ? 0 : (size_t)G3) + gather, tape && !q.len) : rec_proj_chunk(q.S, B, G3);
     const size_t crows = (size_t)chunk * (size_t)B;
+    real *xg = gm && gather ? fr_alloc(crows * I, 0) : NULL; /* (chunk rows, I) x rows: GEMM with lengths */
     real *bias = (b_ih || b_hh) ? fr_alloc((size_t)G3, 0) : NULL; /* (3H) folded biases */
     real *h = fr_alloc((size_t)B * H, 0);                           /* (B, H) state, slot order */
     real *h2 = ra ? fr_alloc((size_t)B * H, 0) : NULL;              /* (B, H) the other buffer */
@@ -421,7 +442,8 @@ static int gru_forward(int T, int B, int I, int H, int reset_after, int reverse,
     if (((b_ih || b_hh) && bias == NULL) || h == NULL || (ra && h2 == NULL) || (!tape && xw == NULL) ||
         (!ra && !tape && rh == NULL))
         goto done;
-    if (rec_pack_init(&xp, 3, H, w_ih, I, I, NULL, 0, 0, (size_t)T * B) != FR_OK) goto done;
+    if ((gm && gather && xg == NULL) || (!gm && rec_pack_init(&xp, 3, H, w_ih, I, I, NULL, 0, 0, (size_t)T * B) != FR_OK))
+        goto done;
     if (rec_pack_init(&hp, ra ? 3 : 2, H, w_hh, H, H, NULL, 0, 0, (size_t)T * B) != FR_OK) goto done;
     if (!ra && rec_pack_init(&np, 1, H, w_hh + 2 * (size_t)H * H, H, H, NULL, 0, 0, (size_t)T * B) != FR_OK) goto done;
 
@@ -438,7 +460,7 @@ static int gru_forward(int T, int B, int I, int H, int reset_after, int reverse,
     cx.reset_after = ra;
     cx.chunk = chunk;
     cx.x = x;
-    cx.xp = &xp;
+    cx.xp = gm ? NULL : &xp;
     cx.hp = &hp;
     cx.np = ra ? NULL : &np;
     cx.bias = bias;
@@ -452,7 +474,7 @@ static int gru_forward(int T, int B, int I, int H, int reset_after, int reverse,
     cx.y = y;
     cx.ldy = ldy;
     const int nth = rec_threads_for(B, 3, H, I + H, hp.nblk);
-    const size_t per = crows + 2 * (size_t)B; /* row pointers per thread */
+    const size_t per = (gm ? 0 : crows) + 2 * (size_t)B; /* row pointers per thread */
     const size_t tbn = gru_group_rows(B) * (size_t)hp.W;
     if ((rowptrs = (const real **)malloc(sizeof(real *) * (per * nth + 1))) == NULL) goto done;
     if ((tbufs = fr_alloc(tbn * nth, 0)) == NULL) goto done;
@@ -460,7 +482,17 @@ static int gru_forward(int T, int B, int I, int H, int reset_after, int reverse,
         cx.rows[t] = rowptrs + per * t;
         cx.tbuf[t] = tbufs + tbn * t;
     }
-    fr_parallel(nth, gru_fwd_task, &cx, &cx.bar);
+    for (int s0 = 0; s0 < q.S; s0 += gm ? chunk : q.S) { /* GEMM: one region per chunk, else one for all */
+        const int s1 = gm && s0 + chunk < q.S ? s0 + chunk : q.S;
+        if (gm) {
+            size_t lo, hi;
+            seq_rows(&q, s0, s1, &lo, &hi);
+            seq_project(&q, s0, s1, I, G3, x, w_ih, bias, xg, tape ? tape + lo * G3 : xw);
+        }
+        cx.s_begin = s0;
+        cx.s_end = s1;
+        fr_parallel(nth, gru_fwd_task, &cx, &cx.bar);
+    }
 
     if (ra) /* slot j's last state is in the buffer of the parity of its step count */
         for (int j = 0; j < B; j++) {
@@ -477,6 +509,7 @@ done:
     free(h);
     free(h2);
     free(xw);
+    free(xg);
     free(rh);
     rec_pack_free(&xp);
     rec_pack_free(&hp);

@@ -143,9 +143,9 @@ def small_chunks():
 def test_projection_in_chunks(isa, dtype, variant, threads, small_chunks):
     """B <= 2 (or large weights per row): the LSTM and RNN forwards project x by GEMM a chunk of steps at a
     time (lstm_split, rnn_split, seq_proj_chunk: here 42 rows, so T = 150 runs 8 chunks of 21 steps at
-    B = 2, with lengths and reversed, and 4 of 42 at B = 1, the last ones partial); the GRU forward projects
-    per chunk in tiles (rec_proj_chunk: H such that a chunk is its 128-row minimum).  The backward with
-    lengths gathers one step per chunk here."""
+    B = 2, with lengths and reversed, and 4 of 42 at B = 1, the last ones partial), and so does the GRU's
+    in training and for a large W_ih; otherwise the GRU projects per chunk in tiles (rec_proj_chunk: H
+    such that a chunk is its 128-row minimum).  The backward with lengths gathers one step per chunk here."""
     proj = dict(proj_size=13) if variant == "lstm_proj" else {}
     # H so that a tile-projected chunk is the 128-row minimum, not ~192 KB of projection (all 150 steps)
     H = {"lstm": 100, "lstm_proj": 100, "rnn_tanh": 400, "gru": 140, "gru_reset_before": 140}[variant]
@@ -153,6 +153,8 @@ def test_projection_in_chunks(isa, dtype, variant, threads, small_chunks):
     check(Case.variant(variant, T=150, B=1, I=5, H=H, **proj), dtype)
     # B = 5 with 665 KB of LSTM weights (> 128 KB per row): split too, tiles of 5 rows, 9-step chunks
     check(Case.variant(variant, T=40, B=5, I=100, H=160, lengths=(40, 3, 27, 40, 12), **proj), dtype)
+    # W_ih over 1 MB: the GRU's inference forward projects by GEMM too (gru_gemm_projection), 14-step chunks
+    check(Case.variant(variant, T=30, B=3, I=400, H=256, lengths=(30, 11, 29), **proj), dtype)
 
 
 # ---- layouts: batch_first, unbatched, non-contiguous -------------------------------------------------------
