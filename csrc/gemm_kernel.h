@@ -687,6 +687,13 @@ static void gk_gemm(int trans_a, int trans_b, int M, int N, int K, real alpha,
     free(bp);
 }
 
+/* The own GEMM on the calling thread alone, whatever the size: for a thread of a parallel region computing
+ * its share of a product (the cells' input projections, seq.h). */
+static void gk_gemm_here(int trans_a, int trans_b, int M, int N, int K, real alpha,
+                         const real *A, int lda, const real *B, int ldb, real beta, real *C, int ldc) {
+    gk_gemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, 1);
+}
+
 /* The cells' fr_gemm (common.h): the own GEMM, or the BLAS path of gemm.c when FASTRNN_GEMM=blas. */
 static void gk_gemm_cell(int trans_a, int trans_b, int M, int N, int K, real alpha, const real *A, int lda,
                          const real *B, int ldb, real beta, real *C, int ldc) {

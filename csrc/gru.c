@@ -23,11 +23,12 @@
  * buffer) is computed a chunk of steps at a time, the chunk's steps then read it back; either way, the step
  * reads only the h part of the panels -- a third less than a fused [W_ih | W_hh] pass, which is what bounds
  * B = 1 (the panels stream from L2) -- and keeps n_x and n_h apart for free.  Two ways to project
- * (gru_gemm_projection): in training and for large W_ih, one GEMM per chunk of >= 1024 rows (seq_project)
- * before the chunk's parallel region; otherwise inside one region for the whole sequence, each thread
- * projecting every row of a chunk of >= 128 rows onto its own blocks of units (the same blocks in the W_ih
- * and W_hh packs of recurrent.h): all rows pass a block's panel while it is in L1, only the owner reads
- * those columns again, so no barrier is needed, and the projection is still in L2 when the steps read it.
+ * (gru_gemm_projection): in training and for large W_ih, by GEMM per chunk of >= 1024 rows, one parallel
+ * region per chunk whose threads first project their own units (seq_project_units); otherwise inside one
+ * region for the whole sequence, each thread projecting every row of a chunk of >= 128 rows onto its own
+ * blocks of units in tiles (the same blocks in the W_ih and W_hh packs of recurrent.h): all rows pass a
+ * block's panel while it is in L1, and the projection is still in L2 when the steps read it.  Either way
+ * only the owner reads those columns again, so no barrier is needed.
  * Per step, for tiles of active rows and the thread's blocks:
  *   reset_after = 1: h_{t-1} [W_hr, W_hz, W_hn]^T (3 gates in one pass), then the cell on the tile; h is
  *     double-buffered, one barrier per step.
@@ -280,7 +281,9 @@ typedef struct gru_fwd_ctx {
     int chunk;               /* steps per chunk of the input projection */
     int s_begin, s_end;      /* the steps this region runs */
     const real *x;           /* (T, B, I) */
-    const rec_pack *xp;      /* W_ih packed: G = 3, K = I; NULL: xw / tg already hold the projection */
+    const rec_pack *xp;      /* W_ih packed: G = 3, K = I; NULL: projected by the own GEMM (w_ih) */
+    const real *w_ih;        /* (3H, I) */
+    const real *xs;          /* (rows of the region's steps, I) x gathered (lengths, no xp), or NULL */
     const rec_pack *hp;      /* W_hh packed: G = 3 (reset_after) or W_h{r,z}: G = 2, K = H */
     const rec_pack *np;      /* W_hn packed, G = 1, K = H (reset_after = 0), else NULL */
     const real *bias;        /* (3H) folded biases, or NULL */
@@ -322,7 +325,11 @@ static void gru_fwd_task(void *arg, int tid, int nth) {
         real *xw = cx->tg ? cx->tg + lo * G3 : cx->xw; /* (hi - lo, 3H): row lo + i of row space is row i */
         /* The input projection of the chunk for this thread's blocks (xp): every row passes a block's panel
          * while it is in L1.  Only this thread reads these columns, so no barrier follows. */
-        if (xp) seq_x_rows(q, c0, c1, lo, cx->x, I, xr);
+        if (!xp) /* this thread's units by GEMM (the region runs one chunk) */
+            seq_project_units(cx->xs ? cx->xs : cx->x + lo * I, hi - lo, I, cx->w_ih, 3, H, cx->bias, j0 * NB,
+                              j1 * NB < H ? j1 * NB : H, xw);
+        else
+            seq_x_rows(q, c0, c1, lo, cx->x, I, xr);
         for (int j = j0; xp && j < j1; j++) {
             const int u0 = j * NB, nu = rec_block_units(xp, j);
             for (size_t k0 = 0; k0 < hi - lo; k0 += MRx) {
@@ -393,7 +400,7 @@ static void gru_fwd_task(void *arg, int tid, int nth) {
 }
 
 /* Whether the forward computes x W_ih^T (+ biases) by GEMM per chunk of >= 1024 rows before each chunk's
- * region (seq_project; in training one GEMM over all rows into the tape) rather than in each thread's
+ * region (seq_project_units; in training all rows at once, into the tape) rather than in each thread's
  * tiles per chunk of >= 128 rows inside the region (which then reads it back from L2).  Measured on the
  * Xeon VM (AVX-512), 2 threads, GEMM vs tiles in one process: training 1.02-1.11x at every grid and
  * DeepBench shape; inference 25,64,1024,1024 1.08x, 187,32,1536,1536 1.13x, 1,32,512,512 1.24x,
@@ -461,6 +468,8 @@ static int gru_forward(int T, int B, int I, int H, int reset_after, int reverse,
     cx.chunk = chunk;
     cx.x = x;
     cx.xp = gm ? NULL : &xp;
+    cx.w_ih = w_ih;
+    cx.xs = xg;
     cx.hp = &hp;
     cx.np = ra ? NULL : &np;
     cx.bias = bias;
@@ -484,11 +493,7 @@ static int gru_forward(int T, int B, int I, int H, int reset_after, int reverse,
     }
     for (int s0 = 0; s0 < q.S; s0 += gm ? chunk : q.S) { /* GEMM: one region per chunk, else one for all */
         const int s1 = gm && s0 + chunk < q.S ? s0 + chunk : q.S;
-        if (gm) {
-            size_t lo, hi;
-            seq_rows(&q, s0, s1, &lo, &hi);
-            seq_project(&q, s0, s1, I, G3, x, w_ih, bias, xg, tape ? tape + lo * G3 : xw);
-        }
+        if (gm && xg) seq_gather(&q, s0, s1, x, I, I, xg);
         cx.s_begin = s0;
         cx.s_end = s1;
         fr_parallel(nth, gru_fwd_task, &cx, &cx.bar);

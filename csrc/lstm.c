@@ -33,18 +33,20 @@
  * hidden units and, for each tile of active rows, computes x_t W_ih^T + h_{t-1} W_hh^T for all four gates
  * of those units in one pass over the packed [W_ih | W_hh] panel (recurrent.h), then the cell on that tile
  * while it is in registers / L1, writing c, h_t (or m) and y; fused, one region runs every step.  When the
- * weights are large for the rows of a step (lstm_split), x W_ih^T is instead one GEMM per chunk of steps
- * before the chunk's region (seq_project, into the tape's gate rows in training), and the step multiplies
- * by W_hh alone and adds its row of that projection.  h_t goes to the other of two state buffers, so
- * threads still reading h_{t-1} are not disturbed; one barrier per step (two with projection, whose
- * product needs all of m). */
+ * weights are large for the rows of a step (lstm_split), x W_ih^T is instead computed by GEMM per chunk of
+ * steps, each thread projecting its own units at the start of the chunk's region (seq_project_units, into
+ * the tape's gate rows in training; all rows at once then), and the step multiplies by W_hh alone and
+ * adds its row of that projection.  h_t goes to the other of two state buffers, so threads still reading
+ * h_{t-1} are not disturbed; one barrier per step (two with projection, whose product needs all of m). */
 
 typedef struct lstm_fwd_ctx {
     const fr_seq *pl;
     int I, H, P;
     const real *x;           /* (T, B, I) */
     const rec_pack *wp;      /* packed [W_ih | W_hh] (G = 4, K = I + P), or W_hh alone (K = P) when split */
-    int split;               /* the step adds a row of x W_ih^T computed by seq_project before the region */
+    int split;               /* the step adds a row of x W_ih^T, projected at the start of the region */
+    const real *w_ih;        /* (4H, I), split */
+    const real *xs;          /* (rows of the region's steps, I) x gathered (lengths), or NULL: x's own rows */
     real *xw;                /* (rows of the region's steps, 4H) that projection: inference; training: tg */
     int s_begin, s_end;      /* the steps this region runs */
     const rec_pack *rp;      /* packed W_hr: G = 1 over P outputs, K = H; NULL without projection */
@@ -177,7 +179,10 @@ static void lstm_fwd_task(void *arg, int tid, int nth) {
     int cur = cx->s_begin & 1; /* h_{t-1} of step s is in hbuf[s & 1] */
     size_t lo = 0, hi = 0;
     seq_rows(pl, cx->s_begin, cx->s_end, &lo, &hi);
-    const real *xw = split ? (cx->tg ? cx->tg + lo * H4 : cx->xw) : NULL; /* (hi - lo, 4H): row lo + i is row i */
+    real *xw = split ? (cx->tg ? cx->tg + lo * H4 : cx->xw) : NULL; /* (hi - lo, 4H): row lo + i is row i */
+    if (split) /* this thread's units of the projection: only it reads them, no barrier */
+        seq_project_units(cx->xs ? cx->xs : cx->x + lo * I, hi - lo, I, cx->w_ih, 4, H, NULL, j0 * wp->NB,
+                          j1 * wp->NB < H ? j1 * wp->NB : H, xw);
     const real *bias = cx->bias;
     {
         for (int s = cx->s_begin; s < cx->s_end; s++) {
@@ -368,6 +373,8 @@ static int lstm_forward(int T, int B, int I, int H, int P, int reverse,
     cx.x = x;
     cx.wp = &wp;
     cx.split = split;
+    cx.w_ih = w_ih;
+    cx.xs = xg;
     cx.xw = xw;
     cx.rp = proj ? &rp : NULL;
     cx.bias = bias;
@@ -385,11 +392,7 @@ static int lstm_forward(int T, int B, int I, int H, int P, int reverse,
     for (int t = 0; t < nth; t++) cx.rows[t] = rowptrs + 3 * (size_t)B * t;
     for (int s0 = 0; s0 < pl.S; s0 += chunk) { /* one region per chunk (fused: one for all steps) */
         const int s1 = s0 + chunk < pl.S ? s0 + chunk : pl.S;
-        if (split) {
-            size_t lo, hi;
-            seq_rows(&pl, s0, s1, &lo, &hi);
-            seq_project(&pl, s0, s1, I, (int)H4, x, w_ih, NULL, xg, tape ? tape + lo * H4 : xw);
-        }
+        if (split && xg) seq_gather(&pl, s0, s1, x, I, I, xg);
         cx.s_begin = s0;
         cx.s_end = s1;
         fr_parallel(nth, lstm_fwd_task, &cx, &cx.bar);

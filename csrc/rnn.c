@@ -38,7 +38,8 @@ static void rnn_block_product(const rec_pack *p, int j, int n,
  * those units in one pass over the packed [W_ih | W_hh] panel (recurrent.h, register tiles of a few rows),
  * then the bias and the activation on that (n, NB) block while it is in L1, writing h_t and y.  When the
  * weights are large for a step's rows (rnn_split), x W_ih^T is one GEMM per chunk of steps before the
- * chunk's region (seq_project) and the step multiplies by W_hh alone.  h_t goes to the other of two state
+ * chunk's steps, each thread projecting its own units at the start of the region (seq_project_units), and
+ * the step multiplies by W_hh alone.  h_t goes to the other of two state
  * buffers (step s reads hbuf[s & 1], writes hbuf[(s + 1) & 1]), so one barrier per step suffices: after it,
  * the next step writes only the buffer no thread reads any more.
  * A slot stops being written after its last valid step (it leaves the active prefix, which only shrinks),
@@ -50,7 +51,9 @@ typedef struct rnn_fwd_ctx {
     const real *x;      /* (T, B, I) */
     const rec_pack *wp; /* packed [W_ih | W_hh] (G = 1, K = I + H), or W_hh alone (K = H) when split */
     int split;          /* the step adds a row of xw (rnn_split) */
-    real *xw;           /* (rows of the region's steps, H) x W_ih^T, by seq_project before the region */
+    const real *w_ih;   /* (H, I), split */
+    const real *xs;     /* (rows of the region's steps, I) x gathered (lengths), or NULL: x's own rows */
+    real *xw;           /* (rows of the region's steps, H) x W_ih^T, projected at the start of the region */
     int s_begin, s_end; /* the steps this region runs */
     const real *bias;   /* (nblk * NB) b_ih + b_hh, zero-padded (zeros without bias) */
     real *hbuf[2];      /* (B, H) each: the state in slot order, alternating; hbuf[0] holds h0 */
@@ -102,6 +105,9 @@ static void rnn_fwd_task(void *arg, int tid, int nth) {
     rec_thread_blocks(wp->nblk, tid, nth, &j0, &j1);
     size_t lo = 0, hi = 0;
     seq_rows(q, cx->s_begin, cx->s_end, &lo, &hi);
+    if (split) /* this thread's units of the projection: only it reads them, no barrier */
+        seq_project_units(cx->xs ? cx->xs : cx->x + lo * I, hi - lo, I, cx->w_ih, 1, H, NULL, j0 * wp->NB,
+                          j1 * wp->NB < H ? j1 * wp->NB : H, cx->xw);
     {
         for (int s = cx->s_begin; s < cx->s_end; s++) {
             const int n = seq_active(q, s);
@@ -188,6 +194,8 @@ static int rnn_forward(int T, int B, int I, int H, int relu, int reverse,
     cx.x = x;
     cx.wp = &wp;
     cx.split = split;
+    cx.w_ih = w_ih;
+    cx.xs = xg;
     cx.xw = xw;
     cx.bias = bias;
     cx.hbuf[0] = h;
@@ -201,7 +209,7 @@ static int rnn_forward(int T, int B, int I, int H, int relu, int reverse,
     cx.acc = acc;
     for (int s0 = 0; s0 < q.S; s0 += chunk) { /* one region per chunk (fused: one for all steps) */
         const int s1 = s0 + chunk < q.S ? s0 + chunk : q.S;
-        if (split) seq_project(&q, s0, s1, I, H, x, w_ih, NULL, xg, xw);
+        if (split && xg) seq_gather(&q, s0, s1, x, I, I, xg);
         cx.s_begin = s0;
         cx.s_end = s1;
         fr_parallel(nth, rnn_fwd_task, &cx, &cx.bar);

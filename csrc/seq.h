@@ -167,8 +167,8 @@ static void seq_gather(const fr_seq *q, int s0, int s1,
     }
 }
 
-/* Steps per chunk of a forward that computes x W_ih^T a chunk of steps at a time (seq_project: the split
- * forwards of lstm.c and rnn.c), then runs the chunk's steps on W_hh alone, with chunk buffers of per_row
+/* Steps per chunk of a forward that computes x W_ih^T by GEMM a chunk of steps at a time (seq_project_units:
+ * the split forwards of lstm.c and rnn.c, gru.c's), then runs the chunk's steps on W_hh alone, with chunk buffers of per_row
  * elements a row of row space: seq_chunk's, but at least fr_proj_min_rows() rows, since each GEMM packs
  * W_ih anew; all steps when `whole` (training without lengths: the tape holds every row's projection and
  * x is used in place, so one GEMM over all rows packs W_ih once). */
@@ -178,6 +178,30 @@ static int seq_proj_chunk(const fr_seq *q, size_t per_row, int whole) {
     const int least = (fr_proj_min_rows() + b - 1) / b;
     const int steps = seq_chunk(q, per_row);
     return steps >= least ? steps : least < q->S ? least : q->S;
+}
+
+/* One thread's share of a chunk's input projection: units [u0, u1) of each of the G gates,
+ * xw[r][g*H + u] = a[r] . W[g*H + u] (+ bias[g*H + u]) for the chunk's rows r, by the own GEMM on the
+ * calling thread.  A thread of a parallel region projects the units it owns, which only it reads in the
+ * steps that follow, so no barrier is needed (and W_ih is packed by the threads in shares, once). */
+static void seq_project_units(const real *a, size_t rows, int I, /* (rows, I): x's rows or gathered */
+                              const real *w, int G, int H,     /* (G*H, I) */
+                              const real *bias,                /* (G*H) or NULL */
+                              int u0, int u1,
+                              real *xw)                        /* (rows, G*H) out: the units' columns */
+{
+    if (u1 <= u0 || rows == 0) return;
+    const int GH = G * H, nu = u1 - u0;
+    for (int g = 0; g < G; g++)
+        gk_gemm_here(0, 1, (int)rows, nu, I, (real)1, a, I, w + ((size_t)g * H + u0) * I, I, (real)0,
+                     xw + (size_t)g * H + u0, GH);
+    if (bias)
+        for (size_t r = 0; r < rows; r++)
+            for (int g = 0; g < G; g++) {
+                real *o = xw + r * GH + (size_t)g * H + u0;  /* (nu) */
+                const real *b = bias + (size_t)g * H + u0;   /* (nu) */
+                for (int v = 0; v < nu; v++) o[v] += b[v];
+            }
 }
 
 /* The inverse of seq_gather: dst[t, b] (T, B, ld) = (or += when accumulate) the rows of src. */
@@ -241,30 +265,6 @@ static void seq_gather_prev(const fr_seq *q, int s0, int s1,
                 memset(d + (size_t)j * H, 0, sizeof(real) * (size_t)H);
         }
     }
-}
-
-/* xw (rows of steps s0 .. s1-1, GH) = x W^T + bias: the input projection of a chunk of steps as one GEMM.
- * Without lengths those rows are a contiguous block of x, read in place; with lengths they are gathered
- * into xg first. */
-static void seq_project(const fr_seq *q, int s0, int s1, int I, int GH,
-                            const real *x,    /* (T, B, I) */
-                            const real *w,    /* (GH, I) */
-                            const real *bias, /* (GH) or NULL */
-                            real *xg,         /* (rows, I) workspace, lengths only */
-                            real *xw) {       /* (rows, GH) out */
-    size_t lo, hi;
-    seq_rows(q, s0, s1, &lo, &hi);
-    const real *a = x + lo * (size_t)I; /* (rows, I) the GEMM's left operand */
-    if (q->len) {
-        seq_gather(q, s0, s1, x, I, I, xg);
-        a = xg;
-    }
-    fr_gemm(0, 1, (int)(hi - lo), GH, I, (real)1, a, I, w, I, (real)0, xw, GH);
-    if (bias)
-        for (size_t r = 0; r < hi - lo; r++) {
-            real *row = xw + r * (size_t)GH; /* (GH) */
-            for (int k = 0; k < GH; k++) row[k] += bias[k];
-        }
 }
 
 /* Initial state in slot order: hs[j] = h0[perm[j]], or zeros. */
