@@ -37,7 +37,8 @@
  * steps, each thread projecting its own units at the start of the chunk's region (seq_project_units, into
  * the tape's gate rows in training; all rows at once then), and the step multiplies by W_hh alone and
  * adds its row of that projection.  h_t goes to the other of two state buffers, so threads still reading
- * h_{t-1} are not disturbed; one barrier per step (two with projection, whose product needs all of m). */
+ * h_{t-1} are not disturbed; one barrier per step (two with projection, whose product needs all of m).
+ * With small weights and enough rows (lstm_rowsplit) the threads split the rows instead: no barrier. */
 
 typedef struct lstm_fwd_ctx {
     const fr_seq *pl;
@@ -45,6 +46,7 @@ typedef struct lstm_fwd_ctx {
     const real *x;           /* (T, B, I) */
     const rec_pack *wp;      /* packed [W_ih | W_hh] (G = 4, K = I + P), or W_hh alone (K = P) when split */
     int split;               /* the step adds a row of x W_ih^T, projected at the start of the region */
+    int rowsplit;            /* threads split the rows, not the units (lstm_rowsplit; fused only) */
     const real *w_ih;        /* (4H, I), split */
     const real *xs;          /* (rows of the region's steps, I) x gathered (lengths), or NULL: x's own rows */
     real *xw;                /* (rows of the region's steps, 4H) that projection: inference; training: tg */
@@ -173,9 +175,15 @@ static void lstm_fwd_task(void *arg, int tid, int nth) {
     const real **xr = cx->rows[tid];  /* (B) x rows of a step (fused) */
     const real **hr = xr + B;         /* (B) h_{t-1} rows (m rows in the projection phase) */
     real **yr = (real **)(hr + B);    /* (B) y rows */
-    int j0, j1, q0 = 0, q1 = 0;
-    rec_thread_blocks(wp->nblk, tid, nth, &j0, &j1);
-    if (rp) rec_thread_blocks(rp->nblk, tid, nth, &q0, &q1);
+    /* By units (each thread its blocks of every row, a barrier per step) or by rows (rowsplit: each thread
+     * all blocks of its rows, no barrier: the rows of an RNN are independent) */
+    int j0 = 0, j1 = wp->nblk, q0 = 0, q1 = rp ? rp->nblk : 0, k_lo = 0, k_hi = B;
+    if (cx->rowsplit) {
+        rec_thread_blocks(B, tid, nth, &k_lo, &k_hi);
+    } else {
+        rec_thread_blocks(wp->nblk, tid, nth, &j0, &j1);
+        if (rp) rec_thread_blocks(rp->nblk, tid, nth, &q0, &q1);
+    }
     int cur = cx->s_begin & 1; /* h_{t-1} of step s is in hbuf[s & 1] */
     size_t lo = 0, hi = 0;
     seq_rows(pl, cx->s_begin, cx->s_end, &lo, &hi);
@@ -187,12 +195,13 @@ static void lstm_fwd_task(void *arg, int tid, int nth) {
     {
         for (int s = cx->s_begin; s < cx->s_end; s++) {
             const int n = seq_active(pl, s);
+            const int ka = k_lo, kb = k_hi < n ? k_hi : n; /* this thread's active rows [ka, kb) */
             const size_t r0 = seq_row(pl, s);
             const real *hp = cx->hbuf[cur];                       /* (B, P) h_{t-1} */
             real *hn = cx->hbuf[cur ^ 1];                         /* (B, P) h_t */
             real *m = rp ? (cx->tm ? cx->tm + r0 * H : cx->mb) : hn; /* (n, H) */
             /* operand and output rows of this step (sorted row k is sequence perm[k] at its own time) */
-            for (int k = 0; k < n; k++) {
+            for (int k = ka; k < kb; k++) {
                 const size_t row = (size_t)seq_slot_time(pl, s, k) * B + seq_batch(pl, k);
                 if (!split) xr[k] = cx->x + row * I;
                 hr[k] = hp + (size_t)k * P;
@@ -202,7 +211,7 @@ static void lstm_fwd_task(void *arg, int tid, int nth) {
             int j = j0;
 #if FR_AVX512
             /* one row (B = 1): two blocks' tiles, then their 16 consecutive units in one zmm cell */
-            if (n == 1 && wp->NB == 8)
+            if (n == 1 && !cx->rowsplit && wp->NB == 8)
                 for (; j + 2 <= j1 && rec_block_units(wp, j + 1) == 8; j += 2) {
                     const int u0 = j * 8;
                     for (int h = 0; h < 2; h++) {
@@ -221,8 +230,8 @@ static void lstm_fwd_task(void *arg, int tid, int nth) {
 #endif
             for (; j < j1; j++) {
                 const int u0 = j * wp->NB, nu = rec_block_units(wp, j);
-                for (int i = 0, nt = rec_ntiles(n, MR); i < nt; i++) {
-                    const int k0 = rec_tile_start(n, nt, i), mr = rec_tile_start(n, nt, i + 1) - k0;
+                for (int i = 0, nt = rec_ntiles(kb - ka, MR); i < nt; i++) {
+                    const int k0 = ka + rec_tile_start(kb - ka, nt, i), mr = ka + rec_tile_start(kb - ka, nt, i + 1) - k0;
                     if (split) {
                         rec_tile(wp, j, mr, hr + k0, NULL, tile);
                         for (int r = 0; r < mr; r++)
@@ -253,14 +262,14 @@ static void lstm_fwd_task(void *arg, int tid, int nth) {
                     }
                 }
             }
-            fr_barrier_wait(&cx->bar, tid);
-            if (rp) { /* h_t = m W_hr^T: this thread's blocks of the P outputs */
+            if (!cx->rowsplit) fr_barrier_wait(&cx->bar, tid);
+            if (rp) { /* h_t = m W_hr^T: this thread's blocks of the P outputs (of its rows: rowsplit) */
                 const int MRp = rec_tile_rows(rp);
-                for (int k = 0; k < n; k++) hr[k] = m + (size_t)k * H; /* the operand is m now */
+                for (int k = ka; k < kb; k++) hr[k] = m + (size_t)k * H; /* the operand is m now */
                 for (int q = q0; q < q1; q++) {
                     const int p0 = q * rp->NB, np = rec_block_units(rp, q);
-                    for (int i = 0, nt = rec_ntiles(n, MRp); i < nt; i++) {
-                        const int k0 = rec_tile_start(n, nt, i), mr = rec_tile_start(n, nt, i + 1) - k0;
+                    for (int i = 0, nt = rec_ntiles(kb - ka, MRp); i < nt; i++) {
+                        const int k0 = ka + rec_tile_start(kb - ka, nt, i), mr = ka + rec_tile_start(kb - ka, nt, i + 1) - k0;
                         rec_tile(rp, q, mr, hr + k0, NULL, tile);
                         for (int r = 0; r < mr; r++) {
                             memcpy(hn + (size_t)(k0 + r) * P + p0, tile + (size_t)r * rp->W, np * sizeof(real));
@@ -268,11 +277,17 @@ static void lstm_fwd_task(void *arg, int tid, int nth) {
                         }
                     }
                 }
-                fr_barrier_wait(&cx->bar, tid);
+                if (!cx->rowsplit) fr_barrier_wait(&cx->bar, tid);
             }
             /* Sequences that have ended keep their state: carry their rows into the buffer that becomes
-             * h_{t-1} (the next step reads and writes only rows < n, so this races with nothing). */
-            if (n < B && tid == 0) memcpy(hn + (size_t)n * P, hp + (size_t)n * P, (size_t)(B - n) * P * sizeof(real));
+             * h_{t-1} (the next step reads and writes only rows < n, so this races with nothing; rowsplit:
+             * each thread its own rows). */
+            if (cx->rowsplit) {
+                const int c0 = n > k_lo ? n : k_lo;
+                if (c0 < k_hi) memcpy(hn + (size_t)c0 * P, hp + (size_t)c0 * P, (size_t)(k_hi - c0) * P * sizeof(real));
+            } else if (n < B && tid == 0) {
+                memcpy(hn + (size_t)n * P, hp + (size_t)n * P, (size_t)(B - n) * P * sizeof(real));
+            }
             /* No second barrier: the next step writes only what no thread reads after the one above (its own
              * units of c, m and of the buffer that held h_{t-1}). */
             cur ^= 1;
@@ -292,6 +307,20 @@ static void lstm_fwd_task(void *arg, int tid, int nth) {
  * REC_DIRECT_ROWS rows in all (a streaming step() multiplies the unpacked weights in place). */
 static int lstm_split(size_t rows, int B, int I, int H, int P) {
     return rows > REC_DIRECT_ROWS && rec_split(B, (size_t)4 * H * (size_t)(I + P) * sizeof(real)); /* [W_ih | W_hh] */
+}
+
+/* Whether the threads of a fused forward split the rows of each step rather than the hidden units: each
+ * thread then runs every block for its own rows, which depend on nothing another thread computes, so the
+ * steps need no barrier -- but each thread streams all the weights every step, so only while they sit
+ * comfortably in its L2, and with rows enough per thread for full tiles.  Measured on the Xeon VM, 2
+ * threads, rows vs units in one process, forward: 100,16,64,128 x1.05-1.06 (training x1.05), 100,32,64,128
+ * x1.06, 100,64,64,128 x1.08, 100,16,32,64 x1.05 -- but 100,32,128,256 (1.5 MB of weights) x0.92,
+ * 150,32,256,256 x0.88, 50,64,512,512 x0.99. */
+#ifndef LSTM_ROWSPLIT_BYTES
+#define LSTM_ROWSPLIT_BYTES ((size_t)512 << 10)
+#endif
+static int lstm_rowsplit(int B, int nth, int I, int H, int P) {
+    return nth > 1 && B >= 8 * nth && (size_t)4 * H * (size_t)(I + P) * sizeof(real) <= LSTM_ROWSPLIT_BYTES;
 }
 
 static size_t lstm_tape_len(int T, int B, int H, int P) {
@@ -388,6 +417,7 @@ static int lstm_forward(int T, int B, int I, int H, int P, int reverse,
     cx.y = y;
     cx.ldy = ldy;
     const int nth = rec_threads_for(B, 4, H, I + P, wp.nblk);
+    cx.rowsplit = !split && lstm_rowsplit(B, nth, I, H, P);
     if ((rowptrs = (const real **)malloc(sizeof(real *) * (3 * (size_t)B * nth + 1))) == NULL) goto done;
     for (int t = 0; t < nth; t++) cx.rows[t] = rowptrs + 3 * (size_t)B * t;
     for (int s0 = 0; s0 < pl.S; s0 += chunk) { /* one region per chunk (fused: one for all steps) */

@@ -118,6 +118,18 @@ def test_larger_shapes_and_threads(isa, dtype, variant, shape, threads):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
+@pytest.mark.parametrize("variant", ["lstm", "lstm_proj"])
+def test_rows_split_across_threads(isa, dtype, variant, threads):
+    """B >= 8 per thread and small weights: on 2 threads the LSTM forward splits the rows, not the units
+    (lstm_rowsplit), with no barrier; B = 19 splits 9 + 10, and the lengths end sequences in both halves
+    (each thread carries its own ended rows), the longest first and last."""
+    lengths = (9, 3, 7, 9, 1, 5, 9, 2, 8, 6, 4, 9, 7, 3, 1, 8, 5, 2, 9)
+    proj = dict(proj_size=10) if variant == "lstm_proj" else {}
+    check(Case.variant(variant, T=9, B=19, I=7, H=24, lengths=lengths, **proj), dtype)
+    check(Case.variant(variant, T=6, B=19, I=7, H=24, **proj), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
 @pytest.mark.parametrize("variant", ["rnn_tanh", "lstm", "lstm_proj", "gru", "gru_reset_before"])
 def test_every_tile_height(isa, dtype, variant, threads):
     """Lengths 1 .. 14 (shuffled): the active rows of a step go 14, 13, ..., 1, so every tile kernel height
