@@ -348,11 +348,11 @@ static void rec_tile(const rec_pack *p, int j, int mr,
 static inline int rec_ntiles(int n, int MR) { return (n + MR - 1) / MR; }
 static inline int rec_tile_start(int n, int nt, int i) { return (int)((long)n * i / nt); }
 
-/* Steps per chunk for a cell that projects x W_ih^T for a chunk of steps at a time (GRU; LSTM and RNN when
- * rec_split): about REC_PROJ_BYTES of projection ((chunk * B, cols) values), which then stays in L2 until
- * the chunk's steps read it back, but at least REC_PROJ_MIN_ROWS rows: W_ih is streamed once per chunk, and when it is
- * larger than the caches (GRU(1536, 1536): 28 MB) one-step chunks of a few rows would stream it from
- * memory every step (DeepBench's GRU 187,32,1536,1536 forward ran at half ONNX Runtime's speed so). */
+/* Steps per chunk for a cell that projects x W_ih^T in tiles for a chunk of steps at a time (the GRU's
+ * inference forward with a small W_ih; the GEMM projections chunk by seq_proj_chunk): about REC_PROJ_BYTES
+ * of projection ((chunk * B, cols) values), which then stays in L2 until the chunk's steps read it back,
+ * but at least REC_PROJ_MIN_ROWS rows: W_ih is streamed once per chunk, and when it is larger than the
+ * caches one-step chunks of a few rows would stream it from memory every step. */
 #ifndef REC_PROJ_BYTES
 #define REC_PROJ_BYTES ((size_t)192 << 10)
 #endif
