@@ -491,13 +491,8 @@ static int gru_forward(int T, int B, int I, int H, int reset_after, int reverse,
         cx.rows[t] = rowptrs + per * t;
         cx.tbuf[t] = tbufs + tbn * t;
     }
-    for (int s0 = 0; s0 < q.S; s0 += gm ? chunk : q.S) { /* GEMM: one region per chunk, else one for all */
-        const int s1 = gm && s0 + chunk < q.S ? s0 + chunk : q.S;
-        if (gm && xg) seq_gather(&q, s0, s1, x, I, I, xg);
-        cx.s_begin = s0;
-        cx.s_end = s1;
-        fr_parallel(nth, gru_fwd_task, &cx, &cx.bar);
-    }
+    /* GEMM projection: one region per chunk; tiles: one region for all steps, chunked inside */
+    seq_run_chunks(&q, gm ? chunk : q.S, x, I, xg, &cx.s_begin, &cx.s_end, nth, gru_fwd_task, &cx, &cx.bar);
 
     if (ra) /* slot j's last state is in the buffer of the parity of its step count */
         for (int j = 0; j < B; j++) {

@@ -420,13 +420,7 @@ static int lstm_forward(int T, int B, int I, int H, int P, int reverse,
     cx.rowsplit = !split && lstm_rowsplit(B, nth, I, H, P);
     if ((rowptrs = (const real **)malloc(sizeof(real *) * (3 * (size_t)B * nth + 1))) == NULL) goto done;
     for (int t = 0; t < nth; t++) cx.rows[t] = rowptrs + 3 * (size_t)B * t;
-    for (int s0 = 0; s0 < pl.S; s0 += chunk) { /* one region per chunk (fused: one for all steps) */
-        const int s1 = s0 + chunk < pl.S ? s0 + chunk : pl.S;
-        if (split && xg) seq_gather(&pl, s0, s1, x, I, I, xg);
-        cx.s_begin = s0;
-        cx.s_end = s1;
-        fr_parallel(nth, lstm_fwd_task, &cx, &cx.bar);
-    }
+    seq_run_chunks(&pl, chunk, x, I, xg, &cx.s_begin, &cx.s_end, nth, lstm_fwd_task, &cx, &cx.bar);
     const real *hf = cx.hbuf[pl.S & 1]; /* (B, P) the final h: the buffers swapped once per step */
 
     /* padded steps of y are 0; ended rows kept the state of their last valid step */

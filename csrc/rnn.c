@@ -207,13 +207,7 @@ static int rnn_forward(int T, int B, int I, int H, int relu, int reverse,
     if ((acc = fr_alloc((size_t)nth * B * wp.W, 0)) == NULL) goto done;
     for (int t = 0; t < nth; t++) cx.rows[t] = rowptrs + 3 * (size_t)B * t;
     cx.acc = acc;
-    for (int s0 = 0; s0 < q.S; s0 += chunk) { /* one region per chunk (fused: one for all steps) */
-        const int s1 = s0 + chunk < q.S ? s0 + chunk : q.S;
-        if (split && xg) seq_gather(&q, s0, s1, x, I, I, xg);
-        cx.s_begin = s0;
-        cx.s_end = s1;
-        fr_parallel(nth, rnn_fwd_task, &cx, &cx.bar);
-    }
+    seq_run_chunks(&q, chunk, x, I, xg, &cx.s_begin, &cx.s_end, nth, rnn_fwd_task, &cx, &cx.bar);
 
     /* the final state of slot j is in the buffer written by its last step */
     if (hn)

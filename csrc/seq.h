@@ -180,6 +180,22 @@ static int seq_proj_chunk(const fr_seq *q, size_t per_row, int whole) {
     return steps >= least ? steps : least < q->S ? least : q->S;
 }
 
+/* The time loop in parallel regions of `chunk` steps (all steps: one region): before each, the chunk's x
+ * rows are gathered into xg when given (a GEMM projection with lengths needs them contiguous), then
+ * fn(ctx) runs on nth threads with *s_begin, *s_end (fields of ctx) set to the region's steps. */
+static void seq_run_chunks(const fr_seq *q, int chunk,
+                           const real *x, int I, real *xg, /* (T, B, I); (chunk rows, I) or NULL */
+                           int *s_begin, int *s_end, int nth, fr_task_fn fn, void *ctx, fr_barrier_t *bar)
+{
+    for (int s0 = 0; s0 < q->S; s0 += chunk) {
+        const int s1 = s0 + chunk < q->S ? s0 + chunk : q->S;
+        if (xg) seq_gather(q, s0, s1, x, I, I, xg);
+        *s_begin = s0;
+        *s_end = s1;
+        fr_parallel(nth, fn, ctx, bar);
+    }
+}
+
 /* One thread's share of a chunk's input projection: units [u0, u1) of each of the G gates,
  * xw[r][g*H + u] = a[r] . W[g*H + u] (+ bias[g*H + u]) for the chunk's rows r, by the own GEMM on the
  * calling thread.  A thread of a parallel region projects the units it owns, which only it reads in the
