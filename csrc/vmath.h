@@ -128,11 +128,20 @@ static inline __m512 vm_exp16(__m512 x) {
     return _mm512_mul_ps(_mm512_mul_ps(p, s1), s2);
 }
 
+/* 1 / d for d >= 1 (the activations' denominators): the 14-bit estimate and one Newton step.  A zmm
+ * division holds the divider for ~10 cycles and an LSTM cell has five; measured on the Xeon VM, 2 threads,
+ * in one process against the divisions: forward LSTM 100,16,64,128 x1.03, 100,32,64,128 x1.02, GRU
+ * 100,16,64,128 x1.05, training even; the ulps against float64 are unchanged (sigmoid 2, tanh 1 at most). */
+static inline __m512 vm_recip16(__m512 d) {
+    const __m512 r = _mm512_rcp14_ps(d);
+    return _mm512_fmadd_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(1.0f)), r);
+}
+
 static inline __m512 vm_sigmoid16(__m512 x) {
     __m512 xc = _mm512_max_ps(_mm512_set1_ps(-87.5f), x);
     xc = _mm512_min_ps(_mm512_set1_ps(88.0f), xc);
     __m512 e = vm_exp16(_mm512_sub_ps(_mm512_setzero_ps(), xc));
-    __m512 s = _mm512_div_ps(_mm512_set1_ps(1.0f), _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+    __m512 s = vm_recip16(_mm512_add_ps(_mm512_set1_ps(1.0f), e));
     __mmask16 tiny = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.3365f), _CMP_LT_OQ);
     return _mm512_maskz_mov_ps((__mmask16)~tiny, s);
 }
@@ -151,7 +160,7 @@ static inline __m512 vm_tanh16(__m512 x) {
     __m512 axc = _mm512_min_ps(_mm512_set1_ps(9.1f), ax);
     __m512 e = vm_exp16(_mm512_add_ps(axc, axc));
     __m512 large = _mm512_sub_ps(_mm512_set1_ps(1.0f),
-                                 _mm512_div_ps(_mm512_set1_ps(2.0f), _mm512_add_ps(e, _mm512_set1_ps(1.0f))));
+                                 _mm512_mul_ps(_mm512_set1_ps(2.0f), vm_recip16(_mm512_add_ps(e, _mm512_set1_ps(1.0f)))));
     large = _mm512_or_ps(large, sign);
     __mmask16 use_large = _mm512_cmp_ps_mask(ax, _mm512_set1_ps(0.625f), _CMP_GE_OQ);
     return _mm512_mask_blend_ps(use_large, small, large);
