@@ -192,106 +192,104 @@ static void lstm_fwd_task(void *arg, int tid, int nth) {
         seq_project_units(cx->xs ? cx->xs : cx->x + lo * I, hi - lo, I, cx->w_ih, 4, H, NULL, j0 * wp->NB,
                           j1 * wp->NB < H ? j1 * wp->NB : H, xw);
     const real *bias = cx->bias;
-    {
-        for (int s = cx->s_begin; s < cx->s_end; s++) {
-            const int n = seq_active(pl, s);
-            const int ka = k_lo, kb = k_hi < n ? k_hi : n; /* this thread's active rows [ka, kb) */
-            const size_t r0 = seq_row(pl, s);
-            const real *hp = cx->hbuf[cur];                       /* (B, P) h_{t-1} */
-            real *hn = cx->hbuf[cur ^ 1];                         /* (B, P) h_t */
-            real *m = rp ? (cx->tm ? cx->tm + r0 * H : cx->mb) : hn; /* (n, H) */
-            /* operand and output rows of this step (sorted row k is sequence perm[k] at its own time) */
-            for (int k = ka; k < kb; k++) {
-                const size_t row = (size_t)seq_slot_time(pl, s, k) * B + seq_batch(pl, k);
-                if (!split) xr[k] = cx->x + row * I;
-                hr[k] = hp + (size_t)k * P;
-                yr[k] = cx->y + row * cx->ldy;
-            }
-            /* blocks outside, row tiles inside: a block's panel stays in L2 while every row passes it */
-            int j = j0;
+    for (int s = cx->s_begin; s < cx->s_end; s++) {
+        const int n = seq_active(pl, s);
+        const int ka = k_lo, kb = k_hi < n ? k_hi : n; /* this thread's active rows [ka, kb) */
+        const size_t r0 = seq_row(pl, s);
+        const real *hp = cx->hbuf[cur];                       /* (B, P) h_{t-1} */
+        real *hn = cx->hbuf[cur ^ 1];                         /* (B, P) h_t */
+        real *m = rp ? (cx->tm ? cx->tm + r0 * H : cx->mb) : hn; /* (n, H) */
+        /* operand and output rows of this step (sorted row k is sequence perm[k] at its own time) */
+        for (int k = ka; k < kb; k++) {
+            const size_t row = (size_t)seq_slot_time(pl, s, k) * B + seq_batch(pl, k);
+            if (!split) xr[k] = cx->x + row * I;
+            hr[k] = hp + (size_t)k * P;
+            yr[k] = cx->y + row * cx->ldy;
+        }
+        /* blocks outside, row tiles inside: a block's panel stays in L2 while every row passes it */
+        int j = j0;
 #if FR_AVX512
-            /* one row (B = 1): two blocks' tiles, then their 16 consecutive units in one zmm cell */
-            if (n == 1 && !cx->rowsplit && wp->NB == 8)
-                for (; j + 2 <= j1 && rec_block_units(wp, j + 1) == 8; j += 2) {
-                    const int u0 = j * 8;
-                    for (int h = 0; h < 2; h++) {
-                        real *t = tile + (size_t)h * wp->W;
-                        if (split) {
-                            rec_tile(wp, j + h, 1, hr, NULL, t);
-                            rec_add_gates(4, H, 8, u0 + 8 * h, 8, xw + (r0 - lo) * H4, t);
-                        } else {
-                            rec_tile(wp, j + h, 1, xr, hr, t);
-                        }
-                    }
-                    lstm_cell16(H, lstm_row_half(cx, m, yr, bias, tile, r0, 0, u0),
-                                lstm_row_half(cx, m, yr, bias, tile + wp->W, r0, 0, u0 + 8));
-                    if (cx->tc) memcpy(cx->tc + r0 * H + u0, cx->c + u0, 16 * sizeof(real));
-                }
-#endif
-            for (; j < j1; j++) {
-                const int u0 = j * wp->NB, nu = rec_block_units(wp, j);
-                for (int i = 0, nt = rec_ntiles(kb - ka, MR); i < nt; i++) {
-                    const int k0 = ka + rec_tile_start(kb - ka, nt, i), mr = ka + rec_tile_start(kb - ka, nt, i + 1) - k0;
+        /* one row (B = 1): two blocks' tiles, then their 16 consecutive units in one zmm cell */
+        if (n == 1 && !cx->rowsplit && wp->NB == 8)
+            for (; j + 2 <= j1 && rec_block_units(wp, j + 1) == 8; j += 2) {
+                const int u0 = j * 8;
+                for (int h = 0; h < 2; h++) {
+                    real *t = tile + (size_t)h * wp->W;
                     if (split) {
-                        rec_tile(wp, j, mr, hr + k0, NULL, tile);
-                        for (int r = 0; r < mr; r++)
-                            rec_add_gates(4, H, wp->NB, u0, nu, xw + (r0 - lo + (size_t)(k0 + r)) * H4,
-                                                tile + (size_t)r * wp->W);
+                        rec_tile(wp, j + h, 1, hr, NULL, t);
+                        rec_add_gates(4, H, 8, u0 + 8 * h, 8, xw + (r0 - lo) * H4, t);
                     } else {
-                        rec_tile(wp, j, mr, xr + k0, hr + k0, tile);
+                        rec_tile(wp, j + h, 1, xr, hr, t);
                     }
-                    int r = 0;
-#if FR_AVX512
-                    if (nu == 8 && wp->NB == 8) /* two rows per zmm: half the sigmoid / tanh instructions */
-                        for (; r + 2 <= mr; r += 2) {
-                            const size_t k = (size_t)(k0 + r);
-                            lstm_cell16(H, lstm_row_half(cx, m, yr, bias, tile + (size_t)r * wp->W, r0, k, u0),
-                                        lstm_row_half(cx, m, yr, bias, tile + (size_t)(r + 1) * wp->W, r0, k + 1, u0));
-                            if (cx->tc) {
-                                memcpy(cx->tc + (r0 + k) * H + u0, cx->c + k * H + u0, nu * sizeof(real));
-                                memcpy(cx->tc + (r0 + k + 1) * H + u0, cx->c + (k + 1) * H + u0, nu * sizeof(real));
-                            }
-                        }
+                }
+                lstm_cell16(H, lstm_row_half(cx, m, yr, bias, tile, r0, 0, u0),
+                            lstm_row_half(cx, m, yr, bias, tile + wp->W, r0, 0, u0 + 8));
+                if (cx->tc) memcpy(cx->tc + r0 * H + u0, cx->c + u0, 16 * sizeof(real));
+            }
 #endif
-                    for (; r < mr; r++) {
+        for (; j < j1; j++) {
+            const int u0 = j * wp->NB, nu = rec_block_units(wp, j);
+            for (int i = 0, nt = rec_ntiles(kb - ka, MR); i < nt; i++) {
+                const int k0 = ka + rec_tile_start(kb - ka, nt, i), mr = ka + rec_tile_start(kb - ka, nt, i + 1) - k0;
+                if (split) {
+                    rec_tile(wp, j, mr, hr + k0, NULL, tile);
+                    for (int r = 0; r < mr; r++)
+                        rec_add_gates(4, H, wp->NB, u0, nu, xw + (r0 - lo + (size_t)(k0 + r)) * H4,
+                                            tile + (size_t)r * wp->W);
+                } else {
+                    rec_tile(wp, j, mr, xr + k0, hr + k0, tile);
+                }
+                int r = 0;
+#if FR_AVX512
+                if (nu == 8 && wp->NB == 8) /* two rows per zmm: half the sigmoid / tanh instructions */
+                    for (; r + 2 <= mr; r += 2) {
                         const size_t k = (size_t)(k0 + r);
-                        lstm_tile_cell(H, wp->NB, u0, nu, tile + (size_t)r * wp->W, bias,
-                                       cx->tg ? cx->tg + (r0 + k) * H4 : NULL, cx->c + k * H, m + k * H,
-                                       rp ? NULL : yr[k]);
-                        if (cx->tc) memcpy(cx->tc + (r0 + k) * H + u0, cx->c + k * H + u0, nu * sizeof(real));
+                        lstm_cell16(H, lstm_row_half(cx, m, yr, bias, tile + (size_t)r * wp->W, r0, k, u0),
+                                    lstm_row_half(cx, m, yr, bias, tile + (size_t)(r + 1) * wp->W, r0, k + 1, u0));
+                        if (cx->tc) {
+                            memcpy(cx->tc + (r0 + k) * H + u0, cx->c + k * H + u0, nu * sizeof(real));
+                            memcpy(cx->tc + (r0 + k + 1) * H + u0, cx->c + (k + 1) * H + u0, nu * sizeof(real));
+                        }
+                    }
+#endif
+                for (; r < mr; r++) {
+                    const size_t k = (size_t)(k0 + r);
+                    lstm_tile_cell(H, wp->NB, u0, nu, tile + (size_t)r * wp->W, bias,
+                                   cx->tg ? cx->tg + (r0 + k) * H4 : NULL, cx->c + k * H, m + k * H,
+                                   rp ? NULL : yr[k]);
+                    if (cx->tc) memcpy(cx->tc + (r0 + k) * H + u0, cx->c + k * H + u0, nu * sizeof(real));
+                }
+            }
+        }
+        if (!cx->rowsplit) fr_barrier_wait(&cx->bar, tid);
+        if (rp) { /* h_t = m W_hr^T: this thread's blocks of the P outputs (of its rows: rowsplit) */
+            const int MRp = rec_tile_rows(rp);
+            for (int k = ka; k < kb; k++) hr[k] = m + (size_t)k * H; /* the operand is m now */
+            for (int q = q0; q < q1; q++) {
+                const int p0 = q * rp->NB, np = rec_block_units(rp, q);
+                for (int i = 0, nt = rec_ntiles(kb - ka, MRp); i < nt; i++) {
+                    const int k0 = ka + rec_tile_start(kb - ka, nt, i), mr = ka + rec_tile_start(kb - ka, nt, i + 1) - k0;
+                    rec_tile(rp, q, mr, hr + k0, NULL, tile);
+                    for (int r = 0; r < mr; r++) {
+                        memcpy(hn + (size_t)(k0 + r) * P + p0, tile + (size_t)r * rp->W, np * sizeof(real));
+                        memcpy(yr[k0 + r] + p0, tile + (size_t)r * rp->W, np * sizeof(real));
                     }
                 }
             }
             if (!cx->rowsplit) fr_barrier_wait(&cx->bar, tid);
-            if (rp) { /* h_t = m W_hr^T: this thread's blocks of the P outputs (of its rows: rowsplit) */
-                const int MRp = rec_tile_rows(rp);
-                for (int k = ka; k < kb; k++) hr[k] = m + (size_t)k * H; /* the operand is m now */
-                for (int q = q0; q < q1; q++) {
-                    const int p0 = q * rp->NB, np = rec_block_units(rp, q);
-                    for (int i = 0, nt = rec_ntiles(kb - ka, MRp); i < nt; i++) {
-                        const int k0 = ka + rec_tile_start(kb - ka, nt, i), mr = ka + rec_tile_start(kb - ka, nt, i + 1) - k0;
-                        rec_tile(rp, q, mr, hr + k0, NULL, tile);
-                        for (int r = 0; r < mr; r++) {
-                            memcpy(hn + (size_t)(k0 + r) * P + p0, tile + (size_t)r * rp->W, np * sizeof(real));
-                            memcpy(yr[k0 + r] + p0, tile + (size_t)r * rp->W, np * sizeof(real));
-                        }
-                    }
-                }
-                if (!cx->rowsplit) fr_barrier_wait(&cx->bar, tid);
-            }
-            /* Sequences that have ended keep their state: carry their rows into the buffer that becomes
-             * h_{t-1} (the next step reads and writes only rows < n, so this races with nothing; rowsplit:
-             * each thread its own rows). */
-            if (cx->rowsplit) {
-                const int c0 = n > k_lo ? n : k_lo;
-                if (c0 < k_hi) memcpy(hn + (size_t)c0 * P, hp + (size_t)c0 * P, (size_t)(k_hi - c0) * P * sizeof(real));
-            } else if (n < B && tid == 0) {
-                memcpy(hn + (size_t)n * P, hp + (size_t)n * P, (size_t)(B - n) * P * sizeof(real));
-            }
-            /* No second barrier: the next step writes only what no thread reads after the one above (its own
-             * units of c, m and of the buffer that held h_{t-1}). */
-            cur ^= 1;
         }
+        /* Sequences that have ended keep their state: carry their rows into the buffer that becomes
+         * h_{t-1} (the next step reads and writes only rows < n, so this races with nothing; rowsplit:
+         * each thread its own rows). */
+        if (cx->rowsplit) {
+            const int c0 = n > k_lo ? n : k_lo;
+            if (c0 < k_hi) memcpy(hn + (size_t)c0 * P, hp + (size_t)c0 * P, (size_t)(k_hi - c0) * P * sizeof(real));
+        } else if (n < B && tid == 0) {
+            memcpy(hn + (size_t)n * P, hp + (size_t)n * P, (size_t)(B - n) * P * sizeof(real));
+        }
+        /* No second barrier: the next step writes only what no thread reads after the one above (its own
+         * units of c, m and of the buffer that held h_{t-1}). */
+        cur ^= 1;
     }
 }
 

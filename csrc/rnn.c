@@ -108,33 +108,31 @@ static void rnn_fwd_task(void *arg, int tid, int nth) {
     if (split) /* this thread's units of the projection: only it reads them, no barrier */
         seq_project_units(cx->xs ? cx->xs : cx->x + lo * I, hi - lo, I, cx->w_ih, 1, H, NULL, j0 * wp->NB,
                           j1 * wp->NB < H ? j1 * wp->NB : H, cx->xw);
-    {
-        for (int s = cx->s_begin; s < cx->s_end; s++) {
-            const int n = seq_active(q, s);
-            const real *hp = cx->hbuf[s & 1];  /* (B, H) h_{t-1} */
-            real *hn = cx->hbuf[(s & 1) ^ 1];  /* (B, H) h_t */
-            const real *xs = split ? cx->xw + (seq_row(q, s) - lo) * H : NULL; /* (n, H) the step's projection */
-            for (int k = 0; k < n; k++) {
-                const int b = seq_batch(q, k);
-                const size_t row = (size_t)seq_time(q, s, b) * B + b;
-                if (!split) xr[k] = cx->x + row * I;
-                hr[k] = hp + (size_t)k * H;
-                yr[k] = cx->y + row * cx->ldy;
-            }
-            /* blocks outside, rows inside: a block's panel stays in cache while every row passes it */
-            for (int j = j0; j < j1; j++) {
-                const int u0 = j * wp->NB, nu = rec_block_units(wp, j);
-                if (split) {
-                    rnn_block_product(wp, j, n, hr, NULL, acc);
-                    for (int k = 0; k < n; k++) rec_add_gates(1, H, W, u0, nu, xs + (size_t)k * H, acc + (size_t)k * W);
-                } else {
-                    rnn_block_product(wp, j, n, xr, hr, acc);
-                }
-                for (int k = 0; k < n; k++)
-                    rnn_fwd_cell(nu, relu, acc + (size_t)k * W, cx->bias + u0, hn + (size_t)k * H + u0, yr[k] + u0);
-            }
-            fr_barrier_wait(&cx->bar, tid);
+    for (int s = cx->s_begin; s < cx->s_end; s++) {
+        const int n = seq_active(q, s);
+        const real *hp = cx->hbuf[s & 1];  /* (B, H) h_{t-1} */
+        real *hn = cx->hbuf[(s & 1) ^ 1];  /* (B, H) h_t */
+        const real *xs = split ? cx->xw + (seq_row(q, s) - lo) * H : NULL; /* (n, H) the step's projection */
+        for (int k = 0; k < n; k++) {
+            const int b = seq_batch(q, k);
+            const size_t row = (size_t)seq_time(q, s, b) * B + b;
+            if (!split) xr[k] = cx->x + row * I;
+            hr[k] = hp + (size_t)k * H;
+            yr[k] = cx->y + row * cx->ldy;
         }
+        /* blocks outside, rows inside: a block's panel stays in cache while every row passes it */
+        for (int j = j0; j < j1; j++) {
+            const int u0 = j * wp->NB, nu = rec_block_units(wp, j);
+            if (split) {
+                rnn_block_product(wp, j, n, hr, NULL, acc);
+                for (int k = 0; k < n; k++) rec_add_gates(1, H, W, u0, nu, xs + (size_t)k * H, acc + (size_t)k * W);
+            } else {
+                rnn_block_product(wp, j, n, xr, hr, acc);
+            }
+            for (int k = 0; k < n; k++)
+                rnn_fwd_cell(nu, relu, acc + (size_t)k * W, cx->bias + u0, hn + (size_t)k * H + u0, yr[k] + u0);
+        }
+        fr_barrier_wait(&cx->bar, tid);
     }
 }
 
