@@ -168,10 +168,10 @@ static void seq_gather(const fr_seq *q, int s0, int s1,
 }
 
 /* Steps per chunk of a forward that computes x W_ih^T by GEMM a chunk of steps at a time (seq_project_units:
- * the split forwards of lstm.c and rnn.c, gru.c's), then runs the chunk's steps on W_hh alone, with chunk buffers of per_row
- * elements a row of row space: seq_chunk's, but at least fr_proj_min_rows() rows, since each GEMM packs
- * W_ih anew; all steps when `whole` (training without lengths: the tape holds every row's projection and
- * x is used in place, so one GEMM over all rows packs W_ih once). */
+ * the split forwards of lstm.c and rnn.c, gru.c's), then runs the chunk's steps on W_hh alone, with chunk
+ * buffers of per_row elements a row of row space: seq_chunk's, but at least fr_proj_min_rows() rows,
+ * since each GEMM packs W_ih anew; all steps when `whole` (training without lengths: the tape holds every
+ * row's projection and x is used in place, so one GEMM over all rows packs W_ih once). */
 static int seq_proj_chunk(const fr_seq *q, size_t per_row, int whole) {
     if (whole || q->S <= 1) return q->S > 1 ? q->S : 1;
     const int b = q->B > 0 ? q->B : 1;
