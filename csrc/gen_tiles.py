@@ -145,8 +145,12 @@ def ztile(w, mr):
         if guard:
             out.append(f"    if ({guard}) {{")
             ind = "        "
-        out.append(f"{ind}const float " + ", ".join(f"*r{r} = {a}[{r}]" for r in range(mr)) + ";")
-        out.append(f"{ind}for (int kk = 0, n = {n}; kk < n; kk++, pk += {w}) {{")
+        # rows pointed past their end and kk counting up from -n to 0: the loop test is the increment's
+        # flag, so kk, pk and 12 row pointers fit the 15 usable general registers (with an end pointer to
+        # compare against, GCC kept two row pointers in xmm registers and moved them back every k)
+        out.append(f"{ind}const long n = {n};")
+        out.append(f"{ind}const float " + ", ".join(f"*r{r} = {a}[{r}] + n" for r in range(mr)) + ";")
+        out.append(f"{ind}for (long kk = -n; kk != 0; kk++, pk += {w}) {{")
         for v, (off, zmm) in enumerate(parts):
             out.append(f"{ind}    const {'__m512' if zmm else '__m256'} b{v} = {zload(zmm, f'pk + {off}')};")
         for r in range(mr):

@@ -88,8 +88,9 @@ static void rec_z48_2(int K1, int K, const float *const *a1, const float *const 
                         const float *panel, float *out) {
     __m512 c0_0 = _mm512_setzero_ps(), c0_1 = _mm512_setzero_ps(), c0_2 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c1_1 = _mm512_setzero_ps(), c1_2 = _mm512_setzero_ps();
     const float *pk = panel;
-    const float *r0 = a1[0], *r1 = a1[1];
-    for (int kk = 0, n = K1; kk < n; kk++, pk += 48) {
+    const long n = K1;
+    const float *r0 = a1[0] + n, *r1 = a1[1] + n;
+    for (long kk = -n; kk != 0; kk++, pk += 48) {
         const __m512 b0 = _mm512_loadu_ps(pk + 0);
         const __m512 b1 = _mm512_loadu_ps(pk + 16);
         const __m512 b2 = _mm512_loadu_ps(pk + 32);
@@ -105,8 +106,9 @@ static void rec_z48_2(int K1, int K, const float *const *a1, const float *const 
         }
     }
     if (K > K1) {
-        const float *r0 = a2[0], *r1 = a2[1];
-        for (int kk = 0, n = K - K1; kk < n; kk++, pk += 48) {
+        const long n = K - K1;
+        const float *r0 = a2[0] + n, *r1 = a2[1] + n;
+        for (long kk = -n; kk != 0; kk++, pk += 48) {
             const __m512 b0 = _mm512_loadu_ps(pk + 0);
             const __m512 b1 = _mm512_loadu_ps(pk + 16);
             const __m512 b2 = _mm512_loadu_ps(pk + 32);
@@ -134,8 +136,9 @@ static void rec_z48_3(int K1, int K, const float *const *a1, const float *const 
                         const float *panel, float *out) {
     __m512 c0_0 = _mm512_setzero_ps(), c0_1 = _mm512_setzero_ps(), c0_2 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c1_1 = _mm512_setzero_ps(), c1_2 = _mm512_setzero_ps(), c2_0 = _mm512_setzero_ps(), c2_1 = _mm512_setzero_ps(), c2_2 = _mm512_setzero_ps();
     const float *pk = panel;
-    const float *r0 = a1[0], *r1 = a1[1], *r2 = a1[2];
-    for (int kk = 0, n = K1; kk < n; kk++, pk += 48) {
+    const long n = K1;
+    const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n;
+    for (long kk = -n; kk != 0; kk++, pk += 48) {
         const __m512 b0 = _mm512_loadu_ps(pk + 0);
         const __m512 b1 = _mm512_loadu_ps(pk + 16);
         const __m512 b2 = _mm512_loadu_ps(pk + 32);
@@ -156,8 +159,9 @@ static void rec_z48_3(int K1, int K, const float *const *a1, const float *const 
         }
     }
     if (K > K1) {
-        const float *r0 = a2[0], *r1 = a2[1], *r2 = a2[2];
-        for (int kk = 0, n = K - K1; kk < n; kk++, pk += 48) {
+        const long n = K - K1;
+        const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n;
+        for (long kk = -n; kk != 0; kk++, pk += 48) {
             const __m512 b0 = _mm512_loadu_ps(pk + 0);
             const __m512 b1 = _mm512_loadu_ps(pk + 16);
             const __m512 b2 = _mm512_loadu_ps(pk + 32);
@@ -193,8 +197,9 @@ static void rec_z48_4(int K1, int K, const float *const *a1, const float *const 
                         const float *panel, float *out) {
     __m512 c0_0 = _mm512_setzero_ps(), c0_1 = _mm512_setzero_ps(), c0_2 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c1_1 = _mm512_setzero_ps(), c1_2 = _mm512_setzero_ps(), c2_0 = _mm512_setzero_ps(), c2_1 = _mm512_setzero_ps(), c2_2 = _mm512_setzero_ps(), c3_0 = _mm512_setzero_ps(), c3_1 = _mm512_setzero_ps(), c3_2 = _mm512_setzero_ps();
     const float *pk = panel;
-    const float *r0 = a1[0], *r1 = a1[1], *r2 = a1[2], *r3 = a1[3];
-    for (int kk = 0, n = K1; kk < n; kk++, pk += 48) {
+    const long n = K1;
+    const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n;
+    for (long kk = -n; kk != 0; kk++, pk += 48) {
         const __m512 b0 = _mm512_loadu_ps(pk + 0);
         const __m512 b1 = _mm512_loadu_ps(pk + 16);
         const __m512 b2 = _mm512_loadu_ps(pk + 32);
@@ -220,8 +225,9 @@ static void rec_z48_4(int K1, int K, const float *const *a1, const float *const 
         }
     }
     if (K > K1) {
-        const float *r0 = a2[0], *r1 = a2[1], *r2 = a2[2], *r3 = a2[3];
-        for (int kk = 0, n = K - K1; kk < n; kk++, pk += 48) {
+        const long n = K - K1;
+        const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n;
+        for (long kk = -n; kk != 0; kk++, pk += 48) {
             const __m512 b0 = _mm512_loadu_ps(pk + 0);
             const __m512 b1 = _mm512_loadu_ps(pk + 16);
             const __m512 b2 = _mm512_loadu_ps(pk + 32);
@@ -265,8 +271,9 @@ static void rec_z48_5(int K1, int K, const float *const *a1, const float *const 
                         const float *panel, float *out) {
     __m512 c0_0 = _mm512_setzero_ps(), c0_1 = _mm512_setzero_ps(), c0_2 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c1_1 = _mm512_setzero_ps(), c1_2 = _mm512_setzero_ps(), c2_0 = _mm512_setzero_ps(), c2_1 = _mm512_setzero_ps(), c2_2 = _mm512_setzero_ps(), c3_0 = _mm512_setzero_ps(), c3_1 = _mm512_setzero_ps(), c3_2 = _mm512_setzero_ps(), c4_0 = _mm512_setzero_ps(), c4_1 = _mm512_setzero_ps(), c4_2 = _mm512_setzero_ps();
     const float *pk = panel;
-    const float *r0 = a1[0], *r1 = a1[1], *r2 = a1[2], *r3 = a1[3], *r4 = a1[4];
-    for (int kk = 0, n = K1; kk < n; kk++, pk += 48) {
+    const long n = K1;
+    const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n;
+    for (long kk = -n; kk != 0; kk++, pk += 48) {
         const __m512 b0 = _mm512_loadu_ps(pk + 0);
         const __m512 b1 = _mm512_loadu_ps(pk + 16);
         const __m512 b2 = _mm512_loadu_ps(pk + 32);
@@ -297,8 +304,9 @@ static void rec_z48_5(int K1, int K, const float *const *a1, const float *const 
         }
     }
     if (K > K1) {
-        const float *r0 = a2[0], *r1 = a2[1], *r2 = a2[2], *r3 = a2[3], *r4 = a2[4];
-        for (int kk = 0, n = K - K1; kk < n; kk++, pk += 48) {
+        const long n = K - K1;
+        const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n;
+        for (long kk = -n; kk != 0; kk++, pk += 48) {
             const __m512 b0 = _mm512_loadu_ps(pk + 0);
             const __m512 b1 = _mm512_loadu_ps(pk + 16);
             const __m512 b2 = _mm512_loadu_ps(pk + 32);
@@ -350,8 +358,9 @@ static void rec_z48_6(int K1, int K, const float *const *a1, const float *const 
                         const float *panel, float *out) {
     __m512 c0_0 = _mm512_setzero_ps(), c0_1 = _mm512_setzero_ps(), c0_2 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c1_1 = _mm512_setzero_ps(), c1_2 = _mm512_setzero_ps(), c2_0 = _mm512_setzero_ps(), c2_1 = _mm512_setzero_ps(), c2_2 = _mm512_setzero_ps(), c3_0 = _mm512_setzero_ps(), c3_1 = _mm512_setzero_ps(), c3_2 = _mm512_setzero_ps(), c4_0 = _mm512_setzero_ps(), c4_1 = _mm512_setzero_ps(), c4_2 = _mm512_setzero_ps(), c5_0 = _mm512_setzero_ps(), c5_1 = _mm512_setzero_ps(), c5_2 = _mm512_setzero_ps();
     const float *pk = panel;
-    const float *r0 = a1[0], *r1 = a1[1], *r2 = a1[2], *r3 = a1[3], *r4 = a1[4], *r5 = a1[5];
-    for (int kk = 0, n = K1; kk < n; kk++, pk += 48) {
+    const long n = K1;
+    const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n;
+    for (long kk = -n; kk != 0; kk++, pk += 48) {
         const __m512 b0 = _mm512_loadu_ps(pk + 0);
         const __m512 b1 = _mm512_loadu_ps(pk + 16);
         const __m512 b2 = _mm512_loadu_ps(pk + 32);
@@ -387,8 +396,9 @@ static void rec_z48_6(int K1, int K, const float *const *a1, const float *const 
         }
     }
     if (K > K1) {
-        const float *r0 = a2[0], *r1 = a2[1], *r2 = a2[2], *r3 = a2[3], *r4 = a2[4], *r5 = a2[5];
-        for (int kk = 0, n = K - K1; kk < n; kk++, pk += 48) {
+        const long n = K - K1;
+        const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n;
+        for (long kk = -n; kk != 0; kk++, pk += 48) {
             const __m512 b0 = _mm512_loadu_ps(pk + 0);
             const __m512 b1 = _mm512_loadu_ps(pk + 16);
             const __m512 b2 = _mm512_loadu_ps(pk + 32);
@@ -448,8 +458,9 @@ static void rec_z48_7(int K1, int K, const float *const *a1, const float *const 
                         const float *panel, float *out) {
     __m512 c0_0 = _mm512_setzero_ps(), c0_1 = _mm512_setzero_ps(), c0_2 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c1_1 = _mm512_setzero_ps(), c1_2 = _mm512_setzero_ps(), c2_0 = _mm512_setzero_ps(), c2_1 = _mm512_setzero_ps(), c2_2 = _mm512_setzero_ps(), c3_0 = _mm512_setzero_ps(), c3_1 = _mm512_setzero_ps(), c3_2 = _mm512_setzero_ps(), c4_0 = _mm512_setzero_ps(), c4_1 = _mm512_setzero_ps(), c4_2 = _mm512_setzero_ps(), c5_0 = _mm512_setzero_ps(), c5_1 = _mm512_setzero_ps(), c5_2 = _mm512_setzero_ps(), c6_0 = _mm512_setzero_ps(), c6_1 = _mm512_setzero_ps(), c6_2 = _mm512_setzero_ps();
     const float *pk = panel;
-    const float *r0 = a1[0], *r1 = a1[1], *r2 = a1[2], *r3 = a1[3], *r4 = a1[4], *r5 = a1[5], *r6 = a1[6];
-    for (int kk = 0, n = K1; kk < n; kk++, pk += 48) {
+    const long n = K1;
+    const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n, *r6 = a1[6] + n;
+    for (long kk = -n; kk != 0; kk++, pk += 48) {
         const __m512 b0 = _mm512_loadu_ps(pk + 0);
         const __m512 b1 = _mm512_loadu_ps(pk + 16);
         const __m512 b2 = _mm512_loadu_ps(pk + 32);
@@ -490,8 +501,9 @@ static void rec_z48_7(int K1, int K, const float *const *a1, const float *const 
         }
     }
     if (K > K1) {
-        const float *r0 = a2[0], *r1 = a2[1], *r2 = a2[2], *r3 = a2[3], *r4 = a2[4], *r5 = a2[5], *r6 = a2[6];
-        for (int kk = 0, n = K - K1; kk < n; kk++, pk += 48) {
+        const long n = K - K1;
+        const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n, *r6 = a2[6] + n;
+        for (long kk = -n; kk != 0; kk++, pk += 48) {
             const __m512 b0 = _mm512_loadu_ps(pk + 0);
             const __m512 b1 = _mm512_loadu_ps(pk + 16);
             const __m512 b2 = _mm512_loadu_ps(pk + 32);
@@ -559,8 +571,9 @@ static void rec_z48_8(int K1, int K, const float *const *a1, const float *const 
                         const float *panel, float *out) {
     __m512 c0_0 = _mm512_setzero_ps(), c0_1 = _mm512_setzero_ps(), c0_2 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c1_1 = _mm512_setzero_ps(), c1_2 = _mm512_setzero_ps(), c2_0 = _mm512_setzero_ps(), c2_1 = _mm512_setzero_ps(), c2_2 = _mm512_setzero_ps(), c3_0 = _mm512_setzero_ps(), c3_1 = _mm512_setzero_ps(), c3_2 = _mm512_setzero_ps(), c4_0 = _mm512_setzero_ps(), c4_1 = _mm512_setzero_ps(), c4_2 = _mm512_setzero_ps(), c5_0 = _mm512_setzero_ps(), c5_1 = _mm512_setzero_ps(), c5_2 = _mm512_setzero_ps(), c6_0 = _mm512_setzero_ps(), c6_1 = _mm512_setzero_ps(), c6_2 = _mm512_setzero_ps(), c7_0 = _mm512_setzero_ps(), c7_1 = _mm512_setzero_ps(), c7_2 = _mm512_setzero_ps();
     const float *pk = panel;
-    const float *r0 = a1[0], *r1 = a1[1], *r2 = a1[2], *r3 = a1[3], *r4 = a1[4], *r5 = a1[5], *r6 = a1[6], *r7 = a1[7];
-    for (int kk = 0, n = K1; kk < n; kk++, pk += 48) {
+    const long n = K1;
+    const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n, *r6 = a1[6] + n, *r7 = a1[7] + n;
+    for (long kk = -n; kk != 0; kk++, pk += 48) {
         const __m512 b0 = _mm512_loadu_ps(pk + 0);
         const __m512 b1 = _mm512_loadu_ps(pk + 16);
         const __m512 b2 = _mm512_loadu_ps(pk + 32);
@@ -606,8 +619,9 @@ static void rec_z48_8(int K1, int K, const float *const *a1, const float *const 
         }
     }
     if (K > K1) {
-        const float *r0 = a2[0], *r1 = a2[1], *r2 = a2[2], *r3 = a2[3], *r4 = a2[4], *r5 = a2[5], *r6 = a2[6], *r7 = a2[7];
-        for (int kk = 0, n = K - K1; kk < n; kk++, pk += 48) {
+        const long n = K - K1;
+        const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n, *r6 = a2[6] + n, *r7 = a2[7] + n;
+        for (long kk = -n; kk != 0; kk++, pk += 48) {
             const __m512 b0 = _mm512_loadu_ps(pk + 0);
             const __m512 b1 = _mm512_loadu_ps(pk + 16);
             const __m512 b2 = _mm512_loadu_ps(pk + 32);
@@ -750,8 +764,9 @@ static void rec_z32_2(int K1, int K, const float *const *a1, const float *const 
                         const float *panel, float *out) {
     __m512 c0_0 = _mm512_setzero_ps(), c0_1 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c1_1 = _mm512_setzero_ps();
     const float *pk = panel;
-    const float *r0 = a1[0], *r1 = a1[1];
-    for (int kk = 0, n = K1; kk < n; kk++, pk += 32) {
+    const long n = K1;
+    const float *r0 = a1[0] + n, *r1 = a1[1] + n;
+    for (long kk = -n; kk != 0; kk++, pk += 32) {
         const __m512 b0 = _mm512_loadu_ps(pk + 0);
         const __m512 b1 = _mm512_loadu_ps(pk + 16);
         { const __m512 a = _mm512_set1_ps(r0[kk]);
@@ -764,8 +779,9 @@ static void rec_z32_2(int K1, int K, const float *const *a1, const float *const 
         }
     }
     if (K > K1) {
-        const float *r0 = a2[0], *r1 = a2[1];
-        for (int kk = 0, n = K - K1; kk < n; kk++, pk += 32) {
+        const long n = K - K1;
+        const float *r0 = a2[0] + n, *r1 = a2[1] + n;
+        for (long kk = -n; kk != 0; kk++, pk += 32) {
             const __m512 b0 = _mm512_loadu_ps(pk + 0);
             const __m512 b1 = _mm512_loadu_ps(pk + 16);
             { const __m512 a = _mm512_set1_ps(r0[kk]);
@@ -788,8 +804,9 @@ static void rec_z32_3(int K1, int K, const float *const *a1, const float *const 
                         const float *panel, float *out) {
     __m512 c0_0 = _mm512_setzero_ps(), c0_1 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c1_1 = _mm512_setzero_ps(), c2_0 = _mm512_setzero_ps(), c2_1 = _mm512_setzero_ps();
     const float *pk = panel;
-    const float *r0 = a1[0], *r1 = a1[1], *r2 = a1[2];
-    for (int kk = 0, n = K1; kk < n; kk++, pk += 32) {
+    const long n = K1;
+    const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n;
+    for (long kk = -n; kk != 0; kk++, pk += 32) {
         const __m512 b0 = _mm512_loadu_ps(pk + 0);
         const __m512 b1 = _mm512_loadu_ps(pk + 16);
         { const __m512 a = _mm512_set1_ps(r0[kk]);
@@ -806,8 +823,9 @@ static void rec_z32_3(int K1, int K, const float *const *a1, const float *const 
         }
     }
     if (K > K1) {
-        const float *r0 = a2[0], *r1 = a2[1], *r2 = a2[2];
-        for (int kk = 0, n = K - K1; kk < n; kk++, pk += 32) {
+        const long n = K - K1;
+        const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n;
+        for (long kk = -n; kk != 0; kk++, pk += 32) {
             const __m512 b0 = _mm512_loadu_ps(pk + 0);
             const __m512 b1 = _mm512_loadu_ps(pk + 16);
             { const __m512 a = _mm512_set1_ps(r0[kk]);
@@ -836,8 +854,9 @@ static void rec_z32_4(int K1, int K, const float *const *a1, const float *const 
                         const float *panel, float *out) {
     __m512 c0_0 = _mm512_setzero_ps(), c0_1 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c1_1 = _mm512_setzero_ps(), c2_0 = _mm512_setzero_ps(), c2_1 = _mm512_setzero_ps(), c3_0 = _mm512_setzero_ps(), c3_1 = _mm512_setzero_ps();
     const float *pk = panel;
-    const float *r0 = a1[0], *r1 = a1[1], *r2 = a1[2], *r3 = a1[3];
-    for (int kk = 0, n = K1; kk < n; kk++, pk += 32) {
+    const long n = K1;
+    const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n;
+    for (long kk = -n; kk != 0; kk++, pk += 32) {
         const __m512 b0 = _mm512_loadu_ps(pk + 0);
         const __m512 b1 = _mm512_loadu_ps(pk + 16);
         { const __m512 a = _mm512_set1_ps(r0[kk]);
@@ -858,8 +877,9 @@ static void rec_z32_4(int K1, int K, const float *const *a1, const float *const 
         }
     }
     if (K > K1) {
-        const float *r0 = a2[0], *r1 = a2[1], *r2 = a2[2], *r3 = a2[3];
-        for (int kk = 0, n = K - K1; kk < n; kk++, pk += 32) {
+        const long n = K - K1;
+        const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n;
+        for (long kk = -n; kk != 0; kk++, pk += 32) {
             const __m512 b0 = _mm512_loadu_ps(pk + 0);
             const __m512 b1 = _mm512_loadu_ps(pk + 16);
             { const __m512 a = _mm512_set1_ps(r0[kk]);
@@ -894,8 +914,9 @@ static void rec_z32_5(int K1, int K, const float *const *a1, const float *const 
                         const float *panel, float *out) {
     __m512 c0_0 = _mm512_setzero_ps(), c0_1 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c1_1 = _mm512_setzero_ps(), c2_0 = _mm512_setzero_ps(), c2_1 = _mm512_setzero_ps(), c3_0 = _mm512_setzero_ps(), c3_1 = _mm512_setzero_ps(), c4_0 = _mm512_setzero_ps(), c4_1 = _mm512_setzero_ps();
     const float *pk = panel;
-    const float *r0 = a1[0], *r1 = a1[1], *r2 = a1[2], *r3 = a1[3], *r4 = a1[4];
-    for (int kk = 0, n = K1; kk < n; kk++, pk += 32) {
+    const long n = K1;
+    const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n;
+    for (long kk = -n; kk != 0; kk++, pk += 32) {
         const __m512 b0 = _mm512_loadu_ps(pk + 0);
         const __m512 b1 = _mm512_loadu_ps(pk + 16);
         { const __m512 a = _mm512_set1_ps(r0[kk]);
@@ -920,8 +941,9 @@ static void rec_z32_5(int K1, int K, const float *const *a1, const float *const 
         }
     }
     if (K > K1) {
-        const float *r0 = a2[0], *r1 = a2[1], *r2 = a2[2], *r3 = a2[3], *r4 = a2[4];
-        for (int kk = 0, n = K - K1; kk < n; kk++, pk += 32) {
+        const long n = K - K1;
+        const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n;
+        for (long kk = -n; kk != 0; kk++, pk += 32) {
             const __m512 b0 = _mm512_loadu_ps(pk + 0);
             const __m512 b1 = _mm512_loadu_ps(pk + 16);
             { const __m512 a = _mm512_set1_ps(r0[kk]);
@@ -962,8 +984,9 @@ static void rec_z32_6(int K1, int K, const float *const *a1, const float *const 
                         const float *panel, float *out) {
     __m512 c0_0 = _mm512_setzero_ps(), c0_1 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c1_1 = _mm512_setzero_ps(), c2_0 = _mm512_setzero_ps(), c2_1 = _mm512_setzero_ps(), c3_0 = _mm512_setzero_ps(), c3_1 = _mm512_setzero_ps(), c4_0 = _mm512_setzero_ps(), c4_1 = _mm512_setzero_ps(), c5_0 = _mm512_setzero_ps(), c5_1 = _mm512_setzero_ps();
     const float *pk = panel;
-    const float *r0 = a1[0], *r1 = a1[1], *r2 = a1[2], *r3 = a1[3], *r4 = a1[4], *r5 = a1[5];
-    for (int kk = 0, n = K1; kk < n; kk++, pk += 32) {
+    const long n = K1;
+    const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n;
+    for (long kk = -n; kk != 0; kk++, pk += 32) {
         const __m512 b0 = _mm512_loadu_ps(pk + 0);
         const __m512 b1 = _mm512_loadu_ps(pk + 16);
         { const __m512 a = _mm512_set1_ps(r0[kk]);
@@ -992,8 +1015,9 @@ static void rec_z32_6(int K1, int K, const float *const *a1, const float *const 
         }
     }
     if (K > K1) {
-        const float *r0 = a2[0], *r1 = a2[1], *r2 = a2[2], *r3 = a2[3], *r4 = a2[4], *r5 = a2[5];
-        for (int kk = 0, n = K - K1; kk < n; kk++, pk += 32) {
+        const long n = K - K1;
+        const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n;
+        for (long kk = -n; kk != 0; kk++, pk += 32) {
             const __m512 b0 = _mm512_loadu_ps(pk + 0);
             const __m512 b1 = _mm512_loadu_ps(pk + 16);
             { const __m512 a = _mm512_set1_ps(r0[kk]);
@@ -1040,8 +1064,9 @@ static void rec_z32_7(int K1, int K, const float *const *a1, const float *const 
                         const float *panel, float *out) {
     __m512 c0_0 = _mm512_setzero_ps(), c0_1 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c1_1 = _mm512_setzero_ps(), c2_0 = _mm512_setzero_ps(), c2_1 = _mm512_setzero_ps(), c3_0 = _mm512_setzero_ps(), c3_1 = _mm512_setzero_ps(), c4_0 = _mm512_setzero_ps(), c4_1 = _mm512_setzero_ps(), c5_0 = _mm512_setzero_ps(), c5_1 = _mm512_setzero_ps(), c6_0 = _mm512_setzero_ps(), c6_1 = _mm512_setzero_ps();
     const float *pk = panel;
-    const float *r0 = a1[0], *r1 = a1[1], *r2 = a1[2], *r3 = a1[3], *r4 = a1[4], *r5 = a1[5], *r6 = a1[6];
-    for (int kk = 0, n = K1; kk < n; kk++, pk += 32) {
+    const long n = K1;
+    const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n, *r6 = a1[6] + n;
+    for (long kk = -n; kk != 0; kk++, pk += 32) {
         const __m512 b0 = _mm512_loadu_ps(pk + 0);
         const __m512 b1 = _mm512_loadu_ps(pk + 16);
         { const __m512 a = _mm512_set1_ps(r0[kk]);
@@ -1074,8 +1099,9 @@ static void rec_z32_7(int K1, int K, const float *const *a1, const float *const 
         }
     }
     if (K > K1) {
-        const float *r0 = a2[0], *r1 = a2[1], *r2 = a2[2], *r3 = a2[3], *r4 = a2[4], *r5 = a2[5], *r6 = a2[6];
-        for (int kk = 0, n = K - K1; kk < n; kk++, pk += 32) {
+        const long n = K - K1;
+        const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n, *r6 = a2[6] + n;
+        for (long kk = -n; kk != 0; kk++, pk += 32) {
             const __m512 b0 = _mm512_loadu_ps(pk + 0);
             const __m512 b1 = _mm512_loadu_ps(pk + 16);
             { const __m512 a = _mm512_set1_ps(r0[kk]);
@@ -1128,8 +1154,9 @@ static void rec_z32_8(int K1, int K, const float *const *a1, const float *const 
                         const float *panel, float *out) {
     __m512 c0_0 = _mm512_setzero_ps(), c0_1 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c1_1 = _mm512_setzero_ps(), c2_0 = _mm512_setzero_ps(), c2_1 = _mm512_setzero_ps(), c3_0 = _mm512_setzero_ps(), c3_1 = _mm512_setzero_ps(), c4_0 = _mm512_setzero_ps(), c4_1 = _mm512_setzero_ps(), c5_0 = _mm512_setzero_ps(), c5_1 = _mm512_setzero_ps(), c6_0 = _mm512_setzero_ps(), c6_1 = _mm512_setzero_ps(), c7_0 = _mm512_setzero_ps(), c7_1 = _mm512_setzero_ps();
     const float *pk = panel;
-    const float *r0 = a1[0], *r1 = a1[1], *r2 = a1[2], *r3 = a1[3], *r4 = a1[4], *r5 = a1[5], *r6 = a1[6], *r7 = a1[7];
-    for (int kk = 0, n = K1; kk < n; kk++, pk += 32) {
+    const long n = K1;
+    const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n, *r6 = a1[6] + n, *r7 = a1[7] + n;
+    for (long kk = -n; kk != 0; kk++, pk += 32) {
         const __m512 b0 = _mm512_loadu_ps(pk + 0);
         const __m512 b1 = _mm512_loadu_ps(pk + 16);
         { const __m512 a = _mm512_set1_ps(r0[kk]);
@@ -1166,8 +1193,9 @@ static void rec_z32_8(int K1, int K, const float *const *a1, const float *const 
         }
     }
     if (K > K1) {
-        const float *r0 = a2[0], *r1 = a2[1], *r2 = a2[2], *r3 = a2[3], *r4 = a2[4], *r5 = a2[5], *r6 = a2[6], *r7 = a2[7];
-        for (int kk = 0, n = K - K1; kk < n; kk++, pk += 32) {
+        const long n = K - K1;
+        const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n, *r6 = a2[6] + n, *r7 = a2[7] + n;
+        for (long kk = -n; kk != 0; kk++, pk += 32) {
             const __m512 b0 = _mm512_loadu_ps(pk + 0);
             const __m512 b1 = _mm512_loadu_ps(pk + 16);
             { const __m512 a = _mm512_set1_ps(r0[kk]);
@@ -1226,8 +1254,9 @@ static void rec_z32_9(int K1, int K, const float *const *a1, const float *const 
                         const float *panel, float *out) {
     __m512 c0_0 = _mm512_setzero_ps(), c0_1 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c1_1 = _mm512_setzero_ps(), c2_0 = _mm512_setzero_ps(), c2_1 = _mm512_setzero_ps(), c3_0 = _mm512_setzero_ps(), c3_1 = _mm512_setzero_ps(), c4_0 = _mm512_setzero_ps(), c4_1 = _mm512_setzero_ps(), c5_0 = _mm512_setzero_ps(), c5_1 = _mm512_setzero_ps(), c6_0 = _mm512_setzero_ps(), c6_1 = _mm512_setzero_ps(), c7_0 = _mm512_setzero_ps(), c7_1 = _mm512_setzero_ps(), c8_0 = _mm512_setzero_ps(), c8_1 = _mm512_setzero_ps();
     const float *pk = panel;
-    const float *r0 = a1[0], *r1 = a1[1], *r2 = a1[2], *r3 = a1[3], *r4 = a1[4], *r5 = a1[5], *r6 = a1[6], *r7 = a1[7], *r8 = a1[8];
-    for (int kk = 0, n = K1; kk < n; kk++, pk += 32) {
+    const long n = K1;
+    const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n, *r6 = a1[6] + n, *r7 = a1[7] + n, *r8 = a1[8] + n;
+    for (long kk = -n; kk != 0; kk++, pk += 32) {
         const __m512 b0 = _mm512_loadu_ps(pk + 0);
         const __m512 b1 = _mm512_loadu_ps(pk + 16);
         { const __m512 a = _mm512_set1_ps(r0[kk]);
@@ -1268,8 +1297,9 @@ static void rec_z32_9(int K1, int K, const float *const *a1, const float *const 
         }
     }
     if (K > K1) {
-        const float *r0 = a2[0], *r1 = a2[1], *r2 = a2[2], *r3 = a2[3], *r4 = a2[4], *r5 = a2[5], *r6 = a2[6], *r7 = a2[7], *r8 = a2[8];
-        for (int kk = 0, n = K - K1; kk < n; kk++, pk += 32) {
+        const long n = K - K1;
+        const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n, *r6 = a2[6] + n, *r7 = a2[7] + n, *r8 = a2[8] + n;
+        for (long kk = -n; kk != 0; kk++, pk += 32) {
             const __m512 b0 = _mm512_loadu_ps(pk + 0);
             const __m512 b1 = _mm512_loadu_ps(pk + 16);
             { const __m512 a = _mm512_set1_ps(r0[kk]);
@@ -1334,8 +1364,9 @@ static void rec_z32_10(int K1, int K, const float *const *a1, const float *const
                         const float *panel, float *out) {
     __m512 c0_0 = _mm512_setzero_ps(), c0_1 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c1_1 = _mm512_setzero_ps(), c2_0 = _mm512_setzero_ps(), c2_1 = _mm512_setzero_ps(), c3_0 = _mm512_setzero_ps(), c3_1 = _mm512_setzero_ps(), c4_0 = _mm512_setzero_ps(), c4_1 = _mm512_setzero_ps(), c5_0 = _mm512_setzero_ps(), c5_1 = _mm512_setzero_ps(), c6_0 = _mm512_setzero_ps(), c6_1 = _mm512_setzero_ps(), c7_0 = _mm512_setzero_ps(), c7_1 = _mm512_setzero_ps(), c8_0 = _mm512_setzero_ps(), c8_1 = _mm512_setzero_ps(), c9_0 = _mm512_setzero_ps(), c9_1 = _mm512_setzero_ps();
     const float *pk = panel;
-    const float *r0 = a1[0], *r1 = a1[1], *r2 = a1[2], *r3 = a1[3], *r4 = a1[4], *r5 = a1[5], *r6 = a1[6], *r7 = a1[7], *r8 = a1[8], *r9 = a1[9];
-    for (int kk = 0, n = K1; kk < n; kk++, pk += 32) {
+    const long n = K1;
+    const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n, *r6 = a1[6] + n, *r7 = a1[7] + n, *r8 = a1[8] + n, *r9 = a1[9] + n;
+    for (long kk = -n; kk != 0; kk++, pk += 32) {
         const __m512 b0 = _mm512_loadu_ps(pk + 0);
         const __m512 b1 = _mm512_loadu_ps(pk + 16);
         { const __m512 a = _mm512_set1_ps(r0[kk]);
@@ -1380,8 +1411,9 @@ static void rec_z32_10(int K1, int K, const float *const *a1, const float *const
         }
     }
     if (K > K1) {
-        const float *r0 = a2[0], *r1 = a2[1], *r2 = a2[2], *r3 = a2[3], *r4 = a2[4], *r5 = a2[5], *r6 = a2[6], *r7 = a2[7], *r8 = a2[8], *r9 = a2[9];
-        for (int kk = 0, n = K - K1; kk < n; kk++, pk += 32) {
+        const long n = K - K1;
+        const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n, *r6 = a2[6] + n, *r7 = a2[7] + n, *r8 = a2[8] + n, *r9 = a2[9] + n;
+        for (long kk = -n; kk != 0; kk++, pk += 32) {
             const __m512 b0 = _mm512_loadu_ps(pk + 0);
             const __m512 b1 = _mm512_loadu_ps(pk + 16);
             { const __m512 a = _mm512_set1_ps(r0[kk]);
@@ -1452,8 +1484,9 @@ static void rec_z32_11(int K1, int K, const float *const *a1, const float *const
                         const float *panel, float *out) {
     __m512 c0_0 = _mm512_setzero_ps(), c0_1 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c1_1 = _mm512_setzero_ps(), c2_0 = _mm512_setzero_ps(), c2_1 = _mm512_setzero_ps(), c3_0 = _mm512_setzero_ps(), c3_1 = _mm512_setzero_ps(), c4_0 = _mm512_setzero_ps(), c4_1 = _mm512_setzero_ps(), c5_0 = _mm512_setzero_ps(), c5_1 = _mm512_setzero_ps(), c6_0 = _mm512_setzero_ps(), c6_1 = _mm512_setzero_ps(), c7_0 = _mm512_setzero_ps(), c7_1 = _mm512_setzero_ps(), c8_0 = _mm512_setzero_ps(), c8_1 = _mm512_setzero_ps(), c9_0 = _mm512_setzero_ps(), c9_1 = _mm512_setzero_ps(), c10_0 = _mm512_setzero_ps(), c10_1 = _mm512_setzero_ps();
     const float *pk = panel;
-    const float *r0 = a1[0], *r1 = a1[1], *r2 = a1[2], *r3 = a1[3], *r4 = a1[4], *r5 = a1[5], *r6 = a1[6], *r7 = a1[7], *r8 = a1[8], *r9 = a1[9], *r10 = a1[10];
-    for (int kk = 0, n = K1; kk < n; kk++, pk += 32) {
+    const long n = K1;
+    const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n, *r6 = a1[6] + n, *r7 = a1[7] + n, *r8 = a1[8] + n, *r9 = a1[9] + n, *r10 = a1[10] + n;
+    for (long kk = -n; kk != 0; kk++, pk += 32) {
         const __m512 b0 = _mm512_loadu_ps(pk + 0);
         const __m512 b1 = _mm512_loadu_ps(pk + 16);
         { const __m512 a = _mm512_set1_ps(r0[kk]);
@@ -1502,8 +1535,9 @@ static void rec_z32_11(int K1, int K, const float *const *a1, const float *const
         }
     }
     if (K > K1) {
-        const float *r0 = a2[0], *r1 = a2[1], *r2 = a2[2], *r3 = a2[3], *r4 = a2[4], *r5 = a2[5], *r6 = a2[6], *r7 = a2[7], *r8 = a2[8], *r9 = a2[9], *r10 = a2[10];
-        for (int kk = 0, n = K - K1; kk < n; kk++, pk += 32) {
+        const long n = K - K1;
+        const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n, *r6 = a2[6] + n, *r7 = a2[7] + n, *r8 = a2[8] + n, *r9 = a2[9] + n, *r10 = a2[10] + n;
+        for (long kk = -n; kk != 0; kk++, pk += 32) {
             const __m512 b0 = _mm512_loadu_ps(pk + 0);
             const __m512 b1 = _mm512_loadu_ps(pk + 16);
             { const __m512 a = _mm512_set1_ps(r0[kk]);
@@ -1580,8 +1614,9 @@ static void rec_z32_12(int K1, int K, const float *const *a1, const float *const
                         const float *panel, float *out) {
     __m512 c0_0 = _mm512_setzero_ps(), c0_1 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c1_1 = _mm512_setzero_ps(), c2_0 = _mm512_setzero_ps(), c2_1 = _mm512_setzero_ps(), c3_0 = _mm512_setzero_ps(), c3_1 = _mm512_setzero_ps(), c4_0 = _mm512_setzero_ps(), c4_1 = _mm512_setzero_ps(), c5_0 = _mm512_setzero_ps(), c5_1 = _mm512_setzero_ps(), c6_0 = _mm512_setzero_ps(), c6_1 = _mm512_setzero_ps(), c7_0 = _mm512_setzero_ps(), c7_1 = _mm512_setzero_ps(), c8_0 = _mm512_setzero_ps(), c8_1 = _mm512_setzero_ps(), c9_0 = _mm512_setzero_ps(), c9_1 = _mm512_setzero_ps(), c10_0 = _mm512_setzero_ps(), c10_1 = _mm512_setzero_ps(), c11_0 = _mm512_setzero_ps(), c11_1 = _mm512_setzero_ps();
     const float *pk = panel;
-    const float *r0 = a1[0], *r1 = a1[1], *r2 = a1[2], *r3 = a1[3], *r4 = a1[4], *r5 = a1[5], *r6 = a1[6], *r7 = a1[7], *r8 = a1[8], *r9 = a1[9], *r10 = a1[10], *r11 = a1[11];
-    for (int kk = 0, n = K1; kk < n; kk++, pk += 32) {
+    const long n = K1;
+    const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n, *r6 = a1[6] + n, *r7 = a1[7] + n, *r8 = a1[8] + n, *r9 = a1[9] + n, *r10 = a1[10] + n, *r11 = a1[11] + n;
+    for (long kk = -n; kk != 0; kk++, pk += 32) {
         const __m512 b0 = _mm512_loadu_ps(pk + 0);
         const __m512 b1 = _mm512_loadu_ps(pk + 16);
         { const __m512 a = _mm512_set1_ps(r0[kk]);
@@ -1634,8 +1669,9 @@ static void rec_z32_12(int K1, int K, const float *const *a1, const float *const
         }
     }
     if (K > K1) {
-        const float *r0 = a2[0], *r1 = a2[1], *r2 = a2[2], *r3 = a2[3], *r4 = a2[4], *r5 = a2[5], *r6 = a2[6], *r7 = a2[7], *r8 = a2[8], *r9 = a2[9], *r10 = a2[10], *r11 = a2[11];
-        for (int kk = 0, n = K - K1; kk < n; kk++, pk += 32) {
+        const long n = K - K1;
+        const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n, *r6 = a2[6] + n, *r7 = a2[7] + n, *r8 = a2[8] + n, *r9 = a2[9] + n, *r10 = a2[10] + n, *r11 = a2[11] + n;
+        for (long kk = -n; kk != 0; kk++, pk += 32) {
             const __m512 b0 = _mm512_loadu_ps(pk + 0);
             const __m512 b1 = _mm512_loadu_ps(pk + 16);
             { const __m512 a = _mm512_set1_ps(r0[kk]);
@@ -1784,8 +1820,9 @@ static void rec_z24_2(int K1, int K, const float *const *a1, const float *const 
     __m512 c0_0 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps();
     __m256 c0_1 = _mm256_setzero_ps(), c1_1 = _mm256_setzero_ps();
     const float *pk = panel;
-    const float *r0 = a1[0], *r1 = a1[1];
-    for (int kk = 0, n = K1; kk < n; kk++, pk += 24) {
+    const long n = K1;
+    const float *r0 = a1[0] + n, *r1 = a1[1] + n;
+    for (long kk = -n; kk != 0; kk++, pk += 24) {
         const __m512 b0 = _mm512_loadu_ps(pk + 0);
         const __m256 b1 = _mm256_loadu_ps(pk + 16);
         { const __m512 a = _mm512_set1_ps(r0[kk]);
@@ -1798,8 +1835,9 @@ static void rec_z24_2(int K1, int K, const float *const *a1, const float *const 
         }
     }
     if (K > K1) {
-        const float *r0 = a2[0], *r1 = a2[1];
-        for (int kk = 0, n = K - K1; kk < n; kk++, pk += 24) {
+        const long n = K - K1;
+        const float *r0 = a2[0] + n, *r1 = a2[1] + n;
+        for (long kk = -n; kk != 0; kk++, pk += 24) {
             const __m512 b0 = _mm512_loadu_ps(pk + 0);
             const __m256 b1 = _mm256_loadu_ps(pk + 16);
             { const __m512 a = _mm512_set1_ps(r0[kk]);
@@ -1823,8 +1861,9 @@ static void rec_z24_3(int K1, int K, const float *const *a1, const float *const 
     __m512 c0_0 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c2_0 = _mm512_setzero_ps();
     __m256 c0_1 = _mm256_setzero_ps(), c1_1 = _mm256_setzero_ps(), c2_1 = _mm256_setzero_ps();
     const float *pk = panel;
-    const float *r0 = a1[0], *r1 = a1[1], *r2 = a1[2];
-    for (int kk = 0, n = K1; kk < n; kk++, pk += 24) {
+    const long n = K1;
+    const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n;
+    for (long kk = -n; kk != 0; kk++, pk += 24) {
         const __m512 b0 = _mm512_loadu_ps(pk + 0);
         const __m256 b1 = _mm256_loadu_ps(pk + 16);
         { const __m512 a = _mm512_set1_ps(r0[kk]);
@@ -1841,8 +1880,9 @@ static void rec_z24_3(int K1, int K, const float *const *a1, const float *const 
         }
     }
     if (K > K1) {
-        const float *r0 = a2[0], *r1 = a2[1], *r2 = a2[2];
-        for (int kk = 0, n = K - K1; kk < n; kk++, pk += 24) {
+        const long n = K - K1;
+        const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n;
+        for (long kk = -n; kk != 0; kk++, pk += 24) {
             const __m512 b0 = _mm512_loadu_ps(pk + 0);
             const __m256 b1 = _mm256_loadu_ps(pk + 16);
             { const __m512 a = _mm512_set1_ps(r0[kk]);
@@ -1872,8 +1912,9 @@ static void rec_z24_4(int K1, int K, const float *const *a1, const float *const 
     __m512 c0_0 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c2_0 = _mm512_setzero_ps(), c3_0 = _mm512_setzero_ps();
     __m256 c0_1 = _mm256_setzero_ps(), c1_1 = _mm256_setzero_ps(), c2_1 = _mm256_setzero_ps(), c3_1 = _mm256_setzero_ps();
     const float *pk = panel;
-    const float *r0 = a1[0], *r1 = a1[1], *r2 = a1[2], *r3 = a1[3];
-    for (int kk = 0, n = K1; kk < n; kk++, pk += 24) {
+    const long n = K1;
+    const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n;
+    for (long kk = -n; kk != 0; kk++, pk += 24) {
         const __m512 b0 = _mm512_loadu_ps(pk + 0);
         const __m256 b1 = _mm256_loadu_ps(pk + 16);
         { const __m512 a = _mm512_set1_ps(r0[kk]);
@@ -1894,8 +1935,9 @@ static void rec_z24_4(int K1, int K, const float *const *a1, const float *const 
         }
     }
     if (K > K1) {
-        const float *r0 = a2[0], *r1 = a2[1], *r2 = a2[2], *r3 = a2[3];
-        for (int kk = 0, n = K - K1; kk < n; kk++, pk += 24) {
+        const long n = K - K1;
+        const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n;
+        for (long kk = -n; kk != 0; kk++, pk += 24) {
             const __m512 b0 = _mm512_loadu_ps(pk + 0);
             const __m256 b1 = _mm256_loadu_ps(pk + 16);
             { const __m512 a = _mm512_set1_ps(r0[kk]);
@@ -1931,8 +1973,9 @@ static void rec_z24_5(int K1, int K, const float *const *a1, const float *const 
     __m512 c0_0 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c2_0 = _mm512_setzero_ps(), c3_0 = _mm512_setzero_ps(), c4_0 = _mm512_setzero_ps();
     __m256 c0_1 = _mm256_setzero_ps(), c1_1 = _mm256_setzero_ps(), c2_1 = _mm256_setzero_ps(), c3_1 = _mm256_setzero_ps(), c4_1 = _mm256_setzero_ps();
     const float *pk = panel;
-    const float *r0 = a1[0], *r1 = a1[1], *r2 = a1[2], *r3 = a1[3], *r4 = a1[4];
-    for (int kk = 0, n = K1; kk < n; kk++, pk += 24) {
+    const long n = K1;
+    const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n;
+    for (long kk = -n; kk != 0; kk++, pk += 24) {
         const __m512 b0 = _mm512_loadu_ps(pk + 0);
         const __m256 b1 = _mm256_loadu_ps(pk + 16);
         { const __m512 a = _mm512_set1_ps(r0[kk]);
@@ -1957,8 +2000,9 @@ static void rec_z24_5(int K1, int K, const float *const *a1, const float *const 
         }
     }
     if (K > K1) {
-        const float *r0 = a2[0], *r1 = a2[1], *r2 = a2[2], *r3 = a2[3], *r4 = a2[4];
-        for (int kk = 0, n = K - K1; kk < n; kk++, pk += 24) {
+        const long n = K - K1;
+        const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n;
+        for (long kk = -n; kk != 0; kk++, pk += 24) {
             const __m512 b0 = _mm512_loadu_ps(pk + 0);
             const __m256 b1 = _mm256_loadu_ps(pk + 16);
             { const __m512 a = _mm512_set1_ps(r0[kk]);
@@ -2000,8 +2044,9 @@ static void rec_z24_6(int K1, int K, const float *const *a1, const float *const 
     __m512 c0_0 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c2_0 = _mm512_setzero_ps(), c3_0 = _mm512_setzero_ps(), c4_0 = _mm512_setzero_ps(), c5_0 = _mm512_setzero_ps();
     __m256 c0_1 = _mm256_setzero_ps(), c1_1 = _mm256_setzero_ps(), c2_1 = _mm256_setzero_ps(), c3_1 = _mm256_setzero_ps(), c4_1 = _mm256_setzero_ps(), c5_1 = _mm256_setzero_ps();
     const float *pk = panel;
-    const float *r0 = a1[0], *r1 = a1[1], *r2 = a1[2], *r3 = a1[3], *r4 = a1[4], *r5 = a1[5];
-    for (int kk = 0, n = K1; kk < n; kk++, pk += 24) {
+    const long n = K1;
+    const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n;
+    for (long kk = -n; kk != 0; kk++, pk += 24) {
         const __m512 b0 = _mm512_loadu_ps(pk + 0);
         const __m256 b1 = _mm256_loadu_ps(pk + 16);
         { const __m512 a = _mm512_set1_ps(r0[kk]);
@@ -2030,8 +2075,9 @@ static void rec_z24_6(int K1, int K, const float *const *a1, const float *const 
         }
     }
     if (K > K1) {
-        const float *r0 = a2[0], *r1 = a2[1], *r2 = a2[2], *r3 = a2[3], *r4 = a2[4], *r5 = a2[5];
-        for (int kk = 0, n = K - K1; kk < n; kk++, pk += 24) {
+        const long n = K - K1;
+        const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n;
+        for (long kk = -n; kk != 0; kk++, pk += 24) {
             const __m512 b0 = _mm512_loadu_ps(pk + 0);
             const __m256 b1 = _mm256_loadu_ps(pk + 16);
             { const __m512 a = _mm512_set1_ps(r0[kk]);
@@ -2079,8 +2125,9 @@ static void rec_z24_7(int K1, int K, const float *const *a1, const float *const 
     __m512 c0_0 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c2_0 = _mm512_setzero_ps(), c3_0 = _mm512_setzero_ps(), c4_0 = _mm512_setzero_ps(), c5_0 = _mm512_setzero_ps(), c6_0 = _mm512_setzero_ps();
     __m256 c0_1 = _mm256_setzero_ps(), c1_1 = _mm256_setzero_ps(), c2_1 = _mm256_setzero_ps(), c3_1 = _mm256_setzero_ps(), c4_1 = _mm256_setzero_ps(), c5_1 = _mm256_setzero_ps(), c6_1 = _mm256_setzero_ps();
     const float *pk = panel;
-    const float *r0 = a1[0], *r1 = a1[1], *r2 = a1[2], *r3 = a1[3], *r4 = a1[4], *r5 = a1[5], *r6 = a1[6];
-    for (int kk = 0, n = K1; kk < n; kk++, pk += 24) {
+    const long n = K1;
+    const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n, *r6 = a1[6] + n;
+    for (long kk = -n; kk != 0; kk++, pk += 24) {
         const __m512 b0 = _mm512_loadu_ps(pk + 0);
         const __m256 b1 = _mm256_loadu_ps(pk + 16);
         { const __m512 a = _mm512_set1_ps(r0[kk]);
@@ -2113,8 +2160,9 @@ static void rec_z24_7(int K1, int K, const float *const *a1, const float *const 
         }
     }
     if (K > K1) {
-        const float *r0 = a2[0], *r1 = a2[1], *r2 = a2[2], *r3 = a2[3], *r4 = a2[4], *r5 = a2[5], *r6 = a2[6];
-        for (int kk = 0, n = K - K1; kk < n; kk++, pk += 24) {
+        const long n = K - K1;
+        const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n, *r6 = a2[6] + n;
+        for (long kk = -n; kk != 0; kk++, pk += 24) {
             const __m512 b0 = _mm512_loadu_ps(pk + 0);
             const __m256 b1 = _mm256_loadu_ps(pk + 16);
             { const __m512 a = _mm512_set1_ps(r0[kk]);
@@ -2168,8 +2216,9 @@ static void rec_z24_8(int K1, int K, const float *const *a1, const float *const 
     __m512 c0_0 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c2_0 = _mm512_setzero_ps(), c3_0 = _mm512_setzero_ps(), c4_0 = _mm512_setzero_ps(), c5_0 = _mm512_setzero_ps(), c6_0 = _mm512_setzero_ps(), c7_0 = _mm512_setzero_ps();
     __m256 c0_1 = _mm256_setzero_ps(), c1_1 = _mm256_setzero_ps(), c2_1 = _mm256_setzero_ps(), c3_1 = _mm256_setzero_ps(), c4_1 = _mm256_setzero_ps(), c5_1 = _mm256_setzero_ps(), c6_1 = _mm256_setzero_ps(), c7_1 = _mm256_setzero_ps();
     const float *pk = panel;
-    const float *r0 = a1[0], *r1 = a1[1], *r2 = a1[2], *r3 = a1[3], *r4 = a1[4], *r5 = a1[5], *r6 = a1[6], *r7 = a1[7];
-    for (int kk = 0, n = K1; kk < n; kk++, pk += 24) {
+    const long n = K1;
+    const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n, *r6 = a1[6] + n, *r7 = a1[7] + n;
+    for (long kk = -n; kk != 0; kk++, pk += 24) {
         const __m512 b0 = _mm512_loadu_ps(pk + 0);
         const __m256 b1 = _mm256_loadu_ps(pk + 16);
         { const __m512 a = _mm512_set1_ps(r0[kk]);
@@ -2206,8 +2255,9 @@ static void rec_z24_8(int K1, int K, const float *const *a1, const float *const 
         }
     }
     if (K > K1) {
-        const float *r0 = a2[0], *r1 = a2[1], *r2 = a2[2], *r3 = a2[3], *r4 = a2[4], *r5 = a2[5], *r6 = a2[6], *r7 = a2[7];
-        for (int kk = 0, n = K - K1; kk < n; kk++, pk += 24) {
+        const long n = K - K1;
+        const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n, *r6 = a2[6] + n, *r7 = a2[7] + n;
+        for (long kk = -n; kk != 0; kk++, pk += 24) {
             const __m512 b0 = _mm512_loadu_ps(pk + 0);
             const __m256 b1 = _mm256_loadu_ps(pk + 16);
             { const __m512 a = _mm512_set1_ps(r0[kk]);
@@ -2267,8 +2317,9 @@ static void rec_z24_9(int K1, int K, const float *const *a1, const float *const 
     __m512 c0_0 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c2_0 = _mm512_setzero_ps(), c3_0 = _mm512_setzero_ps(), c4_0 = _mm512_setzero_ps(), c5_0 = _mm512_setzero_ps(), c6_0 = _mm512_setzero_ps(), c7_0 = _mm512_setzero_ps(), c8_0 = _mm512_setzero_ps();
     __m256 c0_1 = _mm256_setzero_ps(), c1_1 = _mm256_setzero_ps(), c2_1 = _mm256_setzero_ps(), c3_1 = _mm256_setzero_ps(), c4_1 = _mm256_setzero_ps(), c5_1 = _mm256_setzero_ps(), c6_1 = _mm256_setzero_ps(), c7_1 = _mm256_setzero_ps(), c8_1 = _mm256_setzero_ps();
     const float *pk = panel;
-    const float *r0 = a1[0], *r1 = a1[1], *r2 = a1[2], *r3 = a1[3], *r4 = a1[4], *r5 = a1[5], *r6 = a1[6], *r7 = a1[7], *r8 = a1[8];
-    for (int kk = 0, n = K1; kk < n; kk++, pk += 24) {
+    const long n = K1;
+    const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n, *r6 = a1[6] + n, *r7 = a1[7] + n, *r8 = a1[8] + n;
+    for (long kk = -n; kk != 0; kk++, pk += 24) {
         const __m512 b0 = _mm512_loadu_ps(pk + 0);
         const __m256 b1 = _mm256_loadu_ps(pk + 16);
         { const __m512 a = _mm512_set1_ps(r0[kk]);
@@ -2309,8 +2360,9 @@ static void rec_z24_9(int K1, int K, const float *const *a1, const float *const 
         }
     }
     if (K > K1) {
-        const float *r0 = a2[0], *r1 = a2[1], *r2 = a2[2], *r3 = a2[3], *r4 = a2[4], *r5 = a2[5], *r6 = a2[6], *r7 = a2[7], *r8 = a2[8];
-        for (int kk = 0, n = K - K1; kk < n; kk++, pk += 24) {
+        const long n = K - K1;
+        const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n, *r6 = a2[6] + n, *r7 = a2[7] + n, *r8 = a2[8] + n;
+        for (long kk = -n; kk != 0; kk++, pk += 24) {
             const __m512 b0 = _mm512_loadu_ps(pk + 0);
             const __m256 b1 = _mm256_loadu_ps(pk + 16);
             { const __m512 a = _mm512_set1_ps(r0[kk]);
@@ -2376,8 +2428,9 @@ static void rec_z24_10(int K1, int K, const float *const *a1, const float *const
     __m512 c0_0 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c2_0 = _mm512_setzero_ps(), c3_0 = _mm512_setzero_ps(), c4_0 = _mm512_setzero_ps(), c5_0 = _mm512_setzero_ps(), c6_0 = _mm512_setzero_ps(), c7_0 = _mm512_setzero_ps(), c8_0 = _mm512_setzero_ps(), c9_0 = _mm512_setzero_ps();
     __m256 c0_1 = _mm256_setzero_ps(), c1_1 = _mm256_setzero_ps(), c2_1 = _mm256_setzero_ps(), c3_1 = _mm256_setzero_ps(), c4_1 = _mm256_setzero_ps(), c5_1 = _mm256_setzero_ps(), c6_1 = _mm256_setzero_ps(), c7_1 = _mm256_setzero_ps(), c8_1 = _mm256_setzero_ps(), c9_1 = _mm256_setzero_ps();
     const float *pk = panel;
-    const float *r0 = a1[0], *r1 = a1[1], *r2 = a1[2], *r3 = a1[3], *r4 = a1[4], *r5 = a1[5], *r6 = a1[6], *r7 = a1[7], *r8 = a1[8], *r9 = a1[9];
-    for (int kk = 0, n = K1; kk < n; kk++, pk += 24) {
+    const long n = K1;
+    const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n, *r6 = a1[6] + n, *r7 = a1[7] + n, *r8 = a1[8] + n, *r9 = a1[9] + n;
+    for (long kk = -n; kk != 0; kk++, pk += 24) {
         const __m512 b0 = _mm512_loadu_ps(pk + 0);
         const __m256 b1 = _mm256_loadu_ps(pk + 16);
         { const __m512 a = _mm512_set1_ps(r0[kk]);
@@ -2422,8 +2475,9 @@ static void rec_z24_10(int K1, int K, const float *const *a1, const float *const
         }
     }
     if (K > K1) {
-        const float *r0 = a2[0], *r1 = a2[1], *r2 = a2[2], *r3 = a2[3], *r4 = a2[4], *r5 = a2[5], *r6 = a2[6], *r7 = a2[7], *r8 = a2[8], *r9 = a2[9];
-        for (int kk = 0, n = K - K1; kk < n; kk++, pk += 24) {
+        const long n = K - K1;
+        const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n, *r6 = a2[6] + n, *r7 = a2[7] + n, *r8 = a2[8] + n, *r9 = a2[9] + n;
+        for (long kk = -n; kk != 0; kk++, pk += 24) {
             const __m512 b0 = _mm512_loadu_ps(pk + 0);
             const __m256 b1 = _mm256_loadu_ps(pk + 16);
             { const __m512 a = _mm512_set1_ps(r0[kk]);
@@ -2495,8 +2549,9 @@ static void rec_z24_11(int K1, int K, const float *const *a1, const float *const
     __m512 c0_0 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c2_0 = _mm512_setzero_ps(), c3_0 = _mm512_setzero_ps(), c4_0 = _mm512_setzero_ps(), c5_0 = _mm512_setzero_ps(), c6_0 = _mm512_setzero_ps(), c7_0 = _mm512_setzero_ps(), c8_0 = _mm512_setzero_ps(), c9_0 = _mm512_setzero_ps(), c10_0 = _mm512_setzero_ps();
     __m256 c0_1 = _mm256_setzero_ps(), c1_1 = _mm256_setzero_ps(), c2_1 = _mm256_setzero_ps(), c3_1 = _mm256_setzero_ps(), c4_1 = _mm256_setzero_ps(), c5_1 = _mm256_setzero_ps(), c6_1 = _mm256_setzero_ps(), c7_1 = _mm256_setzero_ps(), c8_1 = _mm256_setzero_ps(), c9_1 = _mm256_setzero_ps(), c10_1 = _mm256_setzero_ps();
     const float *pk = panel;
-    const float *r0 = a1[0], *r1 = a1[1], *r2 = a1[2], *r3 = a1[3], *r4 = a1[4], *r5 = a1[5], *r6 = a1[6], *r7 = a1[7], *r8 = a1[8], *r9 = a1[9], *r10 = a1[10];
-    for (int kk = 0, n = K1; kk < n; kk++, pk += 24) {
+    const long n = K1;
+    const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n, *r6 = a1[6] + n, *r7 = a1[7] + n, *r8 = a1[8] + n, *r9 = a1[9] + n, *r10 = a1[10] + n;
+    for (long kk = -n; kk != 0; kk++, pk += 24) {
         const __m512 b0 = _mm512_loadu_ps(pk + 0);
         const __m256 b1 = _mm256_loadu_ps(pk + 16);
         { const __m512 a = _mm512_set1_ps(r0[kk]);
@@ -2545,8 +2600,9 @@ static void rec_z24_11(int K1, int K, const float *const *a1, const float *const
         }
     }
     if (K > K1) {
-        const float *r0 = a2[0], *r1 = a2[1], *r2 = a2[2], *r3 = a2[3], *r4 = a2[4], *r5 = a2[5], *r6 = a2[6], *r7 = a2[7], *r8 = a2[8], *r9 = a2[9], *r10 = a2[10];
-        for (int kk = 0, n = K - K1; kk < n; kk++, pk += 24) {
+        const long n = K - K1;
+        const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n, *r6 = a2[6] + n, *r7 = a2[7] + n, *r8 = a2[8] + n, *r9 = a2[9] + n, *r10 = a2[10] + n;
+        for (long kk = -n; kk != 0; kk++, pk += 24) {
             const __m512 b0 = _mm512_loadu_ps(pk + 0);
             const __m256 b1 = _mm256_loadu_ps(pk + 16);
             { const __m512 a = _mm512_set1_ps(r0[kk]);
@@ -2624,8 +2680,9 @@ static void rec_z24_12(int K1, int K, const float *const *a1, const float *const
     __m512 c0_0 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c2_0 = _mm512_setzero_ps(), c3_0 = _mm512_setzero_ps(), c4_0 = _mm512_setzero_ps(), c5_0 = _mm512_setzero_ps(), c6_0 = _mm512_setzero_ps(), c7_0 = _mm512_setzero_ps(), c8_0 = _mm512_setzero_ps(), c9_0 = _mm512_setzero_ps(), c10_0 = _mm512_setzero_ps(), c11_0 = _mm512_setzero_ps();
     __m256 c0_1 = _mm256_setzero_ps(), c1_1 = _mm256_setzero_ps(), c2_1 = _mm256_setzero_ps(), c3_1 = _mm256_setzero_ps(), c4_1 = _mm256_setzero_ps(), c5_1 = _mm256_setzero_ps(), c6_1 = _mm256_setzero_ps(), c7_1 = _mm256_setzero_ps(), c8_1 = _mm256_setzero_ps(), c9_1 = _mm256_setzero_ps(), c10_1 = _mm256_setzero_ps(), c11_1 = _mm256_setzero_ps();
     const float *pk = panel;
-    const float *r0 = a1[0], *r1 = a1[1], *r2 = a1[2], *r3 = a1[3], *r4 = a1[4], *r5 = a1[5], *r6 = a1[6], *r7 = a1[7], *r8 = a1[8], *r9 = a1[9], *r10 = a1[10], *r11 = a1[11];
-    for (int kk = 0, n = K1; kk < n; kk++, pk += 24) {
+    const long n = K1;
+    const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n, *r6 = a1[6] + n, *r7 = a1[7] + n, *r8 = a1[8] + n, *r9 = a1[9] + n, *r10 = a1[10] + n, *r11 = a1[11] + n;
+    for (long kk = -n; kk != 0; kk++, pk += 24) {
         const __m512 b0 = _mm512_loadu_ps(pk + 0);
         const __m256 b1 = _mm256_loadu_ps(pk + 16);
         { const __m512 a = _mm512_set1_ps(r0[kk]);
@@ -2678,8 +2735,9 @@ static void rec_z24_12(int K1, int K, const float *const *a1, const float *const
         }
     }
     if (K > K1) {
-        const float *r0 = a2[0], *r1 = a2[1], *r2 = a2[2], *r3 = a2[3], *r4 = a2[4], *r5 = a2[5], *r6 = a2[6], *r7 = a2[7], *r8 = a2[8], *r9 = a2[9], *r10 = a2[10], *r11 = a2[11];
-        for (int kk = 0, n = K - K1; kk < n; kk++, pk += 24) {
+        const long n = K - K1;
+        const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n, *r6 = a2[6] + n, *r7 = a2[7] + n, *r8 = a2[8] + n, *r9 = a2[9] + n, *r10 = a2[10] + n, *r11 = a2[11] + n;
+        for (long kk = -n; kk != 0; kk++, pk += 24) {
             const __m512 b0 = _mm512_loadu_ps(pk + 0);
             const __m256 b1 = _mm256_loadu_ps(pk + 16);
             { const __m512 a = _mm512_set1_ps(r0[kk]);
@@ -2815,8 +2873,9 @@ static void rec_z16_2(int K1, int K, const float *const *a1, const float *const 
                         const float *panel, float *out) {
     __m512 c0_0 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps();
     const float *pk = panel;
-    const float *r0 = a1[0], *r1 = a1[1];
-    for (int kk = 0, n = K1; kk < n; kk++, pk += 16) {
+    const long n = K1;
+    const float *r0 = a1[0] + n, *r1 = a1[1] + n;
+    for (long kk = -n; kk != 0; kk++, pk += 16) {
         const __m512 b0 = _mm512_loadu_ps(pk + 0);
         { const __m512 a = _mm512_set1_ps(r0[kk]);
           c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
@@ -2826,8 +2885,9 @@ static void rec_z16_2(int K1, int K, const float *const *a1, const float *const 
         }
     }
     if (K > K1) {
-        const float *r0 = a2[0], *r1 = a2[1];
-        for (int kk = 0, n = K - K1; kk < n; kk++, pk += 16) {
+        const long n = K - K1;
+        const float *r0 = a2[0] + n, *r1 = a2[1] + n;
+        for (long kk = -n; kk != 0; kk++, pk += 16) {
             const __m512 b0 = _mm512_loadu_ps(pk + 0);
             { const __m512 a = _mm512_set1_ps(r0[kk]);
               c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
@@ -2845,8 +2905,9 @@ static void rec_z16_3(int K1, int K, const float *const *a1, const float *const 
                         const float *panel, float *out) {
     __m512 c0_0 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c2_0 = _mm512_setzero_ps();
     const float *pk = panel;
-    const float *r0 = a1[0], *r1 = a1[1], *r2 = a1[2];
-    for (int kk = 0, n = K1; kk < n; kk++, pk += 16) {
+    const long n = K1;
+    const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n;
+    for (long kk = -n; kk != 0; kk++, pk += 16) {
         const __m512 b0 = _mm512_loadu_ps(pk + 0);
         { const __m512 a = _mm512_set1_ps(r0[kk]);
           c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
@@ -2859,8 +2920,9 @@ static void rec_z16_3(int K1, int K, const float *const *a1, const float *const 
         }
     }
     if (K > K1) {
-        const float *r0 = a2[0], *r1 = a2[1], *r2 = a2[2];
-        for (int kk = 0, n = K - K1; kk < n; kk++, pk += 16) {
+        const long n = K - K1;
+        const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n;
+        for (long kk = -n; kk != 0; kk++, pk += 16) {
             const __m512 b0 = _mm512_loadu_ps(pk + 0);
             { const __m512 a = _mm512_set1_ps(r0[kk]);
               c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
@@ -2882,8 +2944,9 @@ static void rec_z16_4(int K1, int K, const float *const *a1, const float *const 
                         const float *panel, float *out) {
     __m512 c0_0 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c2_0 = _mm512_setzero_ps(), c3_0 = _mm512_setzero_ps();
     const float *pk = panel;
-    const float *r0 = a1[0], *r1 = a1[1], *r2 = a1[2], *r3 = a1[3];
-    for (int kk = 0, n = K1; kk < n; kk++, pk += 16) {
+    const long n = K1;
+    const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n;
+    for (long kk = -n; kk != 0; kk++, pk += 16) {
         const __m512 b0 = _mm512_loadu_ps(pk + 0);
         { const __m512 a = _mm512_set1_ps(r0[kk]);
           c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
@@ -2899,8 +2962,9 @@ static void rec_z16_4(int K1, int K, const float *const *a1, const float *const 
         }
     }
     if (K > K1) {
-        const float *r0 = a2[0], *r1 = a2[1], *r2 = a2[2], *r3 = a2[3];
-        for (int kk = 0, n = K - K1; kk < n; kk++, pk += 16) {
+        const long n = K - K1;
+        const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n;
+        for (long kk = -n; kk != 0; kk++, pk += 16) {
             const __m512 b0 = _mm512_loadu_ps(pk + 0);
             { const __m512 a = _mm512_set1_ps(r0[kk]);
               c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
@@ -2926,8 +2990,9 @@ static void rec_z16_5(int K1, int K, const float *const *a1, const float *const 
                         const float *panel, float *out) {
     __m512 c0_0 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c2_0 = _mm512_setzero_ps(), c3_0 = _mm512_setzero_ps(), c4_0 = _mm512_setzero_ps();
     const float *pk = panel;
-    const float *r0 = a1[0], *r1 = a1[1], *r2 = a1[2], *r3 = a1[3], *r4 = a1[4];
-    for (int kk = 0, n = K1; kk < n; kk++, pk += 16) {
+    const long n = K1;
+    const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n;
+    for (long kk = -n; kk != 0; kk++, pk += 16) {
         const __m512 b0 = _mm512_loadu_ps(pk + 0);
         { const __m512 a = _mm512_set1_ps(r0[kk]);
           c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
@@ -2946,8 +3011,9 @@ static void rec_z16_5(int K1, int K, const float *const *a1, const float *const 
         }
     }
     if (K > K1) {
-        const float *r0 = a2[0], *r1 = a2[1], *r2 = a2[2], *r3 = a2[3], *r4 = a2[4];
-        for (int kk = 0, n = K - K1; kk < n; kk++, pk += 16) {
+        const long n = K - K1;
+        const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n;
+        for (long kk = -n; kk != 0; kk++, pk += 16) {
             const __m512 b0 = _mm512_loadu_ps(pk + 0);
             { const __m512 a = _mm512_set1_ps(r0[kk]);
               c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
@@ -2977,8 +3043,9 @@ static void rec_z16_6(int K1, int K, const float *const *a1, const float *const 
                         const float *panel, float *out) {
     __m512 c0_0 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c2_0 = _mm512_setzero_ps(), c3_0 = _mm512_setzero_ps(), c4_0 = _mm512_setzero_ps(), c5_0 = _mm512_setzero_ps();
     const float *pk = panel;
-    const float *r0 = a1[0], *r1 = a1[1], *r2 = a1[2], *r3 = a1[3], *r4 = a1[4], *r5 = a1[5];
-    for (int kk = 0, n = K1; kk < n; kk++, pk += 16) {
+    const long n = K1;
+    const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n;
+    for (long kk = -n; kk != 0; kk++, pk += 16) {
         const __m512 b0 = _mm512_loadu_ps(pk + 0);
         { const __m512 a = _mm512_set1_ps(r0[kk]);
           c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
@@ -3000,8 +3067,9 @@ static void rec_z16_6(int K1, int K, const float *const *a1, const float *const 
         }
     }
     if (K > K1) {
-        const float *r0 = a2[0], *r1 = a2[1], *r2 = a2[2], *r3 = a2[3], *r4 = a2[4], *r5 = a2[5];
-        for (int kk = 0, n = K - K1; kk < n; kk++, pk += 16) {
+        const long n = K - K1;
+        const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n;
+        for (long kk = -n; kk != 0; kk++, pk += 16) {
             const __m512 b0 = _mm512_loadu_ps(pk + 0);
             { const __m512 a = _mm512_set1_ps(r0[kk]);
               c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
@@ -3035,8 +3103,9 @@ static void rec_z16_7(int K1, int K, const float *const *a1, const float *const 
                         const float *panel, float *out) {
     __m512 c0_0 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c2_0 = _mm512_setzero_ps(), c3_0 = _mm512_setzero_ps(), c4_0 = _mm512_setzero_ps(), c5_0 = _mm512_setzero_ps(), c6_0 = _mm512_setzero_ps();
     const float *pk = panel;
-    const float *r0 = a1[0], *r1 = a1[1], *r2 = a1[2], *r3 = a1[3], *r4 = a1[4], *r5 = a1[5], *r6 = a1[6];
-    for (int kk = 0, n = K1; kk < n; kk++, pk += 16) {
+    const long n = K1;
+    const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n, *r6 = a1[6] + n;
+    for (long kk = -n; kk != 0; kk++, pk += 16) {
         const __m512 b0 = _mm512_loadu_ps(pk + 0);
         { const __m512 a = _mm512_set1_ps(r0[kk]);
           c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
@@ -3061,8 +3130,9 @@ static void rec_z16_7(int K1, int K, const float *const *a1, const float *const 
         }
     }
     if (K > K1) {
-        const float *r0 = a2[0], *r1 = a2[1], *r2 = a2[2], *r3 = a2[3], *r4 = a2[4], *r5 = a2[5], *r6 = a2[6];
-        for (int kk = 0, n = K - K1; kk < n; kk++, pk += 16) {
+        const long n = K - K1;
+        const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n, *r6 = a2[6] + n;
+        for (long kk = -n; kk != 0; kk++, pk += 16) {
             const __m512 b0 = _mm512_loadu_ps(pk + 0);
             { const __m512 a = _mm512_set1_ps(r0[kk]);
               c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
@@ -3100,8 +3170,9 @@ static void rec_z16_8(int K1, int K, const float *const *a1, const float *const 
                         const float *panel, float *out) {
     __m512 c0_0 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c2_0 = _mm512_setzero_ps(), c3_0 = _mm512_setzero_ps(), c4_0 = _mm512_setzero_ps(), c5_0 = _mm512_setzero_ps(), c6_0 = _mm512_setzero_ps(), c7_0 = _mm512_setzero_ps();
     const float *pk = panel;
-    const float *r0 = a1[0], *r1 = a1[1], *r2 = a1[2], *r3 = a1[3], *r4 = a1[4], *r5 = a1[5], *r6 = a1[6], *r7 = a1[7];
-    for (int kk = 0, n = K1; kk < n; kk++, pk += 16) {
+    const long n = K1;
+    const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n, *r6 = a1[6] + n, *r7 = a1[7] + n;
+    for (long kk = -n; kk != 0; kk++, pk += 16) {
         const __m512 b0 = _mm512_loadu_ps(pk + 0);
         { const __m512 a = _mm512_set1_ps(r0[kk]);
           c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
@@ -3129,8 +3200,9 @@ static void rec_z16_8(int K1, int K, const float *const *a1, const float *const 
         }
     }
     if (K > K1) {
-        const float *r0 = a2[0], *r1 = a2[1], *r2 = a2[2], *r3 = a2[3], *r4 = a2[4], *r5 = a2[5], *r6 = a2[6], *r7 = a2[7];
-        for (int kk = 0, n = K - K1; kk < n; kk++, pk += 16) {
+        const long n = K - K1;
+        const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n, *r6 = a2[6] + n, *r7 = a2[7] + n;
+        for (long kk = -n; kk != 0; kk++, pk += 16) {
             const __m512 b0 = _mm512_loadu_ps(pk + 0);
             { const __m512 a = _mm512_set1_ps(r0[kk]);
               c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
@@ -3172,8 +3244,9 @@ static void rec_z16_9(int K1, int K, const float *const *a1, const float *const 
                         const float *panel, float *out) {
     __m512 c0_0 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c2_0 = _mm512_setzero_ps(), c3_0 = _mm512_setzero_ps(), c4_0 = _mm512_setzero_ps(), c5_0 = _mm512_setzero_ps(), c6_0 = _mm512_setzero_ps(), c7_0 = _mm512_setzero_ps(), c8_0 = _mm512_setzero_ps();
     const float *pk = panel;
-    const float *r0 = a1[0], *r1 = a1[1], *r2 = a1[2], *r3 = a1[3], *r4 = a1[4], *r5 = a1[5], *r6 = a1[6], *r7 = a1[7], *r8 = a1[8];
-    for (int kk = 0, n = K1; kk < n; kk++, pk += 16) {
+    const long n = K1;
+    const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n, *r6 = a1[6] + n, *r7 = a1[7] + n, *r8 = a1[8] + n;
+    for (long kk = -n; kk != 0; kk++, pk += 16) {
         const __m512 b0 = _mm512_loadu_ps(pk + 0);
         { const __m512 a = _mm512_set1_ps(r0[kk]);
           c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
@@ -3204,8 +3277,9 @@ static void rec_z16_9(int K1, int K, const float *const *a1, const float *const 
         }
     }
     if (K > K1) {
-        const float *r0 = a2[0], *r1 = a2[1], *r2 = a2[2], *r3 = a2[3], *r4 = a2[4], *r5 = a2[5], *r6 = a2[6], *r7 = a2[7], *r8 = a2[8];
-        for (int kk = 0, n = K - K1; kk < n; kk++, pk += 16) {
+        const long n = K - K1;
+        const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n, *r6 = a2[6] + n, *r7 = a2[7] + n, *r8 = a2[8] + n;
+        for (long kk = -n; kk != 0; kk++, pk += 16) {
             const __m512 b0 = _mm512_loadu_ps(pk + 0);
             { const __m512 a = _mm512_set1_ps(r0[kk]);
               c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
@@ -3251,8 +3325,9 @@ static void rec_z16_10(int K1, int K, const float *const *a1, const float *const
                         const float *panel, float *out) {
     __m512 c0_0 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c2_0 = _mm512_setzero_ps(), c3_0 = _mm512_setzero_ps(), c4_0 = _mm512_setzero_ps(), c5_0 = _mm512_setzero_ps(), c6_0 = _mm512_setzero_ps(), c7_0 = _mm512_setzero_ps(), c8_0 = _mm512_setzero_ps(), c9_0 = _mm512_setzero_ps();
     const float *pk = panel;
-    const float *r0 = a1[0], *r1 = a1[1], *r2 = a1[2], *r3 = a1[3], *r4 = a1[4], *r5 = a1[5], *r6 = a1[6], *r7 = a1[7], *r8 = a1[8], *r9 = a1[9];
-    for (int kk = 0, n = K1; kk < n; kk++, pk += 16) {
+    const long n = K1;
+    const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n, *r6 = a1[6] + n, *r7 = a1[7] + n, *r8 = a1[8] + n, *r9 = a1[9] + n;
+    for (long kk = -n; kk != 0; kk++, pk += 16) {
         const __m512 b0 = _mm512_loadu_ps(pk + 0);
         { const __m512 a = _mm512_set1_ps(r0[kk]);
           c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
@@ -3286,8 +3361,9 @@ static void rec_z16_10(int K1, int K, const float *const *a1, const float *const
         }
     }
     if (K > K1) {
-        const float *r0 = a2[0], *r1 = a2[1], *r2 = a2[2], *r3 = a2[3], *r4 = a2[4], *r5 = a2[5], *r6 = a2[6], *r7 = a2[7], *r8 = a2[8], *r9 = a2[9];
-        for (int kk = 0, n = K - K1; kk < n; kk++, pk += 16) {
+        const long n = K - K1;
+        const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n, *r6 = a2[6] + n, *r7 = a2[7] + n, *r8 = a2[8] + n, *r9 = a2[9] + n;
+        for (long kk = -n; kk != 0; kk++, pk += 16) {
             const __m512 b0 = _mm512_loadu_ps(pk + 0);
             { const __m512 a = _mm512_set1_ps(r0[kk]);
               c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
@@ -3337,8 +3413,9 @@ static void rec_z16_11(int K1, int K, const float *const *a1, const float *const
                         const float *panel, float *out) {
     __m512 c0_0 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c2_0 = _mm512_setzero_ps(), c3_0 = _mm512_setzero_ps(), c4_0 = _mm512_setzero_ps(), c5_0 = _mm512_setzero_ps(), c6_0 = _mm512_setzero_ps(), c7_0 = _mm512_setzero_ps(), c8_0 = _mm512_setzero_ps(), c9_0 = _mm512_setzero_ps(), c10_0 = _mm512_setzero_ps();
     const float *pk = panel;
-    const float *r0 = a1[0], *r1 = a1[1], *r2 = a1[2], *r3 = a1[3], *r4 = a1[4], *r5 = a1[5], *r6 = a1[6], *r7 = a1[7], *r8 = a1[8], *r9 = a1[9], *r10 = a1[10];
-    for (int kk = 0, n = K1; kk < n; kk++, pk += 16) {
+    const long n = K1;
+    const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n, *r6 = a1[6] + n, *r7 = a1[7] + n, *r8 = a1[8] + n, *r9 = a1[9] + n, *r10 = a1[10] + n;
+    for (long kk = -n; kk != 0; kk++, pk += 16) {
         const __m512 b0 = _mm512_loadu_ps(pk + 0);
         { const __m512 a = _mm512_set1_ps(r0[kk]);
           c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
@@ -3375,8 +3452,9 @@ static void rec_z16_11(int K1, int K, const float *const *a1, const float *const
         }
     }
     if (K > K1) {
-        const float *r0 = a2[0], *r1 = a2[1], *r2 = a2[2], *r3 = a2[3], *r4 = a2[4], *r5 = a2[5], *r6 = a2[6], *r7 = a2[7], *r8 = a2[8], *r9 = a2[9], *r10 = a2[10];
-        for (int kk = 0, n = K - K1; kk < n; kk++, pk += 16) {
+        const long n = K - K1;
+        const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n, *r6 = a2[6] + n, *r7 = a2[7] + n, *r8 = a2[8] + n, *r9 = a2[9] + n, *r10 = a2[10] + n;
+        for (long kk = -n; kk != 0; kk++, pk += 16) {
             const __m512 b0 = _mm512_loadu_ps(pk + 0);
             { const __m512 a = _mm512_set1_ps(r0[kk]);
               c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
@@ -3430,8 +3508,9 @@ static void rec_z16_12(int K1, int K, const float *const *a1, const float *const
                         const float *panel, float *out) {
     __m512 c0_0 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c2_0 = _mm512_setzero_ps(), c3_0 = _mm512_setzero_ps(), c4_0 = _mm512_setzero_ps(), c5_0 = _mm512_setzero_ps(), c6_0 = _mm512_setzero_ps(), c7_0 = _mm512_setzero_ps(), c8_0 = _mm512_setzero_ps(), c9_0 = _mm512_setzero_ps(), c10_0 = _mm512_setzero_ps(), c11_0 = _mm512_setzero_ps();
     const float *pk = panel;
-    const float *r0 = a1[0], *r1 = a1[1], *r2 = a1[2], *r3 = a1[3], *r4 = a1[4], *r5 = a1[5], *r6 = a1[6], *r7 = a1[7], *r8 = a1[8], *r9 = a1[9], *r10 = a1[10], *r11 = a1[11];
-    for (int kk = 0, n = K1; kk < n; kk++, pk += 16) {
+    const long n = K1;
+    const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n, *r6 = a1[6] + n, *r7 = a1[7] + n, *r8 = a1[8] + n, *r9 = a1[9] + n, *r10 = a1[10] + n, *r11 = a1[11] + n;
+    for (long kk = -n; kk != 0; kk++, pk += 16) {
         const __m512 b0 = _mm512_loadu_ps(pk + 0);
         { const __m512 a = _mm512_set1_ps(r0[kk]);
           c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
@@ -3471,8 +3550,9 @@ static void rec_z16_12(int K1, int K, const float *const *a1, const float *const
         }
     }
     if (K > K1) {
-        const float *r0 = a2[0], *r1 = a2[1], *r2 = a2[2], *r3 = a2[3], *r4 = a2[4], *r5 = a2[5], *r6 = a2[6], *r7 = a2[7], *r8 = a2[8], *r9 = a2[9], *r10 = a2[10], *r11 = a2[11];
-        for (int kk = 0, n = K - K1; kk < n; kk++, pk += 16) {
+        const long n = K - K1;
+        const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n, *r6 = a2[6] + n, *r7 = a2[7] + n, *r8 = a2[8] + n, *r9 = a2[9] + n, *r10 = a2[10] + n, *r11 = a2[11] + n;
+        for (long kk = -n; kk != 0; kk++, pk += 16) {
             const __m512 b0 = _mm512_loadu_ps(pk + 0);
             { const __m512 a = _mm512_set1_ps(r0[kk]);
               c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
