@@ -145,9 +145,10 @@ def ztile(w, mr):
         if guard:
             out.append(f"    if ({guard}) {{")
             ind = "        "
-        # rows pointed past their end and kk counting up from -n to 0: the loop test is the increment's
-        # flag, so kk, pk and 12 row pointers fit the 15 usable general registers (with an end pointer to
-        # compare against, GCC kept two row pointers in xmm registers and moved them back every k)
+        # rows pointed past their end, kk counting up from -n to 0: with this form GCC 12 keeps all 12 row
+        # pointers of the widest tile in general registers (the end test reads its bound from the stack);
+        # with kk from 0 to n it kept two of them in xmm registers and moved them back every k (vmovq, on
+        # port 0, one of the two FMA ports)
         out.append(f"{ind}const long n = {n};")
         out.append(f"{ind}const float " + ", ".join(f"*r{r} = {a}[{r}] + n" for r in range(mr)) + ";")
         out.append(f"{ind}for (long kk = -n; kk != 0; kk++, pk += {w}) {{")
