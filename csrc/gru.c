@@ -361,7 +361,8 @@ static void gru_fwd_task(void *arg, int tid, int nth) {
                 for (int j = ja; j < jb; j++)
                     for (int i = 0, nt = rec_ntiles(n, MR); i < nt; i++) {
                         const int k0 = rec_tile_start(n, nt, i), mr = rec_tile_start(n, nt, i + 1) - k0;
-                        rec_tile(hp, j, mr, hr + k0, NULL, tb + ((size_t)(j - ja) * n + k0) * hp->W);
+                        rec_tile_pf(hp, j, mr, hr + k0, NULL, tb + ((size_t)(j - ja) * n + k0) * hp->W,
+                                    i == 0 ? rec_next_panel(hp, j, j1) : NULL);
                     }
                 if (ra)
                     gru_cells_after(H, NB, ja, jb, n, tb, hp->W, xs, cx->b_hn, hprev, hnew, yr, cx->tg != NULL,
@@ -387,7 +388,7 @@ static void gru_fwd_task(void *arg, int tid, int nth) {
                 const int u0 = j * np->NB, nu = rec_block_units(np, j);
                 for (int i = 0, nt = rec_ntiles(n, MRn); i < nt; i++) {
                     const int k0 = rec_tile_start(n, nt, i), mr = rec_tile_start(n, nt, i + 1) - k0;
-                    rec_tile(np, j, mr, hr + k0, NULL, tile);
+                    rec_tile_pf(np, j, mr, hr + k0, NULL, tile, i == 0 ? rec_next_panel(np, j, p1) : NULL);
                     for (int r = 0; r < mr; r++) {
                         const size_t k = (size_t)(k0 + r);
                         gru_cell_n(H, u0, nu, tile + (size_t)r * np->W, xs + k * G3, hnew + k * H, yr[k]);
@@ -609,14 +610,15 @@ static inline void gru_bwd_rowA(int H, int u0, int u1, int reset_after,
     }
 }
 
-/* dh rows += tiles of [a1 | a2] rows @ block j of the transposed pack p (all n rows, tiles of MR). */
-static void gru_bwd_product(const rec_pack *p, int j, int n, const real *const *a1, const real *const *a2,
+/* dh rows += tiles of [a1 | a2] rows @ block j of the transposed pack p (all n rows, tiles of MR); the
+ * first tile prefetches the panel of block j + 1 when it is below j1 (rec_next_panel). */
+static void gru_bwd_product(const rec_pack *p, int j, int j1, int n, const real *const *a1, const real *const *a2,
                             real *dh, int H, real *tile) /* dh (n, H) */
 {
     const int MR = rec_tile_rows(p), u0 = j * p->NB, nu = rec_block_units(p, j);
     for (int i = 0, nt = rec_ntiles(n, MR); i < nt; i++) {
         const int k0 = rec_tile_start(n, nt, i), mr = rec_tile_start(n, nt, i + 1) - k0;
-        rec_tile(p, j, mr, a1 + k0, a2 ? a2 + k0 : NULL, tile);
+        rec_tile_pf(p, j, mr, a1 + k0, a2 ? a2 + k0 : NULL, tile, i == 0 ? rec_next_panel(p, j, j1) : NULL);
         for (int r = 0; r < mr; r++) {
             real *d = dh + (size_t)(k0 + r) * H + u0;
             const real *t = tile + (size_t)r * p->W;
@@ -658,7 +660,7 @@ static void gru_bwd_task(void *arg, int tid, int nth) {
                 ar[k] = cx->dg + (row + k) * G3;
                 nr[k] = cx->dnr + (row + k) * H;
             }
-            for (int j = j0; j < j1; j++) gru_bwd_product(tp, j, n, ar, nr, cx->dh, H, tile);
+            for (int j = j0; j < j1; j++) gru_bwd_product(tp, j, j1, n, ar, nr, cx->dh, H, tile);
             continue;
         }
         /* B1: drh = dn W_hn for own units, then dr_pre and the direct path drh * r into dh */
@@ -686,7 +688,7 @@ static void gru_bwd_task(void *arg, int tid, int nth) {
         fr_barrier_wait(&cx->bar, tid);
         /* B2: dh += [dr, dz] W_h{r,z} for own units */
         for (int k = 0; k < n; k++) ar[k] = cx->dg + (row + k) * G3;
-        for (int j = j0; j < j1; j++) gru_bwd_product(tp, j, n, ar, NULL, cx->dh, H, tile);
+        for (int j = j0; j < j1; j++) gru_bwd_product(tp, j, j1, n, ar, NULL, cx->dh, H, tile);
     }
 }
 

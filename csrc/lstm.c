@@ -232,12 +232,12 @@ static void lstm_fwd_task(void *arg, int tid, int nth) {
             for (int i = 0, nt = rec_ntiles(kb - ka, MR); i < nt; i++) {
                 const int k0 = ka + rec_tile_start(kb - ka, nt, i), mr = ka + rec_tile_start(kb - ka, nt, i + 1) - k0;
                 if (split) {
-                    rec_tile(wp, j, mr, hr + k0, NULL, tile);
+                    rec_tile_pf(wp, j, mr, hr + k0, NULL, tile, i == 0 ? rec_next_panel(wp, j, j1) : NULL);
                     for (int r = 0; r < mr; r++)
                         rec_add_gates(4, H, wp->NB, u0, nu, xw + (r0 - lo + (size_t)(k0 + r)) * H4,
                                             tile + (size_t)r * wp->W);
                 } else {
-                    rec_tile(wp, j, mr, xr + k0, hr + k0, tile);
+                    rec_tile_pf(wp, j, mr, xr + k0, hr + k0, tile, i == 0 ? rec_next_panel(wp, j, j1) : NULL);
                 }
                 int r = 0;
 #if FR_AVX512
@@ -649,10 +649,12 @@ static void lstm_bwd_task(void *arg, int tid, int nth) {
                 chunk.K1 = chunk.K = hp->K - c0 < kc ? hp->K - c0 : kc;
                 chunk.nblk = 1;
                 chunk.panels = hp->panels + ((size_t)j * hp->K + c0) * hp->W;
+                /* what this thread reads next follows in memory: the block's next chunk or the next block */
+                const real *next = j + 1 < j1 || c0 + kc < hp->K ? chunk.panels + (size_t)chunk.K * hp->W : NULL;
                 for (int i = 0, nt = rec_ntiles(n, MRh); i < nt; i++) {
                     const int k0 = rec_tile_start(n, nt, i), mr = rec_tile_start(n, nt, i + 1) - k0;
                     for (int r = 0; r < mr; r++) ar[r] = dz + (r0 + k0 + r) * H4 + c0;
-                    rec_tile(&chunk, 0, mr, ar, NULL, tile);
+                    rec_tile_pf(&chunk, 0, mr, ar, NULL, tile, i == 0 ? next : NULL);
                     for (int r = 0; r < mr; r++) {
                         const int k = k0 + r;
                         const real *t = tile + (size_t)r * hp->W;

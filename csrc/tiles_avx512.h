@@ -3,7 +3,8 @@
  * out (mr, W) = sum_k a(r, k) panel(k, :) with a(r, k) = a1[r][k] for k < K1, a2[r][k - K1] after
  * (x_t then h_{t-1}), for panel rows of W = 32, 24, 16 floats (recurrent.h's layout, unchanged) in zmm
  * registers (a ymm for the last 8 of W = 24).  Float32 AVX-512 only (included by recurrent.h when
- * FR_AVX512).  rec_z<W>[mr] is the kernel for mr rows, 1 <= mr <= Z_MR.
+ * FR_AVX512).  rec_z<W>[mr] is the kernel for mr rows, 1 <= mr <= Z_MR.  pf: a panel to prefetch into L2
+ * row by row beside this one, or NULL (kernels of fewer than PF_MR rows ignore it).
  */
 
 
@@ -11,8 +12,11 @@
 
 #define Z_MR48 8
 
+#define PF_MR 4
+
 static void rec_z48_1(int K1, int K, const float *const *a1, const float *const *a2,
-                        const float *panel, float *out) {
+                        const float *panel, float *out, const float *pf) {
+    (void)pf;
     __m512 c0_0 = _mm512_setzero_ps(), c0_1 = _mm512_setzero_ps(), c0_2 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c1_1 = _mm512_setzero_ps(), c1_2 = _mm512_setzero_ps(), c2_0 = _mm512_setzero_ps(), c2_1 = _mm512_setzero_ps(), c2_2 = _mm512_setzero_ps(), c3_0 = _mm512_setzero_ps(), c3_1 = _mm512_setzero_ps(), c3_2 = _mm512_setzero_ps();
     const float *pk = panel;
     const float *a = a1[0];
@@ -85,9 +89,10 @@ static void rec_z48_1(int K1, int K, const float *const *a1, const float *const 
 }
 
 static void rec_z48_2(int K1, int K, const float *const *a1, const float *const *a2,
-                        const float *panel, float *out) {
+                        const float *panel, float *out, const float *pf) {
     __m512 c0_0 = _mm512_setzero_ps(), c0_1 = _mm512_setzero_ps(), c0_2 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c1_1 = _mm512_setzero_ps(), c1_2 = _mm512_setzero_ps();
     const float *pk = panel;
+    (void)pf;
     const long n = K1;
     const float *r0 = a1[0] + n, *r1 = a1[1] + n;
     for (long kk = -n; kk != 0; kk++, pk += 48) {
@@ -133,9 +138,10 @@ static void rec_z48_2(int K1, int K, const float *const *a1, const float *const 
 }
 
 static void rec_z48_3(int K1, int K, const float *const *a1, const float *const *a2,
-                        const float *panel, float *out) {
+                        const float *panel, float *out, const float *pf) {
     __m512 c0_0 = _mm512_setzero_ps(), c0_1 = _mm512_setzero_ps(), c0_2 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c1_1 = _mm512_setzero_ps(), c1_2 = _mm512_setzero_ps(), c2_0 = _mm512_setzero_ps(), c2_1 = _mm512_setzero_ps(), c2_2 = _mm512_setzero_ps();
     const float *pk = panel;
+    (void)pf;
     const long n = K1;
     const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n;
     for (long kk = -n; kk != 0; kk++, pk += 48) {
@@ -194,39 +200,76 @@ static void rec_z48_3(int K1, int K, const float *const *a1, const float *const 
 }
 
 static void rec_z48_4(int K1, int K, const float *const *a1, const float *const *a2,
-                        const float *panel, float *out) {
+                        const float *panel, float *out, const float *pf) {
     __m512 c0_0 = _mm512_setzero_ps(), c0_1 = _mm512_setzero_ps(), c0_2 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c1_1 = _mm512_setzero_ps(), c1_2 = _mm512_setzero_ps(), c2_0 = _mm512_setzero_ps(), c2_1 = _mm512_setzero_ps(), c2_2 = _mm512_setzero_ps(), c3_0 = _mm512_setzero_ps(), c3_1 = _mm512_setzero_ps(), c3_2 = _mm512_setzero_ps();
     const float *pk = panel;
-    const long n = K1;
-    const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n;
-    for (long kk = -n; kk != 0; kk++, pk += 48) {
-        const __m512 b0 = _mm512_loadu_ps(pk + 0);
-        const __m512 b1 = _mm512_loadu_ps(pk + 16);
-        const __m512 b2 = _mm512_loadu_ps(pk + 32);
-        { const __m512 a = _mm512_set1_ps(r0[kk]);
-          c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
-          c0_1 = _mm512_fmadd_ps(a, b1, c0_1);
-          c0_2 = _mm512_fmadd_ps(a, b2, c0_2);
+    if (pf) {
+        const ptrdiff_t pd = pf - panel;
+        const long n = K1;
+        const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n;
+        for (long kk = -n; kk != 0; kk++, pk += 48) {
+            _mm_prefetch((const char *)(pk + pd + 0), _MM_HINT_T1);
+            _mm_prefetch((const char *)(pk + pd + 16), _MM_HINT_T1);
+            _mm_prefetch((const char *)(pk + pd + 32), _MM_HINT_T1);
+            const __m512 b0 = _mm512_loadu_ps(pk + 0);
+            const __m512 b1 = _mm512_loadu_ps(pk + 16);
+            const __m512 b2 = _mm512_loadu_ps(pk + 32);
+            { const __m512 a = _mm512_set1_ps(r0[kk]);
+              c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+              c0_1 = _mm512_fmadd_ps(a, b1, c0_1);
+              c0_2 = _mm512_fmadd_ps(a, b2, c0_2);
+            }
+            { const __m512 a = _mm512_set1_ps(r1[kk]);
+              c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+              c1_1 = _mm512_fmadd_ps(a, b1, c1_1);
+              c1_2 = _mm512_fmadd_ps(a, b2, c1_2);
+            }
+            { const __m512 a = _mm512_set1_ps(r2[kk]);
+              c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+              c2_1 = _mm512_fmadd_ps(a, b1, c2_1);
+              c2_2 = _mm512_fmadd_ps(a, b2, c2_2);
+            }
+            { const __m512 a = _mm512_set1_ps(r3[kk]);
+              c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+              c3_1 = _mm512_fmadd_ps(a, b1, c3_1);
+              c3_2 = _mm512_fmadd_ps(a, b2, c3_2);
+            }
         }
-        { const __m512 a = _mm512_set1_ps(r1[kk]);
-          c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
-          c1_1 = _mm512_fmadd_ps(a, b1, c1_1);
-          c1_2 = _mm512_fmadd_ps(a, b2, c1_2);
+        if (K > K1) {
+            const long n = K - K1;
+            const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n;
+            for (long kk = -n; kk != 0; kk++, pk += 48) {
+                _mm_prefetch((const char *)(pk + pd + 0), _MM_HINT_T1);
+                _mm_prefetch((const char *)(pk + pd + 16), _MM_HINT_T1);
+                _mm_prefetch((const char *)(pk + pd + 32), _MM_HINT_T1);
+                const __m512 b0 = _mm512_loadu_ps(pk + 0);
+                const __m512 b1 = _mm512_loadu_ps(pk + 16);
+                const __m512 b2 = _mm512_loadu_ps(pk + 32);
+                { const __m512 a = _mm512_set1_ps(r0[kk]);
+                  c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+                  c0_1 = _mm512_fmadd_ps(a, b1, c0_1);
+                  c0_2 = _mm512_fmadd_ps(a, b2, c0_2);
+                }
+                { const __m512 a = _mm512_set1_ps(r1[kk]);
+                  c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+                  c1_1 = _mm512_fmadd_ps(a, b1, c1_1);
+                  c1_2 = _mm512_fmadd_ps(a, b2, c1_2);
+                }
+                { const __m512 a = _mm512_set1_ps(r2[kk]);
+                  c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+                  c2_1 = _mm512_fmadd_ps(a, b1, c2_1);
+                  c2_2 = _mm512_fmadd_ps(a, b2, c2_2);
+                }
+                { const __m512 a = _mm512_set1_ps(r3[kk]);
+                  c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+                  c3_1 = _mm512_fmadd_ps(a, b1, c3_1);
+                  c3_2 = _mm512_fmadd_ps(a, b2, c3_2);
+                }
+            }
         }
-        { const __m512 a = _mm512_set1_ps(r2[kk]);
-          c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
-          c2_1 = _mm512_fmadd_ps(a, b1, c2_1);
-          c2_2 = _mm512_fmadd_ps(a, b2, c2_2);
-        }
-        { const __m512 a = _mm512_set1_ps(r3[kk]);
-          c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
-          c3_1 = _mm512_fmadd_ps(a, b1, c3_1);
-          c3_2 = _mm512_fmadd_ps(a, b2, c3_2);
-        }
-    }
-    if (K > K1) {
-        const long n = K - K1;
-        const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n;
+    } else {
+        const long n = K1;
+        const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n;
         for (long kk = -n; kk != 0; kk++, pk += 48) {
             const __m512 b0 = _mm512_loadu_ps(pk + 0);
             const __m512 b1 = _mm512_loadu_ps(pk + 16);
@@ -252,6 +295,35 @@ static void rec_z48_4(int K1, int K, const float *const *a1, const float *const 
               c3_2 = _mm512_fmadd_ps(a, b2, c3_2);
             }
         }
+        if (K > K1) {
+            const long n = K - K1;
+            const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n;
+            for (long kk = -n; kk != 0; kk++, pk += 48) {
+                const __m512 b0 = _mm512_loadu_ps(pk + 0);
+                const __m512 b1 = _mm512_loadu_ps(pk + 16);
+                const __m512 b2 = _mm512_loadu_ps(pk + 32);
+                { const __m512 a = _mm512_set1_ps(r0[kk]);
+                  c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+                  c0_1 = _mm512_fmadd_ps(a, b1, c0_1);
+                  c0_2 = _mm512_fmadd_ps(a, b2, c0_2);
+                }
+                { const __m512 a = _mm512_set1_ps(r1[kk]);
+                  c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+                  c1_1 = _mm512_fmadd_ps(a, b1, c1_1);
+                  c1_2 = _mm512_fmadd_ps(a, b2, c1_2);
+                }
+                { const __m512 a = _mm512_set1_ps(r2[kk]);
+                  c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+                  c2_1 = _mm512_fmadd_ps(a, b1, c2_1);
+                  c2_2 = _mm512_fmadd_ps(a, b2, c2_2);
+                }
+                { const __m512 a = _mm512_set1_ps(r3[kk]);
+                  c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+                  c3_1 = _mm512_fmadd_ps(a, b1, c3_1);
+                  c3_2 = _mm512_fmadd_ps(a, b2, c3_2);
+                }
+            }
+        }
     }
     _mm512_storeu_ps(out + 0, c0_0);
     _mm512_storeu_ps(out + 16, c0_1);
@@ -268,44 +340,86 @@ static void rec_z48_4(int K1, int K, const float *const *a1, const float *const 
 }
 
 static void rec_z48_5(int K1, int K, const float *const *a1, const float *const *a2,
-                        const float *panel, float *out) {
+                        const float *panel, float *out, const float *pf) {
     __m512 c0_0 = _mm512_setzero_ps(), c0_1 = _mm512_setzero_ps(), c0_2 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c1_1 = _mm512_setzero_ps(), c1_2 = _mm512_setzero_ps(), c2_0 = _mm512_setzero_ps(), c2_1 = _mm512_setzero_ps(), c2_2 = _mm512_setzero_ps(), c3_0 = _mm512_setzero_ps(), c3_1 = _mm512_setzero_ps(), c3_2 = _mm512_setzero_ps(), c4_0 = _mm512_setzero_ps(), c4_1 = _mm512_setzero_ps(), c4_2 = _mm512_setzero_ps();
     const float *pk = panel;
-    const long n = K1;
-    const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n;
-    for (long kk = -n; kk != 0; kk++, pk += 48) {
-        const __m512 b0 = _mm512_loadu_ps(pk + 0);
-        const __m512 b1 = _mm512_loadu_ps(pk + 16);
-        const __m512 b2 = _mm512_loadu_ps(pk + 32);
-        { const __m512 a = _mm512_set1_ps(r0[kk]);
-          c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
-          c0_1 = _mm512_fmadd_ps(a, b1, c0_1);
-          c0_2 = _mm512_fmadd_ps(a, b2, c0_2);
+    if (pf) {
+        const ptrdiff_t pd = pf - panel;
+        const long n = K1;
+        const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n;
+        for (long kk = -n; kk != 0; kk++, pk += 48) {
+            _mm_prefetch((const char *)(pk + pd + 0), _MM_HINT_T1);
+            _mm_prefetch((const char *)(pk + pd + 16), _MM_HINT_T1);
+            _mm_prefetch((const char *)(pk + pd + 32), _MM_HINT_T1);
+            const __m512 b0 = _mm512_loadu_ps(pk + 0);
+            const __m512 b1 = _mm512_loadu_ps(pk + 16);
+            const __m512 b2 = _mm512_loadu_ps(pk + 32);
+            { const __m512 a = _mm512_set1_ps(r0[kk]);
+              c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+              c0_1 = _mm512_fmadd_ps(a, b1, c0_1);
+              c0_2 = _mm512_fmadd_ps(a, b2, c0_2);
+            }
+            { const __m512 a = _mm512_set1_ps(r1[kk]);
+              c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+              c1_1 = _mm512_fmadd_ps(a, b1, c1_1);
+              c1_2 = _mm512_fmadd_ps(a, b2, c1_2);
+            }
+            { const __m512 a = _mm512_set1_ps(r2[kk]);
+              c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+              c2_1 = _mm512_fmadd_ps(a, b1, c2_1);
+              c2_2 = _mm512_fmadd_ps(a, b2, c2_2);
+            }
+            { const __m512 a = _mm512_set1_ps(r3[kk]);
+              c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+              c3_1 = _mm512_fmadd_ps(a, b1, c3_1);
+              c3_2 = _mm512_fmadd_ps(a, b2, c3_2);
+            }
+            { const __m512 a = _mm512_set1_ps(r4[kk]);
+              c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+              c4_1 = _mm512_fmadd_ps(a, b1, c4_1);
+              c4_2 = _mm512_fmadd_ps(a, b2, c4_2);
+            }
         }
-        { const __m512 a = _mm512_set1_ps(r1[kk]);
-          c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
-          c1_1 = _mm512_fmadd_ps(a, b1, c1_1);
-          c1_2 = _mm512_fmadd_ps(a, b2, c1_2);
+        if (K > K1) {
+            const long n = K - K1;
+            const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n;
+            for (long kk = -n; kk != 0; kk++, pk += 48) {
+                _mm_prefetch((const char *)(pk + pd + 0), _MM_HINT_T1);
+                _mm_prefetch((const char *)(pk + pd + 16), _MM_HINT_T1);
+                _mm_prefetch((const char *)(pk + pd + 32), _MM_HINT_T1);
+                const __m512 b0 = _mm512_loadu_ps(pk + 0);
+                const __m512 b1 = _mm512_loadu_ps(pk + 16);
+                const __m512 b2 = _mm512_loadu_ps(pk + 32);
+                { const __m512 a = _mm512_set1_ps(r0[kk]);
+                  c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+                  c0_1 = _mm512_fmadd_ps(a, b1, c0_1);
+                  c0_2 = _mm512_fmadd_ps(a, b2, c0_2);
+                }
+                { const __m512 a = _mm512_set1_ps(r1[kk]);
+                  c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+                  c1_1 = _mm512_fmadd_ps(a, b1, c1_1);
+                  c1_2 = _mm512_fmadd_ps(a, b2, c1_2);
+                }
+                { const __m512 a = _mm512_set1_ps(r2[kk]);
+                  c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+                  c2_1 = _mm512_fmadd_ps(a, b1, c2_1);
+                  c2_2 = _mm512_fmadd_ps(a, b2, c2_2);
+                }
+                { const __m512 a = _mm512_set1_ps(r3[kk]);
+                  c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+                  c3_1 = _mm512_fmadd_ps(a, b1, c3_1);
+                  c3_2 = _mm512_fmadd_ps(a, b2, c3_2);
+                }
+                { const __m512 a = _mm512_set1_ps(r4[kk]);
+                  c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+                  c4_1 = _mm512_fmadd_ps(a, b1, c4_1);
+                  c4_2 = _mm512_fmadd_ps(a, b2, c4_2);
+                }
+            }
         }
-        { const __m512 a = _mm512_set1_ps(r2[kk]);
-          c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
-          c2_1 = _mm512_fmadd_ps(a, b1, c2_1);
-          c2_2 = _mm512_fmadd_ps(a, b2, c2_2);
-        }
-        { const __m512 a = _mm512_set1_ps(r3[kk]);
-          c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
-          c3_1 = _mm512_fmadd_ps(a, b1, c3_1);
-          c3_2 = _mm512_fmadd_ps(a, b2, c3_2);
-        }
-        { const __m512 a = _mm512_set1_ps(r4[kk]);
-          c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
-          c4_1 = _mm512_fmadd_ps(a, b1, c4_1);
-          c4_2 = _mm512_fmadd_ps(a, b2, c4_2);
-        }
-    }
-    if (K > K1) {
-        const long n = K - K1;
-        const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n;
+    } else {
+        const long n = K1;
+        const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n;
         for (long kk = -n; kk != 0; kk++, pk += 48) {
             const __m512 b0 = _mm512_loadu_ps(pk + 0);
             const __m512 b1 = _mm512_loadu_ps(pk + 16);
@@ -336,6 +450,40 @@ static void rec_z48_5(int K1, int K, const float *const *a1, const float *const 
               c4_2 = _mm512_fmadd_ps(a, b2, c4_2);
             }
         }
+        if (K > K1) {
+            const long n = K - K1;
+            const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n;
+            for (long kk = -n; kk != 0; kk++, pk += 48) {
+                const __m512 b0 = _mm512_loadu_ps(pk + 0);
+                const __m512 b1 = _mm512_loadu_ps(pk + 16);
+                const __m512 b2 = _mm512_loadu_ps(pk + 32);
+                { const __m512 a = _mm512_set1_ps(r0[kk]);
+                  c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+                  c0_1 = _mm512_fmadd_ps(a, b1, c0_1);
+                  c0_2 = _mm512_fmadd_ps(a, b2, c0_2);
+                }
+                { const __m512 a = _mm512_set1_ps(r1[kk]);
+                  c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+                  c1_1 = _mm512_fmadd_ps(a, b1, c1_1);
+                  c1_2 = _mm512_fmadd_ps(a, b2, c1_2);
+                }
+                { const __m512 a = _mm512_set1_ps(r2[kk]);
+                  c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+                  c2_1 = _mm512_fmadd_ps(a, b1, c2_1);
+                  c2_2 = _mm512_fmadd_ps(a, b2, c2_2);
+                }
+                { const __m512 a = _mm512_set1_ps(r3[kk]);
+                  c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+                  c3_1 = _mm512_fmadd_ps(a, b1, c3_1);
+                  c3_2 = _mm512_fmadd_ps(a, b2, c3_2);
+                }
+                { const __m512 a = _mm512_set1_ps(r4[kk]);
+                  c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+                  c4_1 = _mm512_fmadd_ps(a, b1, c4_1);
+                  c4_2 = _mm512_fmadd_ps(a, b2, c4_2);
+                }
+            }
+        }
     }
     _mm512_storeu_ps(out + 0, c0_0);
     _mm512_storeu_ps(out + 16, c0_1);
@@ -355,49 +503,96 @@ static void rec_z48_5(int K1, int K, const float *const *a1, const float *const 
 }
 
 static void rec_z48_6(int K1, int K, const float *const *a1, const float *const *a2,
-                        const float *panel, float *out) {
+                        const float *panel, float *out, const float *pf) {
     __m512 c0_0 = _mm512_setzero_ps(), c0_1 = _mm512_setzero_ps(), c0_2 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c1_1 = _mm512_setzero_ps(), c1_2 = _mm512_setzero_ps(), c2_0 = _mm512_setzero_ps(), c2_1 = _mm512_setzero_ps(), c2_2 = _mm512_setzero_ps(), c3_0 = _mm512_setzero_ps(), c3_1 = _mm512_setzero_ps(), c3_2 = _mm512_setzero_ps(), c4_0 = _mm512_setzero_ps(), c4_1 = _mm512_setzero_ps(), c4_2 = _mm512_setzero_ps(), c5_0 = _mm512_setzero_ps(), c5_1 = _mm512_setzero_ps(), c5_2 = _mm512_setzero_ps();
     const float *pk = panel;
-    const long n = K1;
-    const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n;
-    for (long kk = -n; kk != 0; kk++, pk += 48) {
-        const __m512 b0 = _mm512_loadu_ps(pk + 0);
-        const __m512 b1 = _mm512_loadu_ps(pk + 16);
-        const __m512 b2 = _mm512_loadu_ps(pk + 32);
-        { const __m512 a = _mm512_set1_ps(r0[kk]);
-          c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
-          c0_1 = _mm512_fmadd_ps(a, b1, c0_1);
-          c0_2 = _mm512_fmadd_ps(a, b2, c0_2);
+    if (pf) {
+        const ptrdiff_t pd = pf - panel;
+        const long n = K1;
+        const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n;
+        for (long kk = -n; kk != 0; kk++, pk += 48) {
+            _mm_prefetch((const char *)(pk + pd + 0), _MM_HINT_T1);
+            _mm_prefetch((const char *)(pk + pd + 16), _MM_HINT_T1);
+            _mm_prefetch((const char *)(pk + pd + 32), _MM_HINT_T1);
+            const __m512 b0 = _mm512_loadu_ps(pk + 0);
+            const __m512 b1 = _mm512_loadu_ps(pk + 16);
+            const __m512 b2 = _mm512_loadu_ps(pk + 32);
+            { const __m512 a = _mm512_set1_ps(r0[kk]);
+              c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+              c0_1 = _mm512_fmadd_ps(a, b1, c0_1);
+              c0_2 = _mm512_fmadd_ps(a, b2, c0_2);
+            }
+            { const __m512 a = _mm512_set1_ps(r1[kk]);
+              c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+              c1_1 = _mm512_fmadd_ps(a, b1, c1_1);
+              c1_2 = _mm512_fmadd_ps(a, b2, c1_2);
+            }
+            { const __m512 a = _mm512_set1_ps(r2[kk]);
+              c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+              c2_1 = _mm512_fmadd_ps(a, b1, c2_1);
+              c2_2 = _mm512_fmadd_ps(a, b2, c2_2);
+            }
+            { const __m512 a = _mm512_set1_ps(r3[kk]);
+              c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+              c3_1 = _mm512_fmadd_ps(a, b1, c3_1);
+              c3_2 = _mm512_fmadd_ps(a, b2, c3_2);
+            }
+            { const __m512 a = _mm512_set1_ps(r4[kk]);
+              c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+              c4_1 = _mm512_fmadd_ps(a, b1, c4_1);
+              c4_2 = _mm512_fmadd_ps(a, b2, c4_2);
+            }
+            { const __m512 a = _mm512_set1_ps(r5[kk]);
+              c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
+              c5_1 = _mm512_fmadd_ps(a, b1, c5_1);
+              c5_2 = _mm512_fmadd_ps(a, b2, c5_2);
+            }
         }
-        { const __m512 a = _mm512_set1_ps(r1[kk]);
-          c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
-          c1_1 = _mm512_fmadd_ps(a, b1, c1_1);
-          c1_2 = _mm512_fmadd_ps(a, b2, c1_2);
+        if (K > K1) {
+            const long n = K - K1;
+            const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n;
+            for (long kk = -n; kk != 0; kk++, pk += 48) {
+                _mm_prefetch((const char *)(pk + pd + 0), _MM_HINT_T1);
+                _mm_prefetch((const char *)(pk + pd + 16), _MM_HINT_T1);
+                _mm_prefetch((const char *)(pk + pd + 32), _MM_HINT_T1);
+                const __m512 b0 = _mm512_loadu_ps(pk + 0);
+                const __m512 b1 = _mm512_loadu_ps(pk + 16);
+                const __m512 b2 = _mm512_loadu_ps(pk + 32);
+                { const __m512 a = _mm512_set1_ps(r0[kk]);
+                  c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+                  c0_1 = _mm512_fmadd_ps(a, b1, c0_1);
+                  c0_2 = _mm512_fmadd_ps(a, b2, c0_2);
+                }
+                { const __m512 a = _mm512_set1_ps(r1[kk]);
+                  c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+                  c1_1 = _mm512_fmadd_ps(a, b1, c1_1);
+                  c1_2 = _mm512_fmadd_ps(a, b2, c1_2);
+                }
+                { const __m512 a = _mm512_set1_ps(r2[kk]);
+                  c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+                  c2_1 = _mm512_fmadd_ps(a, b1, c2_1);
+                  c2_2 = _mm512_fmadd_ps(a, b2, c2_2);
+                }
+                { const __m512 a = _mm512_set1_ps(r3[kk]);
+                  c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+                  c3_1 = _mm512_fmadd_ps(a, b1, c3_1);
+                  c3_2 = _mm512_fmadd_ps(a, b2, c3_2);
+                }
+                { const __m512 a = _mm512_set1_ps(r4[kk]);
+                  c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+                  c4_1 = _mm512_fmadd_ps(a, b1, c4_1);
+                  c4_2 = _mm512_fmadd_ps(a, b2, c4_2);
+                }
+                { const __m512 a = _mm512_set1_ps(r5[kk]);
+                  c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
+                  c5_1 = _mm512_fmadd_ps(a, b1, c5_1);
+                  c5_2 = _mm512_fmadd_ps(a, b2, c5_2);
+                }
+            }
         }
-        { const __m512 a = _mm512_set1_ps(r2[kk]);
-          c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
-          c2_1 = _mm512_fmadd_ps(a, b1, c2_1);
-          c2_2 = _mm512_fmadd_ps(a, b2, c2_2);
-        }
-        { const __m512 a = _mm512_set1_ps(r3[kk]);
-          c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
-          c3_1 = _mm512_fmadd_ps(a, b1, c3_1);
-          c3_2 = _mm512_fmadd_ps(a, b2, c3_2);
-        }
-        { const __m512 a = _mm512_set1_ps(r4[kk]);
-          c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
-          c4_1 = _mm512_fmadd_ps(a, b1, c4_1);
-          c4_2 = _mm512_fmadd_ps(a, b2, c4_2);
-        }
-        { const __m512 a = _mm512_set1_ps(r5[kk]);
-          c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
-          c5_1 = _mm512_fmadd_ps(a, b1, c5_1);
-          c5_2 = _mm512_fmadd_ps(a, b2, c5_2);
-        }
-    }
-    if (K > K1) {
-        const long n = K - K1;
-        const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n;
+    } else {
+        const long n = K1;
+        const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n;
         for (long kk = -n; kk != 0; kk++, pk += 48) {
             const __m512 b0 = _mm512_loadu_ps(pk + 0);
             const __m512 b1 = _mm512_loadu_ps(pk + 16);
@@ -433,6 +628,45 @@ static void rec_z48_6(int K1, int K, const float *const *a1, const float *const 
               c5_2 = _mm512_fmadd_ps(a, b2, c5_2);
             }
         }
+        if (K > K1) {
+            const long n = K - K1;
+            const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n;
+            for (long kk = -n; kk != 0; kk++, pk += 48) {
+                const __m512 b0 = _mm512_loadu_ps(pk + 0);
+                const __m512 b1 = _mm512_loadu_ps(pk + 16);
+                const __m512 b2 = _mm512_loadu_ps(pk + 32);
+                { const __m512 a = _mm512_set1_ps(r0[kk]);
+                  c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+                  c0_1 = _mm512_fmadd_ps(a, b1, c0_1);
+                  c0_2 = _mm512_fmadd_ps(a, b2, c0_2);
+                }
+                { const __m512 a = _mm512_set1_ps(r1[kk]);
+                  c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+                  c1_1 = _mm512_fmadd_ps(a, b1, c1_1);
+                  c1_2 = _mm512_fmadd_ps(a, b2, c1_2);
+                }
+                { const __m512 a = _mm512_set1_ps(r2[kk]);
+                  c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+                  c2_1 = _mm512_fmadd_ps(a, b1, c2_1);
+                  c2_2 = _mm512_fmadd_ps(a, b2, c2_2);
+                }
+                { const __m512 a = _mm512_set1_ps(r3[kk]);
+                  c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+                  c3_1 = _mm512_fmadd_ps(a, b1, c3_1);
+                  c3_2 = _mm512_fmadd_ps(a, b2, c3_2);
+                }
+                { const __m512 a = _mm512_set1_ps(r4[kk]);
+                  c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+                  c4_1 = _mm512_fmadd_ps(a, b1, c4_1);
+                  c4_2 = _mm512_fmadd_ps(a, b2, c4_2);
+                }
+                { const __m512 a = _mm512_set1_ps(r5[kk]);
+                  c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
+                  c5_1 = _mm512_fmadd_ps(a, b1, c5_1);
+                  c5_2 = _mm512_fmadd_ps(a, b2, c5_2);
+                }
+            }
+        }
     }
     _mm512_storeu_ps(out + 0, c0_0);
     _mm512_storeu_ps(out + 16, c0_1);
@@ -455,54 +689,106 @@ static void rec_z48_6(int K1, int K, const float *const *a1, const float *const 
 }
 
 static void rec_z48_7(int K1, int K, const float *const *a1, const float *const *a2,
-                        const float *panel, float *out) {
+                        const float *panel, float *out, const float *pf) {
     __m512 c0_0 = _mm512_setzero_ps(), c0_1 = _mm512_setzero_ps(), c0_2 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c1_1 = _mm512_setzero_ps(), c1_2 = _mm512_setzero_ps(), c2_0 = _mm512_setzero_ps(), c2_1 = _mm512_setzero_ps(), c2_2 = _mm512_setzero_ps(), c3_0 = _mm512_setzero_ps(), c3_1 = _mm512_setzero_ps(), c3_2 = _mm512_setzero_ps(), c4_0 = _mm512_setzero_ps(), c4_1 = _mm512_setzero_ps(), c4_2 = _mm512_setzero_ps(), c5_0 = _mm512_setzero_ps(), c5_1 = _mm512_setzero_ps(), c5_2 = _mm512_setzero_ps(), c6_0 = _mm512_setzero_ps(), c6_1 = _mm512_setzero_ps(), c6_2 = _mm512_setzero_ps();
     const float *pk = panel;
-    const long n = K1;
-    const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n, *r6 = a1[6] + n;
-    for (long kk = -n; kk != 0; kk++, pk += 48) {
-        const __m512 b0 = _mm512_loadu_ps(pk + 0);
-        const __m512 b1 = _mm512_loadu_ps(pk + 16);
-        const __m512 b2 = _mm512_loadu_ps(pk + 32);
-        { const __m512 a = _mm512_set1_ps(r0[kk]);
-          c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
-          c0_1 = _mm512_fmadd_ps(a, b1, c0_1);
-          c0_2 = _mm512_fmadd_ps(a, b2, c0_2);
+    if (pf) {
+        const ptrdiff_t pd = pf - panel;
+        const long n = K1;
+        const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n, *r6 = a1[6] + n;
+        for (long kk = -n; kk != 0; kk++, pk += 48) {
+            _mm_prefetch((const char *)(pk + pd + 0), _MM_HINT_T1);
+            _mm_prefetch((const char *)(pk + pd + 16), _MM_HINT_T1);
+            _mm_prefetch((const char *)(pk + pd + 32), _MM_HINT_T1);
+            const __m512 b0 = _mm512_loadu_ps(pk + 0);
+            const __m512 b1 = _mm512_loadu_ps(pk + 16);
+            const __m512 b2 = _mm512_loadu_ps(pk + 32);
+            { const __m512 a = _mm512_set1_ps(r0[kk]);
+              c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+              c0_1 = _mm512_fmadd_ps(a, b1, c0_1);
+              c0_2 = _mm512_fmadd_ps(a, b2, c0_2);
+            }
+            { const __m512 a = _mm512_set1_ps(r1[kk]);
+              c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+              c1_1 = _mm512_fmadd_ps(a, b1, c1_1);
+              c1_2 = _mm512_fmadd_ps(a, b2, c1_2);
+            }
+            { const __m512 a = _mm512_set1_ps(r2[kk]);
+              c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+              c2_1 = _mm512_fmadd_ps(a, b1, c2_1);
+              c2_2 = _mm512_fmadd_ps(a, b2, c2_2);
+            }
+            { const __m512 a = _mm512_set1_ps(r3[kk]);
+              c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+              c3_1 = _mm512_fmadd_ps(a, b1, c3_1);
+              c3_2 = _mm512_fmadd_ps(a, b2, c3_2);
+            }
+            { const __m512 a = _mm512_set1_ps(r4[kk]);
+              c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+              c4_1 = _mm512_fmadd_ps(a, b1, c4_1);
+              c4_2 = _mm512_fmadd_ps(a, b2, c4_2);
+            }
+            { const __m512 a = _mm512_set1_ps(r5[kk]);
+              c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
+              c5_1 = _mm512_fmadd_ps(a, b1, c5_1);
+              c5_2 = _mm512_fmadd_ps(a, b2, c5_2);
+            }
+            { const __m512 a = _mm512_set1_ps(r6[kk]);
+              c6_0 = _mm512_fmadd_ps(a, b0, c6_0);
+              c6_1 = _mm512_fmadd_ps(a, b1, c6_1);
+              c6_2 = _mm512_fmadd_ps(a, b2, c6_2);
+            }
         }
-        { const __m512 a = _mm512_set1_ps(r1[kk]);
-          c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
-          c1_1 = _mm512_fmadd_ps(a, b1, c1_1);
-          c1_2 = _mm512_fmadd_ps(a, b2, c1_2);
+        if (K > K1) {
+            const long n = K - K1;
+            const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n, *r6 = a2[6] + n;
+            for (long kk = -n; kk != 0; kk++, pk += 48) {
+                _mm_prefetch((const char *)(pk + pd + 0), _MM_HINT_T1);
+                _mm_prefetch((const char *)(pk + pd + 16), _MM_HINT_T1);
+                _mm_prefetch((const char *)(pk + pd + 32), _MM_HINT_T1);
+                const __m512 b0 = _mm512_loadu_ps(pk + 0);
+                const __m512 b1 = _mm512_loadu_ps(pk + 16);
+                const __m512 b2 = _mm512_loadu_ps(pk + 32);
+                { const __m512 a = _mm512_set1_ps(r0[kk]);
+                  c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+                  c0_1 = _mm512_fmadd_ps(a, b1, c0_1);
+                  c0_2 = _mm512_fmadd_ps(a, b2, c0_2);
+                }
+                { const __m512 a = _mm512_set1_ps(r1[kk]);
+                  c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+                  c1_1 = _mm512_fmadd_ps(a, b1, c1_1);
+                  c1_2 = _mm512_fmadd_ps(a, b2, c1_2);
+                }
+                { const __m512 a = _mm512_set1_ps(r2[kk]);
+                  c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+                  c2_1 = _mm512_fmadd_ps(a, b1, c2_1);
+                  c2_2 = _mm512_fmadd_ps(a, b2, c2_2);
+                }
+                { const __m512 a = _mm512_set1_ps(r3[kk]);
+                  c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+                  c3_1 = _mm512_fmadd_ps(a, b1, c3_1);
+                  c3_2 = _mm512_fmadd_ps(a, b2, c3_2);
+                }
+                { const __m512 a = _mm512_set1_ps(r4[kk]);
+                  c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+                  c4_1 = _mm512_fmadd_ps(a, b1, c4_1);
+                  c4_2 = _mm512_fmadd_ps(a, b2, c4_2);
+                }
+                { const __m512 a = _mm512_set1_ps(r5[kk]);
+                  c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
+                  c5_1 = _mm512_fmadd_ps(a, b1, c5_1);
+                  c5_2 = _mm512_fmadd_ps(a, b2, c5_2);
+                }
+                { const __m512 a = _mm512_set1_ps(r6[kk]);
+                  c6_0 = _mm512_fmadd_ps(a, b0, c6_0);
+                  c6_1 = _mm512_fmadd_ps(a, b1, c6_1);
+                  c6_2 = _mm512_fmadd_ps(a, b2, c6_2);
+                }
+            }
         }
-        { const __m512 a = _mm512_set1_ps(r2[kk]);
-          c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
-          c2_1 = _mm512_fmadd_ps(a, b1, c2_1);
-          c2_2 = _mm512_fmadd_ps(a, b2, c2_2);
-        }
-        { const __m512 a = _mm512_set1_ps(r3[kk]);
-          c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
-          c3_1 = _mm512_fmadd_ps(a, b1, c3_1);
-          c3_2 = _mm512_fmadd_ps(a, b2, c3_2);
-        }
-        { const __m512 a = _mm512_set1_ps(r4[kk]);
-          c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
-          c4_1 = _mm512_fmadd_ps(a, b1, c4_1);
-          c4_2 = _mm512_fmadd_ps(a, b2, c4_2);
-        }
-        { const __m512 a = _mm512_set1_ps(r5[kk]);
-          c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
-          c5_1 = _mm512_fmadd_ps(a, b1, c5_1);
-          c5_2 = _mm512_fmadd_ps(a, b2, c5_2);
-        }
-        { const __m512 a = _mm512_set1_ps(r6[kk]);
-          c6_0 = _mm512_fmadd_ps(a, b0, c6_0);
-          c6_1 = _mm512_fmadd_ps(a, b1, c6_1);
-          c6_2 = _mm512_fmadd_ps(a, b2, c6_2);
-        }
-    }
-    if (K > K1) {
-        const long n = K - K1;
-        const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n, *r6 = a2[6] + n;
+    } else {
+        const long n = K1;
+        const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n, *r6 = a1[6] + n;
         for (long kk = -n; kk != 0; kk++, pk += 48) {
             const __m512 b0 = _mm512_loadu_ps(pk + 0);
             const __m512 b1 = _mm512_loadu_ps(pk + 16);
@@ -543,6 +829,50 @@ static void rec_z48_7(int K1, int K, const float *const *a1, const float *const 
               c6_2 = _mm512_fmadd_ps(a, b2, c6_2);
             }
         }
+        if (K > K1) {
+            const long n = K - K1;
+            const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n, *r6 = a2[6] + n;
+            for (long kk = -n; kk != 0; kk++, pk += 48) {
+                const __m512 b0 = _mm512_loadu_ps(pk + 0);
+                const __m512 b1 = _mm512_loadu_ps(pk + 16);
+                const __m512 b2 = _mm512_loadu_ps(pk + 32);
+                { const __m512 a = _mm512_set1_ps(r0[kk]);
+                  c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+                  c0_1 = _mm512_fmadd_ps(a, b1, c0_1);
+                  c0_2 = _mm512_fmadd_ps(a, b2, c0_2);
+                }
+                { const __m512 a = _mm512_set1_ps(r1[kk]);
+                  c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+                  c1_1 = _mm512_fmadd_ps(a, b1, c1_1);
+                  c1_2 = _mm512_fmadd_ps(a, b2, c1_2);
+                }
+                { const __m512 a = _mm512_set1_ps(r2[kk]);
+                  c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+                  c2_1 = _mm512_fmadd_ps(a, b1, c2_1);
+                  c2_2 = _mm512_fmadd_ps(a, b2, c2_2);
+                }
+                { const __m512 a = _mm512_set1_ps(r3[kk]);
+                  c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+                  c3_1 = _mm512_fmadd_ps(a, b1, c3_1);
+                  c3_2 = _mm512_fmadd_ps(a, b2, c3_2);
+                }
+                { const __m512 a = _mm512_set1_ps(r4[kk]);
+                  c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+                  c4_1 = _mm512_fmadd_ps(a, b1, c4_1);
+                  c4_2 = _mm512_fmadd_ps(a, b2, c4_2);
+                }
+                { const __m512 a = _mm512_set1_ps(r5[kk]);
+                  c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
+                  c5_1 = _mm512_fmadd_ps(a, b1, c5_1);
+                  c5_2 = _mm512_fmadd_ps(a, b2, c5_2);
+                }
+                { const __m512 a = _mm512_set1_ps(r6[kk]);
+                  c6_0 = _mm512_fmadd_ps(a, b0, c6_0);
+                  c6_1 = _mm512_fmadd_ps(a, b1, c6_1);
+                  c6_2 = _mm512_fmadd_ps(a, b2, c6_2);
+                }
+            }
+        }
     }
     _mm512_storeu_ps(out + 0, c0_0);
     _mm512_storeu_ps(out + 16, c0_1);
@@ -568,59 +898,116 @@ static void rec_z48_7(int K1, int K, const float *const *a1, const float *const 
 }
 
 static void rec_z48_8(int K1, int K, const float *const *a1, const float *const *a2,
-                        const float *panel, float *out) {
+                        const float *panel, float *out, const float *pf) {
     __m512 c0_0 = _mm512_setzero_ps(), c0_1 = _mm512_setzero_ps(), c0_2 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c1_1 = _mm512_setzero_ps(), c1_2 = _mm512_setzero_ps(), c2_0 = _mm512_setzero_ps(), c2_1 = _mm512_setzero_ps(), c2_2 = _mm512_setzero_ps(), c3_0 = _mm512_setzero_ps(), c3_1 = _mm512_setzero_ps(), c3_2 = _mm512_setzero_ps(), c4_0 = _mm512_setzero_ps(), c4_1 = _mm512_setzero_ps(), c4_2 = _mm512_setzero_ps(), c5_0 = _mm512_setzero_ps(), c5_1 = _mm512_setzero_ps(), c5_2 = _mm512_setzero_ps(), c6_0 = _mm512_setzero_ps(), c6_1 = _mm512_setzero_ps(), c6_2 = _mm512_setzero_ps(), c7_0 = _mm512_setzero_ps(), c7_1 = _mm512_setzero_ps(), c7_2 = _mm512_setzero_ps();
     const float *pk = panel;
-    const long n = K1;
-    const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n, *r6 = a1[6] + n, *r7 = a1[7] + n;
-    for (long kk = -n; kk != 0; kk++, pk += 48) {
-        const __m512 b0 = _mm512_loadu_ps(pk + 0);
-        const __m512 b1 = _mm512_loadu_ps(pk + 16);
-        const __m512 b2 = _mm512_loadu_ps(pk + 32);
-        { const __m512 a = _mm512_set1_ps(r0[kk]);
-          c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
-          c0_1 = _mm512_fmadd_ps(a, b1, c0_1);
-          c0_2 = _mm512_fmadd_ps(a, b2, c0_2);
+    if (pf) {
+        const ptrdiff_t pd = pf - panel;
+        const long n = K1;
+        const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n, *r6 = a1[6] + n, *r7 = a1[7] + n;
+        for (long kk = -n; kk != 0; kk++, pk += 48) {
+            _mm_prefetch((const char *)(pk + pd + 0), _MM_HINT_T1);
+            _mm_prefetch((const char *)(pk + pd + 16), _MM_HINT_T1);
+            _mm_prefetch((const char *)(pk + pd + 32), _MM_HINT_T1);
+            const __m512 b0 = _mm512_loadu_ps(pk + 0);
+            const __m512 b1 = _mm512_loadu_ps(pk + 16);
+            const __m512 b2 = _mm512_loadu_ps(pk + 32);
+            { const __m512 a = _mm512_set1_ps(r0[kk]);
+              c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+              c0_1 = _mm512_fmadd_ps(a, b1, c0_1);
+              c0_2 = _mm512_fmadd_ps(a, b2, c0_2);
+            }
+            { const __m512 a = _mm512_set1_ps(r1[kk]);
+              c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+              c1_1 = _mm512_fmadd_ps(a, b1, c1_1);
+              c1_2 = _mm512_fmadd_ps(a, b2, c1_2);
+            }
+            { const __m512 a = _mm512_set1_ps(r2[kk]);
+              c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+              c2_1 = _mm512_fmadd_ps(a, b1, c2_1);
+              c2_2 = _mm512_fmadd_ps(a, b2, c2_2);
+            }
+            { const __m512 a = _mm512_set1_ps(r3[kk]);
+              c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+              c3_1 = _mm512_fmadd_ps(a, b1, c3_1);
+              c3_2 = _mm512_fmadd_ps(a, b2, c3_2);
+            }
+            { const __m512 a = _mm512_set1_ps(r4[kk]);
+              c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+              c4_1 = _mm512_fmadd_ps(a, b1, c4_1);
+              c4_2 = _mm512_fmadd_ps(a, b2, c4_2);
+            }
+            { const __m512 a = _mm512_set1_ps(r5[kk]);
+              c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
+              c5_1 = _mm512_fmadd_ps(a, b1, c5_1);
+              c5_2 = _mm512_fmadd_ps(a, b2, c5_2);
+            }
+            { const __m512 a = _mm512_set1_ps(r6[kk]);
+              c6_0 = _mm512_fmadd_ps(a, b0, c6_0);
+              c6_1 = _mm512_fmadd_ps(a, b1, c6_1);
+              c6_2 = _mm512_fmadd_ps(a, b2, c6_2);
+            }
+            { const __m512 a = _mm512_set1_ps(r7[kk]);
+              c7_0 = _mm512_fmadd_ps(a, b0, c7_0);
+              c7_1 = _mm512_fmadd_ps(a, b1, c7_1);
+              c7_2 = _mm512_fmadd_ps(a, b2, c7_2);
+            }
         }
-        { const __m512 a = _mm512_set1_ps(r1[kk]);
-          c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
-          c1_1 = _mm512_fmadd_ps(a, b1, c1_1);
-          c1_2 = _mm512_fmadd_ps(a, b2, c1_2);
+        if (K > K1) {
+            const long n = K - K1;
+            const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n, *r6 = a2[6] + n, *r7 = a2[7] + n;
+            for (long kk = -n; kk != 0; kk++, pk += 48) {
+                _mm_prefetch((const char *)(pk + pd + 0), _MM_HINT_T1);
+                _mm_prefetch((const char *)(pk + pd + 16), _MM_HINT_T1);
+                _mm_prefetch((const char *)(pk + pd + 32), _MM_HINT_T1);
+                const __m512 b0 = _mm512_loadu_ps(pk + 0);
+                const __m512 b1 = _mm512_loadu_ps(pk + 16);
+                const __m512 b2 = _mm512_loadu_ps(pk + 32);
+                { const __m512 a = _mm512_set1_ps(r0[kk]);
+                  c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+                  c0_1 = _mm512_fmadd_ps(a, b1, c0_1);
+                  c0_2 = _mm512_fmadd_ps(a, b2, c0_2);
+                }
+                { const __m512 a = _mm512_set1_ps(r1[kk]);
+                  c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+                  c1_1 = _mm512_fmadd_ps(a, b1, c1_1);
+                  c1_2 = _mm512_fmadd_ps(a, b2, c1_2);
+                }
+                { const __m512 a = _mm512_set1_ps(r2[kk]);
+                  c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+                  c2_1 = _mm512_fmadd_ps(a, b1, c2_1);
+                  c2_2 = _mm512_fmadd_ps(a, b2, c2_2);
+                }
+                { const __m512 a = _mm512_set1_ps(r3[kk]);
+                  c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+                  c3_1 = _mm512_fmadd_ps(a, b1, c3_1);
+                  c3_2 = _mm512_fmadd_ps(a, b2, c3_2);
+                }
+                { const __m512 a = _mm512_set1_ps(r4[kk]);
+                  c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+                  c4_1 = _mm512_fmadd_ps(a, b1, c4_1);
+                  c4_2 = _mm512_fmadd_ps(a, b2, c4_2);
+                }
+                { const __m512 a = _mm512_set1_ps(r5[kk]);
+                  c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
+                  c5_1 = _mm512_fmadd_ps(a, b1, c5_1);
+                  c5_2 = _mm512_fmadd_ps(a, b2, c5_2);
+                }
+                { const __m512 a = _mm512_set1_ps(r6[kk]);
+                  c6_0 = _mm512_fmadd_ps(a, b0, c6_0);
+                  c6_1 = _mm512_fmadd_ps(a, b1, c6_1);
+                  c6_2 = _mm512_fmadd_ps(a, b2, c6_2);
+                }
+                { const __m512 a = _mm512_set1_ps(r7[kk]);
+                  c7_0 = _mm512_fmadd_ps(a, b0, c7_0);
+                  c7_1 = _mm512_fmadd_ps(a, b1, c7_1);
+                  c7_2 = _mm512_fmadd_ps(a, b2, c7_2);
+                }
+            }
         }
-        { const __m512 a = _mm512_set1_ps(r2[kk]);
-          c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
-          c2_1 = _mm512_fmadd_ps(a, b1, c2_1);
-          c2_2 = _mm512_fmadd_ps(a, b2, c2_2);
-        }
-        { const __m512 a = _mm512_set1_ps(r3[kk]);
-          c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
-          c3_1 = _mm512_fmadd_ps(a, b1, c3_1);
-          c3_2 = _mm512_fmadd_ps(a, b2, c3_2);
-        }
-        { const __m512 a = _mm512_set1_ps(r4[kk]);
-          c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
-          c4_1 = _mm512_fmadd_ps(a, b1, c4_1);
-          c4_2 = _mm512_fmadd_ps(a, b2, c4_2);
-        }
-        { const __m512 a = _mm512_set1_ps(r5[kk]);
-          c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
-          c5_1 = _mm512_fmadd_ps(a, b1, c5_1);
-          c5_2 = _mm512_fmadd_ps(a, b2, c5_2);
-        }
-        { const __m512 a = _mm512_set1_ps(r6[kk]);
-          c6_0 = _mm512_fmadd_ps(a, b0, c6_0);
-          c6_1 = _mm512_fmadd_ps(a, b1, c6_1);
-          c6_2 = _mm512_fmadd_ps(a, b2, c6_2);
-        }
-        { const __m512 a = _mm512_set1_ps(r7[kk]);
-          c7_0 = _mm512_fmadd_ps(a, b0, c7_0);
-          c7_1 = _mm512_fmadd_ps(a, b1, c7_1);
-          c7_2 = _mm512_fmadd_ps(a, b2, c7_2);
-        }
-    }
-    if (K > K1) {
-        const long n = K - K1;
-        const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n, *r6 = a2[6] + n, *r7 = a2[7] + n;
+    } else {
+        const long n = K1;
+        const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n, *r6 = a1[6] + n, *r7 = a1[7] + n;
         for (long kk = -n; kk != 0; kk++, pk += 48) {
             const __m512 b0 = _mm512_loadu_ps(pk + 0);
             const __m512 b1 = _mm512_loadu_ps(pk + 16);
@@ -666,6 +1053,55 @@ static void rec_z48_8(int K1, int K, const float *const *a1, const float *const 
               c7_2 = _mm512_fmadd_ps(a, b2, c7_2);
             }
         }
+        if (K > K1) {
+            const long n = K - K1;
+            const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n, *r6 = a2[6] + n, *r7 = a2[7] + n;
+            for (long kk = -n; kk != 0; kk++, pk += 48) {
+                const __m512 b0 = _mm512_loadu_ps(pk + 0);
+                const __m512 b1 = _mm512_loadu_ps(pk + 16);
+                const __m512 b2 = _mm512_loadu_ps(pk + 32);
+                { const __m512 a = _mm512_set1_ps(r0[kk]);
+                  c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+                  c0_1 = _mm512_fmadd_ps(a, b1, c0_1);
+                  c0_2 = _mm512_fmadd_ps(a, b2, c0_2);
+                }
+                { const __m512 a = _mm512_set1_ps(r1[kk]);
+                  c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+                  c1_1 = _mm512_fmadd_ps(a, b1, c1_1);
+                  c1_2 = _mm512_fmadd_ps(a, b2, c1_2);
+                }
+                { const __m512 a = _mm512_set1_ps(r2[kk]);
+                  c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+                  c2_1 = _mm512_fmadd_ps(a, b1, c2_1);
+                  c2_2 = _mm512_fmadd_ps(a, b2, c2_2);
+                }
+                { const __m512 a = _mm512_set1_ps(r3[kk]);
+                  c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+                  c3_1 = _mm512_fmadd_ps(a, b1, c3_1);
+                  c3_2 = _mm512_fmadd_ps(a, b2, c3_2);
+                }
+                { const __m512 a = _mm512_set1_ps(r4[kk]);
+                  c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+                  c4_1 = _mm512_fmadd_ps(a, b1, c4_1);
+                  c4_2 = _mm512_fmadd_ps(a, b2, c4_2);
+                }
+                { const __m512 a = _mm512_set1_ps(r5[kk]);
+                  c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
+                  c5_1 = _mm512_fmadd_ps(a, b1, c5_1);
+                  c5_2 = _mm512_fmadd_ps(a, b2, c5_2);
+                }
+                { const __m512 a = _mm512_set1_ps(r6[kk]);
+                  c6_0 = _mm512_fmadd_ps(a, b0, c6_0);
+                  c6_1 = _mm512_fmadd_ps(a, b1, c6_1);
+                  c6_2 = _mm512_fmadd_ps(a, b2, c6_2);
+                }
+                { const __m512 a = _mm512_set1_ps(r7[kk]);
+                  c7_0 = _mm512_fmadd_ps(a, b0, c7_0);
+                  c7_1 = _mm512_fmadd_ps(a, b1, c7_1);
+                  c7_2 = _mm512_fmadd_ps(a, b2, c7_2);
+                }
+            }
+        }
     }
     _mm512_storeu_ps(out + 0, c0_0);
     _mm512_storeu_ps(out + 16, c0_1);
@@ -693,13 +1129,14 @@ static void rec_z48_8(int K1, int K, const float *const *a1, const float *const 
     _mm512_storeu_ps(out + 368, c7_2);
 }
 
-typedef void (*rec_z_fn)(int, int, const float *const *, const float *const *, const float *, float *);
+typedef void (*rec_z_fn)(int, int, const float *const *, const float *const *, const float *, float *, const float *);
 
 
 static const rec_z_fn rec_z48[Z_MR + 1] = {NULL, rec_z48_1, rec_z48_2, rec_z48_3, rec_z48_4, rec_z48_5, rec_z48_6, rec_z48_7, rec_z48_8};
 
 static void rec_z32_1(int K1, int K, const float *const *a1, const float *const *a2,
-                        const float *panel, float *out) {
+                        const float *panel, float *out, const float *pf) {
+    (void)pf;
     __m512 c0_0 = _mm512_setzero_ps(), c0_1 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c1_1 = _mm512_setzero_ps(), c2_0 = _mm512_setzero_ps(), c2_1 = _mm512_setzero_ps(), c3_0 = _mm512_setzero_ps(), c3_1 = _mm512_setzero_ps();
     const float *pk = panel;
     const float *a = a1[0];
@@ -761,9 +1198,10 @@ static void rec_z32_1(int K1, int K, const float *const *a1, const float *const 
 }
 
 static void rec_z32_2(int K1, int K, const float *const *a1, const float *const *a2,
-                        const float *panel, float *out) {
+                        const float *panel, float *out, const float *pf) {
     __m512 c0_0 = _mm512_setzero_ps(), c0_1 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c1_1 = _mm512_setzero_ps();
     const float *pk = panel;
+    (void)pf;
     const long n = K1;
     const float *r0 = a1[0] + n, *r1 = a1[1] + n;
     for (long kk = -n; kk != 0; kk++, pk += 32) {
@@ -801,9 +1239,10 @@ static void rec_z32_2(int K1, int K, const float *const *a1, const float *const 
 }
 
 static void rec_z32_3(int K1, int K, const float *const *a1, const float *const *a2,
-                        const float *panel, float *out) {
+                        const float *panel, float *out, const float *pf) {
     __m512 c0_0 = _mm512_setzero_ps(), c0_1 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c1_1 = _mm512_setzero_ps(), c2_0 = _mm512_setzero_ps(), c2_1 = _mm512_setzero_ps();
     const float *pk = panel;
+    (void)pf;
     const long n = K1;
     const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n;
     for (long kk = -n; kk != 0; kk++, pk += 32) {
@@ -851,34 +1290,64 @@ static void rec_z32_3(int K1, int K, const float *const *a1, const float *const 
 }
 
 static void rec_z32_4(int K1, int K, const float *const *a1, const float *const *a2,
-                        const float *panel, float *out) {
+                        const float *panel, float *out, const float *pf) {
     __m512 c0_0 = _mm512_setzero_ps(), c0_1 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c1_1 = _mm512_setzero_ps(), c2_0 = _mm512_setzero_ps(), c2_1 = _mm512_setzero_ps(), c3_0 = _mm512_setzero_ps(), c3_1 = _mm512_setzero_ps();
     const float *pk = panel;
-    const long n = K1;
-    const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n;
-    for (long kk = -n; kk != 0; kk++, pk += 32) {
-        const __m512 b0 = _mm512_loadu_ps(pk + 0);
-        const __m512 b1 = _mm512_loadu_ps(pk + 16);
-        { const __m512 a = _mm512_set1_ps(r0[kk]);
-          c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
-          c0_1 = _mm512_fmadd_ps(a, b1, c0_1);
+    if (pf) {
+        const ptrdiff_t pd = pf - panel;
+        const long n = K1;
+        const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n;
+        for (long kk = -n; kk != 0; kk++, pk += 32) {
+            _mm_prefetch((const char *)(pk + pd + 0), _MM_HINT_T1);
+            _mm_prefetch((const char *)(pk + pd + 16), _MM_HINT_T1);
+            const __m512 b0 = _mm512_loadu_ps(pk + 0);
+            const __m512 b1 = _mm512_loadu_ps(pk + 16);
+            { const __m512 a = _mm512_set1_ps(r0[kk]);
+              c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+              c0_1 = _mm512_fmadd_ps(a, b1, c0_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r1[kk]);
+              c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+              c1_1 = _mm512_fmadd_ps(a, b1, c1_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r2[kk]);
+              c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+              c2_1 = _mm512_fmadd_ps(a, b1, c2_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r3[kk]);
+              c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+              c3_1 = _mm512_fmadd_ps(a, b1, c3_1);
+            }
         }
-        { const __m512 a = _mm512_set1_ps(r1[kk]);
-          c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
-          c1_1 = _mm512_fmadd_ps(a, b1, c1_1);
+        if (K > K1) {
+            const long n = K - K1;
+            const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n;
+            for (long kk = -n; kk != 0; kk++, pk += 32) {
+                _mm_prefetch((const char *)(pk + pd + 0), _MM_HINT_T1);
+                _mm_prefetch((const char *)(pk + pd + 16), _MM_HINT_T1);
+                const __m512 b0 = _mm512_loadu_ps(pk + 0);
+                const __m512 b1 = _mm512_loadu_ps(pk + 16);
+                { const __m512 a = _mm512_set1_ps(r0[kk]);
+                  c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+                  c0_1 = _mm512_fmadd_ps(a, b1, c0_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r1[kk]);
+                  c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+                  c1_1 = _mm512_fmadd_ps(a, b1, c1_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r2[kk]);
+                  c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+                  c2_1 = _mm512_fmadd_ps(a, b1, c2_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r3[kk]);
+                  c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+                  c3_1 = _mm512_fmadd_ps(a, b1, c3_1);
+                }
+            }
         }
-        { const __m512 a = _mm512_set1_ps(r2[kk]);
-          c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
-          c2_1 = _mm512_fmadd_ps(a, b1, c2_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r3[kk]);
-          c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
-          c3_1 = _mm512_fmadd_ps(a, b1, c3_1);
-        }
-    }
-    if (K > K1) {
-        const long n = K - K1;
-        const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n;
+    } else {
+        const long n = K1;
+        const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n;
         for (long kk = -n; kk != 0; kk++, pk += 32) {
             const __m512 b0 = _mm512_loadu_ps(pk + 0);
             const __m512 b1 = _mm512_loadu_ps(pk + 16);
@@ -899,6 +1368,30 @@ static void rec_z32_4(int K1, int K, const float *const *a1, const float *const 
               c3_1 = _mm512_fmadd_ps(a, b1, c3_1);
             }
         }
+        if (K > K1) {
+            const long n = K - K1;
+            const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n;
+            for (long kk = -n; kk != 0; kk++, pk += 32) {
+                const __m512 b0 = _mm512_loadu_ps(pk + 0);
+                const __m512 b1 = _mm512_loadu_ps(pk + 16);
+                { const __m512 a = _mm512_set1_ps(r0[kk]);
+                  c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+                  c0_1 = _mm512_fmadd_ps(a, b1, c0_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r1[kk]);
+                  c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+                  c1_1 = _mm512_fmadd_ps(a, b1, c1_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r2[kk]);
+                  c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+                  c2_1 = _mm512_fmadd_ps(a, b1, c2_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r3[kk]);
+                  c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+                  c3_1 = _mm512_fmadd_ps(a, b1, c3_1);
+                }
+            }
+        }
     }
     _mm512_storeu_ps(out + 0, c0_0);
     _mm512_storeu_ps(out + 16, c0_1);
@@ -911,38 +1404,72 @@ static void rec_z32_4(int K1, int K, const float *const *a1, const float *const 
 }
 
 static void rec_z32_5(int K1, int K, const float *const *a1, const float *const *a2,
-                        const float *panel, float *out) {
+                        const float *panel, float *out, const float *pf) {
     __m512 c0_0 = _mm512_setzero_ps(), c0_1 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c1_1 = _mm512_setzero_ps(), c2_0 = _mm512_setzero_ps(), c2_1 = _mm512_setzero_ps(), c3_0 = _mm512_setzero_ps(), c3_1 = _mm512_setzero_ps(), c4_0 = _mm512_setzero_ps(), c4_1 = _mm512_setzero_ps();
     const float *pk = panel;
-    const long n = K1;
-    const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n;
-    for (long kk = -n; kk != 0; kk++, pk += 32) {
-        const __m512 b0 = _mm512_loadu_ps(pk + 0);
-        const __m512 b1 = _mm512_loadu_ps(pk + 16);
-        { const __m512 a = _mm512_set1_ps(r0[kk]);
-          c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
-          c0_1 = _mm512_fmadd_ps(a, b1, c0_1);
+    if (pf) {
+        const ptrdiff_t pd = pf - panel;
+        const long n = K1;
+        const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n;
+        for (long kk = -n; kk != 0; kk++, pk += 32) {
+            _mm_prefetch((const char *)(pk + pd + 0), _MM_HINT_T1);
+            _mm_prefetch((const char *)(pk + pd + 16), _MM_HINT_T1);
+            const __m512 b0 = _mm512_loadu_ps(pk + 0);
+            const __m512 b1 = _mm512_loadu_ps(pk + 16);
+            { const __m512 a = _mm512_set1_ps(r0[kk]);
+              c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+              c0_1 = _mm512_fmadd_ps(a, b1, c0_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r1[kk]);
+              c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+              c1_1 = _mm512_fmadd_ps(a, b1, c1_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r2[kk]);
+              c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+              c2_1 = _mm512_fmadd_ps(a, b1, c2_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r3[kk]);
+              c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+              c3_1 = _mm512_fmadd_ps(a, b1, c3_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r4[kk]);
+              c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+              c4_1 = _mm512_fmadd_ps(a, b1, c4_1);
+            }
         }
-        { const __m512 a = _mm512_set1_ps(r1[kk]);
-          c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
-          c1_1 = _mm512_fmadd_ps(a, b1, c1_1);
+        if (K > K1) {
+            const long n = K - K1;
+            const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n;
+            for (long kk = -n; kk != 0; kk++, pk += 32) {
+                _mm_prefetch((const char *)(pk + pd + 0), _MM_HINT_T1);
+                _mm_prefetch((const char *)(pk + pd + 16), _MM_HINT_T1);
+                const __m512 b0 = _mm512_loadu_ps(pk + 0);
+                const __m512 b1 = _mm512_loadu_ps(pk + 16);
+                { const __m512 a = _mm512_set1_ps(r0[kk]);
+                  c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+                  c0_1 = _mm512_fmadd_ps(a, b1, c0_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r1[kk]);
+                  c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+                  c1_1 = _mm512_fmadd_ps(a, b1, c1_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r2[kk]);
+                  c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+                  c2_1 = _mm512_fmadd_ps(a, b1, c2_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r3[kk]);
+                  c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+                  c3_1 = _mm512_fmadd_ps(a, b1, c3_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r4[kk]);
+                  c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+                  c4_1 = _mm512_fmadd_ps(a, b1, c4_1);
+                }
+            }
         }
-        { const __m512 a = _mm512_set1_ps(r2[kk]);
-          c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
-          c2_1 = _mm512_fmadd_ps(a, b1, c2_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r3[kk]);
-          c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
-          c3_1 = _mm512_fmadd_ps(a, b1, c3_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r4[kk]);
-          c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
-          c4_1 = _mm512_fmadd_ps(a, b1, c4_1);
-        }
-    }
-    if (K > K1) {
-        const long n = K - K1;
-        const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n;
+    } else {
+        const long n = K1;
+        const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n;
         for (long kk = -n; kk != 0; kk++, pk += 32) {
             const __m512 b0 = _mm512_loadu_ps(pk + 0);
             const __m512 b1 = _mm512_loadu_ps(pk + 16);
@@ -967,6 +1494,34 @@ static void rec_z32_5(int K1, int K, const float *const *a1, const float *const 
               c4_1 = _mm512_fmadd_ps(a, b1, c4_1);
             }
         }
+        if (K > K1) {
+            const long n = K - K1;
+            const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n;
+            for (long kk = -n; kk != 0; kk++, pk += 32) {
+                const __m512 b0 = _mm512_loadu_ps(pk + 0);
+                const __m512 b1 = _mm512_loadu_ps(pk + 16);
+                { const __m512 a = _mm512_set1_ps(r0[kk]);
+                  c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+                  c0_1 = _mm512_fmadd_ps(a, b1, c0_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r1[kk]);
+                  c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+                  c1_1 = _mm512_fmadd_ps(a, b1, c1_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r2[kk]);
+                  c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+                  c2_1 = _mm512_fmadd_ps(a, b1, c2_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r3[kk]);
+                  c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+                  c3_1 = _mm512_fmadd_ps(a, b1, c3_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r4[kk]);
+                  c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+                  c4_1 = _mm512_fmadd_ps(a, b1, c4_1);
+                }
+            }
+        }
     }
     _mm512_storeu_ps(out + 0, c0_0);
     _mm512_storeu_ps(out + 16, c0_1);
@@ -981,42 +1536,80 @@ static void rec_z32_5(int K1, int K, const float *const *a1, const float *const 
 }
 
 static void rec_z32_6(int K1, int K, const float *const *a1, const float *const *a2,
-                        const float *panel, float *out) {
+                        const float *panel, float *out, const float *pf) {
     __m512 c0_0 = _mm512_setzero_ps(), c0_1 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c1_1 = _mm512_setzero_ps(), c2_0 = _mm512_setzero_ps(), c2_1 = _mm512_setzero_ps(), c3_0 = _mm512_setzero_ps(), c3_1 = _mm512_setzero_ps(), c4_0 = _mm512_setzero_ps(), c4_1 = _mm512_setzero_ps(), c5_0 = _mm512_setzero_ps(), c5_1 = _mm512_setzero_ps();
     const float *pk = panel;
-    const long n = K1;
-    const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n;
-    for (long kk = -n; kk != 0; kk++, pk += 32) {
-        const __m512 b0 = _mm512_loadu_ps(pk + 0);
-        const __m512 b1 = _mm512_loadu_ps(pk + 16);
-        { const __m512 a = _mm512_set1_ps(r0[kk]);
-          c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
-          c0_1 = _mm512_fmadd_ps(a, b1, c0_1);
+    if (pf) {
+        const ptrdiff_t pd = pf - panel;
+        const long n = K1;
+        const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n;
+        for (long kk = -n; kk != 0; kk++, pk += 32) {
+            _mm_prefetch((const char *)(pk + pd + 0), _MM_HINT_T1);
+            _mm_prefetch((const char *)(pk + pd + 16), _MM_HINT_T1);
+            const __m512 b0 = _mm512_loadu_ps(pk + 0);
+            const __m512 b1 = _mm512_loadu_ps(pk + 16);
+            { const __m512 a = _mm512_set1_ps(r0[kk]);
+              c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+              c0_1 = _mm512_fmadd_ps(a, b1, c0_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r1[kk]);
+              c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+              c1_1 = _mm512_fmadd_ps(a, b1, c1_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r2[kk]);
+              c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+              c2_1 = _mm512_fmadd_ps(a, b1, c2_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r3[kk]);
+              c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+              c3_1 = _mm512_fmadd_ps(a, b1, c3_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r4[kk]);
+              c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+              c4_1 = _mm512_fmadd_ps(a, b1, c4_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r5[kk]);
+              c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
+              c5_1 = _mm512_fmadd_ps(a, b1, c5_1);
+            }
         }
-        { const __m512 a = _mm512_set1_ps(r1[kk]);
-          c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
-          c1_1 = _mm512_fmadd_ps(a, b1, c1_1);
+        if (K > K1) {
+            const long n = K - K1;
+            const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n;
+            for (long kk = -n; kk != 0; kk++, pk += 32) {
+                _mm_prefetch((const char *)(pk + pd + 0), _MM_HINT_T1);
+                _mm_prefetch((const char *)(pk + pd + 16), _MM_HINT_T1);
+                const __m512 b0 = _mm512_loadu_ps(pk + 0);
+                const __m512 b1 = _mm512_loadu_ps(pk + 16);
+                { const __m512 a = _mm512_set1_ps(r0[kk]);
+                  c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+                  c0_1 = _mm512_fmadd_ps(a, b1, c0_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r1[kk]);
+                  c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+                  c1_1 = _mm512_fmadd_ps(a, b1, c1_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r2[kk]);
+                  c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+                  c2_1 = _mm512_fmadd_ps(a, b1, c2_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r3[kk]);
+                  c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+                  c3_1 = _mm512_fmadd_ps(a, b1, c3_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r4[kk]);
+                  c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+                  c4_1 = _mm512_fmadd_ps(a, b1, c4_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r5[kk]);
+                  c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
+                  c5_1 = _mm512_fmadd_ps(a, b1, c5_1);
+                }
+            }
         }
-        { const __m512 a = _mm512_set1_ps(r2[kk]);
-          c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
-          c2_1 = _mm512_fmadd_ps(a, b1, c2_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r3[kk]);
-          c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
-          c3_1 = _mm512_fmadd_ps(a, b1, c3_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r4[kk]);
-          c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
-          c4_1 = _mm512_fmadd_ps(a, b1, c4_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r5[kk]);
-          c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
-          c5_1 = _mm512_fmadd_ps(a, b1, c5_1);
-        }
-    }
-    if (K > K1) {
-        const long n = K - K1;
-        const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n;
+    } else {
+        const long n = K1;
+        const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n;
         for (long kk = -n; kk != 0; kk++, pk += 32) {
             const __m512 b0 = _mm512_loadu_ps(pk + 0);
             const __m512 b1 = _mm512_loadu_ps(pk + 16);
@@ -1045,6 +1638,38 @@ static void rec_z32_6(int K1, int K, const float *const *a1, const float *const 
               c5_1 = _mm512_fmadd_ps(a, b1, c5_1);
             }
         }
+        if (K > K1) {
+            const long n = K - K1;
+            const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n;
+            for (long kk = -n; kk != 0; kk++, pk += 32) {
+                const __m512 b0 = _mm512_loadu_ps(pk + 0);
+                const __m512 b1 = _mm512_loadu_ps(pk + 16);
+                { const __m512 a = _mm512_set1_ps(r0[kk]);
+                  c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+                  c0_1 = _mm512_fmadd_ps(a, b1, c0_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r1[kk]);
+                  c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+                  c1_1 = _mm512_fmadd_ps(a, b1, c1_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r2[kk]);
+                  c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+                  c2_1 = _mm512_fmadd_ps(a, b1, c2_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r3[kk]);
+                  c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+                  c3_1 = _mm512_fmadd_ps(a, b1, c3_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r4[kk]);
+                  c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+                  c4_1 = _mm512_fmadd_ps(a, b1, c4_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r5[kk]);
+                  c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
+                  c5_1 = _mm512_fmadd_ps(a, b1, c5_1);
+                }
+            }
+        }
     }
     _mm512_storeu_ps(out + 0, c0_0);
     _mm512_storeu_ps(out + 16, c0_1);
@@ -1061,46 +1686,88 @@ static void rec_z32_6(int K1, int K, const float *const *a1, const float *const 
 }
 
 static void rec_z32_7(int K1, int K, const float *const *a1, const float *const *a2,
-                        const float *panel, float *out) {
+                        const float *panel, float *out, const float *pf) {
     __m512 c0_0 = _mm512_setzero_ps(), c0_1 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c1_1 = _mm512_setzero_ps(), c2_0 = _mm512_setzero_ps(), c2_1 = _mm512_setzero_ps(), c3_0 = _mm512_setzero_ps(), c3_1 = _mm512_setzero_ps(), c4_0 = _mm512_setzero_ps(), c4_1 = _mm512_setzero_ps(), c5_0 = _mm512_setzero_ps(), c5_1 = _mm512_setzero_ps(), c6_0 = _mm512_setzero_ps(), c6_1 = _mm512_setzero_ps();
     const float *pk = panel;
-    const long n = K1;
-    const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n, *r6 = a1[6] + n;
-    for (long kk = -n; kk != 0; kk++, pk += 32) {
-        const __m512 b0 = _mm512_loadu_ps(pk + 0);
-        const __m512 b1 = _mm512_loadu_ps(pk + 16);
-        { const __m512 a = _mm512_set1_ps(r0[kk]);
-          c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
-          c0_1 = _mm512_fmadd_ps(a, b1, c0_1);
+    if (pf) {
+        const ptrdiff_t pd = pf - panel;
+        const long n = K1;
+        const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n, *r6 = a1[6] + n;
+        for (long kk = -n; kk != 0; kk++, pk += 32) {
+            _mm_prefetch((const char *)(pk + pd + 0), _MM_HINT_T1);
+            _mm_prefetch((const char *)(pk + pd + 16), _MM_HINT_T1);
+            const __m512 b0 = _mm512_loadu_ps(pk + 0);
+            const __m512 b1 = _mm512_loadu_ps(pk + 16);
+            { const __m512 a = _mm512_set1_ps(r0[kk]);
+              c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+              c0_1 = _mm512_fmadd_ps(a, b1, c0_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r1[kk]);
+              c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+              c1_1 = _mm512_fmadd_ps(a, b1, c1_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r2[kk]);
+              c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+              c2_1 = _mm512_fmadd_ps(a, b1, c2_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r3[kk]);
+              c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+              c3_1 = _mm512_fmadd_ps(a, b1, c3_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r4[kk]);
+              c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+              c4_1 = _mm512_fmadd_ps(a, b1, c4_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r5[kk]);
+              c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
+              c5_1 = _mm512_fmadd_ps(a, b1, c5_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r6[kk]);
+              c6_0 = _mm512_fmadd_ps(a, b0, c6_0);
+              c6_1 = _mm512_fmadd_ps(a, b1, c6_1);
+            }
         }
-        { const __m512 a = _mm512_set1_ps(r1[kk]);
-          c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
-          c1_1 = _mm512_fmadd_ps(a, b1, c1_1);
+        if (K > K1) {
+            const long n = K - K1;
+            const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n, *r6 = a2[6] + n;
+            for (long kk = -n; kk != 0; kk++, pk += 32) {
+                _mm_prefetch((const char *)(pk + pd + 0), _MM_HINT_T1);
+                _mm_prefetch((const char *)(pk + pd + 16), _MM_HINT_T1);
+                const __m512 b0 = _mm512_loadu_ps(pk + 0);
+                const __m512 b1 = _mm512_loadu_ps(pk + 16);
+                { const __m512 a = _mm512_set1_ps(r0[kk]);
+                  c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+                  c0_1 = _mm512_fmadd_ps(a, b1, c0_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r1[kk]);
+                  c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+                  c1_1 = _mm512_fmadd_ps(a, b1, c1_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r2[kk]);
+                  c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+                  c2_1 = _mm512_fmadd_ps(a, b1, c2_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r3[kk]);
+                  c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+                  c3_1 = _mm512_fmadd_ps(a, b1, c3_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r4[kk]);
+                  c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+                  c4_1 = _mm512_fmadd_ps(a, b1, c4_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r5[kk]);
+                  c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
+                  c5_1 = _mm512_fmadd_ps(a, b1, c5_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r6[kk]);
+                  c6_0 = _mm512_fmadd_ps(a, b0, c6_0);
+                  c6_1 = _mm512_fmadd_ps(a, b1, c6_1);
+                }
+            }
         }
-        { const __m512 a = _mm512_set1_ps(r2[kk]);
-          c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
-          c2_1 = _mm512_fmadd_ps(a, b1, c2_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r3[kk]);
-          c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
-          c3_1 = _mm512_fmadd_ps(a, b1, c3_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r4[kk]);
-          c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
-          c4_1 = _mm512_fmadd_ps(a, b1, c4_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r5[kk]);
-          c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
-          c5_1 = _mm512_fmadd_ps(a, b1, c5_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r6[kk]);
-          c6_0 = _mm512_fmadd_ps(a, b0, c6_0);
-          c6_1 = _mm512_fmadd_ps(a, b1, c6_1);
-        }
-    }
-    if (K > K1) {
-        const long n = K - K1;
-        const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n, *r6 = a2[6] + n;
+    } else {
+        const long n = K1;
+        const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n, *r6 = a1[6] + n;
         for (long kk = -n; kk != 0; kk++, pk += 32) {
             const __m512 b0 = _mm512_loadu_ps(pk + 0);
             const __m512 b1 = _mm512_loadu_ps(pk + 16);
@@ -1133,6 +1800,42 @@ static void rec_z32_7(int K1, int K, const float *const *a1, const float *const 
               c6_1 = _mm512_fmadd_ps(a, b1, c6_1);
             }
         }
+        if (K > K1) {
+            const long n = K - K1;
+            const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n, *r6 = a2[6] + n;
+            for (long kk = -n; kk != 0; kk++, pk += 32) {
+                const __m512 b0 = _mm512_loadu_ps(pk + 0);
+                const __m512 b1 = _mm512_loadu_ps(pk + 16);
+                { const __m512 a = _mm512_set1_ps(r0[kk]);
+                  c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+                  c0_1 = _mm512_fmadd_ps(a, b1, c0_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r1[kk]);
+                  c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+                  c1_1 = _mm512_fmadd_ps(a, b1, c1_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r2[kk]);
+                  c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+                  c2_1 = _mm512_fmadd_ps(a, b1, c2_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r3[kk]);
+                  c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+                  c3_1 = _mm512_fmadd_ps(a, b1, c3_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r4[kk]);
+                  c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+                  c4_1 = _mm512_fmadd_ps(a, b1, c4_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r5[kk]);
+                  c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
+                  c5_1 = _mm512_fmadd_ps(a, b1, c5_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r6[kk]);
+                  c6_0 = _mm512_fmadd_ps(a, b0, c6_0);
+                  c6_1 = _mm512_fmadd_ps(a, b1, c6_1);
+                }
+            }
+        }
     }
     _mm512_storeu_ps(out + 0, c0_0);
     _mm512_storeu_ps(out + 16, c0_1);
@@ -1151,50 +1854,96 @@ static void rec_z32_7(int K1, int K, const float *const *a1, const float *const 
 }
 
 static void rec_z32_8(int K1, int K, const float *const *a1, const float *const *a2,
-                        const float *panel, float *out) {
+                        const float *panel, float *out, const float *pf) {
     __m512 c0_0 = _mm512_setzero_ps(), c0_1 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c1_1 = _mm512_setzero_ps(), c2_0 = _mm512_setzero_ps(), c2_1 = _mm512_setzero_ps(), c3_0 = _mm512_setzero_ps(), c3_1 = _mm512_setzero_ps(), c4_0 = _mm512_setzero_ps(), c4_1 = _mm512_setzero_ps(), c5_0 = _mm512_setzero_ps(), c5_1 = _mm512_setzero_ps(), c6_0 = _mm512_setzero_ps(), c6_1 = _mm512_setzero_ps(), c7_0 = _mm512_setzero_ps(), c7_1 = _mm512_setzero_ps();
     const float *pk = panel;
-    const long n = K1;
-    const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n, *r6 = a1[6] + n, *r7 = a1[7] + n;
-    for (long kk = -n; kk != 0; kk++, pk += 32) {
-        const __m512 b0 = _mm512_loadu_ps(pk + 0);
-        const __m512 b1 = _mm512_loadu_ps(pk + 16);
-        { const __m512 a = _mm512_set1_ps(r0[kk]);
-          c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
-          c0_1 = _mm512_fmadd_ps(a, b1, c0_1);
+    if (pf) {
+        const ptrdiff_t pd = pf - panel;
+        const long n = K1;
+        const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n, *r6 = a1[6] + n, *r7 = a1[7] + n;
+        for (long kk = -n; kk != 0; kk++, pk += 32) {
+            _mm_prefetch((const char *)(pk + pd + 0), _MM_HINT_T1);
+            _mm_prefetch((const char *)(pk + pd + 16), _MM_HINT_T1);
+            const __m512 b0 = _mm512_loadu_ps(pk + 0);
+            const __m512 b1 = _mm512_loadu_ps(pk + 16);
+            { const __m512 a = _mm512_set1_ps(r0[kk]);
+              c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+              c0_1 = _mm512_fmadd_ps(a, b1, c0_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r1[kk]);
+              c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+              c1_1 = _mm512_fmadd_ps(a, b1, c1_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r2[kk]);
+              c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+              c2_1 = _mm512_fmadd_ps(a, b1, c2_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r3[kk]);
+              c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+              c3_1 = _mm512_fmadd_ps(a, b1, c3_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r4[kk]);
+              c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+              c4_1 = _mm512_fmadd_ps(a, b1, c4_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r5[kk]);
+              c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
+              c5_1 = _mm512_fmadd_ps(a, b1, c5_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r6[kk]);
+              c6_0 = _mm512_fmadd_ps(a, b0, c6_0);
+              c6_1 = _mm512_fmadd_ps(a, b1, c6_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r7[kk]);
+              c7_0 = _mm512_fmadd_ps(a, b0, c7_0);
+              c7_1 = _mm512_fmadd_ps(a, b1, c7_1);
+            }
         }
-        { const __m512 a = _mm512_set1_ps(r1[kk]);
-          c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
-          c1_1 = _mm512_fmadd_ps(a, b1, c1_1);
+        if (K > K1) {
+            const long n = K - K1;
+            const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n, *r6 = a2[6] + n, *r7 = a2[7] + n;
+            for (long kk = -n; kk != 0; kk++, pk += 32) {
+                _mm_prefetch((const char *)(pk + pd + 0), _MM_HINT_T1);
+                _mm_prefetch((const char *)(pk + pd + 16), _MM_HINT_T1);
+                const __m512 b0 = _mm512_loadu_ps(pk + 0);
+                const __m512 b1 = _mm512_loadu_ps(pk + 16);
+                { const __m512 a = _mm512_set1_ps(r0[kk]);
+                  c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+                  c0_1 = _mm512_fmadd_ps(a, b1, c0_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r1[kk]);
+                  c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+                  c1_1 = _mm512_fmadd_ps(a, b1, c1_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r2[kk]);
+                  c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+                  c2_1 = _mm512_fmadd_ps(a, b1, c2_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r3[kk]);
+                  c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+                  c3_1 = _mm512_fmadd_ps(a, b1, c3_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r4[kk]);
+                  c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+                  c4_1 = _mm512_fmadd_ps(a, b1, c4_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r5[kk]);
+                  c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
+                  c5_1 = _mm512_fmadd_ps(a, b1, c5_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r6[kk]);
+                  c6_0 = _mm512_fmadd_ps(a, b0, c6_0);
+                  c6_1 = _mm512_fmadd_ps(a, b1, c6_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r7[kk]);
+                  c7_0 = _mm512_fmadd_ps(a, b0, c7_0);
+                  c7_1 = _mm512_fmadd_ps(a, b1, c7_1);
+                }
+            }
         }
-        { const __m512 a = _mm512_set1_ps(r2[kk]);
-          c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
-          c2_1 = _mm512_fmadd_ps(a, b1, c2_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r3[kk]);
-          c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
-          c3_1 = _mm512_fmadd_ps(a, b1, c3_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r4[kk]);
-          c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
-          c4_1 = _mm512_fmadd_ps(a, b1, c4_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r5[kk]);
-          c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
-          c5_1 = _mm512_fmadd_ps(a, b1, c5_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r6[kk]);
-          c6_0 = _mm512_fmadd_ps(a, b0, c6_0);
-          c6_1 = _mm512_fmadd_ps(a, b1, c6_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r7[kk]);
-          c7_0 = _mm512_fmadd_ps(a, b0, c7_0);
-          c7_1 = _mm512_fmadd_ps(a, b1, c7_1);
-        }
-    }
-    if (K > K1) {
-        const long n = K - K1;
-        const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n, *r6 = a2[6] + n, *r7 = a2[7] + n;
+    } else {
+        const long n = K1;
+        const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n, *r6 = a1[6] + n, *r7 = a1[7] + n;
         for (long kk = -n; kk != 0; kk++, pk += 32) {
             const __m512 b0 = _mm512_loadu_ps(pk + 0);
             const __m512 b1 = _mm512_loadu_ps(pk + 16);
@@ -1231,6 +1980,46 @@ static void rec_z32_8(int K1, int K, const float *const *a1, const float *const 
               c7_1 = _mm512_fmadd_ps(a, b1, c7_1);
             }
         }
+        if (K > K1) {
+            const long n = K - K1;
+            const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n, *r6 = a2[6] + n, *r7 = a2[7] + n;
+            for (long kk = -n; kk != 0; kk++, pk += 32) {
+                const __m512 b0 = _mm512_loadu_ps(pk + 0);
+                const __m512 b1 = _mm512_loadu_ps(pk + 16);
+                { const __m512 a = _mm512_set1_ps(r0[kk]);
+                  c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+                  c0_1 = _mm512_fmadd_ps(a, b1, c0_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r1[kk]);
+                  c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+                  c1_1 = _mm512_fmadd_ps(a, b1, c1_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r2[kk]);
+                  c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+                  c2_1 = _mm512_fmadd_ps(a, b1, c2_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r3[kk]);
+                  c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+                  c3_1 = _mm512_fmadd_ps(a, b1, c3_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r4[kk]);
+                  c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+                  c4_1 = _mm512_fmadd_ps(a, b1, c4_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r5[kk]);
+                  c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
+                  c5_1 = _mm512_fmadd_ps(a, b1, c5_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r6[kk]);
+                  c6_0 = _mm512_fmadd_ps(a, b0, c6_0);
+                  c6_1 = _mm512_fmadd_ps(a, b1, c6_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r7[kk]);
+                  c7_0 = _mm512_fmadd_ps(a, b0, c7_0);
+                  c7_1 = _mm512_fmadd_ps(a, b1, c7_1);
+                }
+            }
+        }
     }
     _mm512_storeu_ps(out + 0, c0_0);
     _mm512_storeu_ps(out + 16, c0_1);
@@ -1251,54 +2040,104 @@ static void rec_z32_8(int K1, int K, const float *const *a1, const float *const 
 }
 
 static void rec_z32_9(int K1, int K, const float *const *a1, const float *const *a2,
-                        const float *panel, float *out) {
+                        const float *panel, float *out, const float *pf) {
     __m512 c0_0 = _mm512_setzero_ps(), c0_1 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c1_1 = _mm512_setzero_ps(), c2_0 = _mm512_setzero_ps(), c2_1 = _mm512_setzero_ps(), c3_0 = _mm512_setzero_ps(), c3_1 = _mm512_setzero_ps(), c4_0 = _mm512_setzero_ps(), c4_1 = _mm512_setzero_ps(), c5_0 = _mm512_setzero_ps(), c5_1 = _mm512_setzero_ps(), c6_0 = _mm512_setzero_ps(), c6_1 = _mm512_setzero_ps(), c7_0 = _mm512_setzero_ps(), c7_1 = _mm512_setzero_ps(), c8_0 = _mm512_setzero_ps(), c8_1 = _mm512_setzero_ps();
     const float *pk = panel;
-    const long n = K1;
-    const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n, *r6 = a1[6] + n, *r7 = a1[7] + n, *r8 = a1[8] + n;
-    for (long kk = -n; kk != 0; kk++, pk += 32) {
-        const __m512 b0 = _mm512_loadu_ps(pk + 0);
-        const __m512 b1 = _mm512_loadu_ps(pk + 16);
-        { const __m512 a = _mm512_set1_ps(r0[kk]);
-          c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
-          c0_1 = _mm512_fmadd_ps(a, b1, c0_1);
+    if (pf) {
+        const ptrdiff_t pd = pf - panel;
+        const long n = K1;
+        const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n, *r6 = a1[6] + n, *r7 = a1[7] + n, *r8 = a1[8] + n;
+        for (long kk = -n; kk != 0; kk++, pk += 32) {
+            _mm_prefetch((const char *)(pk + pd + 0), _MM_HINT_T1);
+            _mm_prefetch((const char *)(pk + pd + 16), _MM_HINT_T1);
+            const __m512 b0 = _mm512_loadu_ps(pk + 0);
+            const __m512 b1 = _mm512_loadu_ps(pk + 16);
+            { const __m512 a = _mm512_set1_ps(r0[kk]);
+              c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+              c0_1 = _mm512_fmadd_ps(a, b1, c0_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r1[kk]);
+              c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+              c1_1 = _mm512_fmadd_ps(a, b1, c1_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r2[kk]);
+              c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+              c2_1 = _mm512_fmadd_ps(a, b1, c2_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r3[kk]);
+              c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+              c3_1 = _mm512_fmadd_ps(a, b1, c3_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r4[kk]);
+              c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+              c4_1 = _mm512_fmadd_ps(a, b1, c4_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r5[kk]);
+              c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
+              c5_1 = _mm512_fmadd_ps(a, b1, c5_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r6[kk]);
+              c6_0 = _mm512_fmadd_ps(a, b0, c6_0);
+              c6_1 = _mm512_fmadd_ps(a, b1, c6_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r7[kk]);
+              c7_0 = _mm512_fmadd_ps(a, b0, c7_0);
+              c7_1 = _mm512_fmadd_ps(a, b1, c7_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r8[kk]);
+              c8_0 = _mm512_fmadd_ps(a, b0, c8_0);
+              c8_1 = _mm512_fmadd_ps(a, b1, c8_1);
+            }
         }
-        { const __m512 a = _mm512_set1_ps(r1[kk]);
-          c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
-          c1_1 = _mm512_fmadd_ps(a, b1, c1_1);
+        if (K > K1) {
+            const long n = K - K1;
+            const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n, *r6 = a2[6] + n, *r7 = a2[7] + n, *r8 = a2[8] + n;
+            for (long kk = -n; kk != 0; kk++, pk += 32) {
+                _mm_prefetch((const char *)(pk + pd + 0), _MM_HINT_T1);
+                _mm_prefetch((const char *)(pk + pd + 16), _MM_HINT_T1);
+                const __m512 b0 = _mm512_loadu_ps(pk + 0);
+                const __m512 b1 = _mm512_loadu_ps(pk + 16);
+                { const __m512 a = _mm512_set1_ps(r0[kk]);
+                  c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+                  c0_1 = _mm512_fmadd_ps(a, b1, c0_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r1[kk]);
+                  c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+                  c1_1 = _mm512_fmadd_ps(a, b1, c1_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r2[kk]);
+                  c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+                  c2_1 = _mm512_fmadd_ps(a, b1, c2_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r3[kk]);
+                  c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+                  c3_1 = _mm512_fmadd_ps(a, b1, c3_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r4[kk]);
+                  c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+                  c4_1 = _mm512_fmadd_ps(a, b1, c4_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r5[kk]);
+                  c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
+                  c5_1 = _mm512_fmadd_ps(a, b1, c5_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r6[kk]);
+                  c6_0 = _mm512_fmadd_ps(a, b0, c6_0);
+                  c6_1 = _mm512_fmadd_ps(a, b1, c6_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r7[kk]);
+                  c7_0 = _mm512_fmadd_ps(a, b0, c7_0);
+                  c7_1 = _mm512_fmadd_ps(a, b1, c7_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r8[kk]);
+                  c8_0 = _mm512_fmadd_ps(a, b0, c8_0);
+                  c8_1 = _mm512_fmadd_ps(a, b1, c8_1);
+                }
+            }
         }
-        { const __m512 a = _mm512_set1_ps(r2[kk]);
-          c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
-          c2_1 = _mm512_fmadd_ps(a, b1, c2_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r3[kk]);
-          c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
-          c3_1 = _mm512_fmadd_ps(a, b1, c3_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r4[kk]);
-          c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
-          c4_1 = _mm512_fmadd_ps(a, b1, c4_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r5[kk]);
-          c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
-          c5_1 = _mm512_fmadd_ps(a, b1, c5_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r6[kk]);
-          c6_0 = _mm512_fmadd_ps(a, b0, c6_0);
-          c6_1 = _mm512_fmadd_ps(a, b1, c6_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r7[kk]);
-          c7_0 = _mm512_fmadd_ps(a, b0, c7_0);
-          c7_1 = _mm512_fmadd_ps(a, b1, c7_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r8[kk]);
-          c8_0 = _mm512_fmadd_ps(a, b0, c8_0);
-          c8_1 = _mm512_fmadd_ps(a, b1, c8_1);
-        }
-    }
-    if (K > K1) {
-        const long n = K - K1;
-        const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n, *r6 = a2[6] + n, *r7 = a2[7] + n, *r8 = a2[8] + n;
+    } else {
+        const long n = K1;
+        const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n, *r6 = a1[6] + n, *r7 = a1[7] + n, *r8 = a1[8] + n;
         for (long kk = -n; kk != 0; kk++, pk += 32) {
             const __m512 b0 = _mm512_loadu_ps(pk + 0);
             const __m512 b1 = _mm512_loadu_ps(pk + 16);
@@ -1339,6 +2178,50 @@ static void rec_z32_9(int K1, int K, const float *const *a1, const float *const 
               c8_1 = _mm512_fmadd_ps(a, b1, c8_1);
             }
         }
+        if (K > K1) {
+            const long n = K - K1;
+            const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n, *r6 = a2[6] + n, *r7 = a2[7] + n, *r8 = a2[8] + n;
+            for (long kk = -n; kk != 0; kk++, pk += 32) {
+                const __m512 b0 = _mm512_loadu_ps(pk + 0);
+                const __m512 b1 = _mm512_loadu_ps(pk + 16);
+                { const __m512 a = _mm512_set1_ps(r0[kk]);
+                  c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+                  c0_1 = _mm512_fmadd_ps(a, b1, c0_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r1[kk]);
+                  c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+                  c1_1 = _mm512_fmadd_ps(a, b1, c1_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r2[kk]);
+                  c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+                  c2_1 = _mm512_fmadd_ps(a, b1, c2_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r3[kk]);
+                  c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+                  c3_1 = _mm512_fmadd_ps(a, b1, c3_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r4[kk]);
+                  c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+                  c4_1 = _mm512_fmadd_ps(a, b1, c4_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r5[kk]);
+                  c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
+                  c5_1 = _mm512_fmadd_ps(a, b1, c5_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r6[kk]);
+                  c6_0 = _mm512_fmadd_ps(a, b0, c6_0);
+                  c6_1 = _mm512_fmadd_ps(a, b1, c6_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r7[kk]);
+                  c7_0 = _mm512_fmadd_ps(a, b0, c7_0);
+                  c7_1 = _mm512_fmadd_ps(a, b1, c7_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r8[kk]);
+                  c8_0 = _mm512_fmadd_ps(a, b0, c8_0);
+                  c8_1 = _mm512_fmadd_ps(a, b1, c8_1);
+                }
+            }
+        }
     }
     _mm512_storeu_ps(out + 0, c0_0);
     _mm512_storeu_ps(out + 16, c0_1);
@@ -1361,58 +2244,112 @@ static void rec_z32_9(int K1, int K, const float *const *a1, const float *const 
 }
 
 static void rec_z32_10(int K1, int K, const float *const *a1, const float *const *a2,
-                        const float *panel, float *out) {
+                        const float *panel, float *out, const float *pf) {
     __m512 c0_0 = _mm512_setzero_ps(), c0_1 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c1_1 = _mm512_setzero_ps(), c2_0 = _mm512_setzero_ps(), c2_1 = _mm512_setzero_ps(), c3_0 = _mm512_setzero_ps(), c3_1 = _mm512_setzero_ps(), c4_0 = _mm512_setzero_ps(), c4_1 = _mm512_setzero_ps(), c5_0 = _mm512_setzero_ps(), c5_1 = _mm512_setzero_ps(), c6_0 = _mm512_setzero_ps(), c6_1 = _mm512_setzero_ps(), c7_0 = _mm512_setzero_ps(), c7_1 = _mm512_setzero_ps(), c8_0 = _mm512_setzero_ps(), c8_1 = _mm512_setzero_ps(), c9_0 = _mm512_setzero_ps(), c9_1 = _mm512_setzero_ps();
     const float *pk = panel;
-    const long n = K1;
-    const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n, *r6 = a1[6] + n, *r7 = a1[7] + n, *r8 = a1[8] + n, *r9 = a1[9] + n;
-    for (long kk = -n; kk != 0; kk++, pk += 32) {
-        const __m512 b0 = _mm512_loadu_ps(pk + 0);
-        const __m512 b1 = _mm512_loadu_ps(pk + 16);
-        { const __m512 a = _mm512_set1_ps(r0[kk]);
-          c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
-          c0_1 = _mm512_fmadd_ps(a, b1, c0_1);
+    if (pf) {
+        const ptrdiff_t pd = pf - panel;
+        const long n = K1;
+        const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n, *r6 = a1[6] + n, *r7 = a1[7] + n, *r8 = a1[8] + n, *r9 = a1[9] + n;
+        for (long kk = -n; kk != 0; kk++, pk += 32) {
+            _mm_prefetch((const char *)(pk + pd + 0), _MM_HINT_T1);
+            _mm_prefetch((const char *)(pk + pd + 16), _MM_HINT_T1);
+            const __m512 b0 = _mm512_loadu_ps(pk + 0);
+            const __m512 b1 = _mm512_loadu_ps(pk + 16);
+            { const __m512 a = _mm512_set1_ps(r0[kk]);
+              c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+              c0_1 = _mm512_fmadd_ps(a, b1, c0_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r1[kk]);
+              c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+              c1_1 = _mm512_fmadd_ps(a, b1, c1_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r2[kk]);
+              c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+              c2_1 = _mm512_fmadd_ps(a, b1, c2_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r3[kk]);
+              c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+              c3_1 = _mm512_fmadd_ps(a, b1, c3_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r4[kk]);
+              c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+              c4_1 = _mm512_fmadd_ps(a, b1, c4_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r5[kk]);
+              c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
+              c5_1 = _mm512_fmadd_ps(a, b1, c5_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r6[kk]);
+              c6_0 = _mm512_fmadd_ps(a, b0, c6_0);
+              c6_1 = _mm512_fmadd_ps(a, b1, c6_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r7[kk]);
+              c7_0 = _mm512_fmadd_ps(a, b0, c7_0);
+              c7_1 = _mm512_fmadd_ps(a, b1, c7_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r8[kk]);
+              c8_0 = _mm512_fmadd_ps(a, b0, c8_0);
+              c8_1 = _mm512_fmadd_ps(a, b1, c8_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r9[kk]);
+              c9_0 = _mm512_fmadd_ps(a, b0, c9_0);
+              c9_1 = _mm512_fmadd_ps(a, b1, c9_1);
+            }
         }
-        { const __m512 a = _mm512_set1_ps(r1[kk]);
-          c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
-          c1_1 = _mm512_fmadd_ps(a, b1, c1_1);
+        if (K > K1) {
+            const long n = K - K1;
+            const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n, *r6 = a2[6] + n, *r7 = a2[7] + n, *r8 = a2[8] + n, *r9 = a2[9] + n;
+            for (long kk = -n; kk != 0; kk++, pk += 32) {
+                _mm_prefetch((const char *)(pk + pd + 0), _MM_HINT_T1);
+                _mm_prefetch((const char *)(pk + pd + 16), _MM_HINT_T1);
+                const __m512 b0 = _mm512_loadu_ps(pk + 0);
+                const __m512 b1 = _mm512_loadu_ps(pk + 16);
+                { const __m512 a = _mm512_set1_ps(r0[kk]);
+                  c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+                  c0_1 = _mm512_fmadd_ps(a, b1, c0_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r1[kk]);
+                  c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+                  c1_1 = _mm512_fmadd_ps(a, b1, c1_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r2[kk]);
+                  c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+                  c2_1 = _mm512_fmadd_ps(a, b1, c2_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r3[kk]);
+                  c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+                  c3_1 = _mm512_fmadd_ps(a, b1, c3_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r4[kk]);
+                  c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+                  c4_1 = _mm512_fmadd_ps(a, b1, c4_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r5[kk]);
+                  c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
+                  c5_1 = _mm512_fmadd_ps(a, b1, c5_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r6[kk]);
+                  c6_0 = _mm512_fmadd_ps(a, b0, c6_0);
+                  c6_1 = _mm512_fmadd_ps(a, b1, c6_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r7[kk]);
+                  c7_0 = _mm512_fmadd_ps(a, b0, c7_0);
+                  c7_1 = _mm512_fmadd_ps(a, b1, c7_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r8[kk]);
+                  c8_0 = _mm512_fmadd_ps(a, b0, c8_0);
+                  c8_1 = _mm512_fmadd_ps(a, b1, c8_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r9[kk]);
+                  c9_0 = _mm512_fmadd_ps(a, b0, c9_0);
+                  c9_1 = _mm512_fmadd_ps(a, b1, c9_1);
+                }
+            }
         }
-        { const __m512 a = _mm512_set1_ps(r2[kk]);
-          c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
-          c2_1 = _mm512_fmadd_ps(a, b1, c2_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r3[kk]);
-          c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
-          c3_1 = _mm512_fmadd_ps(a, b1, c3_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r4[kk]);
-          c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
-          c4_1 = _mm512_fmadd_ps(a, b1, c4_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r5[kk]);
-          c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
-          c5_1 = _mm512_fmadd_ps(a, b1, c5_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r6[kk]);
-          c6_0 = _mm512_fmadd_ps(a, b0, c6_0);
-          c6_1 = _mm512_fmadd_ps(a, b1, c6_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r7[kk]);
-          c7_0 = _mm512_fmadd_ps(a, b0, c7_0);
-          c7_1 = _mm512_fmadd_ps(a, b1, c7_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r8[kk]);
-          c8_0 = _mm512_fmadd_ps(a, b0, c8_0);
-          c8_1 = _mm512_fmadd_ps(a, b1, c8_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r9[kk]);
-          c9_0 = _mm512_fmadd_ps(a, b0, c9_0);
-          c9_1 = _mm512_fmadd_ps(a, b1, c9_1);
-        }
-    }
-    if (K > K1) {
-        const long n = K - K1;
-        const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n, *r6 = a2[6] + n, *r7 = a2[7] + n, *r8 = a2[8] + n, *r9 = a2[9] + n;
+    } else {
+        const long n = K1;
+        const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n, *r6 = a1[6] + n, *r7 = a1[7] + n, *r8 = a1[8] + n, *r9 = a1[9] + n;
         for (long kk = -n; kk != 0; kk++, pk += 32) {
             const __m512 b0 = _mm512_loadu_ps(pk + 0);
             const __m512 b1 = _mm512_loadu_ps(pk + 16);
@@ -1457,6 +2394,54 @@ static void rec_z32_10(int K1, int K, const float *const *a1, const float *const
               c9_1 = _mm512_fmadd_ps(a, b1, c9_1);
             }
         }
+        if (K > K1) {
+            const long n = K - K1;
+            const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n, *r6 = a2[6] + n, *r7 = a2[7] + n, *r8 = a2[8] + n, *r9 = a2[9] + n;
+            for (long kk = -n; kk != 0; kk++, pk += 32) {
+                const __m512 b0 = _mm512_loadu_ps(pk + 0);
+                const __m512 b1 = _mm512_loadu_ps(pk + 16);
+                { const __m512 a = _mm512_set1_ps(r0[kk]);
+                  c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+                  c0_1 = _mm512_fmadd_ps(a, b1, c0_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r1[kk]);
+                  c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+                  c1_1 = _mm512_fmadd_ps(a, b1, c1_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r2[kk]);
+                  c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+                  c2_1 = _mm512_fmadd_ps(a, b1, c2_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r3[kk]);
+                  c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+                  c3_1 = _mm512_fmadd_ps(a, b1, c3_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r4[kk]);
+                  c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+                  c4_1 = _mm512_fmadd_ps(a, b1, c4_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r5[kk]);
+                  c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
+                  c5_1 = _mm512_fmadd_ps(a, b1, c5_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r6[kk]);
+                  c6_0 = _mm512_fmadd_ps(a, b0, c6_0);
+                  c6_1 = _mm512_fmadd_ps(a, b1, c6_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r7[kk]);
+                  c7_0 = _mm512_fmadd_ps(a, b0, c7_0);
+                  c7_1 = _mm512_fmadd_ps(a, b1, c7_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r8[kk]);
+                  c8_0 = _mm512_fmadd_ps(a, b0, c8_0);
+                  c8_1 = _mm512_fmadd_ps(a, b1, c8_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r9[kk]);
+                  c9_0 = _mm512_fmadd_ps(a, b0, c9_0);
+                  c9_1 = _mm512_fmadd_ps(a, b1, c9_1);
+                }
+            }
+        }
     }
     _mm512_storeu_ps(out + 0, c0_0);
     _mm512_storeu_ps(out + 16, c0_1);
@@ -1481,62 +2466,120 @@ static void rec_z32_10(int K1, int K, const float *const *a1, const float *const
 }
 
 static void rec_z32_11(int K1, int K, const float *const *a1, const float *const *a2,
-                        const float *panel, float *out) {
+                        const float *panel, float *out, const float *pf) {
     __m512 c0_0 = _mm512_setzero_ps(), c0_1 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c1_1 = _mm512_setzero_ps(), c2_0 = _mm512_setzero_ps(), c2_1 = _mm512_setzero_ps(), c3_0 = _mm512_setzero_ps(), c3_1 = _mm512_setzero_ps(), c4_0 = _mm512_setzero_ps(), c4_1 = _mm512_setzero_ps(), c5_0 = _mm512_setzero_ps(), c5_1 = _mm512_setzero_ps(), c6_0 = _mm512_setzero_ps(), c6_1 = _mm512_setzero_ps(), c7_0 = _mm512_setzero_ps(), c7_1 = _mm512_setzero_ps(), c8_0 = _mm512_setzero_ps(), c8_1 = _mm512_setzero_ps(), c9_0 = _mm512_setzero_ps(), c9_1 = _mm512_setzero_ps(), c10_0 = _mm512_setzero_ps(), c10_1 = _mm512_setzero_ps();
     const float *pk = panel;
-    const long n = K1;
-    const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n, *r6 = a1[6] + n, *r7 = a1[7] + n, *r8 = a1[8] + n, *r9 = a1[9] + n, *r10 = a1[10] + n;
-    for (long kk = -n; kk != 0; kk++, pk += 32) {
-        const __m512 b0 = _mm512_loadu_ps(pk + 0);
-        const __m512 b1 = _mm512_loadu_ps(pk + 16);
-        { const __m512 a = _mm512_set1_ps(r0[kk]);
-          c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
-          c0_1 = _mm512_fmadd_ps(a, b1, c0_1);
+    if (pf) {
+        const ptrdiff_t pd = pf - panel;
+        const long n = K1;
+        const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n, *r6 = a1[6] + n, *r7 = a1[7] + n, *r8 = a1[8] + n, *r9 = a1[9] + n, *r10 = a1[10] + n;
+        for (long kk = -n; kk != 0; kk++, pk += 32) {
+            _mm_prefetch((const char *)(pk + pd + 0), _MM_HINT_T1);
+            _mm_prefetch((const char *)(pk + pd + 16), _MM_HINT_T1);
+            const __m512 b0 = _mm512_loadu_ps(pk + 0);
+            const __m512 b1 = _mm512_loadu_ps(pk + 16);
+            { const __m512 a = _mm512_set1_ps(r0[kk]);
+              c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+              c0_1 = _mm512_fmadd_ps(a, b1, c0_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r1[kk]);
+              c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+              c1_1 = _mm512_fmadd_ps(a, b1, c1_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r2[kk]);
+              c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+              c2_1 = _mm512_fmadd_ps(a, b1, c2_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r3[kk]);
+              c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+              c3_1 = _mm512_fmadd_ps(a, b1, c3_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r4[kk]);
+              c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+              c4_1 = _mm512_fmadd_ps(a, b1, c4_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r5[kk]);
+              c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
+              c5_1 = _mm512_fmadd_ps(a, b1, c5_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r6[kk]);
+              c6_0 = _mm512_fmadd_ps(a, b0, c6_0);
+              c6_1 = _mm512_fmadd_ps(a, b1, c6_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r7[kk]);
+              c7_0 = _mm512_fmadd_ps(a, b0, c7_0);
+              c7_1 = _mm512_fmadd_ps(a, b1, c7_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r8[kk]);
+              c8_0 = _mm512_fmadd_ps(a, b0, c8_0);
+              c8_1 = _mm512_fmadd_ps(a, b1, c8_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r9[kk]);
+              c9_0 = _mm512_fmadd_ps(a, b0, c9_0);
+              c9_1 = _mm512_fmadd_ps(a, b1, c9_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r10[kk]);
+              c10_0 = _mm512_fmadd_ps(a, b0, c10_0);
+              c10_1 = _mm512_fmadd_ps(a, b1, c10_1);
+            }
         }
-        { const __m512 a = _mm512_set1_ps(r1[kk]);
-          c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
-          c1_1 = _mm512_fmadd_ps(a, b1, c1_1);
+        if (K > K1) {
+            const long n = K - K1;
+            const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n, *r6 = a2[6] + n, *r7 = a2[7] + n, *r8 = a2[8] + n, *r9 = a2[9] + n, *r10 = a2[10] + n;
+            for (long kk = -n; kk != 0; kk++, pk += 32) {
+                _mm_prefetch((const char *)(pk + pd + 0), _MM_HINT_T1);
+                _mm_prefetch((const char *)(pk + pd + 16), _MM_HINT_T1);
+                const __m512 b0 = _mm512_loadu_ps(pk + 0);
+                const __m512 b1 = _mm512_loadu_ps(pk + 16);
+                { const __m512 a = _mm512_set1_ps(r0[kk]);
+                  c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+                  c0_1 = _mm512_fmadd_ps(a, b1, c0_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r1[kk]);
+                  c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+                  c1_1 = _mm512_fmadd_ps(a, b1, c1_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r2[kk]);
+                  c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+                  c2_1 = _mm512_fmadd_ps(a, b1, c2_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r3[kk]);
+                  c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+                  c3_1 = _mm512_fmadd_ps(a, b1, c3_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r4[kk]);
+                  c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+                  c4_1 = _mm512_fmadd_ps(a, b1, c4_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r5[kk]);
+                  c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
+                  c5_1 = _mm512_fmadd_ps(a, b1, c5_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r6[kk]);
+                  c6_0 = _mm512_fmadd_ps(a, b0, c6_0);
+                  c6_1 = _mm512_fmadd_ps(a, b1, c6_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r7[kk]);
+                  c7_0 = _mm512_fmadd_ps(a, b0, c7_0);
+                  c7_1 = _mm512_fmadd_ps(a, b1, c7_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r8[kk]);
+                  c8_0 = _mm512_fmadd_ps(a, b0, c8_0);
+                  c8_1 = _mm512_fmadd_ps(a, b1, c8_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r9[kk]);
+                  c9_0 = _mm512_fmadd_ps(a, b0, c9_0);
+                  c9_1 = _mm512_fmadd_ps(a, b1, c9_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r10[kk]);
+                  c10_0 = _mm512_fmadd_ps(a, b0, c10_0);
+                  c10_1 = _mm512_fmadd_ps(a, b1, c10_1);
+                }
+            }
         }
-        { const __m512 a = _mm512_set1_ps(r2[kk]);
-          c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
-          c2_1 = _mm512_fmadd_ps(a, b1, c2_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r3[kk]);
-          c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
-          c3_1 = _mm512_fmadd_ps(a, b1, c3_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r4[kk]);
-          c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
-          c4_1 = _mm512_fmadd_ps(a, b1, c4_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r5[kk]);
-          c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
-          c5_1 = _mm512_fmadd_ps(a, b1, c5_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r6[kk]);
-          c6_0 = _mm512_fmadd_ps(a, b0, c6_0);
-          c6_1 = _mm512_fmadd_ps(a, b1, c6_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r7[kk]);
-          c7_0 = _mm512_fmadd_ps(a, b0, c7_0);
-          c7_1 = _mm512_fmadd_ps(a, b1, c7_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r8[kk]);
-          c8_0 = _mm512_fmadd_ps(a, b0, c8_0);
-          c8_1 = _mm512_fmadd_ps(a, b1, c8_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r9[kk]);
-          c9_0 = _mm512_fmadd_ps(a, b0, c9_0);
-          c9_1 = _mm512_fmadd_ps(a, b1, c9_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r10[kk]);
-          c10_0 = _mm512_fmadd_ps(a, b0, c10_0);
-          c10_1 = _mm512_fmadd_ps(a, b1, c10_1);
-        }
-    }
-    if (K > K1) {
-        const long n = K - K1;
-        const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n, *r6 = a2[6] + n, *r7 = a2[7] + n, *r8 = a2[8] + n, *r9 = a2[9] + n, *r10 = a2[10] + n;
+    } else {
+        const long n = K1;
+        const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n, *r6 = a1[6] + n, *r7 = a1[7] + n, *r8 = a1[8] + n, *r9 = a1[9] + n, *r10 = a1[10] + n;
         for (long kk = -n; kk != 0; kk++, pk += 32) {
             const __m512 b0 = _mm512_loadu_ps(pk + 0);
             const __m512 b1 = _mm512_loadu_ps(pk + 16);
@@ -1585,6 +2628,58 @@ static void rec_z32_11(int K1, int K, const float *const *a1, const float *const
               c10_1 = _mm512_fmadd_ps(a, b1, c10_1);
             }
         }
+        if (K > K1) {
+            const long n = K - K1;
+            const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n, *r6 = a2[6] + n, *r7 = a2[7] + n, *r8 = a2[8] + n, *r9 = a2[9] + n, *r10 = a2[10] + n;
+            for (long kk = -n; kk != 0; kk++, pk += 32) {
+                const __m512 b0 = _mm512_loadu_ps(pk + 0);
+                const __m512 b1 = _mm512_loadu_ps(pk + 16);
+                { const __m512 a = _mm512_set1_ps(r0[kk]);
+                  c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+                  c0_1 = _mm512_fmadd_ps(a, b1, c0_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r1[kk]);
+                  c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+                  c1_1 = _mm512_fmadd_ps(a, b1, c1_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r2[kk]);
+                  c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+                  c2_1 = _mm512_fmadd_ps(a, b1, c2_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r3[kk]);
+                  c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+                  c3_1 = _mm512_fmadd_ps(a, b1, c3_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r4[kk]);
+                  c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+                  c4_1 = _mm512_fmadd_ps(a, b1, c4_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r5[kk]);
+                  c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
+                  c5_1 = _mm512_fmadd_ps(a, b1, c5_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r6[kk]);
+                  c6_0 = _mm512_fmadd_ps(a, b0, c6_0);
+                  c6_1 = _mm512_fmadd_ps(a, b1, c6_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r7[kk]);
+                  c7_0 = _mm512_fmadd_ps(a, b0, c7_0);
+                  c7_1 = _mm512_fmadd_ps(a, b1, c7_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r8[kk]);
+                  c8_0 = _mm512_fmadd_ps(a, b0, c8_0);
+                  c8_1 = _mm512_fmadd_ps(a, b1, c8_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r9[kk]);
+                  c9_0 = _mm512_fmadd_ps(a, b0, c9_0);
+                  c9_1 = _mm512_fmadd_ps(a, b1, c9_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r10[kk]);
+                  c10_0 = _mm512_fmadd_ps(a, b0, c10_0);
+                  c10_1 = _mm512_fmadd_ps(a, b1, c10_1);
+                }
+            }
+        }
     }
     _mm512_storeu_ps(out + 0, c0_0);
     _mm512_storeu_ps(out + 16, c0_1);
@@ -1611,66 +2706,128 @@ static void rec_z32_11(int K1, int K, const float *const *a1, const float *const
 }
 
 static void rec_z32_12(int K1, int K, const float *const *a1, const float *const *a2,
-                        const float *panel, float *out) {
+                        const float *panel, float *out, const float *pf) {
     __m512 c0_0 = _mm512_setzero_ps(), c0_1 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c1_1 = _mm512_setzero_ps(), c2_0 = _mm512_setzero_ps(), c2_1 = _mm512_setzero_ps(), c3_0 = _mm512_setzero_ps(), c3_1 = _mm512_setzero_ps(), c4_0 = _mm512_setzero_ps(), c4_1 = _mm512_setzero_ps(), c5_0 = _mm512_setzero_ps(), c5_1 = _mm512_setzero_ps(), c6_0 = _mm512_setzero_ps(), c6_1 = _mm512_setzero_ps(), c7_0 = _mm512_setzero_ps(), c7_1 = _mm512_setzero_ps(), c8_0 = _mm512_setzero_ps(), c8_1 = _mm512_setzero_ps(), c9_0 = _mm512_setzero_ps(), c9_1 = _mm512_setzero_ps(), c10_0 = _mm512_setzero_ps(), c10_1 = _mm512_setzero_ps(), c11_0 = _mm512_setzero_ps(), c11_1 = _mm512_setzero_ps();
     const float *pk = panel;
-    const long n = K1;
-    const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n, *r6 = a1[6] + n, *r7 = a1[7] + n, *r8 = a1[8] + n, *r9 = a1[9] + n, *r10 = a1[10] + n, *r11 = a1[11] + n;
-    for (long kk = -n; kk != 0; kk++, pk += 32) {
-        const __m512 b0 = _mm512_loadu_ps(pk + 0);
-        const __m512 b1 = _mm512_loadu_ps(pk + 16);
-        { const __m512 a = _mm512_set1_ps(r0[kk]);
-          c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
-          c0_1 = _mm512_fmadd_ps(a, b1, c0_1);
+    if (pf) {
+        const ptrdiff_t pd = pf - panel;
+        const long n = K1;
+        const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n, *r6 = a1[6] + n, *r7 = a1[7] + n, *r8 = a1[8] + n, *r9 = a1[9] + n, *r10 = a1[10] + n, *r11 = a1[11] + n;
+        for (long kk = -n; kk != 0; kk++, pk += 32) {
+            _mm_prefetch((const char *)(pk + pd + 0), _MM_HINT_T1);
+            _mm_prefetch((const char *)(pk + pd + 16), _MM_HINT_T1);
+            const __m512 b0 = _mm512_loadu_ps(pk + 0);
+            const __m512 b1 = _mm512_loadu_ps(pk + 16);
+            { const __m512 a = _mm512_set1_ps(r0[kk]);
+              c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+              c0_1 = _mm512_fmadd_ps(a, b1, c0_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r1[kk]);
+              c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+              c1_1 = _mm512_fmadd_ps(a, b1, c1_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r2[kk]);
+              c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+              c2_1 = _mm512_fmadd_ps(a, b1, c2_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r3[kk]);
+              c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+              c3_1 = _mm512_fmadd_ps(a, b1, c3_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r4[kk]);
+              c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+              c4_1 = _mm512_fmadd_ps(a, b1, c4_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r5[kk]);
+              c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
+              c5_1 = _mm512_fmadd_ps(a, b1, c5_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r6[kk]);
+              c6_0 = _mm512_fmadd_ps(a, b0, c6_0);
+              c6_1 = _mm512_fmadd_ps(a, b1, c6_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r7[kk]);
+              c7_0 = _mm512_fmadd_ps(a, b0, c7_0);
+              c7_1 = _mm512_fmadd_ps(a, b1, c7_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r8[kk]);
+              c8_0 = _mm512_fmadd_ps(a, b0, c8_0);
+              c8_1 = _mm512_fmadd_ps(a, b1, c8_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r9[kk]);
+              c9_0 = _mm512_fmadd_ps(a, b0, c9_0);
+              c9_1 = _mm512_fmadd_ps(a, b1, c9_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r10[kk]);
+              c10_0 = _mm512_fmadd_ps(a, b0, c10_0);
+              c10_1 = _mm512_fmadd_ps(a, b1, c10_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r11[kk]);
+              c11_0 = _mm512_fmadd_ps(a, b0, c11_0);
+              c11_1 = _mm512_fmadd_ps(a, b1, c11_1);
+            }
         }
-        { const __m512 a = _mm512_set1_ps(r1[kk]);
-          c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
-          c1_1 = _mm512_fmadd_ps(a, b1, c1_1);
+        if (K > K1) {
+            const long n = K - K1;
+            const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n, *r6 = a2[6] + n, *r7 = a2[7] + n, *r8 = a2[8] + n, *r9 = a2[9] + n, *r10 = a2[10] + n, *r11 = a2[11] + n;
+            for (long kk = -n; kk != 0; kk++, pk += 32) {
+                _mm_prefetch((const char *)(pk + pd + 0), _MM_HINT_T1);
+                _mm_prefetch((const char *)(pk + pd + 16), _MM_HINT_T1);
+                const __m512 b0 = _mm512_loadu_ps(pk + 0);
+                const __m512 b1 = _mm512_loadu_ps(pk + 16);
+                { const __m512 a = _mm512_set1_ps(r0[kk]);
+                  c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+                  c0_1 = _mm512_fmadd_ps(a, b1, c0_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r1[kk]);
+                  c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+                  c1_1 = _mm512_fmadd_ps(a, b1, c1_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r2[kk]);
+                  c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+                  c2_1 = _mm512_fmadd_ps(a, b1, c2_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r3[kk]);
+                  c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+                  c3_1 = _mm512_fmadd_ps(a, b1, c3_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r4[kk]);
+                  c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+                  c4_1 = _mm512_fmadd_ps(a, b1, c4_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r5[kk]);
+                  c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
+                  c5_1 = _mm512_fmadd_ps(a, b1, c5_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r6[kk]);
+                  c6_0 = _mm512_fmadd_ps(a, b0, c6_0);
+                  c6_1 = _mm512_fmadd_ps(a, b1, c6_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r7[kk]);
+                  c7_0 = _mm512_fmadd_ps(a, b0, c7_0);
+                  c7_1 = _mm512_fmadd_ps(a, b1, c7_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r8[kk]);
+                  c8_0 = _mm512_fmadd_ps(a, b0, c8_0);
+                  c8_1 = _mm512_fmadd_ps(a, b1, c8_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r9[kk]);
+                  c9_0 = _mm512_fmadd_ps(a, b0, c9_0);
+                  c9_1 = _mm512_fmadd_ps(a, b1, c9_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r10[kk]);
+                  c10_0 = _mm512_fmadd_ps(a, b0, c10_0);
+                  c10_1 = _mm512_fmadd_ps(a, b1, c10_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r11[kk]);
+                  c11_0 = _mm512_fmadd_ps(a, b0, c11_0);
+                  c11_1 = _mm512_fmadd_ps(a, b1, c11_1);
+                }
+            }
         }
-        { const __m512 a = _mm512_set1_ps(r2[kk]);
-          c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
-          c2_1 = _mm512_fmadd_ps(a, b1, c2_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r3[kk]);
-          c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
-          c3_1 = _mm512_fmadd_ps(a, b1, c3_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r4[kk]);
-          c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
-          c4_1 = _mm512_fmadd_ps(a, b1, c4_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r5[kk]);
-          c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
-          c5_1 = _mm512_fmadd_ps(a, b1, c5_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r6[kk]);
-          c6_0 = _mm512_fmadd_ps(a, b0, c6_0);
-          c6_1 = _mm512_fmadd_ps(a, b1, c6_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r7[kk]);
-          c7_0 = _mm512_fmadd_ps(a, b0, c7_0);
-          c7_1 = _mm512_fmadd_ps(a, b1, c7_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r8[kk]);
-          c8_0 = _mm512_fmadd_ps(a, b0, c8_0);
-          c8_1 = _mm512_fmadd_ps(a, b1, c8_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r9[kk]);
-          c9_0 = _mm512_fmadd_ps(a, b0, c9_0);
-          c9_1 = _mm512_fmadd_ps(a, b1, c9_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r10[kk]);
-          c10_0 = _mm512_fmadd_ps(a, b0, c10_0);
-          c10_1 = _mm512_fmadd_ps(a, b1, c10_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r11[kk]);
-          c11_0 = _mm512_fmadd_ps(a, b0, c11_0);
-          c11_1 = _mm512_fmadd_ps(a, b1, c11_1);
-        }
-    }
-    if (K > K1) {
-        const long n = K - K1;
-        const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n, *r6 = a2[6] + n, *r7 = a2[7] + n, *r8 = a2[8] + n, *r9 = a2[9] + n, *r10 = a2[10] + n, *r11 = a2[11] + n;
+    } else {
+        const long n = K1;
+        const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n, *r6 = a1[6] + n, *r7 = a1[7] + n, *r8 = a1[8] + n, *r9 = a1[9] + n, *r10 = a1[10] + n, *r11 = a1[11] + n;
         for (long kk = -n; kk != 0; kk++, pk += 32) {
             const __m512 b0 = _mm512_loadu_ps(pk + 0);
             const __m512 b1 = _mm512_loadu_ps(pk + 16);
@@ -1723,6 +2880,62 @@ static void rec_z32_12(int K1, int K, const float *const *a1, const float *const
               c11_1 = _mm512_fmadd_ps(a, b1, c11_1);
             }
         }
+        if (K > K1) {
+            const long n = K - K1;
+            const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n, *r6 = a2[6] + n, *r7 = a2[7] + n, *r8 = a2[8] + n, *r9 = a2[9] + n, *r10 = a2[10] + n, *r11 = a2[11] + n;
+            for (long kk = -n; kk != 0; kk++, pk += 32) {
+                const __m512 b0 = _mm512_loadu_ps(pk + 0);
+                const __m512 b1 = _mm512_loadu_ps(pk + 16);
+                { const __m512 a = _mm512_set1_ps(r0[kk]);
+                  c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+                  c0_1 = _mm512_fmadd_ps(a, b1, c0_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r1[kk]);
+                  c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+                  c1_1 = _mm512_fmadd_ps(a, b1, c1_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r2[kk]);
+                  c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+                  c2_1 = _mm512_fmadd_ps(a, b1, c2_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r3[kk]);
+                  c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+                  c3_1 = _mm512_fmadd_ps(a, b1, c3_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r4[kk]);
+                  c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+                  c4_1 = _mm512_fmadd_ps(a, b1, c4_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r5[kk]);
+                  c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
+                  c5_1 = _mm512_fmadd_ps(a, b1, c5_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r6[kk]);
+                  c6_0 = _mm512_fmadd_ps(a, b0, c6_0);
+                  c6_1 = _mm512_fmadd_ps(a, b1, c6_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r7[kk]);
+                  c7_0 = _mm512_fmadd_ps(a, b0, c7_0);
+                  c7_1 = _mm512_fmadd_ps(a, b1, c7_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r8[kk]);
+                  c8_0 = _mm512_fmadd_ps(a, b0, c8_0);
+                  c8_1 = _mm512_fmadd_ps(a, b1, c8_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r9[kk]);
+                  c9_0 = _mm512_fmadd_ps(a, b0, c9_0);
+                  c9_1 = _mm512_fmadd_ps(a, b1, c9_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r10[kk]);
+                  c10_0 = _mm512_fmadd_ps(a, b0, c10_0);
+                  c10_1 = _mm512_fmadd_ps(a, b1, c10_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r11[kk]);
+                  c11_0 = _mm512_fmadd_ps(a, b0, c11_0);
+                  c11_1 = _mm512_fmadd_ps(a, b1, c11_1);
+                }
+            }
+        }
     }
     _mm512_storeu_ps(out + 0, c0_0);
     _mm512_storeu_ps(out + 16, c0_1);
@@ -1753,7 +2966,8 @@ static void rec_z32_12(int K1, int K, const float *const *a1, const float *const
 static const rec_z_fn rec_z32[Z_MR + 1] = {NULL, rec_z32_1, rec_z32_2, rec_z32_3, rec_z32_4, rec_z32_5, rec_z32_6, rec_z32_7, rec_z32_8, rec_z32_9, rec_z32_10, rec_z32_11, rec_z32_12};
 
 static void rec_z24_1(int K1, int K, const float *const *a1, const float *const *a2,
-                        const float *panel, float *out) {
+                        const float *panel, float *out, const float *pf) {
+    (void)pf;
     __m512 c0_0 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c2_0 = _mm512_setzero_ps(), c3_0 = _mm512_setzero_ps();
     __m256 c0_1 = _mm256_setzero_ps(), c1_1 = _mm256_setzero_ps(), c2_1 = _mm256_setzero_ps(), c3_1 = _mm256_setzero_ps();
     const float *pk = panel;
@@ -1816,10 +3030,11 @@ static void rec_z24_1(int K1, int K, const float *const *a1, const float *const 
 }
 
 static void rec_z24_2(int K1, int K, const float *const *a1, const float *const *a2,
-                        const float *panel, float *out) {
+                        const float *panel, float *out, const float *pf) {
     __m512 c0_0 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps();
     __m256 c0_1 = _mm256_setzero_ps(), c1_1 = _mm256_setzero_ps();
     const float *pk = panel;
+    (void)pf;
     const long n = K1;
     const float *r0 = a1[0] + n, *r1 = a1[1] + n;
     for (long kk = -n; kk != 0; kk++, pk += 24) {
@@ -1857,10 +3072,11 @@ static void rec_z24_2(int K1, int K, const float *const *a1, const float *const 
 }
 
 static void rec_z24_3(int K1, int K, const float *const *a1, const float *const *a2,
-                        const float *panel, float *out) {
+                        const float *panel, float *out, const float *pf) {
     __m512 c0_0 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c2_0 = _mm512_setzero_ps();
     __m256 c0_1 = _mm256_setzero_ps(), c1_1 = _mm256_setzero_ps(), c2_1 = _mm256_setzero_ps();
     const float *pk = panel;
+    (void)pf;
     const long n = K1;
     const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n;
     for (long kk = -n; kk != 0; kk++, pk += 24) {
@@ -1908,35 +3124,65 @@ static void rec_z24_3(int K1, int K, const float *const *a1, const float *const 
 }
 
 static void rec_z24_4(int K1, int K, const float *const *a1, const float *const *a2,
-                        const float *panel, float *out) {
+                        const float *panel, float *out, const float *pf) {
     __m512 c0_0 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c2_0 = _mm512_setzero_ps(), c3_0 = _mm512_setzero_ps();
     __m256 c0_1 = _mm256_setzero_ps(), c1_1 = _mm256_setzero_ps(), c2_1 = _mm256_setzero_ps(), c3_1 = _mm256_setzero_ps();
     const float *pk = panel;
-    const long n = K1;
-    const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n;
-    for (long kk = -n; kk != 0; kk++, pk += 24) {
-        const __m512 b0 = _mm512_loadu_ps(pk + 0);
-        const __m256 b1 = _mm256_loadu_ps(pk + 16);
-        { const __m512 a = _mm512_set1_ps(r0[kk]);
-          c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
-          c0_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c0_1);
+    if (pf) {
+        const ptrdiff_t pd = pf - panel;
+        const long n = K1;
+        const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n;
+        for (long kk = -n; kk != 0; kk++, pk += 24) {
+            _mm_prefetch((const char *)(pk + pd + 0), _MM_HINT_T1);
+            _mm_prefetch((const char *)(pk + pd + 16), _MM_HINT_T1);
+            const __m512 b0 = _mm512_loadu_ps(pk + 0);
+            const __m256 b1 = _mm256_loadu_ps(pk + 16);
+            { const __m512 a = _mm512_set1_ps(r0[kk]);
+              c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+              c0_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c0_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r1[kk]);
+              c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+              c1_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c1_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r2[kk]);
+              c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+              c2_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c2_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r3[kk]);
+              c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+              c3_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c3_1);
+            }
         }
-        { const __m512 a = _mm512_set1_ps(r1[kk]);
-          c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
-          c1_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c1_1);
+        if (K > K1) {
+            const long n = K - K1;
+            const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n;
+            for (long kk = -n; kk != 0; kk++, pk += 24) {
+                _mm_prefetch((const char *)(pk + pd + 0), _MM_HINT_T1);
+                _mm_prefetch((const char *)(pk + pd + 16), _MM_HINT_T1);
+                const __m512 b0 = _mm512_loadu_ps(pk + 0);
+                const __m256 b1 = _mm256_loadu_ps(pk + 16);
+                { const __m512 a = _mm512_set1_ps(r0[kk]);
+                  c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+                  c0_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c0_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r1[kk]);
+                  c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+                  c1_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c1_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r2[kk]);
+                  c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+                  c2_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c2_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r3[kk]);
+                  c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+                  c3_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c3_1);
+                }
+            }
         }
-        { const __m512 a = _mm512_set1_ps(r2[kk]);
-          c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
-          c2_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c2_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r3[kk]);
-          c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
-          c3_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c3_1);
-        }
-    }
-    if (K > K1) {
-        const long n = K - K1;
-        const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n;
+    } else {
+        const long n = K1;
+        const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n;
         for (long kk = -n; kk != 0; kk++, pk += 24) {
             const __m512 b0 = _mm512_loadu_ps(pk + 0);
             const __m256 b1 = _mm256_loadu_ps(pk + 16);
@@ -1957,6 +3203,30 @@ static void rec_z24_4(int K1, int K, const float *const *a1, const float *const 
               c3_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c3_1);
             }
         }
+        if (K > K1) {
+            const long n = K - K1;
+            const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n;
+            for (long kk = -n; kk != 0; kk++, pk += 24) {
+                const __m512 b0 = _mm512_loadu_ps(pk + 0);
+                const __m256 b1 = _mm256_loadu_ps(pk + 16);
+                { const __m512 a = _mm512_set1_ps(r0[kk]);
+                  c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+                  c0_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c0_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r1[kk]);
+                  c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+                  c1_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c1_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r2[kk]);
+                  c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+                  c2_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c2_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r3[kk]);
+                  c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+                  c3_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c3_1);
+                }
+            }
+        }
     }
     _mm512_storeu_ps(out + 0, c0_0);
     _mm256_storeu_ps(out + 16, c0_1);
@@ -1969,39 +3239,73 @@ static void rec_z24_4(int K1, int K, const float *const *a1, const float *const 
 }
 
 static void rec_z24_5(int K1, int K, const float *const *a1, const float *const *a2,
-                        const float *panel, float *out) {
+                        const float *panel, float *out, const float *pf) {
     __m512 c0_0 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c2_0 = _mm512_setzero_ps(), c3_0 = _mm512_setzero_ps(), c4_0 = _mm512_setzero_ps();
     __m256 c0_1 = _mm256_setzero_ps(), c1_1 = _mm256_setzero_ps(), c2_1 = _mm256_setzero_ps(), c3_1 = _mm256_setzero_ps(), c4_1 = _mm256_setzero_ps();
     const float *pk = panel;
-    const long n = K1;
-    const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n;
-    for (long kk = -n; kk != 0; kk++, pk += 24) {
-        const __m512 b0 = _mm512_loadu_ps(pk + 0);
-        const __m256 b1 = _mm256_loadu_ps(pk + 16);
-        { const __m512 a = _mm512_set1_ps(r0[kk]);
-          c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
-          c0_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c0_1);
+    if (pf) {
+        const ptrdiff_t pd = pf - panel;
+        const long n = K1;
+        const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n;
+        for (long kk = -n; kk != 0; kk++, pk += 24) {
+            _mm_prefetch((const char *)(pk + pd + 0), _MM_HINT_T1);
+            _mm_prefetch((const char *)(pk + pd + 16), _MM_HINT_T1);
+            const __m512 b0 = _mm512_loadu_ps(pk + 0);
+            const __m256 b1 = _mm256_loadu_ps(pk + 16);
+            { const __m512 a = _mm512_set1_ps(r0[kk]);
+              c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+              c0_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c0_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r1[kk]);
+              c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+              c1_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c1_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r2[kk]);
+              c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+              c2_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c2_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r3[kk]);
+              c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+              c3_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c3_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r4[kk]);
+              c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+              c4_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c4_1);
+            }
         }
-        { const __m512 a = _mm512_set1_ps(r1[kk]);
-          c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
-          c1_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c1_1);
+        if (K > K1) {
+            const long n = K - K1;
+            const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n;
+            for (long kk = -n; kk != 0; kk++, pk += 24) {
+                _mm_prefetch((const char *)(pk + pd + 0), _MM_HINT_T1);
+                _mm_prefetch((const char *)(pk + pd + 16), _MM_HINT_T1);
+                const __m512 b0 = _mm512_loadu_ps(pk + 0);
+                const __m256 b1 = _mm256_loadu_ps(pk + 16);
+                { const __m512 a = _mm512_set1_ps(r0[kk]);
+                  c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+                  c0_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c0_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r1[kk]);
+                  c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+                  c1_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c1_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r2[kk]);
+                  c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+                  c2_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c2_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r3[kk]);
+                  c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+                  c3_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c3_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r4[kk]);
+                  c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+                  c4_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c4_1);
+                }
+            }
         }
-        { const __m512 a = _mm512_set1_ps(r2[kk]);
-          c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
-          c2_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c2_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r3[kk]);
-          c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
-          c3_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c3_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r4[kk]);
-          c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
-          c4_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c4_1);
-        }
-    }
-    if (K > K1) {
-        const long n = K - K1;
-        const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n;
+    } else {
+        const long n = K1;
+        const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n;
         for (long kk = -n; kk != 0; kk++, pk += 24) {
             const __m512 b0 = _mm512_loadu_ps(pk + 0);
             const __m256 b1 = _mm256_loadu_ps(pk + 16);
@@ -2026,6 +3330,34 @@ static void rec_z24_5(int K1, int K, const float *const *a1, const float *const 
               c4_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c4_1);
             }
         }
+        if (K > K1) {
+            const long n = K - K1;
+            const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n;
+            for (long kk = -n; kk != 0; kk++, pk += 24) {
+                const __m512 b0 = _mm512_loadu_ps(pk + 0);
+                const __m256 b1 = _mm256_loadu_ps(pk + 16);
+                { const __m512 a = _mm512_set1_ps(r0[kk]);
+                  c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+                  c0_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c0_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r1[kk]);
+                  c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+                  c1_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c1_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r2[kk]);
+                  c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+                  c2_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c2_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r3[kk]);
+                  c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+                  c3_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c3_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r4[kk]);
+                  c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+                  c4_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c4_1);
+                }
+            }
+        }
     }
     _mm512_storeu_ps(out + 0, c0_0);
     _mm256_storeu_ps(out + 16, c0_1);
@@ -2040,43 +3372,81 @@ static void rec_z24_5(int K1, int K, const float *const *a1, const float *const 
 }
 
 static void rec_z24_6(int K1, int K, const float *const *a1, const float *const *a2,
-                        const float *panel, float *out) {
+                        const float *panel, float *out, const float *pf) {
     __m512 c0_0 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c2_0 = _mm512_setzero_ps(), c3_0 = _mm512_setzero_ps(), c4_0 = _mm512_setzero_ps(), c5_0 = _mm512_setzero_ps();
     __m256 c0_1 = _mm256_setzero_ps(), c1_1 = _mm256_setzero_ps(), c2_1 = _mm256_setzero_ps(), c3_1 = _mm256_setzero_ps(), c4_1 = _mm256_setzero_ps(), c5_1 = _mm256_setzero_ps();
     const float *pk = panel;
-    const long n = K1;
-    const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n;
-    for (long kk = -n; kk != 0; kk++, pk += 24) {
-        const __m512 b0 = _mm512_loadu_ps(pk + 0);
-        const __m256 b1 = _mm256_loadu_ps(pk + 16);
-        { const __m512 a = _mm512_set1_ps(r0[kk]);
-          c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
-          c0_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c0_1);
+    if (pf) {
+        const ptrdiff_t pd = pf - panel;
+        const long n = K1;
+        const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n;
+        for (long kk = -n; kk != 0; kk++, pk += 24) {
+            _mm_prefetch((const char *)(pk + pd + 0), _MM_HINT_T1);
+            _mm_prefetch((const char *)(pk + pd + 16), _MM_HINT_T1);
+            const __m512 b0 = _mm512_loadu_ps(pk + 0);
+            const __m256 b1 = _mm256_loadu_ps(pk + 16);
+            { const __m512 a = _mm512_set1_ps(r0[kk]);
+              c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+              c0_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c0_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r1[kk]);
+              c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+              c1_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c1_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r2[kk]);
+              c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+              c2_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c2_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r3[kk]);
+              c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+              c3_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c3_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r4[kk]);
+              c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+              c4_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c4_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r5[kk]);
+              c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
+              c5_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c5_1);
+            }
         }
-        { const __m512 a = _mm512_set1_ps(r1[kk]);
-          c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
-          c1_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c1_1);
+        if (K > K1) {
+            const long n = K - K1;
+            const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n;
+            for (long kk = -n; kk != 0; kk++, pk += 24) {
+                _mm_prefetch((const char *)(pk + pd + 0), _MM_HINT_T1);
+                _mm_prefetch((const char *)(pk + pd + 16), _MM_HINT_T1);
+                const __m512 b0 = _mm512_loadu_ps(pk + 0);
+                const __m256 b1 = _mm256_loadu_ps(pk + 16);
+                { const __m512 a = _mm512_set1_ps(r0[kk]);
+                  c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+                  c0_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c0_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r1[kk]);
+                  c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+                  c1_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c1_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r2[kk]);
+                  c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+                  c2_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c2_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r3[kk]);
+                  c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+                  c3_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c3_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r4[kk]);
+                  c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+                  c4_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c4_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r5[kk]);
+                  c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
+                  c5_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c5_1);
+                }
+            }
         }
-        { const __m512 a = _mm512_set1_ps(r2[kk]);
-          c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
-          c2_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c2_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r3[kk]);
-          c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
-          c3_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c3_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r4[kk]);
-          c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
-          c4_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c4_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r5[kk]);
-          c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
-          c5_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c5_1);
-        }
-    }
-    if (K > K1) {
-        const long n = K - K1;
-        const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n;
+    } else {
+        const long n = K1;
+        const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n;
         for (long kk = -n; kk != 0; kk++, pk += 24) {
             const __m512 b0 = _mm512_loadu_ps(pk + 0);
             const __m256 b1 = _mm256_loadu_ps(pk + 16);
@@ -2105,6 +3475,38 @@ static void rec_z24_6(int K1, int K, const float *const *a1, const float *const 
               c5_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c5_1);
             }
         }
+        if (K > K1) {
+            const long n = K - K1;
+            const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n;
+            for (long kk = -n; kk != 0; kk++, pk += 24) {
+                const __m512 b0 = _mm512_loadu_ps(pk + 0);
+                const __m256 b1 = _mm256_loadu_ps(pk + 16);
+                { const __m512 a = _mm512_set1_ps(r0[kk]);
+                  c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+                  c0_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c0_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r1[kk]);
+                  c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+                  c1_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c1_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r2[kk]);
+                  c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+                  c2_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c2_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r3[kk]);
+                  c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+                  c3_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c3_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r4[kk]);
+                  c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+                  c4_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c4_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r5[kk]);
+                  c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
+                  c5_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c5_1);
+                }
+            }
+        }
     }
     _mm512_storeu_ps(out + 0, c0_0);
     _mm256_storeu_ps(out + 16, c0_1);
@@ -2121,47 +3523,89 @@ static void rec_z24_6(int K1, int K, const float *const *a1, const float *const 
 }
 
 static void rec_z24_7(int K1, int K, const float *const *a1, const float *const *a2,
-                        const float *panel, float *out) {
+                        const float *panel, float *out, const float *pf) {
     __m512 c0_0 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c2_0 = _mm512_setzero_ps(), c3_0 = _mm512_setzero_ps(), c4_0 = _mm512_setzero_ps(), c5_0 = _mm512_setzero_ps(), c6_0 = _mm512_setzero_ps();
     __m256 c0_1 = _mm256_setzero_ps(), c1_1 = _mm256_setzero_ps(), c2_1 = _mm256_setzero_ps(), c3_1 = _mm256_setzero_ps(), c4_1 = _mm256_setzero_ps(), c5_1 = _mm256_setzero_ps(), c6_1 = _mm256_setzero_ps();
     const float *pk = panel;
-    const long n = K1;
-    const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n, *r6 = a1[6] + n;
-    for (long kk = -n; kk != 0; kk++, pk += 24) {
-        const __m512 b0 = _mm512_loadu_ps(pk + 0);
-        const __m256 b1 = _mm256_loadu_ps(pk + 16);
-        { const __m512 a = _mm512_set1_ps(r0[kk]);
-          c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
-          c0_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c0_1);
+    if (pf) {
+        const ptrdiff_t pd = pf - panel;
+        const long n = K1;
+        const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n, *r6 = a1[6] + n;
+        for (long kk = -n; kk != 0; kk++, pk += 24) {
+            _mm_prefetch((const char *)(pk + pd + 0), _MM_HINT_T1);
+            _mm_prefetch((const char *)(pk + pd + 16), _MM_HINT_T1);
+            const __m512 b0 = _mm512_loadu_ps(pk + 0);
+            const __m256 b1 = _mm256_loadu_ps(pk + 16);
+            { const __m512 a = _mm512_set1_ps(r0[kk]);
+              c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+              c0_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c0_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r1[kk]);
+              c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+              c1_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c1_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r2[kk]);
+              c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+              c2_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c2_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r3[kk]);
+              c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+              c3_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c3_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r4[kk]);
+              c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+              c4_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c4_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r5[kk]);
+              c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
+              c5_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c5_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r6[kk]);
+              c6_0 = _mm512_fmadd_ps(a, b0, c6_0);
+              c6_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c6_1);
+            }
         }
-        { const __m512 a = _mm512_set1_ps(r1[kk]);
-          c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
-          c1_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c1_1);
+        if (K > K1) {
+            const long n = K - K1;
+            const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n, *r6 = a2[6] + n;
+            for (long kk = -n; kk != 0; kk++, pk += 24) {
+                _mm_prefetch((const char *)(pk + pd + 0), _MM_HINT_T1);
+                _mm_prefetch((const char *)(pk + pd + 16), _MM_HINT_T1);
+                const __m512 b0 = _mm512_loadu_ps(pk + 0);
+                const __m256 b1 = _mm256_loadu_ps(pk + 16);
+                { const __m512 a = _mm512_set1_ps(r0[kk]);
+                  c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+                  c0_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c0_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r1[kk]);
+                  c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+                  c1_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c1_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r2[kk]);
+                  c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+                  c2_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c2_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r3[kk]);
+                  c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+                  c3_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c3_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r4[kk]);
+                  c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+                  c4_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c4_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r5[kk]);
+                  c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
+                  c5_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c5_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r6[kk]);
+                  c6_0 = _mm512_fmadd_ps(a, b0, c6_0);
+                  c6_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c6_1);
+                }
+            }
         }
-        { const __m512 a = _mm512_set1_ps(r2[kk]);
-          c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
-          c2_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c2_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r3[kk]);
-          c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
-          c3_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c3_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r4[kk]);
-          c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
-          c4_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c4_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r5[kk]);
-          c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
-          c5_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c5_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r6[kk]);
-          c6_0 = _mm512_fmadd_ps(a, b0, c6_0);
-          c6_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c6_1);
-        }
-    }
-    if (K > K1) {
-        const long n = K - K1;
-        const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n, *r6 = a2[6] + n;
+    } else {
+        const long n = K1;
+        const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n, *r6 = a1[6] + n;
         for (long kk = -n; kk != 0; kk++, pk += 24) {
             const __m512 b0 = _mm512_loadu_ps(pk + 0);
             const __m256 b1 = _mm256_loadu_ps(pk + 16);
@@ -2194,6 +3638,42 @@ static void rec_z24_7(int K1, int K, const float *const *a1, const float *const 
               c6_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c6_1);
             }
         }
+        if (K > K1) {
+            const long n = K - K1;
+            const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n, *r6 = a2[6] + n;
+            for (long kk = -n; kk != 0; kk++, pk += 24) {
+                const __m512 b0 = _mm512_loadu_ps(pk + 0);
+                const __m256 b1 = _mm256_loadu_ps(pk + 16);
+                { const __m512 a = _mm512_set1_ps(r0[kk]);
+                  c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+                  c0_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c0_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r1[kk]);
+                  c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+                  c1_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c1_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r2[kk]);
+                  c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+                  c2_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c2_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r3[kk]);
+                  c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+                  c3_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c3_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r4[kk]);
+                  c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+                  c4_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c4_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r5[kk]);
+                  c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
+                  c5_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c5_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r6[kk]);
+                  c6_0 = _mm512_fmadd_ps(a, b0, c6_0);
+                  c6_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c6_1);
+                }
+            }
+        }
     }
     _mm512_storeu_ps(out + 0, c0_0);
     _mm256_storeu_ps(out + 16, c0_1);
@@ -2212,51 +3692,97 @@ static void rec_z24_7(int K1, int K, const float *const *a1, const float *const 
 }
 
 static void rec_z24_8(int K1, int K, const float *const *a1, const float *const *a2,
-                        const float *panel, float *out) {
+                        const float *panel, float *out, const float *pf) {
     __m512 c0_0 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c2_0 = _mm512_setzero_ps(), c3_0 = _mm512_setzero_ps(), c4_0 = _mm512_setzero_ps(), c5_0 = _mm512_setzero_ps(), c6_0 = _mm512_setzero_ps(), c7_0 = _mm512_setzero_ps();
     __m256 c0_1 = _mm256_setzero_ps(), c1_1 = _mm256_setzero_ps(), c2_1 = _mm256_setzero_ps(), c3_1 = _mm256_setzero_ps(), c4_1 = _mm256_setzero_ps(), c5_1 = _mm256_setzero_ps(), c6_1 = _mm256_setzero_ps(), c7_1 = _mm256_setzero_ps();
     const float *pk = panel;
-    const long n = K1;
-    const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n, *r6 = a1[6] + n, *r7 = a1[7] + n;
-    for (long kk = -n; kk != 0; kk++, pk += 24) {
-        const __m512 b0 = _mm512_loadu_ps(pk + 0);
-        const __m256 b1 = _mm256_loadu_ps(pk + 16);
-        { const __m512 a = _mm512_set1_ps(r0[kk]);
-          c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
-          c0_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c0_1);
+    if (pf) {
+        const ptrdiff_t pd = pf - panel;
+        const long n = K1;
+        const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n, *r6 = a1[6] + n, *r7 = a1[7] + n;
+        for (long kk = -n; kk != 0; kk++, pk += 24) {
+            _mm_prefetch((const char *)(pk + pd + 0), _MM_HINT_T1);
+            _mm_prefetch((const char *)(pk + pd + 16), _MM_HINT_T1);
+            const __m512 b0 = _mm512_loadu_ps(pk + 0);
+            const __m256 b1 = _mm256_loadu_ps(pk + 16);
+            { const __m512 a = _mm512_set1_ps(r0[kk]);
+              c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+              c0_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c0_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r1[kk]);
+              c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+              c1_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c1_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r2[kk]);
+              c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+              c2_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c2_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r3[kk]);
+              c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+              c3_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c3_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r4[kk]);
+              c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+              c4_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c4_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r5[kk]);
+              c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
+              c5_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c5_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r6[kk]);
+              c6_0 = _mm512_fmadd_ps(a, b0, c6_0);
+              c6_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c6_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r7[kk]);
+              c7_0 = _mm512_fmadd_ps(a, b0, c7_0);
+              c7_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c7_1);
+            }
         }
-        { const __m512 a = _mm512_set1_ps(r1[kk]);
-          c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
-          c1_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c1_1);
+        if (K > K1) {
+            const long n = K - K1;
+            const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n, *r6 = a2[6] + n, *r7 = a2[7] + n;
+            for (long kk = -n; kk != 0; kk++, pk += 24) {
+                _mm_prefetch((const char *)(pk + pd + 0), _MM_HINT_T1);
+                _mm_prefetch((const char *)(pk + pd + 16), _MM_HINT_T1);
+                const __m512 b0 = _mm512_loadu_ps(pk + 0);
+                const __m256 b1 = _mm256_loadu_ps(pk + 16);
+                { const __m512 a = _mm512_set1_ps(r0[kk]);
+                  c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+                  c0_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c0_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r1[kk]);
+                  c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+                  c1_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c1_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r2[kk]);
+                  c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+                  c2_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c2_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r3[kk]);
+                  c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+                  c3_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c3_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r4[kk]);
+                  c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+                  c4_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c4_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r5[kk]);
+                  c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
+                  c5_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c5_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r6[kk]);
+                  c6_0 = _mm512_fmadd_ps(a, b0, c6_0);
+                  c6_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c6_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r7[kk]);
+                  c7_0 = _mm512_fmadd_ps(a, b0, c7_0);
+                  c7_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c7_1);
+                }
+            }
         }
-        { const __m512 a = _mm512_set1_ps(r2[kk]);
-          c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
-          c2_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c2_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r3[kk]);
-          c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
-          c3_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c3_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r4[kk]);
-          c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
-          c4_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c4_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r5[kk]);
-          c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
-          c5_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c5_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r6[kk]);
-          c6_0 = _mm512_fmadd_ps(a, b0, c6_0);
-          c6_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c6_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r7[kk]);
-          c7_0 = _mm512_fmadd_ps(a, b0, c7_0);
-          c7_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c7_1);
-        }
-    }
-    if (K > K1) {
-        const long n = K - K1;
-        const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n, *r6 = a2[6] + n, *r7 = a2[7] + n;
+    } else {
+        const long n = K1;
+        const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n, *r6 = a1[6] + n, *r7 = a1[7] + n;
         for (long kk = -n; kk != 0; kk++, pk += 24) {
             const __m512 b0 = _mm512_loadu_ps(pk + 0);
             const __m256 b1 = _mm256_loadu_ps(pk + 16);
@@ -2293,6 +3819,46 @@ static void rec_z24_8(int K1, int K, const float *const *a1, const float *const 
               c7_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c7_1);
             }
         }
+        if (K > K1) {
+            const long n = K - K1;
+            const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n, *r6 = a2[6] + n, *r7 = a2[7] + n;
+            for (long kk = -n; kk != 0; kk++, pk += 24) {
+                const __m512 b0 = _mm512_loadu_ps(pk + 0);
+                const __m256 b1 = _mm256_loadu_ps(pk + 16);
+                { const __m512 a = _mm512_set1_ps(r0[kk]);
+                  c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+                  c0_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c0_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r1[kk]);
+                  c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+                  c1_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c1_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r2[kk]);
+                  c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+                  c2_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c2_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r3[kk]);
+                  c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+                  c3_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c3_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r4[kk]);
+                  c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+                  c4_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c4_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r5[kk]);
+                  c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
+                  c5_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c5_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r6[kk]);
+                  c6_0 = _mm512_fmadd_ps(a, b0, c6_0);
+                  c6_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c6_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r7[kk]);
+                  c7_0 = _mm512_fmadd_ps(a, b0, c7_0);
+                  c7_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c7_1);
+                }
+            }
+        }
     }
     _mm512_storeu_ps(out + 0, c0_0);
     _mm256_storeu_ps(out + 16, c0_1);
@@ -2313,55 +3879,105 @@ static void rec_z24_8(int K1, int K, const float *const *a1, const float *const 
 }
 
 static void rec_z24_9(int K1, int K, const float *const *a1, const float *const *a2,
-                        const float *panel, float *out) {
+                        const float *panel, float *out, const float *pf) {
     __m512 c0_0 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c2_0 = _mm512_setzero_ps(), c3_0 = _mm512_setzero_ps(), c4_0 = _mm512_setzero_ps(), c5_0 = _mm512_setzero_ps(), c6_0 = _mm512_setzero_ps(), c7_0 = _mm512_setzero_ps(), c8_0 = _mm512_setzero_ps();
     __m256 c0_1 = _mm256_setzero_ps(), c1_1 = _mm256_setzero_ps(), c2_1 = _mm256_setzero_ps(), c3_1 = _mm256_setzero_ps(), c4_1 = _mm256_setzero_ps(), c5_1 = _mm256_setzero_ps(), c6_1 = _mm256_setzero_ps(), c7_1 = _mm256_setzero_ps(), c8_1 = _mm256_setzero_ps();
     const float *pk = panel;
-    const long n = K1;
-    const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n, *r6 = a1[6] + n, *r7 = a1[7] + n, *r8 = a1[8] + n;
-    for (long kk = -n; kk != 0; kk++, pk += 24) {
-        const __m512 b0 = _mm512_loadu_ps(pk + 0);
-        const __m256 b1 = _mm256_loadu_ps(pk + 16);
-        { const __m512 a = _mm512_set1_ps(r0[kk]);
-          c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
-          c0_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c0_1);
+    if (pf) {
+        const ptrdiff_t pd = pf - panel;
+        const long n = K1;
+        const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n, *r6 = a1[6] + n, *r7 = a1[7] + n, *r8 = a1[8] + n;
+        for (long kk = -n; kk != 0; kk++, pk += 24) {
+            _mm_prefetch((const char *)(pk + pd + 0), _MM_HINT_T1);
+            _mm_prefetch((const char *)(pk + pd + 16), _MM_HINT_T1);
+            const __m512 b0 = _mm512_loadu_ps(pk + 0);
+            const __m256 b1 = _mm256_loadu_ps(pk + 16);
+            { const __m512 a = _mm512_set1_ps(r0[kk]);
+              c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+              c0_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c0_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r1[kk]);
+              c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+              c1_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c1_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r2[kk]);
+              c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+              c2_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c2_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r3[kk]);
+              c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+              c3_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c3_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r4[kk]);
+              c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+              c4_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c4_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r5[kk]);
+              c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
+              c5_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c5_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r6[kk]);
+              c6_0 = _mm512_fmadd_ps(a, b0, c6_0);
+              c6_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c6_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r7[kk]);
+              c7_0 = _mm512_fmadd_ps(a, b0, c7_0);
+              c7_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c7_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r8[kk]);
+              c8_0 = _mm512_fmadd_ps(a, b0, c8_0);
+              c8_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c8_1);
+            }
         }
-        { const __m512 a = _mm512_set1_ps(r1[kk]);
-          c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
-          c1_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c1_1);
+        if (K > K1) {
+            const long n = K - K1;
+            const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n, *r6 = a2[6] + n, *r7 = a2[7] + n, *r8 = a2[8] + n;
+            for (long kk = -n; kk != 0; kk++, pk += 24) {
+                _mm_prefetch((const char *)(pk + pd + 0), _MM_HINT_T1);
+                _mm_prefetch((const char *)(pk + pd + 16), _MM_HINT_T1);
+                const __m512 b0 = _mm512_loadu_ps(pk + 0);
+                const __m256 b1 = _mm256_loadu_ps(pk + 16);
+                { const __m512 a = _mm512_set1_ps(r0[kk]);
+                  c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+                  c0_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c0_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r1[kk]);
+                  c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+                  c1_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c1_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r2[kk]);
+                  c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+                  c2_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c2_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r3[kk]);
+                  c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+                  c3_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c3_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r4[kk]);
+                  c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+                  c4_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c4_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r5[kk]);
+                  c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
+                  c5_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c5_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r6[kk]);
+                  c6_0 = _mm512_fmadd_ps(a, b0, c6_0);
+                  c6_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c6_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r7[kk]);
+                  c7_0 = _mm512_fmadd_ps(a, b0, c7_0);
+                  c7_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c7_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r8[kk]);
+                  c8_0 = _mm512_fmadd_ps(a, b0, c8_0);
+                  c8_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c8_1);
+                }
+            }
         }
-        { const __m512 a = _mm512_set1_ps(r2[kk]);
-          c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
-          c2_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c2_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r3[kk]);
-          c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
-          c3_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c3_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r4[kk]);
-          c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
-          c4_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c4_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r5[kk]);
-          c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
-          c5_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c5_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r6[kk]);
-          c6_0 = _mm512_fmadd_ps(a, b0, c6_0);
-          c6_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c6_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r7[kk]);
-          c7_0 = _mm512_fmadd_ps(a, b0, c7_0);
-          c7_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c7_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r8[kk]);
-          c8_0 = _mm512_fmadd_ps(a, b0, c8_0);
-          c8_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c8_1);
-        }
-    }
-    if (K > K1) {
-        const long n = K - K1;
-        const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n, *r6 = a2[6] + n, *r7 = a2[7] + n, *r8 = a2[8] + n;
+    } else {
+        const long n = K1;
+        const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n, *r6 = a1[6] + n, *r7 = a1[7] + n, *r8 = a1[8] + n;
         for (long kk = -n; kk != 0; kk++, pk += 24) {
             const __m512 b0 = _mm512_loadu_ps(pk + 0);
             const __m256 b1 = _mm256_loadu_ps(pk + 16);
@@ -2402,6 +4018,50 @@ static void rec_z24_9(int K1, int K, const float *const *a1, const float *const 
               c8_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c8_1);
             }
         }
+        if (K > K1) {
+            const long n = K - K1;
+            const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n, *r6 = a2[6] + n, *r7 = a2[7] + n, *r8 = a2[8] + n;
+            for (long kk = -n; kk != 0; kk++, pk += 24) {
+                const __m512 b0 = _mm512_loadu_ps(pk + 0);
+                const __m256 b1 = _mm256_loadu_ps(pk + 16);
+                { const __m512 a = _mm512_set1_ps(r0[kk]);
+                  c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+                  c0_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c0_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r1[kk]);
+                  c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+                  c1_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c1_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r2[kk]);
+                  c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+                  c2_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c2_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r3[kk]);
+                  c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+                  c3_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c3_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r4[kk]);
+                  c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+                  c4_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c4_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r5[kk]);
+                  c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
+                  c5_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c5_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r6[kk]);
+                  c6_0 = _mm512_fmadd_ps(a, b0, c6_0);
+                  c6_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c6_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r7[kk]);
+                  c7_0 = _mm512_fmadd_ps(a, b0, c7_0);
+                  c7_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c7_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r8[kk]);
+                  c8_0 = _mm512_fmadd_ps(a, b0, c8_0);
+                  c8_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c8_1);
+                }
+            }
+        }
     }
     _mm512_storeu_ps(out + 0, c0_0);
     _mm256_storeu_ps(out + 16, c0_1);
@@ -2424,59 +4084,113 @@ static void rec_z24_9(int K1, int K, const float *const *a1, const float *const 
 }
 
 static void rec_z24_10(int K1, int K, const float *const *a1, const float *const *a2,
-                        const float *panel, float *out) {
+                        const float *panel, float *out, const float *pf) {
     __m512 c0_0 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c2_0 = _mm512_setzero_ps(), c3_0 = _mm512_setzero_ps(), c4_0 = _mm512_setzero_ps(), c5_0 = _mm512_setzero_ps(), c6_0 = _mm512_setzero_ps(), c7_0 = _mm512_setzero_ps(), c8_0 = _mm512_setzero_ps(), c9_0 = _mm512_setzero_ps();
     __m256 c0_1 = _mm256_setzero_ps(), c1_1 = _mm256_setzero_ps(), c2_1 = _mm256_setzero_ps(), c3_1 = _mm256_setzero_ps(), c4_1 = _mm256_setzero_ps(), c5_1 = _mm256_setzero_ps(), c6_1 = _mm256_setzero_ps(), c7_1 = _mm256_setzero_ps(), c8_1 = _mm256_setzero_ps(), c9_1 = _mm256_setzero_ps();
     const float *pk = panel;
-    const long n = K1;
-    const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n, *r6 = a1[6] + n, *r7 = a1[7] + n, *r8 = a1[8] + n, *r9 = a1[9] + n;
-    for (long kk = -n; kk != 0; kk++, pk += 24) {
-        const __m512 b0 = _mm512_loadu_ps(pk + 0);
-        const __m256 b1 = _mm256_loadu_ps(pk + 16);
-        { const __m512 a = _mm512_set1_ps(r0[kk]);
-          c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
-          c0_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c0_1);
+    if (pf) {
+        const ptrdiff_t pd = pf - panel;
+        const long n = K1;
+        const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n, *r6 = a1[6] + n, *r7 = a1[7] + n, *r8 = a1[8] + n, *r9 = a1[9] + n;
+        for (long kk = -n; kk != 0; kk++, pk += 24) {
+            _mm_prefetch((const char *)(pk + pd + 0), _MM_HINT_T1);
+            _mm_prefetch((const char *)(pk + pd + 16), _MM_HINT_T1);
+            const __m512 b0 = _mm512_loadu_ps(pk + 0);
+            const __m256 b1 = _mm256_loadu_ps(pk + 16);
+            { const __m512 a = _mm512_set1_ps(r0[kk]);
+              c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+              c0_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c0_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r1[kk]);
+              c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+              c1_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c1_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r2[kk]);
+              c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+              c2_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c2_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r3[kk]);
+              c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+              c3_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c3_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r4[kk]);
+              c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+              c4_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c4_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r5[kk]);
+              c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
+              c5_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c5_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r6[kk]);
+              c6_0 = _mm512_fmadd_ps(a, b0, c6_0);
+              c6_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c6_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r7[kk]);
+              c7_0 = _mm512_fmadd_ps(a, b0, c7_0);
+              c7_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c7_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r8[kk]);
+              c8_0 = _mm512_fmadd_ps(a, b0, c8_0);
+              c8_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c8_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r9[kk]);
+              c9_0 = _mm512_fmadd_ps(a, b0, c9_0);
+              c9_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c9_1);
+            }
         }
-        { const __m512 a = _mm512_set1_ps(r1[kk]);
-          c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
-          c1_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c1_1);
+        if (K > K1) {
+            const long n = K - K1;
+            const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n, *r6 = a2[6] + n, *r7 = a2[7] + n, *r8 = a2[8] + n, *r9 = a2[9] + n;
+            for (long kk = -n; kk != 0; kk++, pk += 24) {
+                _mm_prefetch((const char *)(pk + pd + 0), _MM_HINT_T1);
+                _mm_prefetch((const char *)(pk + pd + 16), _MM_HINT_T1);
+                const __m512 b0 = _mm512_loadu_ps(pk + 0);
+                const __m256 b1 = _mm256_loadu_ps(pk + 16);
+                { const __m512 a = _mm512_set1_ps(r0[kk]);
+                  c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+                  c0_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c0_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r1[kk]);
+                  c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+                  c1_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c1_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r2[kk]);
+                  c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+                  c2_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c2_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r3[kk]);
+                  c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+                  c3_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c3_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r4[kk]);
+                  c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+                  c4_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c4_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r5[kk]);
+                  c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
+                  c5_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c5_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r6[kk]);
+                  c6_0 = _mm512_fmadd_ps(a, b0, c6_0);
+                  c6_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c6_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r7[kk]);
+                  c7_0 = _mm512_fmadd_ps(a, b0, c7_0);
+                  c7_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c7_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r8[kk]);
+                  c8_0 = _mm512_fmadd_ps(a, b0, c8_0);
+                  c8_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c8_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r9[kk]);
+                  c9_0 = _mm512_fmadd_ps(a, b0, c9_0);
+                  c9_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c9_1);
+                }
+            }
         }
-        { const __m512 a = _mm512_set1_ps(r2[kk]);
-          c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
-          c2_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c2_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r3[kk]);
-          c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
-          c3_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c3_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r4[kk]);
-          c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
-          c4_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c4_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r5[kk]);
-          c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
-          c5_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c5_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r6[kk]);
-          c6_0 = _mm512_fmadd_ps(a, b0, c6_0);
-          c6_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c6_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r7[kk]);
-          c7_0 = _mm512_fmadd_ps(a, b0, c7_0);
-          c7_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c7_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r8[kk]);
-          c8_0 = _mm512_fmadd_ps(a, b0, c8_0);
-          c8_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c8_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r9[kk]);
-          c9_0 = _mm512_fmadd_ps(a, b0, c9_0);
-          c9_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c9_1);
-        }
-    }
-    if (K > K1) {
-        const long n = K - K1;
-        const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n, *r6 = a2[6] + n, *r7 = a2[7] + n, *r8 = a2[8] + n, *r9 = a2[9] + n;
+    } else {
+        const long n = K1;
+        const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n, *r6 = a1[6] + n, *r7 = a1[7] + n, *r8 = a1[8] + n, *r9 = a1[9] + n;
         for (long kk = -n; kk != 0; kk++, pk += 24) {
             const __m512 b0 = _mm512_loadu_ps(pk + 0);
             const __m256 b1 = _mm256_loadu_ps(pk + 16);
@@ -2521,6 +4235,54 @@ static void rec_z24_10(int K1, int K, const float *const *a1, const float *const
               c9_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c9_1);
             }
         }
+        if (K > K1) {
+            const long n = K - K1;
+            const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n, *r6 = a2[6] + n, *r7 = a2[7] + n, *r8 = a2[8] + n, *r9 = a2[9] + n;
+            for (long kk = -n; kk != 0; kk++, pk += 24) {
+                const __m512 b0 = _mm512_loadu_ps(pk + 0);
+                const __m256 b1 = _mm256_loadu_ps(pk + 16);
+                { const __m512 a = _mm512_set1_ps(r0[kk]);
+                  c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+                  c0_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c0_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r1[kk]);
+                  c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+                  c1_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c1_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r2[kk]);
+                  c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+                  c2_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c2_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r3[kk]);
+                  c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+                  c3_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c3_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r4[kk]);
+                  c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+                  c4_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c4_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r5[kk]);
+                  c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
+                  c5_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c5_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r6[kk]);
+                  c6_0 = _mm512_fmadd_ps(a, b0, c6_0);
+                  c6_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c6_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r7[kk]);
+                  c7_0 = _mm512_fmadd_ps(a, b0, c7_0);
+                  c7_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c7_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r8[kk]);
+                  c8_0 = _mm512_fmadd_ps(a, b0, c8_0);
+                  c8_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c8_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r9[kk]);
+                  c9_0 = _mm512_fmadd_ps(a, b0, c9_0);
+                  c9_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c9_1);
+                }
+            }
+        }
     }
     _mm512_storeu_ps(out + 0, c0_0);
     _mm256_storeu_ps(out + 16, c0_1);
@@ -2545,63 +4307,121 @@ static void rec_z24_10(int K1, int K, const float *const *a1, const float *const
 }
 
 static void rec_z24_11(int K1, int K, const float *const *a1, const float *const *a2,
-                        const float *panel, float *out) {
+                        const float *panel, float *out, const float *pf) {
     __m512 c0_0 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c2_0 = _mm512_setzero_ps(), c3_0 = _mm512_setzero_ps(), c4_0 = _mm512_setzero_ps(), c5_0 = _mm512_setzero_ps(), c6_0 = _mm512_setzero_ps(), c7_0 = _mm512_setzero_ps(), c8_0 = _mm512_setzero_ps(), c9_0 = _mm512_setzero_ps(), c10_0 = _mm512_setzero_ps();
     __m256 c0_1 = _mm256_setzero_ps(), c1_1 = _mm256_setzero_ps(), c2_1 = _mm256_setzero_ps(), c3_1 = _mm256_setzero_ps(), c4_1 = _mm256_setzero_ps(), c5_1 = _mm256_setzero_ps(), c6_1 = _mm256_setzero_ps(), c7_1 = _mm256_setzero_ps(), c8_1 = _mm256_setzero_ps(), c9_1 = _mm256_setzero_ps(), c10_1 = _mm256_setzero_ps();
     const float *pk = panel;
-    const long n = K1;
-    const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n, *r6 = a1[6] + n, *r7 = a1[7] + n, *r8 = a1[8] + n, *r9 = a1[9] + n, *r10 = a1[10] + n;
-    for (long kk = -n; kk != 0; kk++, pk += 24) {
-        const __m512 b0 = _mm512_loadu_ps(pk + 0);
-        const __m256 b1 = _mm256_loadu_ps(pk + 16);
-        { const __m512 a = _mm512_set1_ps(r0[kk]);
-          c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
-          c0_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c0_1);
+    if (pf) {
+        const ptrdiff_t pd = pf - panel;
+        const long n = K1;
+        const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n, *r6 = a1[6] + n, *r7 = a1[7] + n, *r8 = a1[8] + n, *r9 = a1[9] + n, *r10 = a1[10] + n;
+        for (long kk = -n; kk != 0; kk++, pk += 24) {
+            _mm_prefetch((const char *)(pk + pd + 0), _MM_HINT_T1);
+            _mm_prefetch((const char *)(pk + pd + 16), _MM_HINT_T1);
+            const __m512 b0 = _mm512_loadu_ps(pk + 0);
+            const __m256 b1 = _mm256_loadu_ps(pk + 16);
+            { const __m512 a = _mm512_set1_ps(r0[kk]);
+              c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+              c0_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c0_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r1[kk]);
+              c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+              c1_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c1_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r2[kk]);
+              c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+              c2_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c2_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r3[kk]);
+              c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+              c3_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c3_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r4[kk]);
+              c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+              c4_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c4_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r5[kk]);
+              c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
+              c5_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c5_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r6[kk]);
+              c6_0 = _mm512_fmadd_ps(a, b0, c6_0);
+              c6_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c6_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r7[kk]);
+              c7_0 = _mm512_fmadd_ps(a, b0, c7_0);
+              c7_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c7_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r8[kk]);
+              c8_0 = _mm512_fmadd_ps(a, b0, c8_0);
+              c8_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c8_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r9[kk]);
+              c9_0 = _mm512_fmadd_ps(a, b0, c9_0);
+              c9_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c9_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r10[kk]);
+              c10_0 = _mm512_fmadd_ps(a, b0, c10_0);
+              c10_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c10_1);
+            }
         }
-        { const __m512 a = _mm512_set1_ps(r1[kk]);
-          c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
-          c1_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c1_1);
+        if (K > K1) {
+            const long n = K - K1;
+            const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n, *r6 = a2[6] + n, *r7 = a2[7] + n, *r8 = a2[8] + n, *r9 = a2[9] + n, *r10 = a2[10] + n;
+            for (long kk = -n; kk != 0; kk++, pk += 24) {
+                _mm_prefetch((const char *)(pk + pd + 0), _MM_HINT_T1);
+                _mm_prefetch((const char *)(pk + pd + 16), _MM_HINT_T1);
+                const __m512 b0 = _mm512_loadu_ps(pk + 0);
+                const __m256 b1 = _mm256_loadu_ps(pk + 16);
+                { const __m512 a = _mm512_set1_ps(r0[kk]);
+                  c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+                  c0_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c0_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r1[kk]);
+                  c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+                  c1_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c1_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r2[kk]);
+                  c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+                  c2_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c2_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r3[kk]);
+                  c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+                  c3_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c3_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r4[kk]);
+                  c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+                  c4_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c4_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r5[kk]);
+                  c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
+                  c5_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c5_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r6[kk]);
+                  c6_0 = _mm512_fmadd_ps(a, b0, c6_0);
+                  c6_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c6_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r7[kk]);
+                  c7_0 = _mm512_fmadd_ps(a, b0, c7_0);
+                  c7_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c7_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r8[kk]);
+                  c8_0 = _mm512_fmadd_ps(a, b0, c8_0);
+                  c8_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c8_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r9[kk]);
+                  c9_0 = _mm512_fmadd_ps(a, b0, c9_0);
+                  c9_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c9_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r10[kk]);
+                  c10_0 = _mm512_fmadd_ps(a, b0, c10_0);
+                  c10_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c10_1);
+                }
+            }
         }
-        { const __m512 a = _mm512_set1_ps(r2[kk]);
-          c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
-          c2_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c2_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r3[kk]);
-          c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
-          c3_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c3_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r4[kk]);
-          c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
-          c4_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c4_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r5[kk]);
-          c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
-          c5_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c5_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r6[kk]);
-          c6_0 = _mm512_fmadd_ps(a, b0, c6_0);
-          c6_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c6_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r7[kk]);
-          c7_0 = _mm512_fmadd_ps(a, b0, c7_0);
-          c7_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c7_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r8[kk]);
-          c8_0 = _mm512_fmadd_ps(a, b0, c8_0);
-          c8_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c8_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r9[kk]);
-          c9_0 = _mm512_fmadd_ps(a, b0, c9_0);
-          c9_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c9_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r10[kk]);
-          c10_0 = _mm512_fmadd_ps(a, b0, c10_0);
-          c10_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c10_1);
-        }
-    }
-    if (K > K1) {
-        const long n = K - K1;
-        const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n, *r6 = a2[6] + n, *r7 = a2[7] + n, *r8 = a2[8] + n, *r9 = a2[9] + n, *r10 = a2[10] + n;
+    } else {
+        const long n = K1;
+        const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n, *r6 = a1[6] + n, *r7 = a1[7] + n, *r8 = a1[8] + n, *r9 = a1[9] + n, *r10 = a1[10] + n;
         for (long kk = -n; kk != 0; kk++, pk += 24) {
             const __m512 b0 = _mm512_loadu_ps(pk + 0);
             const __m256 b1 = _mm256_loadu_ps(pk + 16);
@@ -2650,6 +4470,58 @@ static void rec_z24_11(int K1, int K, const float *const *a1, const float *const
               c10_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c10_1);
             }
         }
+        if (K > K1) {
+            const long n = K - K1;
+            const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n, *r6 = a2[6] + n, *r7 = a2[7] + n, *r8 = a2[8] + n, *r9 = a2[9] + n, *r10 = a2[10] + n;
+            for (long kk = -n; kk != 0; kk++, pk += 24) {
+                const __m512 b0 = _mm512_loadu_ps(pk + 0);
+                const __m256 b1 = _mm256_loadu_ps(pk + 16);
+                { const __m512 a = _mm512_set1_ps(r0[kk]);
+                  c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+                  c0_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c0_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r1[kk]);
+                  c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+                  c1_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c1_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r2[kk]);
+                  c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+                  c2_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c2_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r3[kk]);
+                  c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+                  c3_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c3_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r4[kk]);
+                  c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+                  c4_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c4_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r5[kk]);
+                  c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
+                  c5_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c5_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r6[kk]);
+                  c6_0 = _mm512_fmadd_ps(a, b0, c6_0);
+                  c6_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c6_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r7[kk]);
+                  c7_0 = _mm512_fmadd_ps(a, b0, c7_0);
+                  c7_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c7_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r8[kk]);
+                  c8_0 = _mm512_fmadd_ps(a, b0, c8_0);
+                  c8_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c8_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r9[kk]);
+                  c9_0 = _mm512_fmadd_ps(a, b0, c9_0);
+                  c9_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c9_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r10[kk]);
+                  c10_0 = _mm512_fmadd_ps(a, b0, c10_0);
+                  c10_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c10_1);
+                }
+            }
+        }
     }
     _mm512_storeu_ps(out + 0, c0_0);
     _mm256_storeu_ps(out + 16, c0_1);
@@ -2676,67 +4548,129 @@ static void rec_z24_11(int K1, int K, const float *const *a1, const float *const
 }
 
 static void rec_z24_12(int K1, int K, const float *const *a1, const float *const *a2,
-                        const float *panel, float *out) {
+                        const float *panel, float *out, const float *pf) {
     __m512 c0_0 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c2_0 = _mm512_setzero_ps(), c3_0 = _mm512_setzero_ps(), c4_0 = _mm512_setzero_ps(), c5_0 = _mm512_setzero_ps(), c6_0 = _mm512_setzero_ps(), c7_0 = _mm512_setzero_ps(), c8_0 = _mm512_setzero_ps(), c9_0 = _mm512_setzero_ps(), c10_0 = _mm512_setzero_ps(), c11_0 = _mm512_setzero_ps();
     __m256 c0_1 = _mm256_setzero_ps(), c1_1 = _mm256_setzero_ps(), c2_1 = _mm256_setzero_ps(), c3_1 = _mm256_setzero_ps(), c4_1 = _mm256_setzero_ps(), c5_1 = _mm256_setzero_ps(), c6_1 = _mm256_setzero_ps(), c7_1 = _mm256_setzero_ps(), c8_1 = _mm256_setzero_ps(), c9_1 = _mm256_setzero_ps(), c10_1 = _mm256_setzero_ps(), c11_1 = _mm256_setzero_ps();
     const float *pk = panel;
-    const long n = K1;
-    const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n, *r6 = a1[6] + n, *r7 = a1[7] + n, *r8 = a1[8] + n, *r9 = a1[9] + n, *r10 = a1[10] + n, *r11 = a1[11] + n;
-    for (long kk = -n; kk != 0; kk++, pk += 24) {
-        const __m512 b0 = _mm512_loadu_ps(pk + 0);
-        const __m256 b1 = _mm256_loadu_ps(pk + 16);
-        { const __m512 a = _mm512_set1_ps(r0[kk]);
-          c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
-          c0_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c0_1);
+    if (pf) {
+        const ptrdiff_t pd = pf - panel;
+        const long n = K1;
+        const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n, *r6 = a1[6] + n, *r7 = a1[7] + n, *r8 = a1[8] + n, *r9 = a1[9] + n, *r10 = a1[10] + n, *r11 = a1[11] + n;
+        for (long kk = -n; kk != 0; kk++, pk += 24) {
+            _mm_prefetch((const char *)(pk + pd + 0), _MM_HINT_T1);
+            _mm_prefetch((const char *)(pk + pd + 16), _MM_HINT_T1);
+            const __m512 b0 = _mm512_loadu_ps(pk + 0);
+            const __m256 b1 = _mm256_loadu_ps(pk + 16);
+            { const __m512 a = _mm512_set1_ps(r0[kk]);
+              c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+              c0_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c0_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r1[kk]);
+              c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+              c1_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c1_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r2[kk]);
+              c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+              c2_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c2_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r3[kk]);
+              c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+              c3_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c3_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r4[kk]);
+              c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+              c4_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c4_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r5[kk]);
+              c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
+              c5_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c5_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r6[kk]);
+              c6_0 = _mm512_fmadd_ps(a, b0, c6_0);
+              c6_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c6_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r7[kk]);
+              c7_0 = _mm512_fmadd_ps(a, b0, c7_0);
+              c7_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c7_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r8[kk]);
+              c8_0 = _mm512_fmadd_ps(a, b0, c8_0);
+              c8_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c8_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r9[kk]);
+              c9_0 = _mm512_fmadd_ps(a, b0, c9_0);
+              c9_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c9_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r10[kk]);
+              c10_0 = _mm512_fmadd_ps(a, b0, c10_0);
+              c10_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c10_1);
+            }
+            { const __m512 a = _mm512_set1_ps(r11[kk]);
+              c11_0 = _mm512_fmadd_ps(a, b0, c11_0);
+              c11_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c11_1);
+            }
         }
-        { const __m512 a = _mm512_set1_ps(r1[kk]);
-          c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
-          c1_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c1_1);
+        if (K > K1) {
+            const long n = K - K1;
+            const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n, *r6 = a2[6] + n, *r7 = a2[7] + n, *r8 = a2[8] + n, *r9 = a2[9] + n, *r10 = a2[10] + n, *r11 = a2[11] + n;
+            for (long kk = -n; kk != 0; kk++, pk += 24) {
+                _mm_prefetch((const char *)(pk + pd + 0), _MM_HINT_T1);
+                _mm_prefetch((const char *)(pk + pd + 16), _MM_HINT_T1);
+                const __m512 b0 = _mm512_loadu_ps(pk + 0);
+                const __m256 b1 = _mm256_loadu_ps(pk + 16);
+                { const __m512 a = _mm512_set1_ps(r0[kk]);
+                  c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+                  c0_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c0_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r1[kk]);
+                  c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+                  c1_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c1_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r2[kk]);
+                  c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+                  c2_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c2_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r3[kk]);
+                  c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+                  c3_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c3_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r4[kk]);
+                  c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+                  c4_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c4_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r5[kk]);
+                  c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
+                  c5_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c5_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r6[kk]);
+                  c6_0 = _mm512_fmadd_ps(a, b0, c6_0);
+                  c6_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c6_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r7[kk]);
+                  c7_0 = _mm512_fmadd_ps(a, b0, c7_0);
+                  c7_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c7_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r8[kk]);
+                  c8_0 = _mm512_fmadd_ps(a, b0, c8_0);
+                  c8_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c8_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r9[kk]);
+                  c9_0 = _mm512_fmadd_ps(a, b0, c9_0);
+                  c9_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c9_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r10[kk]);
+                  c10_0 = _mm512_fmadd_ps(a, b0, c10_0);
+                  c10_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c10_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r11[kk]);
+                  c11_0 = _mm512_fmadd_ps(a, b0, c11_0);
+                  c11_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c11_1);
+                }
+            }
         }
-        { const __m512 a = _mm512_set1_ps(r2[kk]);
-          c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
-          c2_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c2_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r3[kk]);
-          c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
-          c3_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c3_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r4[kk]);
-          c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
-          c4_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c4_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r5[kk]);
-          c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
-          c5_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c5_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r6[kk]);
-          c6_0 = _mm512_fmadd_ps(a, b0, c6_0);
-          c6_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c6_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r7[kk]);
-          c7_0 = _mm512_fmadd_ps(a, b0, c7_0);
-          c7_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c7_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r8[kk]);
-          c8_0 = _mm512_fmadd_ps(a, b0, c8_0);
-          c8_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c8_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r9[kk]);
-          c9_0 = _mm512_fmadd_ps(a, b0, c9_0);
-          c9_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c9_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r10[kk]);
-          c10_0 = _mm512_fmadd_ps(a, b0, c10_0);
-          c10_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c10_1);
-        }
-        { const __m512 a = _mm512_set1_ps(r11[kk]);
-          c11_0 = _mm512_fmadd_ps(a, b0, c11_0);
-          c11_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c11_1);
-        }
-    }
-    if (K > K1) {
-        const long n = K - K1;
-        const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n, *r6 = a2[6] + n, *r7 = a2[7] + n, *r8 = a2[8] + n, *r9 = a2[9] + n, *r10 = a2[10] + n, *r11 = a2[11] + n;
+    } else {
+        const long n = K1;
+        const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n, *r6 = a1[6] + n, *r7 = a1[7] + n, *r8 = a1[8] + n, *r9 = a1[9] + n, *r10 = a1[10] + n, *r11 = a1[11] + n;
         for (long kk = -n; kk != 0; kk++, pk += 24) {
             const __m512 b0 = _mm512_loadu_ps(pk + 0);
             const __m256 b1 = _mm256_loadu_ps(pk + 16);
@@ -2789,6 +4723,62 @@ static void rec_z24_12(int K1, int K, const float *const *a1, const float *const
               c11_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c11_1);
             }
         }
+        if (K > K1) {
+            const long n = K - K1;
+            const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n, *r6 = a2[6] + n, *r7 = a2[7] + n, *r8 = a2[8] + n, *r9 = a2[9] + n, *r10 = a2[10] + n, *r11 = a2[11] + n;
+            for (long kk = -n; kk != 0; kk++, pk += 24) {
+                const __m512 b0 = _mm512_loadu_ps(pk + 0);
+                const __m256 b1 = _mm256_loadu_ps(pk + 16);
+                { const __m512 a = _mm512_set1_ps(r0[kk]);
+                  c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+                  c0_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c0_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r1[kk]);
+                  c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+                  c1_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c1_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r2[kk]);
+                  c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+                  c2_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c2_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r3[kk]);
+                  c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+                  c3_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c3_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r4[kk]);
+                  c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+                  c4_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c4_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r5[kk]);
+                  c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
+                  c5_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c5_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r6[kk]);
+                  c6_0 = _mm512_fmadd_ps(a, b0, c6_0);
+                  c6_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c6_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r7[kk]);
+                  c7_0 = _mm512_fmadd_ps(a, b0, c7_0);
+                  c7_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c7_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r8[kk]);
+                  c8_0 = _mm512_fmadd_ps(a, b0, c8_0);
+                  c8_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c8_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r9[kk]);
+                  c9_0 = _mm512_fmadd_ps(a, b0, c9_0);
+                  c9_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c9_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r10[kk]);
+                  c10_0 = _mm512_fmadd_ps(a, b0, c10_0);
+                  c10_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c10_1);
+                }
+                { const __m512 a = _mm512_set1_ps(r11[kk]);
+                  c11_0 = _mm512_fmadd_ps(a, b0, c11_0);
+                  c11_1 = _mm256_fmadd_ps(_mm512_castps512_ps256(a), b1, c11_1);
+                }
+            }
+        }
     }
     _mm512_storeu_ps(out + 0, c0_0);
     _mm256_storeu_ps(out + 16, c0_1);
@@ -2819,7 +4809,8 @@ static void rec_z24_12(int K1, int K, const float *const *a1, const float *const
 static const rec_z_fn rec_z24[Z_MR + 1] = {NULL, rec_z24_1, rec_z24_2, rec_z24_3, rec_z24_4, rec_z24_5, rec_z24_6, rec_z24_7, rec_z24_8, rec_z24_9, rec_z24_10, rec_z24_11, rec_z24_12};
 
 static void rec_z16_1(int K1, int K, const float *const *a1, const float *const *a2,
-                        const float *panel, float *out) {
+                        const float *panel, float *out, const float *pf) {
+    (void)pf;
     __m512 c0_0 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c2_0 = _mm512_setzero_ps(), c3_0 = _mm512_setzero_ps();
     const float *pk = panel;
     const float *a = a1[0];
@@ -2870,9 +4861,10 @@ static void rec_z16_1(int K1, int K, const float *const *a1, const float *const 
 }
 
 static void rec_z16_2(int K1, int K, const float *const *a1, const float *const *a2,
-                        const float *panel, float *out) {
+                        const float *panel, float *out, const float *pf) {
     __m512 c0_0 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps();
     const float *pk = panel;
+    (void)pf;
     const long n = K1;
     const float *r0 = a1[0] + n, *r1 = a1[1] + n;
     for (long kk = -n; kk != 0; kk++, pk += 16) {
@@ -2902,9 +4894,10 @@ static void rec_z16_2(int K1, int K, const float *const *a1, const float *const 
 }
 
 static void rec_z16_3(int K1, int K, const float *const *a1, const float *const *a2,
-                        const float *panel, float *out) {
+                        const float *panel, float *out, const float *pf) {
     __m512 c0_0 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c2_0 = _mm512_setzero_ps();
     const float *pk = panel;
+    (void)pf;
     const long n = K1;
     const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n;
     for (long kk = -n; kk != 0; kk++, pk += 16) {
@@ -2941,29 +4934,52 @@ static void rec_z16_3(int K1, int K, const float *const *a1, const float *const 
 }
 
 static void rec_z16_4(int K1, int K, const float *const *a1, const float *const *a2,
-                        const float *panel, float *out) {
+                        const float *panel, float *out, const float *pf) {
     __m512 c0_0 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c2_0 = _mm512_setzero_ps(), c3_0 = _mm512_setzero_ps();
     const float *pk = panel;
-    const long n = K1;
-    const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n;
-    for (long kk = -n; kk != 0; kk++, pk += 16) {
-        const __m512 b0 = _mm512_loadu_ps(pk + 0);
-        { const __m512 a = _mm512_set1_ps(r0[kk]);
-          c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+    if (pf) {
+        const ptrdiff_t pd = pf - panel;
+        const long n = K1;
+        const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n;
+        for (long kk = -n; kk != 0; kk++, pk += 16) {
+            _mm_prefetch((const char *)(pk + pd + 0), _MM_HINT_T1);
+            const __m512 b0 = _mm512_loadu_ps(pk + 0);
+            { const __m512 a = _mm512_set1_ps(r0[kk]);
+              c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+            }
+            { const __m512 a = _mm512_set1_ps(r1[kk]);
+              c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+            }
+            { const __m512 a = _mm512_set1_ps(r2[kk]);
+              c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+            }
+            { const __m512 a = _mm512_set1_ps(r3[kk]);
+              c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+            }
         }
-        { const __m512 a = _mm512_set1_ps(r1[kk]);
-          c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+        if (K > K1) {
+            const long n = K - K1;
+            const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n;
+            for (long kk = -n; kk != 0; kk++, pk += 16) {
+                _mm_prefetch((const char *)(pk + pd + 0), _MM_HINT_T1);
+                const __m512 b0 = _mm512_loadu_ps(pk + 0);
+                { const __m512 a = _mm512_set1_ps(r0[kk]);
+                  c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r1[kk]);
+                  c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r2[kk]);
+                  c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r3[kk]);
+                  c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+                }
+            }
         }
-        { const __m512 a = _mm512_set1_ps(r2[kk]);
-          c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
-        }
-        { const __m512 a = _mm512_set1_ps(r3[kk]);
-          c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
-        }
-    }
-    if (K > K1) {
-        const long n = K - K1;
-        const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n;
+    } else {
+        const long n = K1;
+        const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n;
         for (long kk = -n; kk != 0; kk++, pk += 16) {
             const __m512 b0 = _mm512_loadu_ps(pk + 0);
             { const __m512 a = _mm512_set1_ps(r0[kk]);
@@ -2979,6 +4995,25 @@ static void rec_z16_4(int K1, int K, const float *const *a1, const float *const 
               c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
             }
         }
+        if (K > K1) {
+            const long n = K - K1;
+            const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n;
+            for (long kk = -n; kk != 0; kk++, pk += 16) {
+                const __m512 b0 = _mm512_loadu_ps(pk + 0);
+                { const __m512 a = _mm512_set1_ps(r0[kk]);
+                  c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r1[kk]);
+                  c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r2[kk]);
+                  c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r3[kk]);
+                  c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+                }
+            }
+        }
     }
     _mm512_storeu_ps(out + 0, c0_0);
     _mm512_storeu_ps(out + 16, c1_0);
@@ -2987,32 +5022,58 @@ static void rec_z16_4(int K1, int K, const float *const *a1, const float *const 
 }
 
 static void rec_z16_5(int K1, int K, const float *const *a1, const float *const *a2,
-                        const float *panel, float *out) {
+                        const float *panel, float *out, const float *pf) {
     __m512 c0_0 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c2_0 = _mm512_setzero_ps(), c3_0 = _mm512_setzero_ps(), c4_0 = _mm512_setzero_ps();
     const float *pk = panel;
-    const long n = K1;
-    const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n;
-    for (long kk = -n; kk != 0; kk++, pk += 16) {
-        const __m512 b0 = _mm512_loadu_ps(pk + 0);
-        { const __m512 a = _mm512_set1_ps(r0[kk]);
-          c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+    if (pf) {
+        const ptrdiff_t pd = pf - panel;
+        const long n = K1;
+        const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n;
+        for (long kk = -n; kk != 0; kk++, pk += 16) {
+            _mm_prefetch((const char *)(pk + pd + 0), _MM_HINT_T1);
+            const __m512 b0 = _mm512_loadu_ps(pk + 0);
+            { const __m512 a = _mm512_set1_ps(r0[kk]);
+              c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+            }
+            { const __m512 a = _mm512_set1_ps(r1[kk]);
+              c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+            }
+            { const __m512 a = _mm512_set1_ps(r2[kk]);
+              c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+            }
+            { const __m512 a = _mm512_set1_ps(r3[kk]);
+              c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+            }
+            { const __m512 a = _mm512_set1_ps(r4[kk]);
+              c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+            }
         }
-        { const __m512 a = _mm512_set1_ps(r1[kk]);
-          c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+        if (K > K1) {
+            const long n = K - K1;
+            const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n;
+            for (long kk = -n; kk != 0; kk++, pk += 16) {
+                _mm_prefetch((const char *)(pk + pd + 0), _MM_HINT_T1);
+                const __m512 b0 = _mm512_loadu_ps(pk + 0);
+                { const __m512 a = _mm512_set1_ps(r0[kk]);
+                  c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r1[kk]);
+                  c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r2[kk]);
+                  c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r3[kk]);
+                  c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r4[kk]);
+                  c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+                }
+            }
         }
-        { const __m512 a = _mm512_set1_ps(r2[kk]);
-          c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
-        }
-        { const __m512 a = _mm512_set1_ps(r3[kk]);
-          c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
-        }
-        { const __m512 a = _mm512_set1_ps(r4[kk]);
-          c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
-        }
-    }
-    if (K > K1) {
-        const long n = K - K1;
-        const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n;
+    } else {
+        const long n = K1;
+        const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n;
         for (long kk = -n; kk != 0; kk++, pk += 16) {
             const __m512 b0 = _mm512_loadu_ps(pk + 0);
             { const __m512 a = _mm512_set1_ps(r0[kk]);
@@ -3031,6 +5092,28 @@ static void rec_z16_5(int K1, int K, const float *const *a1, const float *const 
               c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
             }
         }
+        if (K > K1) {
+            const long n = K - K1;
+            const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n;
+            for (long kk = -n; kk != 0; kk++, pk += 16) {
+                const __m512 b0 = _mm512_loadu_ps(pk + 0);
+                { const __m512 a = _mm512_set1_ps(r0[kk]);
+                  c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r1[kk]);
+                  c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r2[kk]);
+                  c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r3[kk]);
+                  c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r4[kk]);
+                  c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+                }
+            }
+        }
     }
     _mm512_storeu_ps(out + 0, c0_0);
     _mm512_storeu_ps(out + 16, c1_0);
@@ -3040,35 +5123,64 @@ static void rec_z16_5(int K1, int K, const float *const *a1, const float *const 
 }
 
 static void rec_z16_6(int K1, int K, const float *const *a1, const float *const *a2,
-                        const float *panel, float *out) {
+                        const float *panel, float *out, const float *pf) {
     __m512 c0_0 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c2_0 = _mm512_setzero_ps(), c3_0 = _mm512_setzero_ps(), c4_0 = _mm512_setzero_ps(), c5_0 = _mm512_setzero_ps();
     const float *pk = panel;
-    const long n = K1;
-    const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n;
-    for (long kk = -n; kk != 0; kk++, pk += 16) {
-        const __m512 b0 = _mm512_loadu_ps(pk + 0);
-        { const __m512 a = _mm512_set1_ps(r0[kk]);
-          c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+    if (pf) {
+        const ptrdiff_t pd = pf - panel;
+        const long n = K1;
+        const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n;
+        for (long kk = -n; kk != 0; kk++, pk += 16) {
+            _mm_prefetch((const char *)(pk + pd + 0), _MM_HINT_T1);
+            const __m512 b0 = _mm512_loadu_ps(pk + 0);
+            { const __m512 a = _mm512_set1_ps(r0[kk]);
+              c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+            }
+            { const __m512 a = _mm512_set1_ps(r1[kk]);
+              c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+            }
+            { const __m512 a = _mm512_set1_ps(r2[kk]);
+              c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+            }
+            { const __m512 a = _mm512_set1_ps(r3[kk]);
+              c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+            }
+            { const __m512 a = _mm512_set1_ps(r4[kk]);
+              c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+            }
+            { const __m512 a = _mm512_set1_ps(r5[kk]);
+              c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
+            }
         }
-        { const __m512 a = _mm512_set1_ps(r1[kk]);
-          c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+        if (K > K1) {
+            const long n = K - K1;
+            const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n;
+            for (long kk = -n; kk != 0; kk++, pk += 16) {
+                _mm_prefetch((const char *)(pk + pd + 0), _MM_HINT_T1);
+                const __m512 b0 = _mm512_loadu_ps(pk + 0);
+                { const __m512 a = _mm512_set1_ps(r0[kk]);
+                  c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r1[kk]);
+                  c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r2[kk]);
+                  c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r3[kk]);
+                  c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r4[kk]);
+                  c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r5[kk]);
+                  c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
+                }
+            }
         }
-        { const __m512 a = _mm512_set1_ps(r2[kk]);
-          c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
-        }
-        { const __m512 a = _mm512_set1_ps(r3[kk]);
-          c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
-        }
-        { const __m512 a = _mm512_set1_ps(r4[kk]);
-          c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
-        }
-        { const __m512 a = _mm512_set1_ps(r5[kk]);
-          c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
-        }
-    }
-    if (K > K1) {
-        const long n = K - K1;
-        const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n;
+    } else {
+        const long n = K1;
+        const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n;
         for (long kk = -n; kk != 0; kk++, pk += 16) {
             const __m512 b0 = _mm512_loadu_ps(pk + 0);
             { const __m512 a = _mm512_set1_ps(r0[kk]);
@@ -3090,6 +5202,31 @@ static void rec_z16_6(int K1, int K, const float *const *a1, const float *const 
               c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
             }
         }
+        if (K > K1) {
+            const long n = K - K1;
+            const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n;
+            for (long kk = -n; kk != 0; kk++, pk += 16) {
+                const __m512 b0 = _mm512_loadu_ps(pk + 0);
+                { const __m512 a = _mm512_set1_ps(r0[kk]);
+                  c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r1[kk]);
+                  c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r2[kk]);
+                  c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r3[kk]);
+                  c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r4[kk]);
+                  c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r5[kk]);
+                  c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
+                }
+            }
+        }
     }
     _mm512_storeu_ps(out + 0, c0_0);
     _mm512_storeu_ps(out + 16, c1_0);
@@ -3100,38 +5237,70 @@ static void rec_z16_6(int K1, int K, const float *const *a1, const float *const 
 }
 
 static void rec_z16_7(int K1, int K, const float *const *a1, const float *const *a2,
-                        const float *panel, float *out) {
+                        const float *panel, float *out, const float *pf) {
     __m512 c0_0 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c2_0 = _mm512_setzero_ps(), c3_0 = _mm512_setzero_ps(), c4_0 = _mm512_setzero_ps(), c5_0 = _mm512_setzero_ps(), c6_0 = _mm512_setzero_ps();
     const float *pk = panel;
-    const long n = K1;
-    const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n, *r6 = a1[6] + n;
-    for (long kk = -n; kk != 0; kk++, pk += 16) {
-        const __m512 b0 = _mm512_loadu_ps(pk + 0);
-        { const __m512 a = _mm512_set1_ps(r0[kk]);
-          c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+    if (pf) {
+        const ptrdiff_t pd = pf - panel;
+        const long n = K1;
+        const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n, *r6 = a1[6] + n;
+        for (long kk = -n; kk != 0; kk++, pk += 16) {
+            _mm_prefetch((const char *)(pk + pd + 0), _MM_HINT_T1);
+            const __m512 b0 = _mm512_loadu_ps(pk + 0);
+            { const __m512 a = _mm512_set1_ps(r0[kk]);
+              c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+            }
+            { const __m512 a = _mm512_set1_ps(r1[kk]);
+              c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+            }
+            { const __m512 a = _mm512_set1_ps(r2[kk]);
+              c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+            }
+            { const __m512 a = _mm512_set1_ps(r3[kk]);
+              c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+            }
+            { const __m512 a = _mm512_set1_ps(r4[kk]);
+              c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+            }
+            { const __m512 a = _mm512_set1_ps(r5[kk]);
+              c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
+            }
+            { const __m512 a = _mm512_set1_ps(r6[kk]);
+              c6_0 = _mm512_fmadd_ps(a, b0, c6_0);
+            }
         }
-        { const __m512 a = _mm512_set1_ps(r1[kk]);
-          c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+        if (K > K1) {
+            const long n = K - K1;
+            const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n, *r6 = a2[6] + n;
+            for (long kk = -n; kk != 0; kk++, pk += 16) {
+                _mm_prefetch((const char *)(pk + pd + 0), _MM_HINT_T1);
+                const __m512 b0 = _mm512_loadu_ps(pk + 0);
+                { const __m512 a = _mm512_set1_ps(r0[kk]);
+                  c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r1[kk]);
+                  c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r2[kk]);
+                  c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r3[kk]);
+                  c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r4[kk]);
+                  c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r5[kk]);
+                  c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r6[kk]);
+                  c6_0 = _mm512_fmadd_ps(a, b0, c6_0);
+                }
+            }
         }
-        { const __m512 a = _mm512_set1_ps(r2[kk]);
-          c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
-        }
-        { const __m512 a = _mm512_set1_ps(r3[kk]);
-          c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
-        }
-        { const __m512 a = _mm512_set1_ps(r4[kk]);
-          c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
-        }
-        { const __m512 a = _mm512_set1_ps(r5[kk]);
-          c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
-        }
-        { const __m512 a = _mm512_set1_ps(r6[kk]);
-          c6_0 = _mm512_fmadd_ps(a, b0, c6_0);
-        }
-    }
-    if (K > K1) {
-        const long n = K - K1;
-        const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n, *r6 = a2[6] + n;
+    } else {
+        const long n = K1;
+        const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n, *r6 = a1[6] + n;
         for (long kk = -n; kk != 0; kk++, pk += 16) {
             const __m512 b0 = _mm512_loadu_ps(pk + 0);
             { const __m512 a = _mm512_set1_ps(r0[kk]);
@@ -3156,6 +5325,34 @@ static void rec_z16_7(int K1, int K, const float *const *a1, const float *const 
               c6_0 = _mm512_fmadd_ps(a, b0, c6_0);
             }
         }
+        if (K > K1) {
+            const long n = K - K1;
+            const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n, *r6 = a2[6] + n;
+            for (long kk = -n; kk != 0; kk++, pk += 16) {
+                const __m512 b0 = _mm512_loadu_ps(pk + 0);
+                { const __m512 a = _mm512_set1_ps(r0[kk]);
+                  c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r1[kk]);
+                  c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r2[kk]);
+                  c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r3[kk]);
+                  c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r4[kk]);
+                  c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r5[kk]);
+                  c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r6[kk]);
+                  c6_0 = _mm512_fmadd_ps(a, b0, c6_0);
+                }
+            }
+        }
     }
     _mm512_storeu_ps(out + 0, c0_0);
     _mm512_storeu_ps(out + 16, c1_0);
@@ -3167,41 +5364,76 @@ static void rec_z16_7(int K1, int K, const float *const *a1, const float *const 
 }
 
 static void rec_z16_8(int K1, int K, const float *const *a1, const float *const *a2,
-                        const float *panel, float *out) {
+                        const float *panel, float *out, const float *pf) {
     __m512 c0_0 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c2_0 = _mm512_setzero_ps(), c3_0 = _mm512_setzero_ps(), c4_0 = _mm512_setzero_ps(), c5_0 = _mm512_setzero_ps(), c6_0 = _mm512_setzero_ps(), c7_0 = _mm512_setzero_ps();
     const float *pk = panel;
-    const long n = K1;
-    const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n, *r6 = a1[6] + n, *r7 = a1[7] + n;
-    for (long kk = -n; kk != 0; kk++, pk += 16) {
-        const __m512 b0 = _mm512_loadu_ps(pk + 0);
-        { const __m512 a = _mm512_set1_ps(r0[kk]);
-          c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+    if (pf) {
+        const ptrdiff_t pd = pf - panel;
+        const long n = K1;
+        const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n, *r6 = a1[6] + n, *r7 = a1[7] + n;
+        for (long kk = -n; kk != 0; kk++, pk += 16) {
+            _mm_prefetch((const char *)(pk + pd + 0), _MM_HINT_T1);
+            const __m512 b0 = _mm512_loadu_ps(pk + 0);
+            { const __m512 a = _mm512_set1_ps(r0[kk]);
+              c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+            }
+            { const __m512 a = _mm512_set1_ps(r1[kk]);
+              c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+            }
+            { const __m512 a = _mm512_set1_ps(r2[kk]);
+              c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+            }
+            { const __m512 a = _mm512_set1_ps(r3[kk]);
+              c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+            }
+            { const __m512 a = _mm512_set1_ps(r4[kk]);
+              c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+            }
+            { const __m512 a = _mm512_set1_ps(r5[kk]);
+              c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
+            }
+            { const __m512 a = _mm512_set1_ps(r6[kk]);
+              c6_0 = _mm512_fmadd_ps(a, b0, c6_0);
+            }
+            { const __m512 a = _mm512_set1_ps(r7[kk]);
+              c7_0 = _mm512_fmadd_ps(a, b0, c7_0);
+            }
         }
-        { const __m512 a = _mm512_set1_ps(r1[kk]);
-          c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+        if (K > K1) {
+            const long n = K - K1;
+            const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n, *r6 = a2[6] + n, *r7 = a2[7] + n;
+            for (long kk = -n; kk != 0; kk++, pk += 16) {
+                _mm_prefetch((const char *)(pk + pd + 0), _MM_HINT_T1);
+                const __m512 b0 = _mm512_loadu_ps(pk + 0);
+                { const __m512 a = _mm512_set1_ps(r0[kk]);
+                  c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r1[kk]);
+                  c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r2[kk]);
+                  c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r3[kk]);
+                  c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r4[kk]);
+                  c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r5[kk]);
+                  c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r6[kk]);
+                  c6_0 = _mm512_fmadd_ps(a, b0, c6_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r7[kk]);
+                  c7_0 = _mm512_fmadd_ps(a, b0, c7_0);
+                }
+            }
         }
-        { const __m512 a = _mm512_set1_ps(r2[kk]);
-          c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
-        }
-        { const __m512 a = _mm512_set1_ps(r3[kk]);
-          c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
-        }
-        { const __m512 a = _mm512_set1_ps(r4[kk]);
-          c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
-        }
-        { const __m512 a = _mm512_set1_ps(r5[kk]);
-          c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
-        }
-        { const __m512 a = _mm512_set1_ps(r6[kk]);
-          c6_0 = _mm512_fmadd_ps(a, b0, c6_0);
-        }
-        { const __m512 a = _mm512_set1_ps(r7[kk]);
-          c7_0 = _mm512_fmadd_ps(a, b0, c7_0);
-        }
-    }
-    if (K > K1) {
-        const long n = K - K1;
-        const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n, *r6 = a2[6] + n, *r7 = a2[7] + n;
+    } else {
+        const long n = K1;
+        const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n, *r6 = a1[6] + n, *r7 = a1[7] + n;
         for (long kk = -n; kk != 0; kk++, pk += 16) {
             const __m512 b0 = _mm512_loadu_ps(pk + 0);
             { const __m512 a = _mm512_set1_ps(r0[kk]);
@@ -3229,6 +5461,37 @@ static void rec_z16_8(int K1, int K, const float *const *a1, const float *const 
               c7_0 = _mm512_fmadd_ps(a, b0, c7_0);
             }
         }
+        if (K > K1) {
+            const long n = K - K1;
+            const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n, *r6 = a2[6] + n, *r7 = a2[7] + n;
+            for (long kk = -n; kk != 0; kk++, pk += 16) {
+                const __m512 b0 = _mm512_loadu_ps(pk + 0);
+                { const __m512 a = _mm512_set1_ps(r0[kk]);
+                  c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r1[kk]);
+                  c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r2[kk]);
+                  c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r3[kk]);
+                  c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r4[kk]);
+                  c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r5[kk]);
+                  c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r6[kk]);
+                  c6_0 = _mm512_fmadd_ps(a, b0, c6_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r7[kk]);
+                  c7_0 = _mm512_fmadd_ps(a, b0, c7_0);
+                }
+            }
+        }
     }
     _mm512_storeu_ps(out + 0, c0_0);
     _mm512_storeu_ps(out + 16, c1_0);
@@ -3241,44 +5504,82 @@ static void rec_z16_8(int K1, int K, const float *const *a1, const float *const 
 }
 
 static void rec_z16_9(int K1, int K, const float *const *a1, const float *const *a2,
-                        const float *panel, float *out) {
+                        const float *panel, float *out, const float *pf) {
     __m512 c0_0 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c2_0 = _mm512_setzero_ps(), c3_0 = _mm512_setzero_ps(), c4_0 = _mm512_setzero_ps(), c5_0 = _mm512_setzero_ps(), c6_0 = _mm512_setzero_ps(), c7_0 = _mm512_setzero_ps(), c8_0 = _mm512_setzero_ps();
     const float *pk = panel;
-    const long n = K1;
-    const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n, *r6 = a1[6] + n, *r7 = a1[7] + n, *r8 = a1[8] + n;
-    for (long kk = -n; kk != 0; kk++, pk += 16) {
-        const __m512 b0 = _mm512_loadu_ps(pk + 0);
-        { const __m512 a = _mm512_set1_ps(r0[kk]);
-          c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+    if (pf) {
+        const ptrdiff_t pd = pf - panel;
+        const long n = K1;
+        const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n, *r6 = a1[6] + n, *r7 = a1[7] + n, *r8 = a1[8] + n;
+        for (long kk = -n; kk != 0; kk++, pk += 16) {
+            _mm_prefetch((const char *)(pk + pd + 0), _MM_HINT_T1);
+            const __m512 b0 = _mm512_loadu_ps(pk + 0);
+            { const __m512 a = _mm512_set1_ps(r0[kk]);
+              c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+            }
+            { const __m512 a = _mm512_set1_ps(r1[kk]);
+              c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+            }
+            { const __m512 a = _mm512_set1_ps(r2[kk]);
+              c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+            }
+            { const __m512 a = _mm512_set1_ps(r3[kk]);
+              c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+            }
+            { const __m512 a = _mm512_set1_ps(r4[kk]);
+              c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+            }
+            { const __m512 a = _mm512_set1_ps(r5[kk]);
+              c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
+            }
+            { const __m512 a = _mm512_set1_ps(r6[kk]);
+              c6_0 = _mm512_fmadd_ps(a, b0, c6_0);
+            }
+            { const __m512 a = _mm512_set1_ps(r7[kk]);
+              c7_0 = _mm512_fmadd_ps(a, b0, c7_0);
+            }
+            { const __m512 a = _mm512_set1_ps(r8[kk]);
+              c8_0 = _mm512_fmadd_ps(a, b0, c8_0);
+            }
         }
-        { const __m512 a = _mm512_set1_ps(r1[kk]);
-          c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+        if (K > K1) {
+            const long n = K - K1;
+            const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n, *r6 = a2[6] + n, *r7 = a2[7] + n, *r8 = a2[8] + n;
+            for (long kk = -n; kk != 0; kk++, pk += 16) {
+                _mm_prefetch((const char *)(pk + pd + 0), _MM_HINT_T1);
+                const __m512 b0 = _mm512_loadu_ps(pk + 0);
+                { const __m512 a = _mm512_set1_ps(r0[kk]);
+                  c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r1[kk]);
+                  c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r2[kk]);
+                  c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r3[kk]);
+                  c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r4[kk]);
+                  c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r5[kk]);
+                  c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r6[kk]);
+                  c6_0 = _mm512_fmadd_ps(a, b0, c6_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r7[kk]);
+                  c7_0 = _mm512_fmadd_ps(a, b0, c7_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r8[kk]);
+                  c8_0 = _mm512_fmadd_ps(a, b0, c8_0);
+                }
+            }
         }
-        { const __m512 a = _mm512_set1_ps(r2[kk]);
-          c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
-        }
-        { const __m512 a = _mm512_set1_ps(r3[kk]);
-          c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
-        }
-        { const __m512 a = _mm512_set1_ps(r4[kk]);
-          c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
-        }
-        { const __m512 a = _mm512_set1_ps(r5[kk]);
-          c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
-        }
-        { const __m512 a = _mm512_set1_ps(r6[kk]);
-          c6_0 = _mm512_fmadd_ps(a, b0, c6_0);
-        }
-        { const __m512 a = _mm512_set1_ps(r7[kk]);
-          c7_0 = _mm512_fmadd_ps(a, b0, c7_0);
-        }
-        { const __m512 a = _mm512_set1_ps(r8[kk]);
-          c8_0 = _mm512_fmadd_ps(a, b0, c8_0);
-        }
-    }
-    if (K > K1) {
-        const long n = K - K1;
-        const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n, *r6 = a2[6] + n, *r7 = a2[7] + n, *r8 = a2[8] + n;
+    } else {
+        const long n = K1;
+        const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n, *r6 = a1[6] + n, *r7 = a1[7] + n, *r8 = a1[8] + n;
         for (long kk = -n; kk != 0; kk++, pk += 16) {
             const __m512 b0 = _mm512_loadu_ps(pk + 0);
             { const __m512 a = _mm512_set1_ps(r0[kk]);
@@ -3309,6 +5610,40 @@ static void rec_z16_9(int K1, int K, const float *const *a1, const float *const 
               c8_0 = _mm512_fmadd_ps(a, b0, c8_0);
             }
         }
+        if (K > K1) {
+            const long n = K - K1;
+            const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n, *r6 = a2[6] + n, *r7 = a2[7] + n, *r8 = a2[8] + n;
+            for (long kk = -n; kk != 0; kk++, pk += 16) {
+                const __m512 b0 = _mm512_loadu_ps(pk + 0);
+                { const __m512 a = _mm512_set1_ps(r0[kk]);
+                  c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r1[kk]);
+                  c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r2[kk]);
+                  c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r3[kk]);
+                  c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r4[kk]);
+                  c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r5[kk]);
+                  c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r6[kk]);
+                  c6_0 = _mm512_fmadd_ps(a, b0, c6_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r7[kk]);
+                  c7_0 = _mm512_fmadd_ps(a, b0, c7_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r8[kk]);
+                  c8_0 = _mm512_fmadd_ps(a, b0, c8_0);
+                }
+            }
+        }
     }
     _mm512_storeu_ps(out + 0, c0_0);
     _mm512_storeu_ps(out + 16, c1_0);
@@ -3322,47 +5657,88 @@ static void rec_z16_9(int K1, int K, const float *const *a1, const float *const 
 }
 
 static void rec_z16_10(int K1, int K, const float *const *a1, const float *const *a2,
-                        const float *panel, float *out) {
+                        const float *panel, float *out, const float *pf) {
     __m512 c0_0 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c2_0 = _mm512_setzero_ps(), c3_0 = _mm512_setzero_ps(), c4_0 = _mm512_setzero_ps(), c5_0 = _mm512_setzero_ps(), c6_0 = _mm512_setzero_ps(), c7_0 = _mm512_setzero_ps(), c8_0 = _mm512_setzero_ps(), c9_0 = _mm512_setzero_ps();
     const float *pk = panel;
-    const long n = K1;
-    const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n, *r6 = a1[6] + n, *r7 = a1[7] + n, *r8 = a1[8] + n, *r9 = a1[9] + n;
-    for (long kk = -n; kk != 0; kk++, pk += 16) {
-        const __m512 b0 = _mm512_loadu_ps(pk + 0);
-        { const __m512 a = _mm512_set1_ps(r0[kk]);
-          c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+    if (pf) {
+        const ptrdiff_t pd = pf - panel;
+        const long n = K1;
+        const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n, *r6 = a1[6] + n, *r7 = a1[7] + n, *r8 = a1[8] + n, *r9 = a1[9] + n;
+        for (long kk = -n; kk != 0; kk++, pk += 16) {
+            _mm_prefetch((const char *)(pk + pd + 0), _MM_HINT_T1);
+            const __m512 b0 = _mm512_loadu_ps(pk + 0);
+            { const __m512 a = _mm512_set1_ps(r0[kk]);
+              c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+            }
+            { const __m512 a = _mm512_set1_ps(r1[kk]);
+              c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+            }
+            { const __m512 a = _mm512_set1_ps(r2[kk]);
+              c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+            }
+            { const __m512 a = _mm512_set1_ps(r3[kk]);
+              c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+            }
+            { const __m512 a = _mm512_set1_ps(r4[kk]);
+              c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+            }
+            { const __m512 a = _mm512_set1_ps(r5[kk]);
+              c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
+            }
+            { const __m512 a = _mm512_set1_ps(r6[kk]);
+              c6_0 = _mm512_fmadd_ps(a, b0, c6_0);
+            }
+            { const __m512 a = _mm512_set1_ps(r7[kk]);
+              c7_0 = _mm512_fmadd_ps(a, b0, c7_0);
+            }
+            { const __m512 a = _mm512_set1_ps(r8[kk]);
+              c8_0 = _mm512_fmadd_ps(a, b0, c8_0);
+            }
+            { const __m512 a = _mm512_set1_ps(r9[kk]);
+              c9_0 = _mm512_fmadd_ps(a, b0, c9_0);
+            }
         }
-        { const __m512 a = _mm512_set1_ps(r1[kk]);
-          c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+        if (K > K1) {
+            const long n = K - K1;
+            const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n, *r6 = a2[6] + n, *r7 = a2[7] + n, *r8 = a2[8] + n, *r9 = a2[9] + n;
+            for (long kk = -n; kk != 0; kk++, pk += 16) {
+                _mm_prefetch((const char *)(pk + pd + 0), _MM_HINT_T1);
+                const __m512 b0 = _mm512_loadu_ps(pk + 0);
+                { const __m512 a = _mm512_set1_ps(r0[kk]);
+                  c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r1[kk]);
+                  c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r2[kk]);
+                  c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r3[kk]);
+                  c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r4[kk]);
+                  c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r5[kk]);
+                  c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r6[kk]);
+                  c6_0 = _mm512_fmadd_ps(a, b0, c6_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r7[kk]);
+                  c7_0 = _mm512_fmadd_ps(a, b0, c7_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r8[kk]);
+                  c8_0 = _mm512_fmadd_ps(a, b0, c8_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r9[kk]);
+                  c9_0 = _mm512_fmadd_ps(a, b0, c9_0);
+                }
+            }
         }
-        { const __m512 a = _mm512_set1_ps(r2[kk]);
-          c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
-        }
-        { const __m512 a = _mm512_set1_ps(r3[kk]);
-          c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
-        }
-        { const __m512 a = _mm512_set1_ps(r4[kk]);
-          c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
-        }
-        { const __m512 a = _mm512_set1_ps(r5[kk]);
-          c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
-        }
-        { const __m512 a = _mm512_set1_ps(r6[kk]);
-          c6_0 = _mm512_fmadd_ps(a, b0, c6_0);
-        }
-        { const __m512 a = _mm512_set1_ps(r7[kk]);
-          c7_0 = _mm512_fmadd_ps(a, b0, c7_0);
-        }
-        { const __m512 a = _mm512_set1_ps(r8[kk]);
-          c8_0 = _mm512_fmadd_ps(a, b0, c8_0);
-        }
-        { const __m512 a = _mm512_set1_ps(r9[kk]);
-          c9_0 = _mm512_fmadd_ps(a, b0, c9_0);
-        }
-    }
-    if (K > K1) {
-        const long n = K - K1;
-        const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n, *r6 = a2[6] + n, *r7 = a2[7] + n, *r8 = a2[8] + n, *r9 = a2[9] + n;
+    } else {
+        const long n = K1;
+        const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n, *r6 = a1[6] + n, *r7 = a1[7] + n, *r8 = a1[8] + n, *r9 = a1[9] + n;
         for (long kk = -n; kk != 0; kk++, pk += 16) {
             const __m512 b0 = _mm512_loadu_ps(pk + 0);
             { const __m512 a = _mm512_set1_ps(r0[kk]);
@@ -3396,6 +5772,43 @@ static void rec_z16_10(int K1, int K, const float *const *a1, const float *const
               c9_0 = _mm512_fmadd_ps(a, b0, c9_0);
             }
         }
+        if (K > K1) {
+            const long n = K - K1;
+            const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n, *r6 = a2[6] + n, *r7 = a2[7] + n, *r8 = a2[8] + n, *r9 = a2[9] + n;
+            for (long kk = -n; kk != 0; kk++, pk += 16) {
+                const __m512 b0 = _mm512_loadu_ps(pk + 0);
+                { const __m512 a = _mm512_set1_ps(r0[kk]);
+                  c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r1[kk]);
+                  c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r2[kk]);
+                  c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r3[kk]);
+                  c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r4[kk]);
+                  c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r5[kk]);
+                  c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r6[kk]);
+                  c6_0 = _mm512_fmadd_ps(a, b0, c6_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r7[kk]);
+                  c7_0 = _mm512_fmadd_ps(a, b0, c7_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r8[kk]);
+                  c8_0 = _mm512_fmadd_ps(a, b0, c8_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r9[kk]);
+                  c9_0 = _mm512_fmadd_ps(a, b0, c9_0);
+                }
+            }
+        }
     }
     _mm512_storeu_ps(out + 0, c0_0);
     _mm512_storeu_ps(out + 16, c1_0);
@@ -3410,50 +5823,94 @@ static void rec_z16_10(int K1, int K, const float *const *a1, const float *const
 }
 
 static void rec_z16_11(int K1, int K, const float *const *a1, const float *const *a2,
-                        const float *panel, float *out) {
+                        const float *panel, float *out, const float *pf) {
     __m512 c0_0 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c2_0 = _mm512_setzero_ps(), c3_0 = _mm512_setzero_ps(), c4_0 = _mm512_setzero_ps(), c5_0 = _mm512_setzero_ps(), c6_0 = _mm512_setzero_ps(), c7_0 = _mm512_setzero_ps(), c8_0 = _mm512_setzero_ps(), c9_0 = _mm512_setzero_ps(), c10_0 = _mm512_setzero_ps();
     const float *pk = panel;
-    const long n = K1;
-    const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n, *r6 = a1[6] + n, *r7 = a1[7] + n, *r8 = a1[8] + n, *r9 = a1[9] + n, *r10 = a1[10] + n;
-    for (long kk = -n; kk != 0; kk++, pk += 16) {
-        const __m512 b0 = _mm512_loadu_ps(pk + 0);
-        { const __m512 a = _mm512_set1_ps(r0[kk]);
-          c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+    if (pf) {
+        const ptrdiff_t pd = pf - panel;
+        const long n = K1;
+        const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n, *r6 = a1[6] + n, *r7 = a1[7] + n, *r8 = a1[8] + n, *r9 = a1[9] + n, *r10 = a1[10] + n;
+        for (long kk = -n; kk != 0; kk++, pk += 16) {
+            _mm_prefetch((const char *)(pk + pd + 0), _MM_HINT_T1);
+            const __m512 b0 = _mm512_loadu_ps(pk + 0);
+            { const __m512 a = _mm512_set1_ps(r0[kk]);
+              c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+            }
+            { const __m512 a = _mm512_set1_ps(r1[kk]);
+              c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+            }
+            { const __m512 a = _mm512_set1_ps(r2[kk]);
+              c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+            }
+            { const __m512 a = _mm512_set1_ps(r3[kk]);
+              c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+            }
+            { const __m512 a = _mm512_set1_ps(r4[kk]);
+              c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+            }
+            { const __m512 a = _mm512_set1_ps(r5[kk]);
+              c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
+            }
+            { const __m512 a = _mm512_set1_ps(r6[kk]);
+              c6_0 = _mm512_fmadd_ps(a, b0, c6_0);
+            }
+            { const __m512 a = _mm512_set1_ps(r7[kk]);
+              c7_0 = _mm512_fmadd_ps(a, b0, c7_0);
+            }
+            { const __m512 a = _mm512_set1_ps(r8[kk]);
+              c8_0 = _mm512_fmadd_ps(a, b0, c8_0);
+            }
+            { const __m512 a = _mm512_set1_ps(r9[kk]);
+              c9_0 = _mm512_fmadd_ps(a, b0, c9_0);
+            }
+            { const __m512 a = _mm512_set1_ps(r10[kk]);
+              c10_0 = _mm512_fmadd_ps(a, b0, c10_0);
+            }
         }
-        { const __m512 a = _mm512_set1_ps(r1[kk]);
-          c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+        if (K > K1) {
+            const long n = K - K1;
+            const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n, *r6 = a2[6] + n, *r7 = a2[7] + n, *r8 = a2[8] + n, *r9 = a2[9] + n, *r10 = a2[10] + n;
+            for (long kk = -n; kk != 0; kk++, pk += 16) {
+                _mm_prefetch((const char *)(pk + pd + 0), _MM_HINT_T1);
+                const __m512 b0 = _mm512_loadu_ps(pk + 0);
+                { const __m512 a = _mm512_set1_ps(r0[kk]);
+                  c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r1[kk]);
+                  c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r2[kk]);
+                  c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r3[kk]);
+                  c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r4[kk]);
+                  c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r5[kk]);
+                  c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r6[kk]);
+                  c6_0 = _mm512_fmadd_ps(a, b0, c6_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r7[kk]);
+                  c7_0 = _mm512_fmadd_ps(a, b0, c7_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r8[kk]);
+                  c8_0 = _mm512_fmadd_ps(a, b0, c8_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r9[kk]);
+                  c9_0 = _mm512_fmadd_ps(a, b0, c9_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r10[kk]);
+                  c10_0 = _mm512_fmadd_ps(a, b0, c10_0);
+                }
+            }
         }
-        { const __m512 a = _mm512_set1_ps(r2[kk]);
-          c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
-        }
-        { const __m512 a = _mm512_set1_ps(r3[kk]);
-          c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
-        }
-        { const __m512 a = _mm512_set1_ps(r4[kk]);
-          c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
-        }
-        { const __m512 a = _mm512_set1_ps(r5[kk]);
-          c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
-        }
-        { const __m512 a = _mm512_set1_ps(r6[kk]);
-          c6_0 = _mm512_fmadd_ps(a, b0, c6_0);
-        }
-        { const __m512 a = _mm512_set1_ps(r7[kk]);
-          c7_0 = _mm512_fmadd_ps(a, b0, c7_0);
-        }
-        { const __m512 a = _mm512_set1_ps(r8[kk]);
-          c8_0 = _mm512_fmadd_ps(a, b0, c8_0);
-        }
-        { const __m512 a = _mm512_set1_ps(r9[kk]);
-          c9_0 = _mm512_fmadd_ps(a, b0, c9_0);
-        }
-        { const __m512 a = _mm512_set1_ps(r10[kk]);
-          c10_0 = _mm512_fmadd_ps(a, b0, c10_0);
-        }
-    }
-    if (K > K1) {
-        const long n = K - K1;
-        const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n, *r6 = a2[6] + n, *r7 = a2[7] + n, *r8 = a2[8] + n, *r9 = a2[9] + n, *r10 = a2[10] + n;
+    } else {
+        const long n = K1;
+        const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n, *r6 = a1[6] + n, *r7 = a1[7] + n, *r8 = a1[8] + n, *r9 = a1[9] + n, *r10 = a1[10] + n;
         for (long kk = -n; kk != 0; kk++, pk += 16) {
             const __m512 b0 = _mm512_loadu_ps(pk + 0);
             { const __m512 a = _mm512_set1_ps(r0[kk]);
@@ -3490,6 +5947,46 @@ static void rec_z16_11(int K1, int K, const float *const *a1, const float *const
               c10_0 = _mm512_fmadd_ps(a, b0, c10_0);
             }
         }
+        if (K > K1) {
+            const long n = K - K1;
+            const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n, *r6 = a2[6] + n, *r7 = a2[7] + n, *r8 = a2[8] + n, *r9 = a2[9] + n, *r10 = a2[10] + n;
+            for (long kk = -n; kk != 0; kk++, pk += 16) {
+                const __m512 b0 = _mm512_loadu_ps(pk + 0);
+                { const __m512 a = _mm512_set1_ps(r0[kk]);
+                  c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r1[kk]);
+                  c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r2[kk]);
+                  c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r3[kk]);
+                  c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r4[kk]);
+                  c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r5[kk]);
+                  c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r6[kk]);
+                  c6_0 = _mm512_fmadd_ps(a, b0, c6_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r7[kk]);
+                  c7_0 = _mm512_fmadd_ps(a, b0, c7_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r8[kk]);
+                  c8_0 = _mm512_fmadd_ps(a, b0, c8_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r9[kk]);
+                  c9_0 = _mm512_fmadd_ps(a, b0, c9_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r10[kk]);
+                  c10_0 = _mm512_fmadd_ps(a, b0, c10_0);
+                }
+            }
+        }
     }
     _mm512_storeu_ps(out + 0, c0_0);
     _mm512_storeu_ps(out + 16, c1_0);
@@ -3505,53 +6002,100 @@ static void rec_z16_11(int K1, int K, const float *const *a1, const float *const
 }
 
 static void rec_z16_12(int K1, int K, const float *const *a1, const float *const *a2,
-                        const float *panel, float *out) {
+                        const float *panel, float *out, const float *pf) {
     __m512 c0_0 = _mm512_setzero_ps(), c1_0 = _mm512_setzero_ps(), c2_0 = _mm512_setzero_ps(), c3_0 = _mm512_setzero_ps(), c4_0 = _mm512_setzero_ps(), c5_0 = _mm512_setzero_ps(), c6_0 = _mm512_setzero_ps(), c7_0 = _mm512_setzero_ps(), c8_0 = _mm512_setzero_ps(), c9_0 = _mm512_setzero_ps(), c10_0 = _mm512_setzero_ps(), c11_0 = _mm512_setzero_ps();
     const float *pk = panel;
-    const long n = K1;
-    const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n, *r6 = a1[6] + n, *r7 = a1[7] + n, *r8 = a1[8] + n, *r9 = a1[9] + n, *r10 = a1[10] + n, *r11 = a1[11] + n;
-    for (long kk = -n; kk != 0; kk++, pk += 16) {
-        const __m512 b0 = _mm512_loadu_ps(pk + 0);
-        { const __m512 a = _mm512_set1_ps(r0[kk]);
-          c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+    if (pf) {
+        const ptrdiff_t pd = pf - panel;
+        const long n = K1;
+        const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n, *r6 = a1[6] + n, *r7 = a1[7] + n, *r8 = a1[8] + n, *r9 = a1[9] + n, *r10 = a1[10] + n, *r11 = a1[11] + n;
+        for (long kk = -n; kk != 0; kk++, pk += 16) {
+            _mm_prefetch((const char *)(pk + pd + 0), _MM_HINT_T1);
+            const __m512 b0 = _mm512_loadu_ps(pk + 0);
+            { const __m512 a = _mm512_set1_ps(r0[kk]);
+              c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+            }
+            { const __m512 a = _mm512_set1_ps(r1[kk]);
+              c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+            }
+            { const __m512 a = _mm512_set1_ps(r2[kk]);
+              c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+            }
+            { const __m512 a = _mm512_set1_ps(r3[kk]);
+              c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+            }
+            { const __m512 a = _mm512_set1_ps(r4[kk]);
+              c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+            }
+            { const __m512 a = _mm512_set1_ps(r5[kk]);
+              c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
+            }
+            { const __m512 a = _mm512_set1_ps(r6[kk]);
+              c6_0 = _mm512_fmadd_ps(a, b0, c6_0);
+            }
+            { const __m512 a = _mm512_set1_ps(r7[kk]);
+              c7_0 = _mm512_fmadd_ps(a, b0, c7_0);
+            }
+            { const __m512 a = _mm512_set1_ps(r8[kk]);
+              c8_0 = _mm512_fmadd_ps(a, b0, c8_0);
+            }
+            { const __m512 a = _mm512_set1_ps(r9[kk]);
+              c9_0 = _mm512_fmadd_ps(a, b0, c9_0);
+            }
+            { const __m512 a = _mm512_set1_ps(r10[kk]);
+              c10_0 = _mm512_fmadd_ps(a, b0, c10_0);
+            }
+            { const __m512 a = _mm512_set1_ps(r11[kk]);
+              c11_0 = _mm512_fmadd_ps(a, b0, c11_0);
+            }
         }
-        { const __m512 a = _mm512_set1_ps(r1[kk]);
-          c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+        if (K > K1) {
+            const long n = K - K1;
+            const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n, *r6 = a2[6] + n, *r7 = a2[7] + n, *r8 = a2[8] + n, *r9 = a2[9] + n, *r10 = a2[10] + n, *r11 = a2[11] + n;
+            for (long kk = -n; kk != 0; kk++, pk += 16) {
+                _mm_prefetch((const char *)(pk + pd + 0), _MM_HINT_T1);
+                const __m512 b0 = _mm512_loadu_ps(pk + 0);
+                { const __m512 a = _mm512_set1_ps(r0[kk]);
+                  c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r1[kk]);
+                  c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r2[kk]);
+                  c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r3[kk]);
+                  c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r4[kk]);
+                  c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r5[kk]);
+                  c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r6[kk]);
+                  c6_0 = _mm512_fmadd_ps(a, b0, c6_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r7[kk]);
+                  c7_0 = _mm512_fmadd_ps(a, b0, c7_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r8[kk]);
+                  c8_0 = _mm512_fmadd_ps(a, b0, c8_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r9[kk]);
+                  c9_0 = _mm512_fmadd_ps(a, b0, c9_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r10[kk]);
+                  c10_0 = _mm512_fmadd_ps(a, b0, c10_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r11[kk]);
+                  c11_0 = _mm512_fmadd_ps(a, b0, c11_0);
+                }
+            }
         }
-        { const __m512 a = _mm512_set1_ps(r2[kk]);
-          c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
-        }
-        { const __m512 a = _mm512_set1_ps(r3[kk]);
-          c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
-        }
-        { const __m512 a = _mm512_set1_ps(r4[kk]);
-          c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
-        }
-        { const __m512 a = _mm512_set1_ps(r5[kk]);
-          c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
-        }
-        { const __m512 a = _mm512_set1_ps(r6[kk]);
-          c6_0 = _mm512_fmadd_ps(a, b0, c6_0);
-        }
-        { const __m512 a = _mm512_set1_ps(r7[kk]);
-          c7_0 = _mm512_fmadd_ps(a, b0, c7_0);
-        }
-        { const __m512 a = _mm512_set1_ps(r8[kk]);
-          c8_0 = _mm512_fmadd_ps(a, b0, c8_0);
-        }
-        { const __m512 a = _mm512_set1_ps(r9[kk]);
-          c9_0 = _mm512_fmadd_ps(a, b0, c9_0);
-        }
-        { const __m512 a = _mm512_set1_ps(r10[kk]);
-          c10_0 = _mm512_fmadd_ps(a, b0, c10_0);
-        }
-        { const __m512 a = _mm512_set1_ps(r11[kk]);
-          c11_0 = _mm512_fmadd_ps(a, b0, c11_0);
-        }
-    }
-    if (K > K1) {
-        const long n = K - K1;
-        const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n, *r6 = a2[6] + n, *r7 = a2[7] + n, *r8 = a2[8] + n, *r9 = a2[9] + n, *r10 = a2[10] + n, *r11 = a2[11] + n;
+    } else {
+        const long n = K1;
+        const float *r0 = a1[0] + n, *r1 = a1[1] + n, *r2 = a1[2] + n, *r3 = a1[3] + n, *r4 = a1[4] + n, *r5 = a1[5] + n, *r6 = a1[6] + n, *r7 = a1[7] + n, *r8 = a1[8] + n, *r9 = a1[9] + n, *r10 = a1[10] + n, *r11 = a1[11] + n;
         for (long kk = -n; kk != 0; kk++, pk += 16) {
             const __m512 b0 = _mm512_loadu_ps(pk + 0);
             { const __m512 a = _mm512_set1_ps(r0[kk]);
@@ -3589,6 +6133,49 @@ static void rec_z16_12(int K1, int K, const float *const *a1, const float *const
             }
             { const __m512 a = _mm512_set1_ps(r11[kk]);
               c11_0 = _mm512_fmadd_ps(a, b0, c11_0);
+            }
+        }
+        if (K > K1) {
+            const long n = K - K1;
+            const float *r0 = a2[0] + n, *r1 = a2[1] + n, *r2 = a2[2] + n, *r3 = a2[3] + n, *r4 = a2[4] + n, *r5 = a2[5] + n, *r6 = a2[6] + n, *r7 = a2[7] + n, *r8 = a2[8] + n, *r9 = a2[9] + n, *r10 = a2[10] + n, *r11 = a2[11] + n;
+            for (long kk = -n; kk != 0; kk++, pk += 16) {
+                const __m512 b0 = _mm512_loadu_ps(pk + 0);
+                { const __m512 a = _mm512_set1_ps(r0[kk]);
+                  c0_0 = _mm512_fmadd_ps(a, b0, c0_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r1[kk]);
+                  c1_0 = _mm512_fmadd_ps(a, b0, c1_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r2[kk]);
+                  c2_0 = _mm512_fmadd_ps(a, b0, c2_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r3[kk]);
+                  c3_0 = _mm512_fmadd_ps(a, b0, c3_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r4[kk]);
+                  c4_0 = _mm512_fmadd_ps(a, b0, c4_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r5[kk]);
+                  c5_0 = _mm512_fmadd_ps(a, b0, c5_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r6[kk]);
+                  c6_0 = _mm512_fmadd_ps(a, b0, c6_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r7[kk]);
+                  c7_0 = _mm512_fmadd_ps(a, b0, c7_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r8[kk]);
+                  c8_0 = _mm512_fmadd_ps(a, b0, c8_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r9[kk]);
+                  c9_0 = _mm512_fmadd_ps(a, b0, c9_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r10[kk]);
+                  c10_0 = _mm512_fmadd_ps(a, b0, c10_0);
+                }
+                { const __m512 a = _mm512_set1_ps(r11[kk]);
+                  c11_0 = _mm512_fmadd_ps(a, b0, c11_0);
+                }
             }
         }
     }
