@@ -77,3 +77,12 @@ void fr_set_chunking(size_t chunk_bytes, int proj_min_rows) {
     if (chunk_bytes > 0) g_chunk_bytes = chunk_bytes;
     if (proj_min_rows > 0) g_proj_min_rows = proj_min_rows;
 }
+
+/* ---- block stealing (fastrnn.h, recurrent.h's rec_steal) ------------------------------------------------- */
+static int g_steal_mode = 0;
+int fr_steal_mode(void) { return g_steal_mode; }
+int fr_set_steal_mode(int mode) {
+    int old = g_steal_mode;
+    if (mode >= 0 && mode <= 2) g_steal_mode = mode;
+    return old;
+}

@@ -64,6 +64,13 @@ size_t fr_chunk_bytes(void);
 int fr_proj_min_rows(void);
 void fr_set_chunking(size_t chunk_bytes, int proj_min_rows);
 
+/* Testing knob for the threads' sharing of a step's blocks (recurrent.h, rec_steal): 0 (default) steals
+ * when a step is work enough; 1 whenever a step is split by units on 2+ threads; 2 as 1, and every step's
+ * blocks start in the last thread's range, so the others take all theirs from its back.  Returns the
+ * previous mode; not meant to change while kernels run. */
+int fr_steal_mode(void);
+int fr_set_steal_mode(int mode);
+
 /* ---- BLAS -------------------------------------------------------------------------------------------- */
 /* Fortran BLAS sgemm / dgemm (column-major), e.g. from scipy.linalg.cython_blas.  Until both are set the
  * kernels use their own (slower) C GEMM. */

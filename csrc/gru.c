@@ -297,7 +297,10 @@ typedef struct gru_fwd_ctx {
     int ldy;
     const real **rows[FR_MAX_THREADS]; /* per thread: ((xp ? chunk rows : 0) + 2B) row pointers */
     real *tbuf[FR_MAX_THREADS];        /* per thread: (gru_group_rows(B), W) tiles of a group of blocks */
+    int steal;               /* reset_after, GEMM projection: threads take each other's last blocks of a
+                                step of >= GRU_GROUP_ROWS rows (fr_claim) */
     fr_barrier_t bar;
+    fr_claims_t claims;      /* steal: the blocks of a step */
 } gru_fwd_ctx;
 
 static void gru_fwd_task(void *arg, int tid, int nth) {
@@ -330,6 +333,11 @@ static void gru_fwd_task(void *arg, int tid, int nth) {
                               j1 * NB < H ? j1 * NB : H, xw);
         else
             seq_x_rows(q, c0, c1, lo, cx->x, I, xr);
+        if (cx->steal) { /* the claims of the first two steps, and the projection, before anyone takes a block */
+            rec_claims_fill(&cx->claims, c0 & 1, tid, nth, hp->nblk, j0, j1);
+            rec_claims_fill(&cx->claims, (c0 + 1) & 1, tid, nth, hp->nblk, j0, j1);
+            fr_barrier_wait(&cx->bar, tid);
+        }
         for (int j = j0; xp && j < j1; j++) {
             const int u0 = j * NB, nu = rec_block_units(xp, j);
             for (size_t k0 = 0; k0 < hi - lo; k0 += MRx) {
@@ -343,6 +351,7 @@ static void gru_fwd_task(void *arg, int tid, int nth) {
         for (int s = c0; s < c1; s++) {
             const int n = seq_active(q, s);
             const size_t r0 = seq_row(q, s);
+            if (cx->steal && s > c0) rec_claims_fill(&cx->claims, (s + 1) & 1, tid, nth, hp->nblk, j0, j1); /* fr_claims_t */
             const real *hprev = cx->hbuf[cur];          /* (B, H) h_{t-1} */
             real *hnew = cx->hbuf[ra ? cur ^ 1 : cur];  /* (B, H) h_t */
             real *xs = xw + (r0 - lo) * G3;             /* (n, 3H) this step's projection */
@@ -356,13 +365,19 @@ static void gru_fwd_task(void *arg, int tid, int nth) {
              * the cells run after them: the cells' long sigmoid -> tanh chains of many independent rows
              * then overlap, where a cell right after its own tile would expose its latency (B = 1). */
             const int gsz = n >= GRU_GROUP_ROWS ? 1 : (GRU_GROUP_ROWS + n - 1) / n;
-            for (int ja = j0; ja < j1; ja += gsz) {
-                const int jb = ja + gsz < j1 ? ja + gsz : j1;
+            const int steal = cx->steal && gsz == 1; /* then one block a group */
+            for (int ja = j0, own = 1, end = j1;; ja += gsz) {
+                if (steal) {
+                    if ((ja = fr_claim(&cx->claims, s & 1, tid, nth, &own, &end)) < 0) break;
+                } else if (ja >= j1) {
+                    break;
+                }
+                const int jb = ja + gsz < j1 || steal ? ja + gsz : j1;
                 for (int j = ja; j < jb; j++)
                     for (int i = 0, nt = rec_ntiles(n, MR); i < nt; i++) {
                         const int k0 = rec_tile_start(n, nt, i), mr = rec_tile_start(n, nt, i + 1) - k0;
                         rec_tile_pf(hp, j, mr, hr + k0, NULL, tb + ((size_t)(j - ja) * n + k0) * hp->W,
-                                    i == 0 ? rec_next_panel(hp, j, j1) : NULL);
+                                    i == 0 && own ? rec_next_panel(hp, j, end) : NULL);
                     }
                 if (ra)
                     gru_cells_after(H, NB, ja, jb, n, tb, hp->W, xs, cx->b_hn, hprev, hnew, yr, cx->tg != NULL,
@@ -484,6 +499,7 @@ static int gru_forward(int T, int B, int I, int H, int reset_after, int reverse,
     cx.y = y;
     cx.ldy = ldy;
     const int nth = rec_threads_for(B, 3, H, I + H, hp.nblk);
+    cx.steal = reset_after && gm && rec_steal(nth, B, &hp);
     const size_t per = (gm ? 0 : crows) + 2 * (size_t)B; /* row pointers per thread */
     const size_t tbn = gru_group_rows(B) * (size_t)hp.W;
     if ((rowptrs = (const real **)malloc(sizeof(real *) * (per * nth + 1))) == NULL) goto done;

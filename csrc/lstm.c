@@ -47,6 +47,7 @@ typedef struct lstm_fwd_ctx {
     const rec_pack *wp;      /* packed [W_ih | W_hh] (G = 4, K = I + P), or W_hh alone (K = P) when split */
     int split;               /* the step adds a row of x W_ih^T, projected at the start of the region */
     int rowsplit;            /* threads split the rows, not the units (lstm_rowsplit; fused only) */
+    int steal;               /* by units, threads take each other's last blocks of a step (rec_steal) */
     const real *w_ih;        /* (4H, I), split */
     const real *xs;          /* (rows of the region's steps, I) x gathered (lengths), or NULL: x's own rows */
     real *xw;                /* (rows of the region's steps, 4H) that projection: inference; training: tg */
@@ -61,6 +62,7 @@ typedef struct lstm_fwd_ctx {
     int ldy;
     const real **rows[FR_MAX_THREADS]; /* per thread: (3B) row pointers */
     fr_barrier_t bar;
+    fr_claims_t claims;      /* steal: the blocks of a step */
 } lstm_fwd_ctx;
 
 /* The cell on one tile row: units [u0, u0 + nu) of one sequence.
@@ -188,14 +190,21 @@ static void lstm_fwd_task(void *arg, int tid, int nth) {
     size_t lo = 0, hi = 0;
     seq_rows(pl, cx->s_begin, cx->s_end, &lo, &hi);
     real *xw = split ? (cx->tg ? cx->tg + lo * H4 : cx->xw) : NULL; /* (hi - lo, 4H): row lo + i is row i */
-    if (split) /* this thread's units of the projection: only it reads them, no barrier */
+    if (split) /* this thread's units of the projection: without stealing only it reads them, no barrier */
         seq_project_units(cx->xs ? cx->xs : cx->x + lo * I, hi - lo, I, cx->w_ih, 4, H, NULL, j0 * wp->NB,
                           j1 * wp->NB < H ? j1 * wp->NB : H, xw);
+    if (cx->steal) { /* the claims of the first two steps, and the projection, before anyone takes a block */
+        rec_claims_fill(&cx->claims, cx->s_begin & 1, tid, nth, wp->nblk, j0, j1);
+        rec_claims_fill(&cx->claims, (cx->s_begin + 1) & 1, tid, nth, wp->nblk, j0, j1);
+        fr_barrier_wait(&cx->bar, tid);
+    }
     const real *bias = cx->bias;
     for (int s = cx->s_begin; s < cx->s_end; s++) {
         const int n = seq_active(pl, s);
         const int ka = k_lo, kb = k_hi < n ? k_hi : n; /* this thread's active rows [ka, kb) */
         const size_t r0 = seq_row(pl, s);
+        if (cx->steal && s > cx->s_begin) /* step s + 1's claims (fr_claims_t) */
+            rec_claims_fill(&cx->claims, (s + 1) & 1, tid, nth, wp->nblk, j0, j1);
         const real *hp = cx->hbuf[cur];                       /* (B, P) h_{t-1} */
         real *hn = cx->hbuf[cur ^ 1];                         /* (B, P) h_t */
         real *m = rp ? (cx->tm ? cx->tm + r0 * H : cx->mb) : hn; /* (n, H) */
@@ -227,17 +236,25 @@ static void lstm_fwd_task(void *arg, int tid, int nth) {
                 if (cx->tc) memcpy(cx->tc + r0 * H + u0, cx->c + u0, 16 * sizeof(real));
             }
 #endif
-        for (; j < j1; j++) {
+        /* (a step of one row runs the blocks above, statically) */
+        const int steal = cx->steal && n > 1;
+        for (int own = 1, end = j1;; j++) {
+            if (steal) {
+                if ((j = fr_claim(&cx->claims, s & 1, tid, nth, &own, &end)) < 0) break;
+            } else if (j >= j1) {
+                break;
+            }
+            const real *pf = own ? rec_next_panel(wp, j, end) : NULL;
             const int u0 = j * wp->NB, nu = rec_block_units(wp, j);
             for (int i = 0, nt = rec_ntiles(kb - ka, MR); i < nt; i++) {
                 const int k0 = ka + rec_tile_start(kb - ka, nt, i), mr = ka + rec_tile_start(kb - ka, nt, i + 1) - k0;
                 if (split) {
-                    rec_tile_pf(wp, j, mr, hr + k0, NULL, tile, i == 0 ? rec_next_panel(wp, j, j1) : NULL);
+                    rec_tile_pf(wp, j, mr, hr + k0, NULL, tile, i == 0 ? pf : NULL);
                     for (int r = 0; r < mr; r++)
                         rec_add_gates(4, H, wp->NB, u0, nu, xw + (r0 - lo + (size_t)(k0 + r)) * H4,
                                             tile + (size_t)r * wp->W);
                 } else {
-                    rec_tile_pf(wp, j, mr, xr + k0, hr + k0, tile, i == 0 ? rec_next_panel(wp, j, j1) : NULL);
+                    rec_tile_pf(wp, j, mr, xr + k0, hr + k0, tile, i == 0 ? pf : NULL);
                 }
                 int r = 0;
 #if FR_AVX512
@@ -416,6 +433,7 @@ static int lstm_forward(int T, int B, int I, int H, int P, int reverse,
     cx.ldy = ldy;
     const int nth = rec_threads_for(B, 4, H, I + P, wp.nblk);
     cx.rowsplit = !split && lstm_rowsplit(B, nth, I, H, P);
+    cx.steal = !cx.rowsplit && rec_steal(nth, B, &wp);
     if ((rowptrs = (const real **)malloc(sizeof(real *) * (3 * (size_t)B * nth + 1))) == NULL) goto done;
     for (int t = 0; t < nth; t++) cx.rows[t] = rowptrs + 3 * (size_t)B * t;
     seq_run_chunks(&pl, chunk, x, I, xg, &cx.s_begin, &cx.s_end, nth, lstm_fwd_task, &cx, &cx.bar);

@@ -359,6 +359,26 @@ static inline const real *rec_next_panel(const rec_pack *p, int j, int j1) {
     return p->panels && j + 1 < j1 ? p->panels + (size_t)(j + 1) * p->K * p->W : NULL;
 }
 
+/* Whether the threads of a step split by blocks of units take each other's last blocks (fr_claim,
+ * threads.h) rather than each running its own range: when a step of B rows is work enough that waiting
+ * at the barrier for a slower thread costs more than the claims' cache-line transfers (~0.5 us each on
+ * these VMs, a few per step).  Measured on the Xeon VM, 2 threads, forward, in one process: LSTM
+ * 150,32,256,256 x1.31, 100,32,128,256 x1.13, 25,16,512,512 x1.09, 25,64,1024,1024 x1.06, 50,64,512,512
+ * x1.01-1.05; but RNN 100,16,64,128 (0.8 MFLOP a step) x0.93. */
+#ifndef REC_STEAL_FLOPS
+#define REC_STEAL_FLOPS 4.0e6
+#endif
+static inline int rec_steal(int nth, int B, const rec_pack *p) {
+    return nth > 1 && (fr_steal_mode() || 2.0 * B * p->K * (double)p->W * p->nblk >= REC_STEAL_FLOPS);
+}
+
+/* Thread tid's blocks [j0, j1) (rec_thread_blocks of nblk) as its range of claims `set` (fr_claims_set);
+ * under fr_steal_mode 2 the last thread's range is all nblk blocks and the others' are empty. */
+static inline void rec_claims_fill(fr_claims_t *c, int set, int tid, int nth, int nblk, int j0, int j1) {
+    if (fr_steal_mode() == 2) j0 = 0, j1 = tid == nth - 1 ? nblk : 0;
+    fr_claims_set(c, set, tid, j0, j1);
+}
+
 /* n operand rows in tiles of at most MR rows, balanced (16 rows with MR = 12 run as 8 + 8, not 12 + 4: a
  * short tile re-reads the whole panel for few rows): tile i of nt covers rows
  * [rec_tile_start(n, nt, i), rec_tile_start(n, nt, i + 1)). */

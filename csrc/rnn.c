@@ -63,7 +63,9 @@ typedef struct rnn_fwd_ctx {
     int ldy;
     real *acc;          /* (nthreads, B, W) per thread: a block's product for the active rows */
     const real **rows[FR_MAX_THREADS]; /* per thread: (3B) x rows of a step (fused), h_{t-1} and y rows */
+    int steal;          /* threads take each other's last blocks of a step (fr_claim; steps of 2+ rows) */
     fr_barrier_t bar;
+    fr_claims_t claims; /* steal: the blocks of a step */
 } rnn_fwd_ctx;
 
 /* The activation on one row of a block: units [u0, u0 + nu) of one slot.  acc (nu) = x_t W_ih^T + h W_hh^T. */
@@ -107,11 +109,17 @@ static void rnn_fwd_task(void *arg, int tid, int nth) {
     rec_thread_blocks(wp->nblk, tid, nth, &j0, &j1);
     size_t lo = 0, hi = 0;
     seq_rows(q, cx->s_begin, cx->s_end, &lo, &hi);
-    if (split) /* this thread's units of the projection: only it reads them, no barrier */
+    if (split) /* this thread's units of the projection: without stealing only it reads them, no barrier */
         seq_project_units(cx->xs ? cx->xs : cx->x + lo * I, hi - lo, I, cx->w_ih, 1, H, NULL, j0 * wp->NB,
                           j1 * wp->NB < H ? j1 * wp->NB : H, cx->xw);
+    if (cx->steal) { /* the claims of the first two steps, and the projection, before anyone takes a block */
+        rec_claims_fill(&cx->claims, cx->s_begin & 1, tid, nth, wp->nblk, j0, j1);
+        rec_claims_fill(&cx->claims, (cx->s_begin + 1) & 1, tid, nth, wp->nblk, j0, j1);
+        fr_barrier_wait(&cx->bar, tid);
+    }
     for (int s = cx->s_begin; s < cx->s_end; s++) {
         const int n = seq_active(q, s);
+        if (cx->steal && s > cx->s_begin) rec_claims_fill(&cx->claims, (s + 1) & 1, tid, nth, wp->nblk, j0, j1); /* fr_claims_t */
         const real *hp = cx->hbuf[s & 1];  /* (B, H) h_{t-1} */
         real *hn = cx->hbuf[(s & 1) ^ 1];  /* (B, H) h_t */
         const real *xs = split ? cx->xw + (seq_row(q, s) - lo) * H : NULL; /* (n, H) the step's projection */
@@ -123,13 +131,20 @@ static void rnn_fwd_task(void *arg, int tid, int nth) {
             yr[k] = cx->y + row * cx->ldy;
         }
         /* blocks outside, rows inside: a block's panel stays in cache while every row passes it */
-        for (int j = j0; j < j1; j++) {
+        const int steal = cx->steal && n > 1;
+        for (int j = j0, own = 1, end = j1;; j++) {
+            if (steal) {
+                if ((j = fr_claim(&cx->claims, s & 1, tid, nth, &own, &end)) < 0) break;
+            } else if (j >= j1) {
+                break;
+            }
+            const real *pf = own ? rec_next_panel(wp, j, end) : NULL;
             const int u0 = j * wp->NB, nu = rec_block_units(wp, j);
             if (split) {
-                rnn_block_product(wp, j, n, hr, NULL, acc, rec_next_panel(wp, j, j1));
+                rnn_block_product(wp, j, n, hr, NULL, acc, pf);
                 for (int k = 0; k < n; k++) rec_add_gates(1, H, W, u0, nu, xs + (size_t)k * H, acc + (size_t)k * W);
             } else {
-                rnn_block_product(wp, j, n, xr, hr, acc, rec_next_panel(wp, j, j1));
+                rnn_block_product(wp, j, n, xr, hr, acc, pf);
             }
             for (int k = 0; k < n; k++)
                 rnn_fwd_cell(nu, relu, acc + (size_t)k * W, cx->bias + u0, hn + (size_t)k * H + u0, yr[k] + u0);
@@ -203,6 +218,7 @@ static int rnn_forward(int T, int B, int I, int H, int relu, int reverse,
     cx.y = y;
     cx.ldy = ldy;
     const int nth = rec_threads_for(B, 1, H, I + H, wp.nblk);
+    cx.steal = rec_steal(nth, B, &wp);
     if ((rowptrs = (const real **)malloc(sizeof(real *) * (3 * (size_t)B * nth + 1))) == NULL) goto done;
     if ((acc = fr_alloc((size_t)nth * B * wp.W, 0)) == NULL) goto done;
     for (int t = 0; t < nth; t++) cx.rows[t] = rowptrs + 3 * (size_t)B * t;

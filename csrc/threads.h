@@ -26,6 +26,49 @@ typedef struct {
 void fr_barrier_init(fr_barrier_t *b, int n);
 void fr_barrier_wait(fr_barrier_t *b, int tid);
 
+/* Blocks of one step shared out with stealing.  Thread t starts with its own contiguous range of blocks
+ * and takes them from the front; a thread whose range is empty takes from the back of another's.  With
+ * every thread about as fast, each keeps (nearly) its own range, so its weight panels stay in its cache
+ * from step to step; when one is slower (a VM's vCPU shared with another process, or simply later out of
+ * the barrier), the others take its last blocks instead of waiting for them at the next barrier.
+ * A range is (front, end) packed in one 64-bit word, changed by compare-and-swap.  Two sets, for steps
+ * of even and odd index: each thread refills its own range of the set of step s + 1 at the start of step
+ * s, when no thread can still be taking from it (the barrier closing step s - 1 is behind everyone) and
+ * none takes from it before the barrier closing step s. */
+typedef struct {
+    struct {
+        _Atomic unsigned long long r;
+        char pad[64 - sizeof(unsigned long long)];
+    } slot[2][FR_MAX_THREADS];
+} fr_claims_t;
+
+static inline void fr_claims_set(fr_claims_t *c, int set, int tid, int j0, int j1) {
+    atomic_store_explicit(&c->slot[set][tid].r, (unsigned long long)(unsigned)j0 << 32 | (unsigned)j1,
+                          memory_order_relaxed);
+}
+
+/* The next block for thread tid of nth in set `set`, or -1 when every range is empty.  *own: the block
+ * came from tid's own range, whose current end goes to *end (the blocks before it may come next). */
+static inline int fr_claim(fr_claims_t *c, int set, int tid, int nth, int *own, int *end) {
+    for (int d = 0; d < nth; d++) {
+        const int t = tid + d < nth ? tid + d : tid + d - nth;
+        _Atomic unsigned long long *r = &c->slot[set][t].r;
+        unsigned long long v = atomic_load_explicit(r, memory_order_relaxed);
+        for (;;) {
+            const int lo = (int)(v >> 32), hi = (int)(v & 0xffffffffu);
+            if (lo >= hi) break;
+            /* the owner takes the front, the others the back */
+            const unsigned long long w = d == 0 ? v + (1ull << 32) : v - 1;
+            if (atomic_compare_exchange_weak_explicit(r, &v, w, memory_order_relaxed, memory_order_relaxed)) {
+                *own = d == 0;
+                *end = hi;
+                return d == 0 ? lo : hi - 1;
+            }
+        }
+    }
+    return -1;
+}
+
 /* Run fn(ctx, tid, nthreads) for tid = 0 .. nthreads-1 on up to min(n, fr_get_num_threads()) threads, the
  * caller being tid 0, with denormals flushed on each; returns nthreads once all have returned.  If another
  * caller's region holds the pool, runs fn on the caller alone (nthreads = 1).  `bar` (or NULL) is

@@ -27,6 +27,7 @@ cdef extern from "fastrnn.h" nogil:
     int fr_set_isa(int isa)
     int fr_cpu_has_avx2()
     int fr_cpu_has_avx512()
+    int fr_set_steal_mode(int mode)
     size_t fr_chunk_bytes()
     int fr_proj_min_rows()
     void fr_set_chunking(size_t chunk_bytes, int proj_min_rows)
@@ -113,6 +114,15 @@ def _set_chunking(chunk_bytes=0, proj_min_rows=0):
     old = (fr_chunk_bytes(), fr_proj_min_rows())
     fr_set_chunking(chunk_bytes, proj_min_rows)
     return old
+
+
+def _set_steal_mode(int mode):
+    """Testing knob (not API): how the threads of a step share its blocks (fastrnn.h, fr_set_steal_mode):
+    0 by the step's work (default), 1 always by claims, 2 always, with every block starting in the last
+    thread's range so the others take theirs from its back.  Returns the previous mode."""
+    if mode not in (0, 1, 2):
+        raise ValueError(f"_set_steal_mode: expected 0, 1 or 2, got {mode}")
+    return fr_set_steal_mode(mode)
 
 
 def get_num_threads():

@@ -140,6 +140,37 @@ def test_every_tile_height(isa, dtype, variant, threads):
     check(Case.variant(variant, T=14, B=14, I=9, H=70, lengths=lengths, **proj), dtype)
 
 
+@pytest.fixture(params=[1, 2], ids=["steal", "steal_all"])
+def stealing(request):
+    """Steps split by units share their blocks by claims (a testing knob of the kernels,
+    fastrnn._core._set_steal_mode): 1 whenever there are 2+ threads (normally only for steps of 4+ MFLOP),
+    2 with every block of a step starting in the last thread's range, so the first thread takes all of
+    its blocks from the back of that range while the owner takes from the front.  Restored afterwards."""
+    previous = fastrnn._core._set_steal_mode(request.param)
+    yield request.param
+    fastrnn._core._set_steal_mode(previous)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
+@pytest.mark.parametrize("variant", ["rnn_tanh", "rnn_relu", "lstm", "lstm_proj", "gru"])
+def test_blocks_stolen_across_threads(isa, dtype, variant, stealing):
+    """The forwards' steps with their blocks of units claimed (fr_claim): fused and split (B <= 2, and
+    B = 5 with large weights) steps, lengths ending sequences mid-way (steps of 1 row keep the static
+    split), chunked projections; the GRU claims in its reset_after forward with the GEMM projection (here
+    in training, which check runs)."""
+    previous = fastrnn.get_num_threads()
+    fastrnn.set_num_threads(2)
+    try:
+        proj = dict(proj_size=10) if variant == "lstm_proj" else {}
+        # B = 15: under the 16 rows from which the LSTM's 2 threads would split rows instead (lstm_rowsplit)
+        lengths = (9, 3, 7, 9, 1, 5, 9, 2, 8, 6, 4, 9, 7, 3, 1)
+        check(Case.variant(variant, T=9, B=15, I=7, H=70, lengths=lengths, **proj), dtype)
+        check(Case.variant(variant, T=12, B=2, I=9, H=100, lengths=(12, 7), bidirectional=True, **proj), dtype)
+        check(Case.variant(variant, T=8, B=5, I=100, H=160, lengths=(8, 3, 6, 8, 2), **proj), dtype)
+    finally:
+        fastrnn.set_num_threads(previous)
+
+
 @pytest.fixture
 def small_chunks():
     """Chunks of few steps (a testing knob of the kernels, fastrnn._core._set_chunking): work buffers of 1
