@@ -270,9 +270,11 @@ typedef struct rnn_bwd_ctx {
     real *dg;           /* (N, H) dG, row space */
     real *dh;           /* (B, H) slot order: dh_n in, dh0 out */
     real *acc;          /* (nthreads, B, W) per thread: a block's product for the active rows */
-    double *db;         /* (H) column sums of dG: the bias gradient; a thread adds to its units only */
+    double *db;         /* (H) column sums of dG: the bias gradient; a step's units, each by one thread */
     const real **rows[FR_MAX_THREADS]; /* per thread: (3B) dG_t rows, y and dy rows of the step before */
+    int steal;          /* threads take each other's last blocks of a step (fr_claim; steps of 2+ rows) */
     fr_barrier_t bar;
+    fr_claims_t claims; /* steal: the blocks of a step */
 } rnn_bwd_ctx;
 
 /* g = (dy + a) * act'(h) on nu units, a being dh_t (the product's block, or the carried dh_n); and the bias
@@ -344,16 +346,26 @@ static void rnn_bwd_task(void *arg, int tid, int nth) {
                              g + (size_t)k * H + u0, cx->db + u0);
         }
     }
+    if (cx->steal) /* step S - 1's claims, before the barrier below */
+        rec_claims_fill(&cx->claims, (q->S - 1) & 1, tid, nth, tp->nblk, j0, j1);
     for (int s = q->S - 1; s >= 0; s--) {
         fr_barrier_wait(&cx->bar, tid); /* dG_t complete */
+        if (cx->steal) /* step s - 1's claims (fr_claims_t): no one takes from them before the next barrier */
+            rec_claims_fill(&cx->claims, (s - 1) & 1, tid, nth, tp->nblk, j0, j1);
         const int n = seq_active(q, s), np = s > 0 ? seq_active(q, s - 1) : 0;
         const real *gs = cx->dg + seq_row(q, s) * H;            /* (n, H) dG_t */
         real *gp = s > 0 ? cx->dg + seq_row(q, s - 1) * H : NULL; /* (np, H) dG_{t-1} out */
         for (int k = 0; k < n; k++) gr[k] = gs + (size_t)k * H;
         if (s > 0) rnn_bwd_rows(cx, s - 1, 0, np, yr, dyr);
-        for (int j = j0; j < j1; j++) {
+        const int steal = cx->steal && n > 1;
+        for (int j = j0, own = 1, end = j1;; j++) {
+            if (steal) {
+                if ((j = fr_claim(&cx->claims, s & 1, tid, nth, &own, &end)) < 0) break;
+            } else if (j >= j1) {
+                break;
+            }
             const int u0 = j * NB, nu = rec_block_units(tp, j);
-            rnn_block_product(tp, j, n, gr, NULL, acc, rec_next_panel(tp, j, j1)); /* dh_{t-1} of these units */
+            rnn_block_product(tp, j, n, gr, NULL, acc, own ? rec_next_panel(tp, j, end) : NULL); /* dh_{t-1} */
             for (int k = 0; k < n; k++) {
                 const real *a = acc + (size_t)k * W;
                 if (s > 0)
@@ -420,6 +432,7 @@ static int rnn_backward(int T, int B, int I, int H, int relu, int reverse,
     cx.dh = dh;
     cx.db = db;
     const int nth = rec_threads_for(B, 1, H, H, tp.nblk);
+    cx.steal = rec_steal(nth, B, &tp);
     if ((rowptrs = (const real **)malloc(sizeof(real *) * 3 * (size_t)(B > 0 ? B : 1) * nth)) == NULL) goto done;
     if ((acc = fr_alloc((size_t)nth * B * tp.W, 0)) == NULL) goto done;
     for (int t = 0; t < nth; t++) cx.rows[t] = rowptrs + (size_t)3 * B * t;
