@@ -28,7 +28,9 @@
  * region for the whole sequence, each thread projecting every row of a chunk of >= 128 rows onto its own
  * blocks of units in tiles (the same blocks in the W_ih and W_hh packs of recurrent.h): all rows pass a
  * block's panel while it is in L1, and the projection is still in L2 when the steps read it.  Either way
- * only the owner reads those columns again, so no barrier is needed.
+ * only the owner reads those columns again, so no barrier is needed -- except when the steps hand their
+ * blocks out by claims (reset_after = 1 with the GEMM projection, steps of enough work: rec_steal,
+ * fr_claim), where a barrier follows the projection.
  * Per step, for tiles of active rows and the thread's blocks:
  *   reset_after = 1: h_{t-1} [W_hr, W_hz, W_hn]^T (3 gates in one pass), then the cell on the tile; h is
  *     double-buffered, one barrier per step.
@@ -327,7 +329,7 @@ static void gru_fwd_task(void *arg, int tid, int nth) {
         seq_rows(q, c0, c1, &lo, &hi);
         real *xw = cx->tg ? cx->tg + lo * G3 : cx->xw; /* (hi - lo, 3H): row lo + i of row space is row i */
         /* The input projection of the chunk for this thread's blocks (xp): every row passes a block's panel
-         * while it is in L1.  Only this thread reads these columns, so no barrier follows. */
+         * while it is in L1.  Only this thread reads these columns, so no barrier follows (but for steal). */
         if (!xp) /* this thread's units by GEMM (the region runs one chunk) */
             seq_project_units(cx->xs ? cx->xs : cx->x + lo * I, hi - lo, I, cx->w_ih, 3, H, cx->bias, j0 * NB,
                               j1 * NB < H ? j1 * NB : H, xw);

@@ -38,7 +38,10 @@
  * the tape's gate rows in training; all rows at once then), and the step multiplies by W_hh alone and
  * adds its row of that projection.  h_t goes to the other of two state buffers, so threads still reading
  * h_{t-1} are not disturbed; one barrier per step (two with projection, whose product needs all of m).
- * With small weights and enough rows (lstm_rowsplit) the threads split the rows instead: no barrier. */
+ * With small weights and enough rows (lstm_rowsplit) the threads split the rows instead: no barrier.
+ * Split by units, a step of enough work (rec_steal) hands its blocks out by claims (fr_claim): a thread
+ * runs its own range, then takes the last blocks of another's; the projection (split) is then followed by
+ * a barrier, since a thread may run units another projected. */
 
 typedef struct lstm_fwd_ctx {
     const fr_seq *pl;

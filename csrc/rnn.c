@@ -45,7 +45,9 @@ static void rnn_block_product(const rec_pack *p, int j, int n,
  * buffers (step s reads hbuf[s & 1], writes hbuf[(s + 1) & 1]), so one barrier per step suffices: after it,
  * the next step writes only the buffer no thread reads any more.
  * A slot stops being written after its last valid step (it leaves the active prefix, which only shrinks),
- * so sequence b's final state stays in hbuf[lengths[b] & 1]: no copying of ended rows per step. */
+ * so sequence b's final state stays in hbuf[lengths[b] & 1]: no copying of ended rows per step.
+ * Steps of enough work (rec_steal) hand their blocks out by claims (fr_claim), as the LSTM's do; the
+ * backward's too (each step's dG_{t-1} is complete at the next barrier whoever wrote it). */
 
 typedef struct rnn_fwd_ctx {
     const fr_seq *q;
