@@ -91,6 +91,11 @@ static void rec_pack_segment(real *pj, int W, int NB, int g, int nu,
     }
 }
 
+/* Units of block j of NB-unit blocks over H (the last block may be partial). */
+static inline int rec_block_units_of(int H, int NB, int j) {
+    return H - j * NB < NB ? H - j * NB : NB;
+}
+
 /* Blocks [*j0, *j1) of thread tid out of nth: contiguous, balanced. */
 static inline void rec_thread_blocks(int nblk, int tid, int nth, int *j0, int *j1) {
     *j0 = (int)((long)nblk * tid / nth);
@@ -167,9 +172,31 @@ static int rec_pack_init(rec_pack *p, int G, int H,
     return FR_OK;
 }
 
+/* Blocks [j0, j1) of rec_pack_transposed's panels, from W = p->w1 (K, ld1). */
+static void rec_pack_transposed_blocks(rec_pack *p, int j0, int j1) {
+    const int K = p->K;
+    for (int j = j0; j < j1; j++) {
+        real *pj = p->panels + (size_t)j * K * p->W; /* (K, NB) */
+        const int nu = rec_block_units_of(p->H, p->NB, j);
+        for (int k = 0; k < K; k++) {
+            memcpy(pj + (size_t)k * p->W, p->w1 + (size_t)k * p->ld1 + (size_t)j * p->NB, (size_t)nu * sizeof(real));
+            if (nu < p->NB) memset(pj + (size_t)k * p->W + nu, 0, (size_t)(p->NB - nu) * sizeof(real));
+        }
+    }
+}
+
+/* rec_pack_task for rec_pack_transposed: each thread the blocks it owns in the backward's steps. */
+static void rec_pack_transposed_task(void *arg, int tid, int nth) {
+    rec_pack *p = (rec_pack *)arg;
+    int j0, j1;
+    rec_thread_blocks(p->nblk, tid, nth, &j0, &j1);
+    rec_pack_transposed_blocks(p, j0, j1);
+}
+
 /* Packs W^T for the backward product dh_{t-1} = dG_t W: W is (K, H) row-major (torch's weight_hh, K = G*H
  * gate rows, H = its input width P), and the panels are those of the (H, K) matrix W^T with G = 1: block j
- * covers output units [j*NB, j*NB + NB), panel_j[k][v] = W[k][j*NB + v].  FR_ENOMEM on failure. */
+ * covers output units [j*NB, j*NB + NB), panel_j[k][v] = W[k][j*NB + v] (0 past H).  Large weights are
+ * packed by all threads, as rec_pack_init does.  FR_ENOMEM on failure. */
 static int rec_pack_transposed(rec_pack *p, int H, int K,
                                const real *w, int ldw) /* (K, ldw >= H) */
 {
@@ -177,18 +204,17 @@ static int rec_pack_transposed(rec_pack *p, int H, int K,
     p->H = H;
     p->K1 = K;
     p->K = K;
-    p->w1 = p->w2 = NULL;
+    p->w1 = w; /* for the packing only: with panels, nothing reads w1 */
+    p->ld1 = ldw;
+    p->w2 = NULL;
     p->NB = rec_units_per_block(1);
     p->W = p->NB;
     p->nblk = (H + p->NB - 1) / p->NB;
-    p->panels = fr_alloc((size_t)p->nblk * K * p->W, 1);
+    const size_t n = (size_t)p->nblk * K * p->W;
+    p->panels = fr_alloc(n, 0);
     if (p->panels == NULL) return FR_ENOMEM;
-    for (int j = 0; j < p->nblk; j++) {
-        real *pj = p->panels + (size_t)j * K * p->W; /* (K, NB) */
-        int nu = H - j * p->NB < p->NB ? H - j * p->NB : p->NB;
-        for (int k = 0; k < K; k++)
-            memcpy(pj + (size_t)k * p->W, w + (size_t)k * ldw + (size_t)j * p->NB, (size_t)nu * sizeof(real));
-    }
+    if (n * sizeof(real) >= REC_PACK_PAR_BYTES) fr_parallel(p->nblk, rec_pack_transposed_task, p, NULL);
+    else rec_pack_transposed_blocks(p, 0, p->nblk);
     return FR_OK;
 }
 
