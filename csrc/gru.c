@@ -781,8 +781,10 @@ static int gru_backward(int T, int B, int I, int H, int reset_after, int reverse
     const int ldn = ra ? H : G3;
 
     /* Weight gradients and dx as large GEMMs over all rows, a chunk of steps at a time. */
-    memset(dw_ih, 0, sizeof(real) * (size_t)G3 * I);
-    memset(dw_hh, 0, sizeof(real) * (size_t)G3 * H);
+    if (q.S <= 0) { /* else the first chunk's products overwrite them, the others add */
+        memset(dw_ih, 0, sizeof(real) * (size_t)G3 * I);
+        memset(dw_hh, 0, sizeof(real) * (size_t)G3 * H);
+    }
     if (dx && !dx_accumulate) seq_zero_padding(&q, dx, I, I);
     for (int s0 = 0; s0 < q.S; s0 += chunk) {
         int s1 = s0 + chunk < q.S ? s0 + chunk : q.S;
@@ -796,11 +798,12 @@ static int gru_backward(int T, int B, int I, int H, int reset_after, int reverse
             seq_gather(&q, s0, s1, x, I, I, xg);
             xc = xg;
         }
-        fr_gemm(1, 0, G3, I, m, (real)1, gc, G3, xc, I, (real)1, dw_ih, I);
+        const real bw = s0 > 0 ? (real)1 : (real)0;
+        fr_gemm(1, 0, G3, I, m, (real)1, gc, G3, xc, I, bw, dw_ih, I);
 
         seq_gather_prev(&q, s0, s1, y, ldy, h0, H, hg);
-        fr_gemm(1, 0, 2 * H, H, m, (real)1, gc, G3, hg, H, (real)1, dw_hh, H);
-        fr_gemm(1, 0, H, H, m, (real)1, dnc, ldn, ra ? hg : aux + lo * H, H, (real)1, dw_hh + 2 * (size_t)H * H, H);
+        fr_gemm(1, 0, 2 * H, H, m, (real)1, gc, G3, hg, H, bw, dw_hh, H);
+        fr_gemm(1, 0, H, H, m, (real)1, dnc, ldn, ra ? hg : aux + lo * H, H, bw, dw_hh + 2 * (size_t)H * H, H);
 
         if (dx == NULL) continue;
         real *dxc = lengths ? xg : dx + lo * (size_t)I; /* (m, I) */
