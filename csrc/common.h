@@ -45,6 +45,7 @@ typedef float real;
  * The cells call fr_gemm: fastrnn's own blocked GEMM of this dtype and ISA (gemm_kernel.h, included by
  * instance.h before the cells), or the BLAS path below when the backend is FR_GEMM_BLAS. */
 #define fr_gemm gk_gemm_cell
+#define fr_gemm_jobs gk_gemm_jobs
 
 /* Which GEMM fr_gemm uses (gemm.c): FR_GEMM_OWN, unless the environment variable FASTRNN_GEMM=blas said
  * otherwise at first use, or fr_gemm_set_backend changed it (a knob for benchmarks and a fallback). */

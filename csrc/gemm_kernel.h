@@ -701,4 +701,76 @@ static void gk_gemm_cell(int trans_a, int trans_b, int M, int N, int K, real alp
     else gk_gemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, 0);
 }
 
+/* Independent products, each too small to split across threads (GK_PAR_FLOPS), run side by side: each
+ * thread takes whole products, the largest first, from a shared position, so a late thread just takes
+ * fewer.  A backward at B = 1 ends with three such products (dW_ih, dW_hh, dx: 26 MFLOP for LSTM(64, 128)
+ * at T = 100), which otherwise ran one after the other on the calling thread while the other waited.
+ * A job may name one more product to run after it on the same thread (then: one that adds into its C). */
+typedef struct gk_job {
+    int trans_a, trans_b, M, N, K;
+    real alpha;
+    const real *A; /* (M, lda >= K), or (K, lda >= M) when trans_a */
+    int lda;
+    const real *B; /* (K, ldb >= N), or (N, ldb >= K) when trans_b */
+    int ldb;
+    real beta;
+    real *C;       /* (M, ldc >= N) */
+    int ldc;
+    const struct gk_job *then; /* or NULL */
+} gk_job;
+
+typedef struct gk_jobs_ctx {
+    const gk_job *const *jobs; /* (n) largest first */
+    int n;
+    atomic_int next;
+} gk_jobs_ctx;
+
+static double gk_job_flops(const gk_job *j) {
+    double f = 0;
+    for (; j; j = j->then) f += 2.0 * j->M * j->N * j->K;
+    return f;
+}
+
+static void gk_jobs_task(void *arg, int tid, int nth) {
+    gk_jobs_ctx *c = (gk_jobs_ctx *)arg;
+    (void)tid;
+    (void)nth;
+    for (int i; (i = atomic_fetch_add_explicit(&c->next, 1, memory_order_relaxed)) < c->n;)
+        for (const gk_job *j = c->jobs[i]; j; j = j->then)
+            gk_gemm_here(j->trans_a, j->trans_b, j->M, j->N, j->K, j->alpha, j->A, j->lda, j->B, j->ldb, j->beta,
+                         j->C, j->ldc);
+}
+
+/* The cells' fr_gemm_jobs: runs the n jobs (NULL entries skipped) as above when there are 2+ threads and
+ * every product is below GK_PAR_FLOPS; else one after the other through gk_gemm_cell (each split across the
+ * threads if large; the BLAS path when FASTRNN_GEMM=blas). */
+static void gk_gemm_jobs(const gk_job **jobs, int n) {
+    const gk_job *list[8];
+    int m = 0, small = 1;
+    for (int i = 0; i < n && m < 8; i++) {
+        if (jobs[i] == NULL) continue;
+        list[m++] = jobs[i];
+        for (const gk_job *j = jobs[i]; j; j = j->then)
+            if (2.0 * j->M * j->N * j->K >= GK_PAR_FLOPS) small = 0;
+    }
+    if (m > 1 && small && fr_get_num_threads() > 1 && fr_gemm_backend() != FR_GEMM_BLAS) {
+        for (int i = 1; i < m; i++) /* largest first: insertion sort of a few */
+            for (int k = i; k > 0 && gk_job_flops(list[k]) > gk_job_flops(list[k - 1]); k--) {
+                const gk_job *t = list[k];
+                list[k] = list[k - 1];
+                list[k - 1] = t;
+            }
+        gk_jobs_ctx c;
+        c.jobs = list;
+        c.n = m;
+        atomic_init(&c.next, 0);
+        fr_parallel(m, gk_jobs_task, &c, NULL);
+        return;
+    }
+    for (int i = 0; i < m; i++)
+        for (const gk_job *j = list[i]; j; j = j->then)
+            gk_gemm_cell(j->trans_a, j->trans_b, j->M, j->N, j->K, j->alpha, j->A, j->lda, j->B, j->ldb, j->beta,
+                         j->C, j->ldc);
+}
+
 #endif /* FR_GEMM_INSTANCE */

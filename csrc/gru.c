@@ -799,17 +799,18 @@ static int gru_backward(int T, int B, int I, int H, int reset_after, int reverse
             xc = xg;
         }
         const real bw = s0 > 0 ? (real)1 : (real)0;
-        fr_gemm(1, 0, G3, I, m, (real)1, gc, G3, xc, I, bw, dw_ih, I);
-
         seq_gather_prev(&q, s0, s1, y, ldy, h0, H, hg);
-        fr_gemm(1, 0, 2 * H, H, m, (real)1, gc, G3, hg, H, bw, dw_hh, H);
-        fr_gemm(1, 0, H, H, m, (real)1, dnc, ldn, ra ? hg : aux + lo * H, H, bw, dw_hh + 2 * (size_t)H * H, H);
-
-        if (dx == NULL) continue;
-        real *dxc = lengths ? xg : dx + lo * (size_t)I; /* (m, I) */
-        real beta = (lengths || !dx_accumulate) ? (real)0 : (real)1;
-        fr_gemm(0, 0, m, I, G3, (real)1, gc, G3, w_ih, I, beta, dxc, I);
-        if (lengths) seq_scatter(&q, s0, s1, xg, dx, I, I, dx_accumulate);
+        real *dxc = lengths ? xg : dx + lo * (size_t)I; /* (m, I); xg once the dW_ih product has read it */
+        const real bx = (lengths || !dx_accumulate) ? (real)0 : (real)1;
+        const gk_job j_dx = {0, 0, m, I, G3, (real)1, gc, G3, w_ih, I, bx, dxc, I, NULL};
+        const gk_job j_ih = {1, 0, G3, I, m, (real)1, gc, G3, xc, I, bw, dw_ih, I, dx && lengths ? &j_dx : NULL};
+        const gk_job j_rz = {1, 0, 2 * H, H, m, (real)1, gc, G3, hg, H, bw, dw_hh, H, NULL};
+        const gk_job j_n = {1, 0, H, H, m, (real)1, dnc, ldn, ra ? hg : aux + lo * H, H, bw, dw_hh + 2 * (size_t)H * H, H,
+                            NULL};
+        /* side by side when small (fr_gemm_jobs); dx's product after dW_ih's when both use xg */
+        const gk_job *jobs[4] = {&j_ih, &j_rz, &j_n, dx && !lengths ? &j_dx : NULL};
+        fr_gemm_jobs(jobs, 4);
+        if (dx && lengths) seq_scatter(&q, s0, s1, xg, dx, I, I, dx_accumulate);
     }
     if (db_ih) fr_colsum(q.N, G3, dg, G3, db_ih);
     if (db_hh) {

@@ -813,21 +813,17 @@ static int lstm_backward(int T, int B, int I, int H, int P, int reverse,
     if (proj && dw_hr) fr_gemm(1, 0, P, H, (int)N, 1, dH, P, tm, H, 0, dw_hr, H);
 
     if (pl.perm == NULL) {
-        /* compact rows are x's and dx's own rows: one GEMM each */
-        if (dw_ih) fr_gemm(1, 0, (int)H4, I, (int)N, 1, dz, (int)H4, x, I, 0, dw_ih, I);
-        if (dx) fr_gemm(0, 0, (int)N, I, (int)H4, 1, dz, (int)H4, w_ih, I, dx_accumulate ? 1 : 0, dx, I);
+        /* compact rows are x's and dx's own rows: one GEMM each, side by side when small (fr_gemm_jobs) */
+        const gk_job j_ih = {1, 0, (int)H4, I, (int)N, 1, dz, (int)H4, x, I, 0, dw_ih, I, NULL};
+        const gk_job j_dx = {0, 0, (int)N, I, (int)H4, 1, dz, (int)H4, w_ih, I, dx_accumulate ? 1 : 0, dx, I, NULL};
         /* dW_hh = sum_t dz_t^T h_{t-1}: h_{t-1} is y's previous time block in processing order (y[t-1]
-         * forward, y[t+1] in reverse), read in place with its stride ldy, plus h0 for the first step */
-        if (dw_hh) {
-            int K = (T - 1) * B; /* rows whose previous state is in y */
-            const real *dz_y = reverse ? dz : dz + (size_t)B * H4;
-            const real *y_prev = reverse ? y + (size_t)B * ldy : y;
-            fr_gemm(1, 0, (int)H4, P, K, 1, dz_y, (int)H4, y_prev, ldy, 0, dw_hh, P);
-            if (h0) {
-                const real *dz_0 = dz + (size_t)fr_time_index(0, T, reverse) * B * H4;
-                fr_gemm(1, 0, (int)H4, P, B, 1, dz_0, (int)H4, h0, P, 1, dw_hh, P);
-            }
-        }
+         * forward, y[t+1] in reverse), read in place with its stride ldy, then h0's for the first step */
+        const gk_job j_h0 = {1, 0, (int)H4, P, B, 1, dz + (size_t)fr_time_index(0, T, reverse) * B * H4, (int)H4,
+                             h0, P, 1, dw_hh, P, NULL};
+        const gk_job j_hh = {1, 0, (int)H4, P, (T - 1) * B, 1, reverse ? dz : dz + (size_t)B * H4, (int)H4,
+                             reverse ? y + (size_t)B * ldy : y, ldy, 0, dw_hh, P, h0 ? &j_h0 : NULL};
+        const gk_job *jobs[3] = {dw_ih ? &j_ih : NULL, dx ? &j_dx : NULL, dw_hh ? &j_hh : NULL};
+        fr_gemm_jobs(jobs, 3);
     } else {
         /* with lengths, x, h_{t-1} and dx are gathered / scattered chunk by chunk (bounded memory), each
          * chunk still a GEMM over many rows */

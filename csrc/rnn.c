@@ -447,19 +447,17 @@ static int rnn_backward(int T, int B, int I, int H, int relu, int reverse,
     if (lengths == NULL) {
         /* row space is x's, dx's and y's own (T, B) order: everything in place, one GEMM each */
         const int N = (int)q.N;
-        fr_gemm(1, 0, H, I, N, (real)1, dg, H, x, I, (real)0, dw_ih, I);
-        if (dx) fr_gemm(0, 0, N, I, H, (real)1, dg, H, w_ih, I, dx_accumulate ? (real)1 : (real)0, dx, I);
+        const gk_job j_ih = {1, 0, H, I, N, (real)1, dg, H, x, I, (real)0, dw_ih, I, NULL};
+        const gk_job j_dx = {0, 0, N, I, H, (real)1, dg, H, w_ih, I, dx_accumulate ? (real)1 : (real)0, dx, I, NULL};
         /* h_{t-1} is y's previous time block in processing order (y[t-1] forward, y[t+1] in reverse),
-         * read in place with its stride ldy, plus h0 for the first step */
+         * read in place with its stride ldy, then h0's for the first step (a product with K = 0 sets 0) */
         const int K = T > 1 ? (T - 1) * B : 0;
-        const real *dg_y = reverse ? dg : dg + (size_t)B * H;
-        const real *y_prev = reverse ? y + (size_t)B * ldy : y;
-        if (K > 0) fr_gemm(1, 0, H, H, K, (real)1, dg_y, H, y_prev, ldy, (real)0, dw_hh, H);
-        else memset(dw_hh, 0, sizeof(real) * (size_t)H * H);
-        if (h0 && T > 0) {
-            const real *dg_0 = dg + (size_t)fr_time_index(0, T, reverse) * B * H;
-            fr_gemm(1, 0, H, H, B, (real)1, dg_0, H, h0, H, (real)1, dw_hh, H);
-        }
+        const gk_job j_h0 = {1, 0, H, H, B, (real)1, dg + (size_t)fr_time_index(0, T, reverse) * B * H, H, h0, H,
+                             (real)1, dw_hh, H, NULL};
+        const gk_job j_hh = {1, 0, H, H, K, (real)1, reverse ? dg : dg + (size_t)B * H, H,
+                             reverse ? y + (size_t)B * ldy : y, ldy, (real)0, dw_hh, H, h0 && T > 0 ? &j_h0 : NULL};
+        const gk_job *jobs[3] = {&j_ih, dx ? &j_dx : NULL, &j_hh};
+        fr_gemm_jobs(jobs, 3);
     } else {
         /* with lengths, x and h_{t-1} are gathered and dx scattered a chunk of steps at a time (bounded
          * memory), each chunk still one GEMM over many rows */
