@@ -335,11 +335,6 @@ static void gru_fwd_task(void *arg, int tid, int nth) {
                               j1 * NB < H ? j1 * NB : H, xw);
         else
             seq_x_rows(q, c0, c1, lo, cx->x, I, xr);
-        if (cx->steal) { /* the claims of the first two steps, and the projection, before anyone takes a block */
-            rec_claims_fill(&cx->claims, c0 & 1, tid, nth, hp->nblk, j0, j1);
-            rec_claims_fill(&cx->claims, (c0 + 1) & 1, tid, nth, hp->nblk, j0, j1);
-            fr_barrier_wait(&cx->bar, tid);
-        }
         for (int j = j0; xp && j < j1; j++) {
             const int u0 = j * NB, nu = rec_block_units(xp, j);
             for (size_t k0 = 0; k0 < hi - lo; k0 += MRx) {
@@ -348,6 +343,11 @@ static void gru_fwd_task(void *arg, int tid, int nth) {
                 for (int r = 0; r < mr; r++)
                     rec_put_gates(3, H, NB, u0, nu, tile + (size_t)r * xp->W, cx->bias, xw + (k0 + r) * G3);
             }
+        }
+        if (cx->steal) { /* the claims of the first two steps, and the projection, before anyone takes a block */
+            rec_claims_fill(&cx->claims, c0 & 1, tid, nth, hp->nblk, j0, j1);
+            rec_claims_fill(&cx->claims, (c0 + 1) & 1, tid, nth, hp->nblk, j0, j1);
+            fr_barrier_wait(&cx->bar, tid);
         }
 
         for (int s = c0; s < c1; s++) {

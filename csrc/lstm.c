@@ -670,8 +670,11 @@ static void lstm_bwd_task(void *arg, int tid, int nth) {
                 chunk.K1 = chunk.K = hp->K - c0 < kc ? hp->K - c0 : kc;
                 chunk.nblk = 1;
                 chunk.panels = hp->panels + ((size_t)j * hp->K + c0) * hp->W;
-                /* what this thread reads next follows in memory: the block's next chunk or the next block */
+                /* what this thread reads next follows in memory: the block's next chunk or the next block; the
+                 * prefetch walks chunk.K rows of it, so not when they would pass the end of the panels (a
+                 * shorter last chunk of the last block) */
                 const real *next = j + 1 < j1 || c0 + kc < hp->K ? chunk.panels + (size_t)chunk.K * hp->W : NULL;
+                if (next && next + (size_t)chunk.K * hp->W > hp->panels + (size_t)hp->nblk * hp->K * hp->W) next = NULL;
                 for (int i = 0, nt = rec_ntiles(n, MRh); i < nt; i++) {
                     const int k0 = rec_tile_start(n, nt, i), mr = rec_tile_start(n, nt, i + 1) - k0;
                     for (int r = 0; r < mr; r++) ar[r] = dz + (r0 + k0 + r) * H4 + c0;
@@ -821,7 +824,7 @@ static int lstm_backward(int T, int B, int I, int H, int P, int reverse,
         const gk_job j_h0 = {1, 0, (int)H4, P, B, 1, dz + (size_t)fr_time_index(0, T, reverse) * B * H4, (int)H4,
                              h0, P, 1, dw_hh, P, NULL};
         const gk_job j_hh = {1, 0, (int)H4, P, (T - 1) * B, 1, reverse ? dz : dz + (size_t)B * H4, (int)H4,
-                             reverse ? y + (size_t)B * ldy : y, ldy, 0, dw_hh, P, h0 ? &j_h0 : NULL};
+                             reverse ? y + (size_t)B * ldy : y, ldy, 0, dw_hh, P, h0 && T > 0 ? &j_h0 : NULL};
         const gk_job *jobs[3] = {dw_ih ? &j_ih : NULL, dx ? &j_dx : NULL, dw_hh ? &j_hh : NULL};
         fr_gemm_jobs(jobs, 3);
     } else {

@@ -10,6 +10,10 @@ from cpython.pycapsule cimport PyCapsule_GetName, PyCapsule_GetPointer
 
 cnp.import_array()
 
+cdef extern from "threads.h" nogil:
+    unsigned fr_fpmode_enter()
+    void fr_fpmode_leave(unsigned saved)
+
 cdef extern from "fastrnn.h" nogil:
     int FR_OK
     int FR_ENOMEM
@@ -244,6 +248,7 @@ def forward(int cell, int opt, int T, int B, int I, int H, int P, bint reverse, 
     cdef float *f = NULL
     cdef double *d = NULL
     cdef double *dp[12]
+    cdef unsigned mode
     cdef float *fp[12]
     cdef int k
     objs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, hn, cn, tape)
@@ -251,14 +256,18 @@ def forward(int cell, int opt, int T, int B, int I, int H, int P, bint reverse, 
         for k in range(12):
             dp[k] = _ptr(objs[k], d)
         with nogil:
+            mode = fr_fpmode_enter()  # denormals flushed for the whole call, whatever the threads
             rc = _forward(d, cell, opt, T, B, I, H, P, reverse, lp, dp[0], dp[1], dp[2], dp[3], dp[4],
                           dp[5], dp[6], dp[7], dp[8], ldy, dp[9], dp[10], dp[11])
+            fr_fpmode_leave(mode)
     else:
         for k in range(12):
             fp[k] = _ptr(objs[k], f)
         with nogil:
+            mode = fr_fpmode_enter()  # denormals flushed for the whole call, whatever the threads
             rc = _forward(f, cell, opt, T, B, I, H, P, reverse, lp, fp[0], fp[1], fp[2], fp[3], fp[4],
                           fp[5], fp[6], fp[7], fp[8], ldy, fp[9], fp[10], fp[11])
+            fr_fpmode_leave(mode)
     _check(rc)
 
 
@@ -272,6 +281,7 @@ def backward(int cell, int opt, int T, int B, int I, int H, int P, bint reverse,
     cdef float *f = NULL
     cdef double *d = NULL
     cdef double *dp[20]
+    cdef unsigned mode
     cdef float *fp[20]
     cdef int k
     objs = (x, h0, c0, w_ih, w_hh, w_hr, y, tape, dy, dhn, dcn, dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh,
@@ -280,16 +290,20 @@ def backward(int cell, int opt, int T, int B, int I, int H, int P, bint reverse,
         for k in range(19):
             dp[k] = _ptr(objs[k], d)
         with nogil:
+            mode = fr_fpmode_enter()  # denormals flushed for the whole call, whatever the threads
             rc = _backward(d, cell, opt, T, B, I, H, P, reverse, lp, dp[0], dp[1], dp[2], dp[3], dp[4],
                            dp[5], dp[6], ldy, dp[7], dp[8], lddy, dp[9], dp[10], dp[11], dx_accumulate,
                            dp[12], dp[13], dp[14], dp[15], dp[16], dp[17], dp[18])
+            fr_fpmode_leave(mode)
     else:
         for k in range(19):
             fp[k] = _ptr(objs[k], f)
         with nogil:
+            mode = fr_fpmode_enter()  # denormals flushed for the whole call, whatever the threads
             rc = _backward(f, cell, opt, T, B, I, H, P, reverse, lp, fp[0], fp[1], fp[2], fp[3], fp[4],
                            fp[5], fp[6], ldy, fp[7], fp[8], lddy, fp[9], fp[10], fp[11], dx_accumulate,
                            fp[12], fp[13], fp[14], fp[15], fp[16], fp[17], fp[18])
+            fr_fpmode_leave(mode)
     _check(rc)
 
 

@@ -153,11 +153,12 @@ def stealing(request):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
 @pytest.mark.parametrize("variant", ["rnn_tanh", "rnn_relu", "lstm", "lstm_proj", "gru"])
-def test_blocks_stolen_across_threads(isa, dtype, variant, stealing):
-    """The forwards' steps with their blocks of units claimed (fr_claim): fused and split (B <= 2, and
-    B = 5 with large weights) steps, lengths ending sequences mid-way (steps of 1 row keep the static
-    split), chunked projections; the GRU claims in its reset_after forward with the GEMM projection (here
-    in training, which check runs)."""
+def test_blocks_stolen_across_threads(isa, dtype, variant, stealing, small_chunks):
+    """The steps with their blocks of units claimed (fr_claim): the LSTM and RNN forwards, fused and split
+    (B <= 2, and B = 5 with large weights), the RNN backward, the GRU's reset_after forward with the GEMM
+    projection (in training, which check runs; steps of 8+ rows); lengths ending sequences mid-way (steps
+    of 1 row keep the static split); small chunks, so regions start at odd and even steps.  Every case
+    has work enough for 2 threads (rec_threads_for)."""
     previous = fastrnn.get_num_threads()
     fastrnn.set_num_threads(2)
     try:
@@ -165,7 +166,7 @@ def test_blocks_stolen_across_threads(isa, dtype, variant, stealing):
         # B = 15: under the 16 rows from which the LSTM's 2 threads would split rows instead (lstm_rowsplit)
         lengths = (9, 3, 7, 9, 1, 5, 9, 2, 8, 6, 4, 9, 7, 3, 1)
         check(Case.variant(variant, T=9, B=15, I=7, H=70, lengths=lengths, **proj), dtype)
-        check(Case.variant(variant, T=12, B=2, I=9, H=100, lengths=(12, 7), bidirectional=True, **proj), dtype)
+        check(Case.variant(variant, T=12, B=2, I=9, H=160, lengths=(12, 7), bidirectional=True, **proj), dtype)
         check(Case.variant(variant, T=8, B=5, I=100, H=160, lengths=(8, 3, 6, 8, 2), **proj), dtype)
     finally:
         fastrnn.set_num_threads(previous)
@@ -572,6 +573,28 @@ def test_caller_floating_point_mode_is_restored(isa, variant):
         y, st, tape = layer.forward(x, train=True)
         layer.backward(tape, np.ones_like(y))
         assert _denormals_work(), "training forward/backward left FTZ/DAZ set"
+
+
+@pytest.mark.parametrize("variant", ["lstm", "gru", "rnn_tanh"])
+def test_denormals_flushed_whatever_the_threads(isa, variant):
+    """Denormals are flushed for the whole kernel call, not only inside parallel regions: with denormal
+    inputs the gradients are the same on 1 and 2 threads (the small weight-gradient products run on the
+    caller alone on 1 thread, side by side in a region on 2: fr_gemm_jobs)."""
+    case = Case.variant(variant, T=20, B=1, I=64, H=128)
+    x = np.full((20, 1, 64), 1e-39, np.float32)
+    previous = fastrnn.get_num_threads()
+    grads = []
+    try:
+        for n in (1, 2):
+            fastrnn.set_num_threads(n)
+            layer = fastrnn_layer(case, np.float32, seed=0)
+            y, st, tape = layer.forward(x, train=True)
+            grads.append(layer.backward(tape, np.ones_like(y))[2])
+    finally:
+        fastrnn.set_num_threads(previous)
+    for name in grads[0]:
+        np.testing.assert_array_equal(grads[0][name], grads[1][name], err_msg=name)
+    assert _denormals_work()
 
 
 @pytest.mark.parametrize("threads", [1, 2])
