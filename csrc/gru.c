@@ -368,12 +368,8 @@ static void gru_fwd_task(void *arg, int tid, int nth) {
              * then overlap, where a cell right after its own tile would expose its latency (B = 1). */
             const int gsz = n >= GRU_GROUP_ROWS ? 1 : (GRU_GROUP_ROWS + n - 1) / n;
             const int steal = cx->steal && gsz == 1; /* then one block a group */
-            for (int ja = j0, own = 1, end = j1;; ja += gsz) {
-                if (steal) {
-                    if ((ja = fr_claim(&cx->claims, s & 1, tid, nth, &own, &end)) < 0) break;
-                } else if (ja >= j1) {
-                    break;
-                }
+            for (int ja = j0, own = 1, end = j1;
+                 (ja = rec_next_block(&cx->claims, steal, s & 1, tid, nth, ja, j1, &own, &end)) >= 0; ja += gsz) {
                 const int jb = ja + gsz < j1 || steal ? ja + gsz : j1;
                 for (int j = ja; j < jb; j++)
                     for (int i = 0, nt = rec_ntiles(n, MR); i < nt; i++) {

@@ -241,12 +241,8 @@ static void lstm_fwd_task(void *arg, int tid, int nth) {
 #endif
         /* (a step of one row runs the blocks above, statically) */
         const int steal = cx->steal && n > 1;
-        for (int own = 1, end = j1;; j++) {
-            if (steal) {
-                if ((j = fr_claim(&cx->claims, s & 1, tid, nth, &own, &end)) < 0) break;
-            } else if (j >= j1) {
-                break;
-            }
+        for (int own = 1, end = j1;
+             (j = rec_next_block(&cx->claims, steal, s & 1, tid, nth, j, j1, &own, &end)) >= 0; j++) {
             const real *pf = own ? rec_next_panel(wp, j, end) : NULL;
             const int u0 = j * wp->NB, nu = rec_block_units(wp, j);
             for (int i = 0, nt = rec_ntiles(kb - ka, MR); i < nt; i++) {

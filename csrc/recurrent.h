@@ -398,6 +398,14 @@ static inline int rec_steal(int nth, int B, const rec_pack *p) {
     return nth > 1 && (fr_steal_mode() || 2.0 * B * p->K * (double)p->W * p->nblk >= REC_STEAL_FLOPS);
 }
 
+/* The block a thread runs next in a step: with claims (steal), the next one it takes (fr_claim; *own and
+ * *end as there); without, `next` while it is below j1 (its own range, in order).  -1: none left. */
+static inline int rec_next_block(fr_claims_t *c, int steal, int set, int tid, int nth, int next, int j1, int *own,
+                                 int *end) {
+    if (steal) return fr_claim(c, set, tid, nth, own, end);
+    return next < j1 ? next : -1;
+}
+
 /* Thread tid's blocks [j0, j1) (rec_thread_blocks of nblk) as its range of claims `set` (fr_claims_set);
  * under fr_steal_mode 2 the last thread's range is all nblk blocks and the others' are empty. */
 static inline void rec_claims_fill(fr_claims_t *c, int set, int tid, int nth, int nblk, int j0, int j1) {

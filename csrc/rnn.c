@@ -134,12 +134,8 @@ static void rnn_fwd_task(void *arg, int tid, int nth) {
         }
         /* blocks outside, rows inside: a block's panel stays in cache while every row passes it */
         const int steal = cx->steal && n > 1;
-        for (int j = j0, own = 1, end = j1;; j++) {
-            if (steal) {
-                if ((j = fr_claim(&cx->claims, s & 1, tid, nth, &own, &end)) < 0) break;
-            } else if (j >= j1) {
-                break;
-            }
+        for (int j = j0, own = 1, end = j1;
+             (j = rec_next_block(&cx->claims, steal, s & 1, tid, nth, j, j1, &own, &end)) >= 0; j++) {
             const real *pf = own ? rec_next_panel(wp, j, end) : NULL;
             const int u0 = j * wp->NB, nu = rec_block_units(wp, j);
             if (split) {
@@ -360,12 +356,8 @@ static void rnn_bwd_task(void *arg, int tid, int nth) {
         for (int k = 0; k < n; k++) gr[k] = gs + (size_t)k * H;
         if (s > 0) rnn_bwd_rows(cx, s - 1, 0, np, yr, dyr);
         const int steal = cx->steal && n > 1;
-        for (int j = j0, own = 1, end = j1;; j++) {
-            if (steal) {
-                if ((j = fr_claim(&cx->claims, s & 1, tid, nth, &own, &end)) < 0) break;
-            } else if (j >= j1) {
-                break;
-            }
+        for (int j = j0, own = 1, end = j1;
+             (j = rec_next_block(&cx->claims, steal, s & 1, tid, nth, j, j1, &own, &end)) >= 0; j++) {
             const int u0 = j * NB, nu = rec_block_units(tp, j);
             rnn_block_product(tp, j, n, gr, NULL, acc, own ? rec_next_panel(tp, j, end) : NULL); /* dh_{t-1} */
             for (int k = 0; k < n; k++) {
