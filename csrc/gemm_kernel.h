@@ -741,19 +741,21 @@ static void gk_jobs_task(void *arg, int tid, int nth) {
                          j->C, j->ldc);
 }
 
-/* The cells' fr_gemm_jobs: runs the n jobs (NULL entries skipped) as above when there are 2+ threads and
- * every product is below GK_PAR_FLOPS; else one after the other through gk_gemm_cell (each split across the
- * threads if large; the BLAS path when FASTRNN_GEMM=blas). */
+/* The cells' fr_gemm_jobs: runs the n jobs (NULL entries skipped) as above when there are 2+ threads, at
+ * most GK_JOBS_MAX of them, and every product is below GK_PAR_FLOPS; else one after the other through
+ * gk_gemm_cell (each split across the threads if large; the BLAS path when FASTRNN_GEMM=blas). */
+#define GK_JOBS_MAX 8
 static void gk_gemm_jobs(const gk_job **jobs, int n) {
-    const gk_job *list[8];
+    const gk_job *list[GK_JOBS_MAX];
     int m = 0, small = 1;
-    for (int i = 0; i < n && m < 8; i++) {
+    for (int i = 0; i < n; i++) {
         if (jobs[i] == NULL) continue;
-        list[m++] = jobs[i];
+        if (m < GK_JOBS_MAX) list[m] = jobs[i];
+        m++;
         for (const gk_job *j = jobs[i]; j; j = j->then)
             if (2.0 * j->M * j->N * j->K >= GK_PAR_FLOPS) small = 0;
     }
-    if (m > 1 && small && fr_get_num_threads() > 1 && fr_gemm_backend() != FR_GEMM_BLAS) {
+    if (m > 1 && m <= GK_JOBS_MAX && small && fr_get_num_threads() > 1 && fr_gemm_backend() != FR_GEMM_BLAS) {
         for (int i = 1; i < m; i++) /* largest first: insertion sort of a few */
             for (int k = i; k > 0 && gk_job_flops(list[k]) > gk_job_flops(list[k - 1]); k--) {
                 const gk_job *t = list[k];
@@ -767,8 +769,8 @@ static void gk_gemm_jobs(const gk_job **jobs, int n) {
         fr_parallel(m, gk_jobs_task, &c, NULL);
         return;
     }
-    for (int i = 0; i < m; i++)
-        for (const gk_job *j = list[i]; j; j = j->then)
+    for (int i = 0; i < n; i++)
+        for (const gk_job *j = jobs[i]; j; j = j->then)
             gk_gemm_cell(j->trans_a, j->trans_b, j->M, j->N, j->K, j->alpha, j->A, j->lda, j->B, j->ldb, j->beta,
                          j->C, j->ldc);
 }

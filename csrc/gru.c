@@ -344,16 +344,13 @@ static void gru_fwd_task(void *arg, int tid, int nth) {
                     rec_put_gates(3, H, NB, u0, nu, tile + (size_t)r * xp->W, cx->bias, xw + (k0 + r) * G3);
             }
         }
-        if (cx->steal) { /* the claims of the first two steps, and the projection, before anyone takes a block */
-            rec_claims_fill(&cx->claims, c0 & 1, tid, nth, hp->nblk, j0, j1);
-            rec_claims_fill(&cx->claims, (c0 + 1) & 1, tid, nth, hp->nblk, j0, j1);
-            fr_barrier_wait(&cx->bar, tid);
-        }
+        if (cx->steal) rec_claims_begin(&cx->claims, &cx->bar, c0, tid, nth, hp->nblk, j0, j1);
 
         for (int s = c0; s < c1; s++) {
             const int n = seq_active(q, s);
             const size_t r0 = seq_row(q, s);
-            if (cx->steal && s > c0) rec_claims_fill(&cx->claims, (s + 1) & 1, tid, nth, hp->nblk, j0, j1); /* fr_claims_t */
+            if (cx->steal && s > c0) /* step s + 1's claims (rec_claims_begin) */
+                rec_claims_fill(&cx->claims, (s + 1) & 1, tid, nth, hp->nblk, j0, j1);
             const real *hprev = cx->hbuf[cur];          /* (B, H) h_{t-1} */
             real *hnew = cx->hbuf[ra ? cur ^ 1 : cur];  /* (B, H) h_t */
             real *xs = xw + (r0 - lo) * G3;             /* (n, 3H) this step's projection */

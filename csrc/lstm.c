@@ -196,17 +196,13 @@ static void lstm_fwd_task(void *arg, int tid, int nth) {
     if (split) /* this thread's units of the projection: without stealing only it reads them, no barrier */
         seq_project_units(cx->xs ? cx->xs : cx->x + lo * I, hi - lo, I, cx->w_ih, 4, H, NULL, j0 * wp->NB,
                           j1 * wp->NB < H ? j1 * wp->NB : H, xw);
-    if (cx->steal) { /* the claims of the first two steps, and the projection, before anyone takes a block */
-        rec_claims_fill(&cx->claims, cx->s_begin & 1, tid, nth, wp->nblk, j0, j1);
-        rec_claims_fill(&cx->claims, (cx->s_begin + 1) & 1, tid, nth, wp->nblk, j0, j1);
-        fr_barrier_wait(&cx->bar, tid);
-    }
+    if (cx->steal) rec_claims_begin(&cx->claims, &cx->bar, cx->s_begin, tid, nth, wp->nblk, j0, j1);
     const real *bias = cx->bias;
     for (int s = cx->s_begin; s < cx->s_end; s++) {
         const int n = seq_active(pl, s);
         const int ka = k_lo, kb = k_hi < n ? k_hi : n; /* this thread's active rows [ka, kb) */
         const size_t r0 = seq_row(pl, s);
-        if (cx->steal && s > cx->s_begin) /* step s + 1's claims (fr_claims_t) */
+        if (cx->steal && s > cx->s_begin) /* step s + 1's claims (rec_claims_begin) */
             rec_claims_fill(&cx->claims, (s + 1) & 1, tid, nth, wp->nblk, j0, j1);
         const real *hp = cx->hbuf[cur];                       /* (B, P) h_{t-1} */
         real *hn = cx->hbuf[cur ^ 1];                         /* (B, P) h_t */

@@ -91,9 +91,10 @@ static void rec_pack_segment(real *pj, int W, int NB, int g, int nu,
     }
 }
 
-/* Units of block j of NB-unit blocks over H (the last block may be partial). */
-static inline int rec_block_units_of(int H, int NB, int j) {
-    return H - j * NB < NB ? H - j * NB : NB;
+/* Units of block j that exist (the last block may be partial). */
+static inline int rec_block_units(const rec_pack *p, int j) {
+    int u = p->H - j * p->NB;
+    return u < p->NB ? u : p->NB;
 }
 
 /* Blocks [*j0, *j1) of thread tid out of nth: contiguous, balanced. */
@@ -108,7 +109,7 @@ static void rec_pack_blocks(rec_pack *p, int j0, int j1) {
     const real *w1 = p->w1, *w2 = p->w2;
     for (int j = j0; j < j1; j++) {
         real *pj = p->panels + (size_t)j * p->K * p->W; /* (K, G, NB) */
-        const int nu = H - j * p->NB < p->NB ? H - j * p->NB : p->NB;
+        const int nu = rec_block_units(p, j);
         for (int g = 0; g < G; g++) {
             const size_t row = (size_t)g * H + (size_t)j * p->NB;
             if (nu % 8 == 0 || !(FR_AVX2 && !FR_DOUBLE)) {
@@ -177,7 +178,7 @@ static void rec_pack_transposed_blocks(rec_pack *p, int j0, int j1) {
     const int K = p->K;
     for (int j = j0; j < j1; j++) {
         real *pj = p->panels + (size_t)j * K * p->W; /* (K, NB) */
-        const int nu = rec_block_units_of(p->H, p->NB, j);
+        const int nu = rec_block_units(p, j);
         for (int k = 0; k < K; k++) {
             memcpy(pj + (size_t)k * p->W, p->w1 + (size_t)k * p->ld1 + (size_t)j * p->NB, (size_t)nu * sizeof(real));
             if (nu < p->NB) memset(pj + (size_t)k * p->W + nu, 0, (size_t)(p->NB - nu) * sizeof(real));
@@ -216,12 +217,6 @@ static int rec_pack_transposed(rec_pack *p, int H, int K,
     if (n * sizeof(real) >= REC_PACK_PAR_BYTES) fr_parallel(p->nblk, rec_pack_transposed_task, p, NULL);
     else rec_pack_transposed_blocks(p, 0, p->nblk);
     return FR_OK;
-}
-
-/* Units of block j that exist (the last block may be partial). */
-static inline int rec_block_units(const rec_pack *p, int j) {
-    int u = p->H - j * p->NB;
-    return u < p->NB ? u : p->NB;
 }
 
 /* The tile kernels compute out (mr, W) = sum_k a(r, k) panel(k, :), where row r of the operand is a1[r]
@@ -411,6 +406,16 @@ static inline int rec_next_block(fr_claims_t *c, int steal, int set, int tid, in
 static inline void rec_claims_fill(fr_claims_t *c, int set, int tid, int nth, int nblk, int j0, int j1) {
     if (fr_steal_mode() == 2) j0 = 0, j1 = tid == nth - 1 ? nblk : 0;
     fr_claims_set(c, set, tid, j0, j1);
+}
+
+/* At the start of a parallel region whose first step is s: the claims of steps s and s + 1, then a barrier
+ * (also behind whatever each thread computed for its own units before, e.g. the input projection), so no
+ * thread takes a block before every range is set.  Each step after the first refills step s + 1's. */
+static inline void rec_claims_begin(fr_claims_t *c, fr_barrier_t *bar, int s, int tid, int nth, int nblk, int j0,
+                                    int j1) {
+    rec_claims_fill(c, s & 1, tid, nth, nblk, j0, j1);
+    rec_claims_fill(c, (s + 1) & 1, tid, nth, nblk, j0, j1);
+    fr_barrier_wait(bar, tid);
 }
 
 /* n operand rows in tiles of at most MR rows, balanced (16 rows with MR = 12 run as 8 + 8, not 12 + 4: a

@@ -114,14 +114,11 @@ static void rnn_fwd_task(void *arg, int tid, int nth) {
     if (split) /* this thread's units of the projection: without stealing only it reads them, no barrier */
         seq_project_units(cx->xs ? cx->xs : cx->x + lo * I, hi - lo, I, cx->w_ih, 1, H, NULL, j0 * wp->NB,
                           j1 * wp->NB < H ? j1 * wp->NB : H, cx->xw);
-    if (cx->steal) { /* the claims of the first two steps, and the projection, before anyone takes a block */
-        rec_claims_fill(&cx->claims, cx->s_begin & 1, tid, nth, wp->nblk, j0, j1);
-        rec_claims_fill(&cx->claims, (cx->s_begin + 1) & 1, tid, nth, wp->nblk, j0, j1);
-        fr_barrier_wait(&cx->bar, tid);
-    }
+    if (cx->steal) rec_claims_begin(&cx->claims, &cx->bar, cx->s_begin, tid, nth, wp->nblk, j0, j1);
     for (int s = cx->s_begin; s < cx->s_end; s++) {
         const int n = seq_active(q, s);
-        if (cx->steal && s > cx->s_begin) rec_claims_fill(&cx->claims, (s + 1) & 1, tid, nth, wp->nblk, j0, j1); /* fr_claims_t */
+        if (cx->steal && s > cx->s_begin) /* step s + 1's claims (rec_claims_begin) */
+            rec_claims_fill(&cx->claims, (s + 1) & 1, tid, nth, wp->nblk, j0, j1);
         const real *hp = cx->hbuf[s & 1];  /* (B, H) h_{t-1} */
         real *hn = cx->hbuf[(s & 1) ^ 1];  /* (B, H) h_t */
         const real *xs = split ? cx->xw + (seq_row(q, s) - lo) * H : NULL; /* (n, H) the step's projection */
