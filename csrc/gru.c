@@ -321,6 +321,11 @@ static void gru_fwd_task(void *arg, int tid, int nth) {
     int j0, j1, p0 = 0, p1 = 0;
     rec_thread_blocks(hp->nblk, tid, nth, &j0, &j1); /* xp and hp have the same blocks */
     if (np) rec_thread_blocks(np->nblk, tid, nth, &p0, &p1);
+    if (cx->s_begin == 0) { /* the first region: this thread's blocks (steal: a barrier follows) */
+        rec_pack_own(xp, tid, nth);
+        rec_pack_own(hp, tid, nth);
+        rec_pack_own(np, tid, nth);
+    }
     int cur = ra ? cx->s_begin & 1 : 0;
 
     for (int c0 = cx->s_begin; c0 < cx->s_end; c0 += cx->chunk) {

@@ -189,6 +189,11 @@ static void lstm_fwd_task(void *arg, int tid, int nth) {
         rec_thread_blocks(wp->nblk, tid, nth, &j0, &j1);
         if (rp) rec_thread_blocks(rp->nblk, tid, nth, &q0, &q1);
     }
+    if (cx->s_begin == 0) { /* the first region: this thread's blocks (steal: a barrier follows) */
+        rec_pack_own(wp, tid, nth);
+        rec_pack_own(rp, tid, nth);
+        if (cx->rowsplit) fr_barrier_wait(&cx->bar, tid); /* each thread reads every block */
+    }
     int cur = cx->s_begin & 1; /* h_{t-1} of step s is in hbuf[s & 1] */
     size_t lo = 0, hi = 0;
     seq_rows(pl, cx->s_begin, cx->s_end, &lo, &hi);

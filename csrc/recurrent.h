@@ -104,7 +104,7 @@ static inline void rec_thread_blocks(int nblk, int tid, int nth, int *j0, int *j
 }
 
 /* Blocks [j0, j1) of rec_pack_init's panels. */
-static void rec_pack_blocks(rec_pack *p, int j0, int j1) {
+static void rec_pack_blocks(const rec_pack *p, int j0, int j1) {
     const int G = p->G, H = p->H, K1 = p->K1, K2 = p->K - p->K1, ld1 = p->ld1, ld2 = p->ld2;
     const real *w1 = p->w1, *w2 = p->w2;
     for (int j = j0; j < j1; j++) {
@@ -128,23 +128,14 @@ static void rec_pack_blocks(rec_pack *p, int j0, int j1) {
     }
 }
 
-/* Each thread packs the blocks it will own in the steps (rec_thread_blocks), so the panels are first
- * touched, and left in cache, by their user: LSTM(2048) packs 64 MB, which took ~7% of a 25-step forward
- * on the calling thread alone while the other waited. */
-static void rec_pack_task(void *arg, int tid, int nth) {
-    rec_pack *p = (rec_pack *)arg;
-    int j0, j1;
-    rec_thread_blocks(p->nblk, tid, nth, &j0, &j1);
-    rec_pack_blocks(p, j0, j1);
-}
-
-/* Weights of at least this many bytes are packed by all threads. */
+/* Weights of at least this many bytes are packed by all threads (rec_pack_transposed). */
 #ifndef REC_PACK_PAR_BYTES
 #define REC_PACK_PAR_BYTES ((size_t)1 << 20)
 #endif
 
-/* Packs [W1 | W2] ((G*H, K1) beside (G*H, K2), row strides ld1, ld2) along K; w2 may be NULL (K2 = 0).
- * FR_ENOMEM when the panels cannot be allocated. */
+/* Sets up the panels of [W1 | W2] ((G*H, K1) beside (G*H, K2), row strides ld1, ld2) along K; w2 may be
+ * NULL (K2 = 0).  Only allocates them: the forward's first parallel region packs them, each thread its
+ * own blocks (rec_pack_own).  FR_ENOMEM when the panels cannot be allocated. */
 static int rec_pack_init(rec_pack *p, int G, int H,
                          const real *w1, int K1, int ld1, /* (G*H, ld1 >= K1) */
                          const real *w2, int K2, int ld2, /* (G*H, ld2 >= K2) or NULL */
@@ -167,10 +158,20 @@ static int rec_pack_init(rec_pack *p, int G, int H,
     }
     const size_t n = (size_t)p->nblk * p->K * p->W;
     p->panels = fr_alloc(n, 0);
-    if (p->panels == NULL) return FR_ENOMEM;
-    if (n * sizeof(real) >= REC_PACK_PAR_BYTES) fr_parallel(p->nblk, rec_pack_task, p, NULL);
-    else rec_pack_blocks(p, 0, p->nblk);
-    return FR_OK;
+    return p->panels == NULL ? FR_ENOMEM : FR_OK;
+}
+
+/* In a forward's first parallel region (s_begin == 0), before any step: thread tid of nth packs the blocks
+ * it owns in the steps (rec_thread_blocks).  The panels are then first written, and left in cache, by the
+ * thread that reads them every step, and the packing is shared: packed by the calling thread before the
+ * region, the other threads fetched their panels from its cache at the first step of every call, and it
+ * packed alone while they waited (LSTM(2048): 64 MB, ~7% of a 25-step forward).  Where a thread may read
+ * another's blocks (claims, rows split) the region passes a barrier before. */
+static void rec_pack_own(const rec_pack *p, int tid, int nth) {
+    if (p == NULL || p->panels == NULL) return;
+    int j0, j1;
+    rec_thread_blocks(p->nblk, tid, nth, &j0, &j1);
+    rec_pack_blocks(p, j0, j1);
 }
 
 /* Blocks [j0, j1) of rec_pack_transposed's panels, from W = p->w1 (K, ld1). */

@@ -109,6 +109,7 @@ static void rnn_fwd_task(void *arg, int tid, int nth) {
     real **yr = (real **)(hr + B);   /* (B) y rows */
     int j0, j1;
     rec_thread_blocks(wp->nblk, tid, nth, &j0, &j1);
+    if (cx->s_begin == 0) rec_pack_own(wp, tid, nth); /* the first region: this thread's blocks */
     size_t lo = 0, hi = 0;
     seq_rows(q, cx->s_begin, cx->s_end, &lo, &hi);
     if (split) /* this thread's units of the projection: without stealing only it reads them, no barrier */
