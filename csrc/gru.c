@@ -373,12 +373,17 @@ static void gru_fwd_task(void *arg, int tid, int nth) {
             for (int ja = j0, own = 1, end = j1;
                  (ja = rec_next_block(&cx->claims, steal, s & 1, tid, nth, ja, j1, &own, &end)) >= 0; ja += gsz) {
                 const int jb = ja + gsz < j1 || steal ? ja + gsz : j1;
-                for (int j = ja; j < jb; j++)
+                /* Odd steps take a group's blocks in reverse: the panels a step read last are still in L1
+                 * when the next one starts (B = 1: 4 blocks of 24 KB a thread, GRU 100,1 x1.02-1.04). */
+                const int rev = (s & 1) && !steal;
+                for (int jj = ja; jj < jb; jj++) {
+                    const int j = rev ? ja + jb - 1 - jj : jj;
                     for (int i = 0, nt = rec_ntiles(n, MR); i < nt; i++) {
                         const int k0 = rec_tile_start(n, nt, i), mr = rec_tile_start(n, nt, i + 1) - k0;
                         rec_tile_pf(hp, j, mr, hr + k0, NULL, tb + ((size_t)(j - ja) * n + k0) * hp->W,
-                                    i == 0 && own ? rec_next_panel(hp, j, end) : NULL);
+                                    i == 0 && own && !rev ? rec_next_panel(hp, j, end) : NULL);
                     }
+                }
                 if (ra)
                     gru_cells_after(H, NB, ja, jb, n, tb, hp->W, xs, cx->b_hn, hprev, hnew, yr, cx->tg != NULL,
                                     cx->ta ? cx->ta + r0 * H : NULL);

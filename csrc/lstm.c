@@ -223,9 +223,12 @@ static void lstm_fwd_task(void *arg, int tid, int nth) {
         int j = j0;
 #if FR_AVX512
         /* one row (B = 1): two blocks' tiles, then their 16 consecutive units in one zmm cell */
-        if (n == 1 && !cx->rowsplit && wp->NB == 8)
-            for (; j + 2 <= j1 && rec_block_units(wp, j + 1) == 8; j += 2) {
-                const int u0 = j * 8;
+        if (n == 1 && !cx->rowsplit && wp->NB == 8) {
+            /* the pairs of full blocks; odd steps take them in reverse, so the panels the step before read
+             * last are still in L1 */
+            const int np = j1 > j0 ? (j1 - j0 - (rec_block_units(wp, j1 - 1) < 8)) / 2 : 0;
+            for (int q = 0; q < np; q++) {
+                const int j = j0 + 2 * ((s & 1) ? np - 1 - q : q), u0 = j * 8;
                 for (int h = 0; h < 2; h++) {
                     real *t = tile + (size_t)h * wp->W;
                     if (split) {
@@ -239,6 +242,8 @@ static void lstm_fwd_task(void *arg, int tid, int nth) {
                             lstm_row_half(cx, m, yr, bias, tile + wp->W, r0, 0, u0 + 8));
                 if (cx->tc) memcpy(cx->tc + r0 * H + u0, cx->c + u0, 16 * sizeof(real));
             }
+            j = j0 + 2 * np;
+        }
 #endif
         /* (a step of one row runs the blocks above, statically) */
         const int steal = cx->steal && n > 1;
