@@ -16,7 +16,7 @@
 #if FR_AVX2 && !FR_DOUBLE
 #include <immintrin.h>
 
-/* exp(x) for x in [-87.3, 88.7] (callers clamp): x = n ln2 + r, |r| <= ln2/2, exp(r) by a degree-7
+/* exp(x) for x in [-88, 87.5] (the callers clamp): x = n ln2 + r, |r| <= ln2/2, exp(r) by a degree-7
  * polynomial (the Taylor coefficients: the remainder is below 0.1 ulp for |r| <= 0.35), times 2^n built in the exponent
  * bits.  ln2 is split in two (hi + lo) so that r = x - n*ln2 is exact to float precision. */
 static inline __m256 vm_exp8(__m256 x) {
@@ -34,14 +34,10 @@ static inline __m256 vm_exp8(__m256 x) {
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-    /* 2^n: n + 127 in the exponent field; n is within [-126, 128] for the clamped range, and n = 128
-     * (x near 88.7) is handled by scaling twice. */
-    __m256i ni = _mm256_cvtps_epi32(n);
-    __m256i half = _mm256_srai_epi32(ni, 1);
-    __m256 s1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(half, _mm256_set1_epi32(127)), 23));
-    __m256 s2 = _mm256_castsi256_ps(
-        _mm256_slli_epi32(_mm256_add_epi32(_mm256_sub_epi32(ni, half), _mm256_set1_epi32(127)), 23));
-    return _mm256_mul_ps(_mm256_mul_ps(p, s1), s2);
+    /* 2^n: n + 127 in the exponent field.  The callers' clamps keep n within [-127, 126]; n = -127 (x below
+     * -87.68, where exp(x) is subnormal) gives 0, which only ever adds to 1 (sigmoid's 1 + exp(-x)). */
+    __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
 }
 
 /* sigmoid(x) = 1 / (1 + exp(-x)), with x clamped to where exp(-x) is finite and the result is not yet
@@ -103,8 +99,9 @@ static inline void vm_transpose8(const __m256 in[8], __m256 out[8]) {
 #endif /* FR_AVX2 && !FR_DOUBLE */
 
 #if FR_AVX512
-/* The same three functions on 16 floats, instruction for instruction (so the same results as the 8-wide
- * ones, lane by lane): blends and the flush by mask registers. */
+/* The same three functions on 16 floats: 2^n by vscalefps, the reciprocals by rcp14 and a Newton step
+ * (vm_recip16), blends and the flush by mask registers.  The results differ from the 8-wide ones by at
+ * most an ulp where the reciprocal rounds differently from the division. */
 static inline __m512 vm_exp16(__m512 x) {
     const __m512 log2e = _mm512_set1_ps(1.44269504088896341f);
     const __m512 ln2_hi = _mm512_set1_ps(0.693359375f);
@@ -120,12 +117,9 @@ static inline __m512 vm_exp16(__m512 x) {
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    __m512i ni = _mm512_cvtps_epi32(n);
-    __m512i half = _mm512_srai_epi32(ni, 1);
-    __m512 s1 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(half, _mm512_set1_epi32(127)), 23));
-    __m512 s2 = _mm512_castsi512_ps(
-        _mm512_slli_epi32(_mm512_add_epi32(_mm512_sub_epi32(ni, half), _mm512_set1_epi32(127)), 23));
-    return _mm512_mul_ps(_mm512_mul_ps(p, s1), s2);
+    /* p * 2^n in one instruction (vscalefps), where the 8-wide version builds 2^n in the exponent bits
+     * with nine integer and float operations; the product is exact in both, so the results are the same. */
+    return _mm512_scalef_ps(p, n);
 }
 
 /* 1 / d for d >= 1 (the activations' denominators): the 14-bit estimate and one Newton step.  A zmm
