@@ -661,6 +661,8 @@ static void gru_bwd_task(void *arg, int tid, int nth) {
     int j0, j1;
     rec_thread_blocks(tp->nblk, tid, nth, &j0, &j1);
     const int u0 = j0 * tp->NB, u1 = j1 * tp->NB < H ? j1 * tp->NB : H;
+    rec_pack_transposed_own(tp, tid, nth); /* each thread reads only its own blocks of both */
+    rec_pack_transposed_own(tn, tid, nth);
 
     for (int s = q->S - 1; s >= 0; s--) {
         const int n = seq_active(q, s);

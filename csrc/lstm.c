@@ -620,6 +620,8 @@ static void lstm_bwd_task(void *arg, int tid, int nth) {
         u1 = j1 * hp->NB < H ? j1 * hp->NB : H;
     }
     const int MRh = rec_tile_rows(hp), MRr = rp ? rec_tile_rows(rp) : 1;
+    rec_pack_transposed_own(hp, tid, nth); /* each thread reads only its own blocks of both */
+    rec_pack_transposed_own(rp, tid, nth);
 
     for (int s = pl->S - 1; s >= 0; s--) {
         const int n = seq_active(pl, s);

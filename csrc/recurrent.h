@@ -128,11 +128,6 @@ static void rec_pack_blocks(const rec_pack *p, int j0, int j1) {
     }
 }
 
-/* Weights of at least this many bytes are packed by all threads (rec_pack_transposed). */
-#ifndef REC_PACK_PAR_BYTES
-#define REC_PACK_PAR_BYTES ((size_t)1 << 20)
-#endif
-
 /* Sets up the panels of [W1 | W2] ((G*H, K1) beside (G*H, K2), row strides ld1, ld2) along K; w2 may be
  * NULL (K2 = 0).  Only allocates them: the forward's first parallel region packs them, each thread its
  * own blocks (rec_pack_own).  FR_ENOMEM when the panels cannot be allocated. */
@@ -175,7 +170,7 @@ static void rec_pack_own(const rec_pack *p, int tid, int nth) {
 }
 
 /* Blocks [j0, j1) of rec_pack_transposed's panels, from W = p->w1 (K, ld1). */
-static void rec_pack_transposed_blocks(rec_pack *p, int j0, int j1) {
+static void rec_pack_transposed_blocks(const rec_pack *p, int j0, int j1) {
     const int K = p->K;
     for (int j = j0; j < j1; j++) {
         real *pj = p->panels + (size_t)j * K * p->W; /* (K, NB) */
@@ -187,9 +182,11 @@ static void rec_pack_transposed_blocks(rec_pack *p, int j0, int j1) {
     }
 }
 
-/* rec_pack_task for rec_pack_transposed: each thread the blocks it owns in the backward's steps. */
-static void rec_pack_transposed_task(void *arg, int tid, int nth) {
-    rec_pack *p = (rec_pack *)arg;
+/* rec_pack_own for rec_pack_transposed's panels, in a backward's parallel region before its first step:
+ * each thread packs the blocks it owns in the steps (where another thread may take one, a barrier passes
+ * before). */
+static void rec_pack_transposed_own(const rec_pack *p, int tid, int nth) {
+    if (p == NULL || p->panels == NULL) return;
     int j0, j1;
     rec_thread_blocks(p->nblk, tid, nth, &j0, &j1);
     rec_pack_transposed_blocks(p, j0, j1);
@@ -197,8 +194,8 @@ static void rec_pack_transposed_task(void *arg, int tid, int nth) {
 
 /* Packs W^T for the backward product dh_{t-1} = dG_t W: W is (K, H) row-major (torch's weight_hh, K = G*H
  * gate rows, H = its input width P), and the panels are those of the (H, K) matrix W^T with G = 1: block j
- * covers output units [j*NB, j*NB + NB), panel_j[k][v] = W[k][j*NB + v] (0 past H).  Large weights are
- * packed by all threads, as rec_pack_init does.  FR_ENOMEM on failure. */
+ * covers output units [j*NB, j*NB + NB), panel_j[k][v] = W[k][j*NB + v] (0 past H).  Only allocates them,
+ * as rec_pack_init does: the backward's region packs them (rec_pack_transposed_own).  FR_ENOMEM on failure. */
 static int rec_pack_transposed(rec_pack *p, int H, int K,
                                const real *w, int ldw) /* (K, ldw >= H) */
 {
@@ -206,7 +203,7 @@ static int rec_pack_transposed(rec_pack *p, int H, int K,
     p->H = H;
     p->K1 = K;
     p->K = K;
-    p->w1 = w; /* for the packing only: with panels, nothing reads w1 */
+    p->w1 = w; /* for the packing only: with panels, the tiles do not read w1 */
     p->ld1 = ldw;
     p->w2 = NULL;
     p->NB = rec_units_per_block(1);
@@ -214,10 +211,7 @@ static int rec_pack_transposed(rec_pack *p, int H, int K,
     p->nblk = (H + p->NB - 1) / p->NB;
     const size_t n = (size_t)p->nblk * K * p->W;
     p->panels = fr_alloc(n, 0);
-    if (p->panels == NULL) return FR_ENOMEM;
-    if (n * sizeof(real) >= REC_PACK_PAR_BYTES) fr_parallel(p->nblk, rec_pack_transposed_task, p, NULL);
-    else rec_pack_transposed_blocks(p, 0, p->nblk);
-    return FR_OK;
+    return p->panels == NULL ? FR_ENOMEM : FR_OK;
 }
 
 /* The tile kernels compute out (mr, W) = sum_k a(r, k) panel(k, :), where row r of the operand is a1[r]

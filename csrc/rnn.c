@@ -328,6 +328,7 @@ static void rnn_bwd_task(void *arg, int tid, int nth) {
     real *dh = cx->dh;
     int j0, j1;
     rec_thread_blocks(tp->nblk, tid, nth, &j0, &j1);
+    rec_pack_transposed_own(tp, tid, nth); /* a barrier passes before any thread takes another's block */
     if (q->S <= 0) return;
 
     /* dG of the last step, from the carried dh_n */
