@@ -14,7 +14,7 @@ from setuptools import Extension, setup
 here = os.path.dirname(os.path.abspath(__file__))
 os.chdir(here)
 
-sources = ["fastrnn/_core.pyx", "csrc/gemm.c", "csrc/dispatch.c", "csrc/threads.c"] + sorted(glob.glob("csrc/isa/*.c"))
+sources = ["fastrnn/_core.pyx", "csrc/gemm.c", "csrc/dispatch.c", "csrc/threads.c", "csrc/workspace.c"] + sorted(glob.glob("csrc/isa/*.c"))
 depends = sorted(glob.glob("csrc/*.h") + glob.glob("csrc/*.c"))
 
 ext = Extension(

@@ -14,10 +14,12 @@
 #endif
 
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "fastrnn.h"
+#include "workspace.h"
 
 #ifndef FR_AVX512
 #define FR_AVX512 0 /* 1 only in csrc/isa/f32_avx512.c, which also sets FR_AVX2 */
@@ -65,15 +67,15 @@ void fr_gemm_f64(int trans_a, int trans_b, int M, int N, int K, double alpha, co
 static inline real fr_sigmoid(real v) { return (real)1 / ((real)1 + R_EXP(-v)); }
 static inline real fr_tanh(real v) { return R_TANH(v); }
 
-/* 64-byte aligned workspace, zero-initialised when zero != 0; NULL on failure (n == 0 still allocates). */
+/* 64-byte aligned workspace (workspace.c: large ones are reused between calls), zero-initialised when
+ * zero != 0; NULL on failure (n == 0 still allocates).  Freed by fr_free, never free(). */
 static inline real *fr_alloc(size_t n, int zero) {
-    size_t bytes = (n * sizeof(real) + 63) & ~(size_t)63;
-    void *p = NULL;
-    if (bytes == 0) bytes = 64;
-    if (posix_memalign(&p, 64, bytes) != 0) return NULL;
-    if (zero) memset(p, 0, bytes);
-    return (real *)p;
+    if (n > SIZE_MAX / sizeof(real)) return NULL;
+    real *p = (real *)fr_ws_alloc(n * sizeof(real));
+    if (p && zero) memset(p, 0, n * sizeof(real));
+    return p;
 }
+static inline void fr_free(void *p) { fr_ws_free(p); }
 
 /* The time index that step s (s = 0 is the first step a direction processes) of a sequence of len_b
  * valid steps reads and writes: s going forward, len_b - 1 - s in reverse. */

@@ -642,8 +642,8 @@ static void gk_task(void *ctx, int tid, int nth) {
         if (ok) gk_serial(g, m0, m1, n0, n1, ap, bp);
         else gk_naive(g, m0, m1, n0, n1);
     }
-    free(ap);
-    free(bp);
+    fr_free(ap);
+    fr_free(bp);
 }
 
 /* The own GEMM.  nthreads: 0 chooses (1 thread below GK_PAR_FLOPS, else up to fr_get_num_threads()),
@@ -683,8 +683,8 @@ static void gk_gemm(int trans_a, int trans_b, int M, int N, int K, real alpha,
     if (K == 0 || alpha == 0) gk_scale(&g, 0, M, 0, N);
     else if (ap && bp) gk_serial(&g, 0, M, 0, N, ap, bp);
     else gk_naive(&g, 0, M, 0, N);
-    free(ap);
-    free(bp);
+    fr_free(ap);
+    fr_free(bp);
 }
 
 /* The own GEMM on the calling thread alone, whatever the size: for a thread of a parallel region computing

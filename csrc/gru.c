@@ -526,13 +526,13 @@ static int gru_forward(int T, int B, int I, int H, int reset_after, int reverse,
 
 done:
     free(rowptrs);
-    free(tbufs);
-    free(bias);
-    free(h);
-    free(h2);
-    free(xw);
-    free(xg);
-    free(rh);
+    fr_free(tbufs);
+    fr_free(bias);
+    fr_free(h);
+    fr_free(h2);
+    fr_free(xw);
+    fr_free(xg);
+    fr_free(rh);
     rec_pack_free(&xp);
     rec_pack_free(&hp);
     rec_pack_free(&np);
@@ -826,12 +826,12 @@ static int gru_backward(int T, int B, int I, int H, int reset_after, int reverse
 
 done:
     free(rowptrs);
-    free(dg);
-    free(dnr);
-    free(dh);
-    free(zero);
-    free(hg);
-    free(xg);
+    fr_free(dg);
+    fr_free(dnr);
+    fr_free(dh);
+    fr_free(zero);
+    fr_free(hg);
+    fr_free(xg);
     rec_pack_free(&tp);
     rec_pack_free(&tn);
     seq_free(&q);

@@ -455,15 +455,15 @@ static int lstm_forward(int T, int B, int I, int H, int P, int reverse,
 
 done:
     free(rowptrs);
-    free(h);
-    free(h2);
-    free(c);
-    free(bias);
-    free(mb);
+    fr_free(h);
+    fr_free(h2);
+    fr_free(c);
+    fr_free(bias);
+    fr_free(mb);
     rec_pack_free(&wp);
     rec_pack_free(&rp);
-    free(xw);
-    free(xg);
+    fr_free(xw);
+    fr_free(xg);
     seq_free(&pl);
     return rc;
 }
@@ -866,14 +866,14 @@ static int lstm_backward(int T, int B, int I, int H, int P, int reverse,
     rc = FR_OK;
 
 done:
-    free(dz);
-    free(dh);
-    free(dc);
-    free(dH);
-    free(db);
-    free(xs);
-    free(hs);
-    free(dxs);
+    fr_free(dz);
+    fr_free(dh);
+    fr_free(dc);
+    fr_free(dH);
+    fr_free(db);
+    fr_free(xs);
+    fr_free(hs);
+    fr_free(dxs);
     rec_pack_free(&hp);
     rec_pack_free(&rp);
     seq_free(&pl);

@@ -62,7 +62,7 @@ static int rec_units_per_block(int G) {
 }
 
 static void rec_pack_free(rec_pack *p) {
-    free(p->panels);
+    fr_free(p->panels);
     p->panels = NULL;
 }
 

@@ -232,12 +232,12 @@ static int rnn_forward(int T, int B, int I, int H, int relu, int reverse,
 
 done:
     free(rowptrs);
-    free(acc);
-    free(bias);
-    free(h);
-    free(h2);
-    free(xw);
-    free(xg);
+    fr_free(acc);
+    fr_free(bias);
+    fr_free(h);
+    fr_free(h2);
+    fr_free(xw);
+    fr_free(xg);
     rec_pack_free(&wp);
     seq_free(&q);
     return rc;
@@ -484,12 +484,12 @@ static int rnn_backward(int T, int B, int I, int H, int relu, int reverse,
 
 done:
     free(rowptrs);
-    free(acc);
+    fr_free(acc);
     free(db);
-    free(dg);
-    free(dh);
-    free(hg);
-    free(xg);
+    fr_free(dg);
+    fr_free(dh);
+    fr_free(hg);
+    fr_free(xg);
     rec_pack_free(&tp);
     seq_free(&q);
     return rc;

@@ -16,9 +16,10 @@ import os as _os
 # overrides a value the user set.
 _os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "1")
 
-from ._core import cpu_has_avx2, cpu_has_avx512, get_isa, get_num_threads, set_isa, set_num_threads
+from ._core import (cpu_has_avx2, cpu_has_avx512, get_isa, get_num_threads, release_workspace, set_isa,
+                    set_num_threads, workspace_bytes)
 from .modules import GRU, LSTM, RNN, Tape
 
 __version__ = "0.1.0"
 __all__ = ["RNN", "LSTM", "GRU", "Tape", "get_isa", "set_isa", "cpu_has_avx2", "cpu_has_avx512", "get_num_threads",
-           "set_num_threads"]
+           "set_num_threads", "release_workspace", "workspace_bytes"]

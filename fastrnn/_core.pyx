@@ -10,6 +10,11 @@ from cpython.pycapsule cimport PyCapsule_GetName, PyCapsule_GetPointer
 
 cnp.import_array()
 
+cdef extern from "workspace.h" nogil:
+    size_t fr_ws_release()
+    size_t fr_ws_cached()
+    int fr_ws_set_poison(int on)
+
 cdef extern from "threads.h" nogil:
     unsigned fr_fpmode_enter()
     void fr_fpmode_leave(unsigned saved)
@@ -131,6 +136,23 @@ def _set_steal_mode(int mode):
 
 def get_num_threads():
     return fr_get_num_threads()
+
+
+def release_workspace():
+    """Frees the large work buffers the kernels keep between calls (weight panels, projections: at most
+    256 MB, about one call's worth) and returns how many bytes that was.  The next call allocates afresh."""
+    return fr_ws_release()
+
+
+def workspace_bytes():
+    """Bytes of work buffers kept for the next call (release_workspace frees them)."""
+    return fr_ws_cached()
+
+
+def _set_workspace_poison(bint on):
+    """Testing knob (not API): fill every work buffer with NaN bytes before a kernel gets it, so reading one
+    before writing it shows in the results.  Returns the previous setting."""
+    return bool(fr_ws_set_poison(on))
 
 
 def set_num_threads(int n):

@@ -22,6 +22,17 @@ def pytest_configure(config):
                             "ignore:LSTM with projections is not supported with oneDNN:UserWarning")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def poisoned_workspace():
+    """Every test runs with the kernels' work buffers filled with NaN bytes before use (a testing knob of
+    csrc/workspace.c): buffers are reused between calls, so a kernel that read one before writing it would
+    see the previous call's numbers -- this makes any such read show as NaN in the results instead."""
+    import fastrnn
+    previous = fastrnn._core._set_workspace_poison(True)
+    yield
+    fastrnn._core._set_workspace_poison(previous)
+
+
 @pytest.fixture(params=ISAS)
 def isa(request):
     """Run the test once per ISA path, restoring the ISA in use afterwards."""

@@ -1,0 +1,59 @@
+"""The kernels' work buffers kept between calls (csrc/workspace.c): bounded, released on request, and
+reused without changing a result (the whole suite also runs with every buffer poisoned with NaN first:
+conftest.poisoned_workspace)."""
+import numpy as np
+
+import fastrnn
+
+CAP = 256 << 20
+
+
+def _train(layer, x):
+    """y and every array backward returns (dx, the initial state's gradients, the parameters')."""
+    y, _, tape = layer.forward(x, train=True)
+    dx, dstate, dparams = layer.backward(tape, np.ones_like(y))
+    dstate = dstate if isinstance(dstate, tuple) else (dstate,)
+    return y, [dx, *dstate, *(dparams[k] for k in sorted(dparams))]
+
+
+def test_large_buffers_are_kept_and_released():
+    fastrnn.release_workspace()
+    assert fastrnn.workspace_bytes() == 0
+    layer = fastrnn.LSTM(64, 256, seed=0)  # 1.3 MB of packed weights
+    x = np.random.default_rng(0).standard_normal((20, 16, 64)).astype(np.float32)
+    layer(x)
+    kept = fastrnn.workspace_bytes()
+    assert 1 << 20 <= kept <= CAP
+    layer(x)
+    assert fastrnn.workspace_bytes() == kept, "a second identical call should reuse, not add"
+    assert fastrnn.release_workspace() == kept
+    assert fastrnn.workspace_bytes() == 0
+
+
+def test_cache_is_bounded():
+    fastrnn.release_workspace()
+    for H in (128, 256, 512, 1024):
+        layer = fastrnn.GRU(H, H, seed=0)
+        x = np.random.default_rng(H).standard_normal((4, 8, H)).astype(np.float32)
+        _train(layer, x)
+        assert fastrnn.workspace_bytes() <= CAP
+    fastrnn.release_workspace()
+
+
+def test_reused_buffers_give_the_same_results():
+    """A call after other shapes have left their buffers gives exactly what it gave on fresh memory,
+    forward and backward, for each cell and with lengths."""
+    rng = np.random.default_rng(1)
+    for make in (lambda: fastrnn.LSTM(48, 200, seed=2), lambda: fastrnn.GRU(48, 200, seed=2),
+                 lambda: fastrnn.RNN(48, 400, seed=2)):
+        layer = make()
+        x = rng.standard_normal((12, 9, 48)).astype(np.float32)
+        fastrnn.release_workspace()
+        y0, g0 = _train(layer, x)
+        other = make()
+        _train(other, rng.standard_normal((30, 5, 48)).astype(np.float32))
+        other(rng.standard_normal((7, 20, 48)).astype(np.float32))
+        y1, g1 = _train(layer, x)
+        np.testing.assert_array_equal(y0, y1)
+        for a, b in zip(g0, g1):
+            np.testing.assert_array_equal(a, b)
