@@ -198,7 +198,8 @@ void fr_set_num_threads(int n);
                                                                                                          \
         /* The cells' own GEMM, exposed for tests: row-major C (M, N) = alpha op(A) op(B) + beta C,      \
          * op(X) = X^T when trans_x; C is not read when beta == 0.  nthreads 0 lets the size decide,     \
-         * n > 0 asks for n threads (capped by fr_get_num_threads()). */                                 \
+         * n > 0 asks for n threads in row / column chunks, n < 0 for -n threads sharing one packed B    \
+         * block (both capped by fr_get_num_threads()). */                                               \
         void (*gemm)(int trans_a, int trans_b, int M, int N, int K, real alpha,                          \
                      const real *A, int lda, /* (M, lda >= K), or (K, lda >= M) when trans_a */          \
                      const real *B, int ldb, /* (K, ldb >= N), or (N, ldb >= K) when trans_b */          \

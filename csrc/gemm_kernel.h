@@ -646,8 +646,78 @@ static void gk_task(void *ctx, int tid, int nth) {
     fr_free(bp);
 }
 
-/* The own GEMM.  nthreads: 0 chooses (1 thread below GK_PAR_FLOPS, else up to fr_get_num_threads()),
- * > 0 asks for that many (still capped by fr_get_num_threads() and a busy pool) -- the tests use it. */
+/* Threads sharing one packed B block (gk_shared_task), for products large in both M and N: the chunks of
+ * gk_task each re-pack the whole operand they share -- all of B for row chunks: (2048)^3 re-packed its 16
+ * MB of B 14 times and ran at 1.6x one thread.  Here, per block of B (KC x NC, beside the L3's other
+ * data): every thread packs its share of the block's micro-panels, a barrier, then the threads take
+ * blocks of `rows` rows of C from a shared position, each packing its rows of A and running them against
+ * the whole block; a second barrier before the next block is packed over this one. */
+typedef struct gk_shared_ctx {
+    const gk_problem *g;
+    real *bp;        /* (gk_bbuf_len(N, K)) the B block, shared */
+    int rows;        /* rows of C a take: a multiple of MR, at most MC */
+    atomic_int next; /* the first row of C not taken yet in this block */
+    fr_barrier_t bar;
+} gk_shared_ctx;
+
+static void gk_shared_task(void *ctx, int tid, int nth) {
+    gk_shared_ctx *t = (gk_shared_ctx *)ctx;
+    const gk_problem *g = t->g;
+    real *ap = fr_alloc(gk_abuf_len(t->rows, g->K), 0); /* (rows, KC) this thread's A block */
+    real *a_or_null = ap;
+    for (int jc = 0; jc < g->N; jc += GK_NC) {
+        const int nc = gk_min(GK_NC, g->N - jc), npan = (nc + GK_NR - 1) / GK_NR;
+        for (int pc = 0; pc < g->K; pc += GK_KC) {
+            const int kc = gk_min(GK_KC, g->K - pc);
+            const real beta = pc == 0 ? g->beta : (real)1;
+            /* this thread's micro-panels of the block: [q0, q1) */
+            const int q0 = (int)((long)npan * tid / nth), q1 = (int)((long)npan * (tid + 1) / nth);
+            if (q1 > q0)
+                gk_pack_b(g->trans_b, g->B, g->ldb, pc, jc + q0 * GK_NR, kc, gk_min(nc, q1 * GK_NR) - q0 * GK_NR,
+                          t->bp + (size_t)q0 * GK_NR * kc);
+            fr_barrier_wait(&t->bar, tid); /* the block is whole */
+            for (;;) {
+                const int ic = atomic_fetch_add_explicit(&t->next, t->rows, memory_order_relaxed);
+                if (ic >= g->M) break;
+                const int mc = gk_min(t->rows, g->M - ic);
+                if (a_or_null == NULL) { /* no workspace: the plain loops for these rows and columns */
+                    gk_problem part = *g;
+                    part.K = kc, part.beta = beta;
+                    part.A = g->trans_a ? g->A + (size_t)pc * g->lda : g->A + pc;
+                    part.B = g->trans_b ? g->B + pc : g->B + (size_t)pc * g->ldb;
+                    gk_naive(&part, ic, ic + mc, jc, jc + nc);
+                    continue;
+                }
+                gk_pack_a(g->trans_a, g->A, g->lda, ic, pc, mc, kc, ap);
+                for (int jr = 0; jr < nc; jr += GK_NR) {
+                    const real *bq = t->bp + (size_t)jr * kc; /* (kc, NR) */
+                    real *cc = g->C + (size_t)ic * g->ldc + jc + jr;
+                    for (int ir = 0; ir < mc; ir += GK_MR)
+                        gk_micro(kc, ap + (size_t)ir * kc, bq, g->alpha, beta, cc + (size_t)ir * g->ldc, g->ldc,
+                                 gk_min(GK_MR, mc - ir), gk_min(GK_NR, nc - jr));
+                }
+            }
+            fr_barrier_wait(&t->bar, tid); /* everyone is done with the block */
+            /* thread 0 rewinds the rows for the next block: no thread takes any before the barrier that
+             * follows the next packing, which thread 0 also has to reach */
+            if (tid == 0) atomic_store_explicit(&t->next, 0, memory_order_relaxed);
+        }
+    }
+    fr_free(ap);
+}
+
+/* Rows at least this many, and columns at least GK_SHARED_MIN_N, share the B block (gk_shared_task). */
+#ifndef GK_SHARED_MIN_M
+#define GK_SHARED_MIN_M 256
+#endif
+#ifndef GK_SHARED_MIN_N
+#define GK_SHARED_MIN_N 256
+#endif
+
+/* The own GEMM.  nthreads: 0 chooses (1 thread below GK_PAR_FLOPS, else up to fr_get_num_threads(); the
+ * shared B block when M and N are both large, else chunks), > 0 asks for that many threads in chunks, < 0
+ * for -nthreads sharing the B block (both still capped by fr_get_num_threads() and a busy pool) -- the
+ * tests use them. */
 static void gk_gemm(int trans_a, int trans_b, int M, int N, int K, real alpha,
                     const real *A, int lda,  /* (M, lda >= K), or (K, lda >= M) when trans_a */
                     const real *B, int ldb,  /* (K, ldb >= N), or (N, ldb >= K) when trans_b */
@@ -657,7 +727,24 @@ static void gk_gemm(int trans_a, int trans_b, int M, int N, int K, real alpha,
     if (M <= 0 || N <= 0) return;
     if (K < 0) K = 0;
     gk_problem g = {trans_a, trans_b, M, N, K, alpha, beta, A, B, C, lda, ldb, ldc};
-    int nth = nthreads > 0 ? nthreads : (2.0 * M * N * K >= GK_PAR_FLOPS ? fr_get_num_threads() : 1);
+    int nth = nthreads > 0 ? nthreads
+              : nthreads < 0 ? -nthreads : (2.0 * M * N * K >= GK_PAR_FLOPS ? fr_get_num_threads() : 1);
+    if (nth > 1 && K > 0 && alpha != 0 && (nthreads < 0 || (nthreads == 0 && M >= GK_SHARED_MIN_M && N >= GK_SHARED_MIN_N))) {
+        /* large in both: one packed B block shared by the threads (nthreads < 0: the tests ask for it) */
+        gk_shared_ctx t;
+        t.g = &g;
+        t.rows = M / (4 * nth) / GK_MR * GK_MR;
+        if (t.rows < 4 * GK_MR) t.rows = 4 * GK_MR;
+        if (t.rows > GK_MC / GK_MR * GK_MR) t.rows = GK_MC / GK_MR * GK_MR;
+        if (nthreads < 0) t.rows = GK_MR; /* tests: many small takes */
+        atomic_init(&t.next, 0);
+        t.bp = fr_alloc(gk_bbuf_len(N, K), 0);
+        if (t.bp != NULL) {
+            fr_parallel(nthreads < 0 ? -nthreads : nth, gk_shared_task, &t, &t.bar);
+            fr_free(t.bp);
+            return;
+        }
+    }
     if (nth > 1) {
         /* chunk the larger dimension: the operand every chunk re-packs is then the smaller one */
         gk_task_ctx t;

@@ -366,7 +366,8 @@ cdef int _ld(cnp.ndarray a, str name) except -1:
 def gemm(bint trans_a, bint trans_b, alpha, cnp.ndarray A, cnp.ndarray B, beta, cnp.ndarray C, int nthreads=0):
     """C = alpha op(A) op(B) + beta C in place, op(X) = X.T when trans_x, by the kernels' own GEMM of the
     ISA in use (for tests).  A, B, C: 2-D arrays of one dtype whose rows are contiguous; their row strides
-    are the leading dimensions.  nthreads 0 lets the size decide."""
+    are the leading dimensions.  nthreads 0 lets the size decide; n > 0 asks for n threads taking chunks
+    of C, n < 0 for -n threads sharing each packed block of B (csrc/gemm_kernel.h)."""
     cdef int M = C.shape[0] if C.ndim == 2 else -1, N = C.shape[1] if C.ndim == 2 else -1
     cdef int K = (A.shape[0] if trans_a else A.shape[1]) if A.ndim == 2 else -1
     cdef int lda = _ld(A, "A"), ldb = _ld(B, "B"), ldc = _ld(C, "C")

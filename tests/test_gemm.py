@@ -76,21 +76,24 @@ def test_gemm_alpha_beta_ld(isa, dtype, ta, tb, alpha, beta, pad):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("ta,tb", list(itertools.product([0, 1], [0, 1])))
-@pytest.mark.parametrize("nthreads", [1, 2])
+@pytest.mark.parametrize("nthreads", [1, 2, -2])
 def test_gemm_blocks_and_threads(isa, dtype, ta, tb, nthreads):
-    """Past the cache blocks (several MC, KC blocks) and chunked over threads along M or along N."""
+    """Past the cache blocks (several MC, KC blocks) and over threads: chunked along M or along N (2), or
+    sharing each packed block of B, with rows taken MR at a time (-2)."""
     for M, N, K, beta in [(257, 100, 600, 0.0), (100, 257, 300, 1.0), (500, 31, 257, 1.0), (13, 700, 64, 0.0),
                           (2, 2, 5, 1.0), (1, 1, 1, 0.0)]:
         _check(isa, dtype, ta, tb, M, N, K, alpha=1.5, beta=beta, pad=3, nthreads=nthreads, seed=M + N + K)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
-@pytest.mark.parametrize("nthreads", [1, 2])
+@pytest.mark.parametrize("nthreads", [1, 2, -2])
 def test_gemm_large(isa, dtype, nthreads):
     """The cells' typical product dW = dG^T X across several NC blocks (f64 NC 1536) and the automatic
-    thread choice (nthreads = 0)."""
+    thread choice (nthreads = 0): chunks for a narrow C, the shared B block when M and N are both large."""
     _check(isa, dtype, 1, 0, 300, 3100 if dtype == np.float64 else 700, 400, beta=1.0, nthreads=nthreads)
     _check(isa, dtype, 0, 0, 1600, 64, 512, nthreads=0)
+    _check(isa, dtype, 1, 0, 520, 300, 900, beta=1.0, nthreads=0)
+    _check(isa, dtype, 0, 1, 300, 3100 if dtype == np.float64 else 3500, 500, nthreads=0)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
