@@ -401,6 +401,49 @@ static void gk_micro(int kc, const real *restrict a, /* (kc, MR) packed */
     GK_ROWS(GK_ROW)
 #undef GK_ROW
 }
+/* C (mr x nw, mr <= NR) = alpha * X W^T + beta * C over kc, for C with few rows (gk_small_m): the tile is
+ * transposed -- nw <= MR rows of W (row stride ldw, read where they are, k along each) times the packed X^T
+ * panel (kc, NR) -- so W is streamed once and never packed: for C of a few rows (a single time step's
+ * input projection: 32 rows against 1536 of W), packing W cost more than the product, and MR rows of C
+ * left the microkernel's last tile mostly padding.  Rows of W past nw repeat the last one (never out of
+ * bounds); their sums are dropped. */
+static void gk_micro_wt(int kc, const real *w, int ldw, int nw, /* (nw, ldw >= kc) */
+                        const real *restrict b,                 /* (kc, NR) packed X^T, 64-byte aligned */
+                        real alpha, real beta, real *C, int ldc, /* (mr, ldc) */
+                        int mr)
+{
+#define GK_DECL(r) __m512 c##r##_0 = _mm512_setzero_ps(), c##r##_1 = _mm512_setzero_ps(); \
+    const real *w##r = w + (size_t)((r) < nw ? (r) : nw - 1) * ldw;
+    GK_ROWS(GK_DECL)
+#undef GK_DECL
+#define GK_RANK1(r)                                                                                        \
+    {                                                                                                      \
+        __m512 wr = _mm512_set1_ps(w##r[k]);                                                               \
+        c##r##_0 = _mm512_fmadd_ps(wr, b0, c##r##_0);                                                      \
+        c##r##_1 = _mm512_fmadd_ps(wr, b1, c##r##_1);                                                      \
+    }
+#pragma GCC unroll 4
+    for (int k = 0; k < kc; k++) {
+        __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16);
+        GK_ROWS(GK_RANK1)
+        b += GK_NR;
+    }
+#undef GK_RANK1
+    real t[GK_MR * GK_NR] __attribute__((aligned(64))); /* (MR, NR): row r of W, column i of C's rows */
+#define GK_PUT(r)                                                                                          \
+    _mm512_store_ps(t + (r) * GK_NR, c##r##_0);                                                            \
+    _mm512_store_ps(t + (r) * GK_NR + 16, c##r##_1);
+    GK_ROWS(GK_PUT)
+#undef GK_PUT
+    for (int i = 0; i < mr; i++) {
+        real *c = C + (size_t)i * ldc;
+        if (beta == 0)
+            for (int r = 0; r < nw; r++) c[r] = alpha * t[r * GK_NR + i];
+        else
+            for (int r = 0; r < nw; r++) c[r] = alpha * t[r * GK_NR + i] + beta * c[r];
+    }
+}
+#define GK_HAVE_SMALL_M 1
 #undef GK_ROWS
 
 #elif FR_AVX2
@@ -546,7 +589,32 @@ static size_t gk_bbuf_len(int cols, int K) {
 
 /* C[m0 .. m1)[n0 .. n1) of problem g (K > 0), with packing buffers ap (gk_abuf_len(m1 - m0, K)) and
  * bp (gk_bbuf_len(n1 - n0, K)), both 64-byte aligned. */
+#if defined(GK_HAVE_SMALL_M)
+/* C[m0 .. m1)[n0 .. n1) = alpha A B^T + beta C for at most NR rows (A (M, lda), B (N, ldb) row-major): X^T
+ * packed a KC block at a time into bp (gk_bbuf_len's, at least (KC, NR)), B's rows read in place
+ * (gk_micro_wt).  gk_serial takes it for NR/2 .. NR rows: below, most of the NR lanes would be padding.
+ * Measured on the Xeon VM against the packed path: 32 x 256 x 512 (one thread's gate of a 1,32,512,512
+ * GRU projection) x1.39, 32 x 1536 x 512 on 2 threads x1.36, 16 x 1024 x 1024 x1.38, 32 x 2048 x 2048
+ * x1.70; but 8 x 4096 x 1024 x0.81 and 5 x 512 x 256 x0.72. */
+static void gk_small_m(const gk_problem *g, int m0, int m1, int n0, int n1, real *bp) {
+    for (int pc = 0; pc < g->K; pc += GK_KC) {
+        const int kc = gk_min(GK_KC, g->K - pc);
+        const real beta = pc == 0 ? g->beta : (real)1;
+        gk_pack_b(1, g->A + (size_t)m0 * g->lda, g->lda, pc, 0, kc, m1 - m0, bp); /* (kc, NR) = A^T, 0 past */
+        for (int j = n0; j < n1; j += GK_MR)
+            gk_micro_wt(kc, g->B + (size_t)j * g->ldb + pc, g->ldb, gk_min(GK_MR, n1 - j), bp, g->alpha, beta,
+                        g->C + (size_t)m0 * g->ldc + j, g->ldc, m1 - m0);
+    }
+}
+#endif
+
 static void gk_serial(const gk_problem *g, int m0, int m1, int n0, int n1, real *ap, real *bp) {
+#if defined(GK_HAVE_SMALL_M)
+    if (!g->trans_a && g->trans_b && m1 - m0 <= GK_NR && m1 - m0 >= GK_NR / 2 && n1 - n0 >= GK_MR) {
+        gk_small_m(g, m0, m1, n0, n1, bp);
+        return;
+    }
+#endif
     for (int jc = n0; jc < n1; jc += GK_NC) {
         int nc = gk_min(GK_NC, n1 - jc);
         for (int pc = 0; pc < g->K; pc += GK_KC) {

@@ -81,7 +81,7 @@ def test_gemm_blocks_and_threads(isa, dtype, ta, tb, nthreads):
     """Past the cache blocks (several MC, KC blocks) and over threads: chunked along M or along N (2), or
     sharing each packed block of B, with rows taken MR at a time (-2)."""
     for M, N, K, beta in [(257, 100, 600, 0.0), (100, 257, 300, 1.0), (500, 31, 257, 1.0), (13, 700, 64, 0.0),
-                          (2, 2, 5, 1.0), (1, 1, 1, 0.0)]:
+                          (2, 2, 5, 1.0), (1, 1, 1, 0.0), (20, 300, 1000, 1.0), (32, 45, 390, 0.0), (16, 29, 41, 1.0)]:
         _check(isa, dtype, ta, tb, M, N, K, alpha=1.5, beta=beta, pad=3, nthreads=nthreads, seed=M + N + K)
 
 
