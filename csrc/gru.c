@@ -295,6 +295,8 @@ typedef struct gru_fwd_ctx {
     real *tg, *ta;           /* tape gates (T*B, 3H) and aux (T*B, H), or NULL for inference */
     real *xw;                /* (chunk rows, 3H) projection of a chunk, inference */
     real *rh;                /* (B, H) r*h of a step: reset_after = 0 inference */
+    const real *w_hh;        /* (3H, H) */
+    real *hh;                /* (B, 3H) h_{t-1} W_hh^T of a single-step call (gru_single_step), else NULL */
     real *y;                 /* (T, B, ldy) */
     int ldy;
     const real **rows[FR_MAX_THREADS]; /* per thread: ((xp ? chunk rows : 0) + 2B) row pointers */
@@ -364,6 +366,9 @@ static void gru_fwd_task(void *arg, int tid, int nth) {
                 hr[k] = hprev + (size_t)k * H;
                 yr[k] = cx->y + ((size_t)seq_time(q, s, b) * B + b) * cx->ldy;
             }
+            if (cx->hh) /* the single step: this thread's units of h_{t-1} W_hh^T by GEMM (no steal) */
+                seq_project_units(hprev, (size_t)n, H, cx->w_hh, 3, H, NULL, j0 * NB, j1 * NB < H ? j1 * NB : H,
+                                  cx->hh);
             /* Blocks outside, row tiles inside: a block's panel stays in L1/L2 while every row passes it.
              * The tiles of a group of blocks (at least GRU_GROUP_ROWS rows x blocks) go to tb first and
              * the cells run after them: the cells' long sigmoid -> tanh chains of many independent rows
@@ -378,6 +383,12 @@ static void gru_fwd_task(void *arg, int tid, int nth) {
                 const int rev = (s & 1) && !steal;
                 for (int jj = ja; jj < jb; jj++) {
                     const int j = rev ? ja + jb - 1 - jj : jj;
+                    if (cx->hh) { /* the tiles are the GEMM's columns of the block's units */
+                        for (int k = 0; k < n; k++)
+                            rec_put_tile(3, H, NB, j * NB, rec_block_units(hp, j), cx->hh + (size_t)k * G3,
+                                         tb + ((size_t)(j - ja) * n + k) * hp->W);
+                        continue;
+                    }
                     for (int i = 0, nt = rec_ntiles(n, MR); i < nt; i++) {
                         const int k0 = rec_tile_start(n, nt, i), mr = rec_tile_start(n, nt, i + 1) - k0;
                         rec_tile_pf(hp, j, mr, hr + k0, NULL, tb + ((size_t)(j - ja) * n + k0) * hp->W,
@@ -434,6 +445,16 @@ static int gru_gemm_projection(size_t rows, int training, int I, int H) {
     return rows > REC_DIRECT_ROWS && (training || (size_t)3 * H * (size_t)I * sizeof(real) > GRU_GEMM_PROJ_BYTES);
 }
 
+/* Whether a call of one step (T = 1, or every length 1) computes h_{t-1} W_hh^T by the GEMM, each thread
+ * for its units (gk_small_m: W_hh's rows read in place), rather than packing W_hh into panels it would pass
+ * once: reset_after only (reset_after = 0 multiplies r*h in a second phase), with 16 to 32 rows, the GEMM's
+ * transposed path.  Measured on the Xeon VM, in one process against packed panels: GRU 1,32,512,512 (the
+ * DeepBench one-step GRU, where packing W_hh was ~16% of the call) forward x1.09 on 2 threads, x1.19 on
+ * 1; 1,16,256,256 x1.02. */
+static int gru_single_step(const fr_seq *q, int ra) {
+    return ra && q->S == 1 && q->B >= 16 && q->B <= 32;
+}
+
 static int gru_forward(int T, int B, int I, int H, int reset_after, int reverse,
                        const int *lengths, /* (B) or NULL */
                        const real *x,      /* (T, B, I) */
@@ -452,6 +473,7 @@ static int gru_forward(int T, int B, int I, int H, int reset_after, int reverse,
     const int ra = reset_after != 0;
     gru_fwd_ctx cx;
     rec_pack xp = {0}, hp = {0}, np = {0};
+    real *hh = NULL; /* (B, 3H) h0 W_hh^T: a single step (gru_single_step) */
     const real **rowptrs = NULL;
     real *tbufs = NULL;
     int rc = FR_ENOMEM;
@@ -472,7 +494,9 @@ static int gru_forward(int T, int B, int I, int H, int reset_after, int reverse,
         goto done;
     if ((gm && gather && xg == NULL) || (!gm && rec_pack_init(&xp, 3, H, w_ih, I, I, NULL, 0, 0, (size_t)T * B) != FR_OK))
         goto done;
-    if (rec_pack_init(&hp, ra ? 3 : 2, H, w_hh, H, H, NULL, 0, 0, (size_t)T * B) != FR_OK) goto done;
+    const int single = gru_single_step(&q, ra);
+    if (rec_pack_init(&hp, ra ? 3 : 2, H, w_hh, H, H, NULL, 0, 0, single ? 0 : (size_t)T * B) != FR_OK) goto done;
+    if (single && (hh = fr_alloc((size_t)B * G3, 0)) == NULL) goto done;
     if (!ra && rec_pack_init(&np, 1, H, w_hh + 2 * (size_t)H * H, H, H, NULL, 0, 0, (size_t)T * B) != FR_OK) goto done;
 
     if (bias) /* b_ih + b_hh, without b_hn when reset_after (it is applied inside r * (...)) */
@@ -501,10 +525,12 @@ static int gru_forward(int T, int B, int I, int H, int reset_after, int reverse,
     cx.ta = tape ? tape + (size_t)T * (size_t)B * G3 : NULL;
     cx.xw = xw;
     cx.rh = rh;
+    cx.w_hh = w_hh;
+    cx.hh = hh;
     cx.y = y;
     cx.ldy = ldy;
     const int nth = rec_threads_for(B, 3, H, I + H, hp.nblk);
-    cx.steal = reset_after && gm && rec_steal(nth, B, &hp);
+    cx.steal = reset_after && gm && !single && rec_steal(nth, B, &hp);
     const size_t per = (gm ? 0 : crows) + 2 * (size_t)B; /* row pointers per thread */
     const size_t tbn = gru_group_rows(B) * (size_t)hp.W;
     if ((rowptrs = (const real **)malloc(sizeof(real *) * (per * nth + 1))) == NULL) goto done;
@@ -533,6 +559,7 @@ done:
     fr_free(xw);
     fr_free(xg);
     fr_free(rh);
+    fr_free(hh);
     rec_pack_free(&xp);
     rec_pack_free(&hp);
     rec_pack_free(&np);

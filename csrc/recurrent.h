@@ -477,6 +477,18 @@ static inline void rec_add_gates(int G, int H, int NB, int u0, int nu,
     }
 }
 
+/* A tile row out of a row of products computed by GEMM instead (gru.c's single step): acc[g*NB + v] =
+ * row[g*H + u0 + v] for the G gates, 0 for v past nu, as a packed panel's zero padding would give. */
+static inline void rec_put_tile(int G, int H, int NB, int u0, int nu,
+                                const real *row, /* (G*H) */
+                                real *acc)       /* (G, NB) tile row out */
+{
+    for (int g = 0; g < G; g++) {
+        memcpy(acc + g * NB, row + (size_t)g * H + u0, (size_t)nu * sizeof(real));
+        if (nu < NB) memset(acc + g * NB + nu, 0, (size_t)(NB - nu) * sizeof(real));
+    }
+}
+
 /* Whether a forward with `weight_bytes` of [W_ih | W_hh] and B rows per step should project x per chunk
  * of steps (W_ih streamed once per chunk) rather than fuse it into every step (streamed once per step for
  * B rows): at B <= REC_SPLIT_MAX_B, or above REC_SPLIT_BYTES_PER_ROW of weights per row.  The measurements

@@ -118,6 +118,18 @@ def test_larger_shapes_and_threads(isa, dtype, variant, shape, threads):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
+@pytest.mark.parametrize("variant", ["gru", "gru_reset_before"])
+@pytest.mark.parametrize("B", [16, 23, 32])
+def test_single_step_by_gemm(isa, dtype, variant, B, threads):
+    """One step of 16 to 32 rows: the GRU (reset_after) takes h0 W_hh^T from the GEMM's transposed path
+    (gru_single_step), each thread its units, H = 40 leaving a partial block; every length 1 of T = 3 is a
+    single step too, and bidirectional runs it in both directions."""
+    check(Case.variant(variant, T=1, B=B, I=24, H=40), dtype)
+    check(Case.variant(variant, T=1, B=B, I=24, H=40, with_hx=False), dtype)
+    check(Case.variant(variant, T=3, B=B, I=24, H=40, lengths=(1,) * B, bidirectional=True), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
 @pytest.mark.parametrize("variant", ["lstm", "lstm_proj"])
 def test_rows_split_across_threads(isa, dtype, variant, threads):
     """B >= 8 per thread and small weights: on 2 threads the LSTM forward splits the rows, not the units
