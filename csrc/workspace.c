@@ -43,6 +43,19 @@ static atomic_int g_poison;
 
 int fr_ws_set_poison(int on) { return atomic_exchange(&g_poison, on != 0); }
 
+/* After fork() in a thread other than one holding the lock, the child's copy of it may be held by a thread
+ * that does not exist there: the child starts with a fresh lock and an empty cache (the kept blocks stay
+ * mapped, copy-on-write, unused). */
+static pthread_once_t g_ws_once = PTHREAD_ONCE_INIT;
+
+static void ws_after_fork_child(void) {
+    pthread_mutex_init(&g_ws.lock, NULL);
+    g_ws.n = 0;
+    g_ws.total = 0;
+}
+
+static void ws_init_once(void) { pthread_atfork(NULL, NULL, ws_after_fork_child); }
+
 /* Removes slot i (lock held) and returns its block. */
 static void *ws_take(int i) {
     void *b = g_ws.base[i];
@@ -56,6 +69,7 @@ static void *ws_take(int i) {
 }
 
 void *fr_ws_alloc(size_t bytes) {
+    pthread_once(&g_ws_once, ws_init_once);
     bytes = (bytes + 63) & ~(size_t)63;
     if (bytes == 0) bytes = 64;
     if (bytes >= FR_WS_MIN_BYTES) {

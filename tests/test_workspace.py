@@ -57,3 +57,22 @@ def test_reused_buffers_give_the_same_results():
         np.testing.assert_array_equal(y0, y1)
         for a, b in zip(g0, g1):
             np.testing.assert_array_equal(a, b)
+
+
+def test_forked_child_computes_the_same():
+    """A child forked after calls that left buffers kept starts with a fresh cache (workspace.c's atfork
+    handler) and gives the parent's results."""
+    import os
+    layer = fastrnn.LSTM(64, 256, seed=0)
+    x = np.random.default_rng(3).standard_normal((20, 16, 64)).astype(np.float32)
+    y0 = layer(x)[0]
+    assert fastrnn.workspace_bytes() > 0
+    pid = os.fork()
+    if pid == 0:  # the child: no pytest here, only an exit code
+        code = 3
+        try:
+            code = 0 if fastrnn.workspace_bytes() == 0 and np.array_equal(layer(x)[0], y0) else 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"child exit status {status}"
