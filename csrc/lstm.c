@@ -52,6 +52,8 @@ typedef struct lstm_fwd_ctx {
     int rowsplit;            /* threads split the rows, not the units (lstm_rowsplit; fused only) */
     int steal;               /* by units, threads take each other's last blocks of a step (rec_steal) */
     const real *w_ih;        /* (4H, I), split */
+    const real *w_hh;        /* (4H, P) */
+    real *hh;                /* (B, 4H) h_{t-1} W_hh^T of a single-step call (lstm_single_step), else NULL */
     const real *xs;          /* (rows of the region's steps, I) x gathered (lengths), or NULL: x's own rows */
     real *xw;                /* (rows of the region's steps, 4H) that projection: inference; training: tg */
     int s_begin, s_end;      /* the steps this region runs */
@@ -219,6 +221,9 @@ static void lstm_fwd_task(void *arg, int tid, int nth) {
             hr[k] = hp + (size_t)k * P;
             yr[k] = cx->y + row * cx->ldy;
         }
+        if (cx->hh) /* the single step: this thread's units of h_{t-1} W_hh^T by GEMM (no steal) */
+            seq_project_units(hp, (size_t)n, P, cx->w_hh, 4, H, NULL, j0 * wp->NB,
+                              j1 * wp->NB < H ? j1 * wp->NB : H, cx->hh);
         /* blocks outside, row tiles inside: a block's panel stays in L2 while every row passes it */
         int j = j0;
 #if FR_AVX512
@@ -254,7 +259,11 @@ static void lstm_fwd_task(void *arg, int tid, int nth) {
             for (int i = 0, nt = rec_ntiles(kb - ka, MR); i < nt; i++) {
                 const int k0 = ka + rec_tile_start(kb - ka, nt, i), mr = ka + rec_tile_start(kb - ka, nt, i + 1) - k0;
                 if (split) {
-                    rec_tile_pf(wp, j, mr, hr + k0, NULL, tile, i == 0 ? pf : NULL);
+                    if (cx->hh) /* the GEMM's columns of the block's units */
+                        for (int r = 0; r < mr; r++)
+                            rec_put_tile(4, H, wp->NB, u0, nu, cx->hh + (size_t)(k0 + r) * H4, tile + (size_t)r * wp->W);
+                    else
+                        rec_tile_pf(wp, j, mr, hr + k0, NULL, tile, i == 0 ? pf : NULL);
                     for (int r = 0; r < mr; r++)
                         rec_add_gates(4, H, wp->NB, u0, nu, xw + (r0 - lo + (size_t)(k0 + r)) * H4,
                                             tile + (size_t)r * wp->W);
@@ -329,6 +338,16 @@ static int lstm_split(size_t rows, int B, int I, int H, int P) {
     return rows > REC_DIRECT_ROWS && rec_split(B, (size_t)4 * H * (size_t)(I + P) * sizeof(real)); /* [W_ih | W_hh] */
 }
 
+/* Whether a call of one step (T = 1, or every length 1) that projects x by GEMM (split) also computes
+ * h_{t-1} W_hh^T by the GEMM, each thread for its units (gk_small_m: W_hh's rows read in place), rather
+ * than packing W_hh into panels it would pass once: with 16 to 32 rows, the GEMM's transposed path, as
+ * gru_single_step.  Measured on the Xeon VM, in one process against packed panels: LSTM 1,32,512,512
+ * forward x1.18 on 2 threads, x1.35 on 1; 1,16,512,512 x1.10. */
+static int lstm_single_step(const fr_seq *q, int split) {
+    return split && q->S == 1 && q->B >= 16 && q->B <= 32;
+}
+
+
 /* Whether the threads of a fused forward split the rows of each step rather than the hidden units: each
  * thread then runs every block for its own rows, which depend on nothing another thread computes, so the
  * steps need no barrier -- but each thread streams all the weights every step, so only while they sit
@@ -377,6 +396,7 @@ static int lstm_forward(int T, int B, int I, int H, int P, int reverse,
     real *xw = NULL;   /* (chunk rows, 4H) projection of a chunk: split inference */
     real *xg = NULL;   /* (chunk rows, I) x rows of a chunk: split with lengths */
     rec_pack rp = {0}; /* W_hr packed in blocks of P outputs (projection only) */
+    real *hh = NULL;   /* (B, 4H) h0 W_hh^T: a single step (lstm_single_step) */
     const real **rowptrs = NULL; /* (nthreads, 3B) */
     int rc = FR_ENOMEM;
 
@@ -389,8 +409,10 @@ static int lstm_forward(int T, int B, int I, int H, int P, int reverse,
      * step, in one region). */
     const int split = lstm_split(TB, B, I, H, P);
     int chunk = pl.S > 0 ? pl.S : 1;
+    const int single = lstm_single_step(&pl, split);
     if (split) {
-        if (rec_pack_init(&wp, 4, H, w_hh, P, P, NULL, 0, 0, TB) != FR_OK) goto done;
+        if (rec_pack_init(&wp, 4, H, w_hh, P, P, NULL, 0, 0, single ? 0 : TB) != FR_OK) goto done;
+        if (single && (hh = fr_alloc((size_t)B * H4, 0)) == NULL) goto done;
         const size_t gather = pl.off ? (size_t)I : 0;
         chunk = seq_proj_chunk(&pl, (tape ? 0 : H4) + gather, tape && !pl.off);
         if (tape == NULL && (xw = fr_alloc((size_t)chunk * B * H4, 0)) == NULL) goto done;
@@ -423,6 +445,8 @@ static int lstm_forward(int T, int B, int I, int H, int P, int reverse,
     cx.wp = &wp;
     cx.split = split;
     cx.w_ih = w_ih;
+    cx.w_hh = w_hh;
+    cx.hh = hh;
     cx.xs = xg;
     cx.xw = xw;
     cx.rp = proj ? &rp : NULL;
@@ -438,7 +462,7 @@ static int lstm_forward(int T, int B, int I, int H, int P, int reverse,
     cx.ldy = ldy;
     const int nth = rec_threads_for(B, 4, H, I + P, wp.nblk);
     cx.rowsplit = !split && lstm_rowsplit(B, nth, I, H, P);
-    cx.steal = !cx.rowsplit && rec_steal(nth, B, &wp);
+    cx.steal = !cx.rowsplit && !single && rec_steal(nth, B, &wp);
     if ((rowptrs = (const real **)malloc(sizeof(real *) * (3 * (size_t)B * nth + 1))) == NULL) goto done;
     for (int t = 0; t < nth; t++) cx.rows[t] = rowptrs + 3 * (size_t)B * t;
     seq_run_chunks(&pl, chunk, x, I, xg, &cx.s_begin, &cx.s_end, nth, lstm_fwd_task, &cx, &cx.bar);
@@ -464,6 +488,7 @@ done:
     rec_pack_free(&rp);
     fr_free(xw);
     fr_free(xg);
+    fr_free(hh);
     seq_free(&pl);
     return rc;
 }

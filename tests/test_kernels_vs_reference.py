@@ -118,15 +118,18 @@ def test_larger_shapes_and_threads(isa, dtype, variant, shape, threads):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
-@pytest.mark.parametrize("variant", ["gru", "gru_reset_before"])
+@pytest.mark.parametrize("variant", ["gru", "gru_reset_before", "lstm", "lstm_proj"])
 @pytest.mark.parametrize("B", [16, 23, 32])
 def test_single_step_by_gemm(isa, dtype, variant, B, threads):
-    """One step of 16 to 32 rows: the GRU (reset_after) takes h0 W_hh^T from the GEMM's transposed path
-    (gru_single_step), each thread its units, H = 40 leaving a partial block; every length 1 of T = 3 is a
+    """One step of 16 to 32 rows: the GRU (reset_after) and the LSTM with x projected by GEMM (over 128 KB
+    of weights a row: H = 513, or 520 projected to 500) take h0 W_hh^T from the GEMM's transposed path (gru_single_step,
+    lstm_single_step), each thread its units, H leaving a partial block; every length 1 of T = 3 is a
     single step too, and bidirectional runs it in both directions."""
-    check(Case.variant(variant, T=1, B=B, I=24, H=40), dtype)
-    check(Case.variant(variant, T=1, B=B, I=24, H=40, with_hx=False), dtype)
-    check(Case.variant(variant, T=3, B=B, I=24, H=40, lengths=(1,) * B, bidirectional=True), dtype)
+    H = {"lstm": 513, "lstm_proj": 520}.get(variant, 40)
+    proj = dict(proj_size=500) if variant == "lstm_proj" else {}
+    check(Case.variant(variant, T=1, B=B, I=24, H=H, **proj), dtype)
+    check(Case.variant(variant, T=1, B=B, I=24, H=H, with_hx=False, **proj), dtype)
+    check(Case.variant(variant, T=3, B=B, I=24, H=H, lengths=(1,) * B, bidirectional=True, **proj), dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
