@@ -24,9 +24,12 @@
  * combinations and any lda / ldb / ldc.  Packing pads the edge panels with zeros, so the microkernel always
  * runs full tiles; only the write-back of an edge tile is partial.
  *
- * Threads: chunks of C along M or N (the larger) handed out dynamically (gk_task), each thread running the
- * whole blocked algorithm on a chunk with its own packing buffers: no barrier.  Small products stay on the
- * calling thread (the hand-over costs several microseconds on these VMs).
+ * Threads: when M and N are both large, every packed block of B is shared (gk_shared_task: the threads pack
+ * it together, then take rows of C from a shared position; two barriers a block).  Otherwise chunks of C
+ * along M or N (the larger) handed out dynamically (gk_task), each thread running the whole blocked
+ * algorithm on a chunk with its own packing buffers: no barrier.  Small products stay on the calling
+ * thread (the hand-over costs several microseconds on these VMs).  C = A B^T with 16 to 32 rows runs
+ * transposed, B read in place (gk_small_m).
  */
 #ifndef FR_GEMM_INSTANCE
 #define FR_GEMM_INSTANCE
@@ -587,8 +590,6 @@ static size_t gk_bbuf_len(int cols, int K) {
     return (size_t)((nc + GK_NR - 1) / GK_NR * GK_NR) * (size_t)kc;
 }
 
-/* C[m0 .. m1)[n0 .. n1) of problem g (K > 0), with packing buffers ap (gk_abuf_len(m1 - m0, K)) and
- * bp (gk_bbuf_len(n1 - n0, K)), both 64-byte aligned. */
 #if defined(GK_HAVE_SMALL_M)
 /* C[m0 .. m1)[n0 .. n1) = alpha A B^T + beta C for at most NR rows (A (M, lda), B (N, ldb) row-major): X^T
  * packed a KC block at a time into bp (gk_bbuf_len's, at least (KC, NR)), B's rows read in place
@@ -608,6 +609,8 @@ static void gk_small_m(const gk_problem *g, int m0, int m1, int n0, int n1, real
 }
 #endif
 
+/* C[m0 .. m1)[n0 .. n1) of problem g (K > 0), with packing buffers ap (gk_abuf_len(m1 - m0, K)) and
+ * bp (gk_bbuf_len(n1 - n0, K)), both 64-byte aligned. */
 static void gk_serial(const gk_problem *g, int m0, int m1, int n0, int n1, real *ap, real *bp) {
 #if defined(GK_HAVE_SMALL_M)
     if (!g->trans_a && g->trans_b && m1 - m0 <= GK_NR && m1 - m0 >= GK_NR / 2 && n1 - n0 >= GK_MR) {
@@ -796,7 +799,8 @@ static void gk_gemm(int trans_a, int trans_b, int M, int N, int K, real alpha,
     if (K < 0) K = 0;
     gk_problem g = {trans_a, trans_b, M, N, K, alpha, beta, A, B, C, lda, ldb, ldc};
     int nth = nthreads > 0 ? nthreads
-              : nthreads < 0 ? -nthreads : (2.0 * M * N * K >= GK_PAR_FLOPS ? fr_get_num_threads() : 1);
+              : nthreads < 0 ? (nthreads < -FR_MAX_THREADS ? FR_MAX_THREADS : -nthreads)
+                             : (2.0 * M * N * K >= GK_PAR_FLOPS ? fr_get_num_threads() : 1);
     if (nth > 1 && K > 0 && alpha != 0 && (nthreads < 0 || (nthreads == 0 && M >= GK_SHARED_MIN_M && N >= GK_SHARED_MIN_N))) {
         /* large in both: one packed B block shared by the threads (nthreads < 0: the tests ask for it) */
         gk_shared_ctx t;
@@ -808,7 +812,7 @@ static void gk_gemm(int trans_a, int trans_b, int M, int N, int K, real alpha,
         atomic_init(&t.next, 0);
         t.bp = fr_alloc(gk_bbuf_len(N, K), 0);
         if (t.bp != NULL) {
-            fr_parallel(nthreads < 0 ? -nthreads : nth, gk_shared_task, &t, &t.bar);
+            fr_parallel(nth, gk_shared_task, &t, &t.bar);
             fr_free(t.bp);
             return;
         }

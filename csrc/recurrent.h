@@ -477,7 +477,7 @@ static inline void rec_add_gates(int G, int H, int NB, int u0, int nu,
     }
 }
 
-/* A tile row out of a row of products computed by GEMM instead (gru.c's single step): acc[g*NB + v] =
+/* A tile row out of a row of products computed by GEMM instead (the GRU's and LSTM's single step): acc[g*NB + v] =
  * row[g*H + u0 + v] for the G gates, 0 for v past nu, as a packed panel's zero padding would give. */
 static inline void rec_put_tile(int G, int H, int NB, int u0, int nu,
                                 const real *row, /* (G*H) */

@@ -117,8 +117,9 @@ static inline __m512 vm_exp16(__m512 x) {
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    /* p * 2^n in one instruction (vscalefps), where the 8-wide version builds 2^n in the exponent bits
-     * with nine integer and float operations; the product is exact in both, so the results are the same. */
+    /* p * 2^n in one instruction (vscalefps), where the 8-wide version builds 2^n in the exponent field;
+     * the product is exact in both, so the results are the same but for n = -127 (exp(x) subnormal:
+     * 0 there, p 2^-127 here unless flushed), which the callers only add to 1. */
     return _mm512_scalef_ps(p, n);
 }
 

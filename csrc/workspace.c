@@ -7,9 +7,9 @@
  * took ~9000 page faults (37 MB) per forward, about 10% of its time.  Reusing the buffers avoids both.
  *
  * A buffer carries a 64-byte header with its size.  Buffers of at least FR_WS_MIN_BYTES go back to the
- * cache on fr_ws_free: at most FR_WS_SLOTS of them and FR_WS_CACHE_BYTES in all (the oldest leave first),
- * so the cache holds about one call's large buffers; fr_ws_release (fastrnn.release_workspace()) frees
- * them.  A request takes the smallest kept buffer that fits it and is at most twice its size.  A mutex
+ * cache on fr_ws_free: at most FR_WS_SLOTS of them and FR_WS_CACHE_BYTES in all (256 MB; the environment's
+ * FASTRNN_WORKSPACE_MB sets another cap, 0 none: the oldest leave first), so the cache holds about one
+ * call's large buffers; fr_ws_release (fastrnn.release_workspace()) frees them.  A request takes the smallest kept buffer that fits it and is at most twice its size.  A mutex
  * guards the cache: kernels run from many Python threads, and GEMM workers allocate inside regions.
  */
 #include <pthread.h>
@@ -49,12 +49,24 @@ int fr_ws_set_poison(int on) { return atomic_exchange(&g_poison, on != 0); }
 static pthread_once_t g_ws_once = PTHREAD_ONCE_INIT;
 
 static void ws_after_fork_child(void) {
-    pthread_mutex_init(&g_ws.lock, NULL);
+    pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
+    g_ws.lock = fresh;
     g_ws.n = 0;
     g_ws.total = 0;
 }
 
-static void ws_init_once(void) { pthread_atfork(NULL, NULL, ws_after_fork_child); }
+/* The cap on kept bytes: FR_WS_CACHE_BYTES, or FASTRNN_WORKSPACE_MB from the environment (0: keep none). */
+static size_t g_ws_cap = FR_WS_CACHE_BYTES;
+
+static void ws_init_once(void) {
+    const char *e = getenv("FASTRNN_WORKSPACE_MB");
+    if (e && *e) {
+        char *end = NULL;
+        const unsigned long long mb = strtoull(e, &end, 10);
+        if (end && *end == '\0' && mb <= ((unsigned long long)SIZE_MAX >> 20)) g_ws_cap = (size_t)mb << 20;
+    }
+    pthread_atfork(NULL, NULL, ws_after_fork_child);
+}
 
 /* Removes slot i (lock held) and returns its block. */
 static void *ws_take(int i) {
@@ -70,6 +82,7 @@ static void *ws_take(int i) {
 
 void *fr_ws_alloc(size_t bytes) {
     pthread_once(&g_ws_once, ws_init_once);
+    if (bytes > SIZE_MAX - FR_WS_HEAD - 63) return NULL;
     bytes = (bytes + 63) & ~(size_t)63;
     if (bytes == 0) bytes = 64;
     if (bytes >= FR_WS_MIN_BYTES) {
@@ -97,14 +110,14 @@ void fr_ws_free(void *p) {
     if (p == NULL) return;
     void *b = (char *)p - FR_WS_HEAD;
     const size_t bytes = *(size_t *)b;
-    if (bytes < FR_WS_MIN_BYTES || bytes > FR_WS_CACHE_BYTES) {
+    if (bytes < FR_WS_MIN_BYTES || bytes > g_ws_cap) {
         free(b);
         return;
     }
     void *evict[FR_WS_SLOTS];
     int ne = 0;
     pthread_mutex_lock(&g_ws.lock);
-    while (g_ws.n > 0 && (g_ws.n == FR_WS_SLOTS || g_ws.total + bytes > FR_WS_CACHE_BYTES)) evict[ne++] = ws_take(0);
+    while (g_ws.n > 0 && (g_ws.n == FR_WS_SLOTS || g_ws.total + bytes > g_ws_cap)) evict[ne++] = ws_take(0);
     g_ws.base[g_ws.n] = b;
     g_ws.size[g_ws.n] = bytes;
     g_ws.n++;

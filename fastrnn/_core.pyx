@@ -140,7 +140,8 @@ def get_num_threads():
 
 def release_workspace():
     """Frees the large work buffers the kernels keep between calls (weight panels, projections: at most
-    256 MB, about one call's worth) and returns how many bytes that was.  The next call allocates afresh."""
+    256 MB, about one call's worth, or FASTRNN_WORKSPACE_MB from the environment) and returns how many bytes
+    that was.  The next call allocates afresh."""
     return fr_ws_release()
 
 

@@ -76,3 +76,15 @@ def test_forked_child_computes_the_same():
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"child exit status {status}"
+
+
+def test_cap_from_the_environment():
+    """FASTRNN_WORKSPACE_MB=0 keeps nothing between calls; 1 keeps no buffer larger than 1 MB."""
+    import subprocess
+    import sys
+    code = ("import numpy as np, fastrnn; l = fastrnn.LSTM(64, 256, seed=0); "
+            "l(np.ones((20, 16, 64), np.float32)); print(fastrnn.workspace_bytes())")
+    for mb, most in (("0", 0), ("1", 1 << 20)):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                             env={**__import__("os").environ, "FASTRNN_WORKSPACE_MB": mb})
+        assert int(out.stdout.strip()) <= most, (mb, out.stdout)
