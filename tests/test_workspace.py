@@ -78,13 +78,18 @@ def test_forked_child_computes_the_same():
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"child exit status {status}"
 
 
-def test_cap_from_the_environment():
-    """FASTRNN_WORKSPACE_MB=0 keeps nothing between calls; 1 keeps no buffer larger than 1 MB."""
+def test_cap_from_the_environment(tmp_path):
+    """FASTRNN_WORKSPACE_MB=0 keeps nothing between calls; 1 keeps no buffer larger than 1 MB.  The child
+    imports the fastrnn this process uses (installed or built in place), from a directory of its own."""
+    import os
     import subprocess
     import sys
+    home = os.path.dirname(os.path.dirname(os.path.abspath(fastrnn.__file__)))
     code = ("import numpy as np, fastrnn; l = fastrnn.LSTM(64, 256, seed=0); "
             "l(np.ones((20, 16, 64), np.float32)); print(fastrnn.workspace_bytes())")
     for mb, most in (("0", 0), ("1", 1 << 20)):
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                             env={**__import__("os").environ, "FASTRNN_WORKSPACE_MB": mb})
+        env = {**os.environ, "FASTRNN_WORKSPACE_MB": mb,
+               "PYTHONPATH": os.pathsep.join([home] + [p for p in [os.environ.get("PYTHONPATH")] if p])}
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env)
+        assert out.returncode == 0, out.stderr
         assert int(out.stdout.strip()) <= most, (mb, out.stdout)
