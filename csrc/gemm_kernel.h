@@ -354,6 +354,14 @@ static void gk_store_edge(int mr, int nr, const real *t, /* (MR, NR) */
 #error "the AVX-512 microkernel is written for NR = 32 (2 vectors)"
 #endif
 
+/* Row r of the tile's rank-1 update at one k: accumulators c<r>_0, c<r>_1 += x * (b0, b1). */
+#define GK_FMA_ROW(r, x)                                                                                   \
+    {                                                                                                      \
+        __m512 xr = _mm512_set1_ps(x);                                                                     \
+        c##r##_0 = _mm512_fmadd_ps(xr, b0, c##r##_0);                                                      \
+        c##r##_1 = _mm512_fmadd_ps(xr, b1, c##r##_1);                                                      \
+    }
+
 /* C (mr x nr of an MR x NR tile) = alpha * Ap Bp + beta * C over kc; the edge tiles' write-back is masked
  * (columns) and skips rows past mr. */
 static void gk_micro(int kc, const real *restrict a, /* (kc, MR) packed */
@@ -372,12 +380,7 @@ static void gk_micro(int kc, const real *restrict a, /* (kc, MR) packed */
 #define GK_DECL(r) __m512 c##r##_0 = _mm512_setzero_ps(), c##r##_1 = _mm512_setzero_ps();
     GK_ROWS(GK_DECL)
 #undef GK_DECL
-#define GK_RANK1(r)                                                                                        \
-    {                                                                                                      \
-        __m512 ar = _mm512_set1_ps(a[r]);                                                                  \
-        c##r##_0 = _mm512_fmadd_ps(ar, b0, c##r##_0);                                                      \
-        c##r##_1 = _mm512_fmadd_ps(ar, b1, c##r##_1);                                                      \
-    }
+#define GK_RANK1(r) GK_FMA_ROW(r, a[r])
 #pragma GCC unroll 4
     for (int k = 0; k < kc; k++) {
         __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16);
@@ -419,12 +422,7 @@ static void gk_micro_wt(int kc, const real *w, int ldw, int nw, /* (nw, ldw >= k
     const real *w##r = w + (size_t)((r) < nw ? (r) : nw - 1) * ldw;
     GK_ROWS(GK_DECL)
 #undef GK_DECL
-#define GK_RANK1(r)                                                                                        \
-    {                                                                                                      \
-        __m512 wr = _mm512_set1_ps(w##r[k]);                                                               \
-        c##r##_0 = _mm512_fmadd_ps(wr, b0, c##r##_0);                                                      \
-        c##r##_1 = _mm512_fmadd_ps(wr, b1, c##r##_1);                                                      \
-    }
+#define GK_RANK1(r) GK_FMA_ROW(r, w##r[k])
 #pragma GCC unroll 4
     for (int k = 0; k < kc; k++) {
         __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16);
@@ -446,6 +444,7 @@ static void gk_micro_wt(int kc, const real *w, int ldw, int nw, /* (nw, ldw >= k
             for (int r = 0; r < nw; r++) c[r] = alpha * t[r * GK_NR + i] + beta * c[r];
     }
 }
+#undef GK_FMA_ROW
 #define GK_HAVE_SMALL_M 1
 #undef GK_ROWS
 
