@@ -733,8 +733,7 @@ typedef struct gk_shared_ctx {
 static void gk_shared_task(void *ctx, int tid, int nth) {
     gk_shared_ctx *t = (gk_shared_ctx *)ctx;
     const gk_problem *g = t->g;
-    real *ap = fr_alloc(gk_abuf_len(t->rows, g->K), 0); /* (rows, KC) this thread's A block */
-    real *a_or_null = ap;
+    real *ap = fr_alloc(gk_abuf_len(t->rows, g->K), 0); /* (rows, KC) this thread's A block, or NULL */
     for (int jc = 0; jc < g->N; jc += GK_NC) {
         const int nc = gk_min(GK_NC, g->N - jc), npan = (nc + GK_NR - 1) / GK_NR;
         for (int pc = 0; pc < g->K; pc += GK_KC) {
@@ -750,7 +749,7 @@ static void gk_shared_task(void *ctx, int tid, int nth) {
                 const int ic = atomic_fetch_add_explicit(&t->next, t->rows, memory_order_relaxed);
                 if (ic >= g->M) break;
                 const int mc = gk_min(t->rows, g->M - ic);
-                if (a_or_null == NULL) { /* no workspace: the plain loops for these rows and columns */
+                if (ap == NULL) { /* no workspace: the plain loops for these rows and columns */
                     gk_problem part = *g;
                     part.K = kc, part.beta = beta;
                     part.A = g->trans_a ? g->A + (size_t)pc * g->lda : g->A + pc;

@@ -445,14 +445,12 @@ static int gru_gemm_projection(size_t rows, int training, int I, int H) {
     return rows > REC_DIRECT_ROWS && (training || (size_t)3 * H * (size_t)I * sizeof(real) > GRU_GEMM_PROJ_BYTES);
 }
 
-/* Whether a call of one step (T = 1, or every length 1) computes h_{t-1} W_hh^T by the GEMM, each thread
- * for its units (gk_small_m: W_hh's rows read in place), rather than packing W_hh into panels it would pass
- * once: reset_after only (reset_after = 0 multiplies r*h in a second phase), with 16 to 32 rows, the GEMM's
- * transposed path.  Measured on the Xeon VM, in one process against packed panels: GRU 1,32,512,512 (the
+/* rec_step_by_gemm for the GRU: reset_after only (reset_after = 0 multiplies r*h in a second phase).
+ * Measured on the Xeon VM, in one process against packed panels: GRU 1,32,512,512 (the
  * DeepBench one-step GRU, where packing W_hh was ~16% of the call) forward x1.09 on 2 threads, x1.19 on
  * 1; 1,16,256,256 x1.02. */
 static int gru_single_step(const fr_seq *q, int ra) {
-    return ra && q->S == 1 && q->B >= 16 && q->B <= 32;
+    return ra && rec_step_by_gemm(q->S, q->B);
 }
 
 static int gru_forward(int T, int B, int I, int H, int reset_after, int reverse,

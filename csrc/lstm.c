@@ -338,13 +338,11 @@ static int lstm_split(size_t rows, int B, int I, int H, int P) {
     return rows > REC_DIRECT_ROWS && rec_split(B, (size_t)4 * H * (size_t)(I + P) * sizeof(real)); /* [W_ih | W_hh] */
 }
 
-/* Whether a call of one step (T = 1, or every length 1) that projects x by GEMM (split) also computes
- * h_{t-1} W_hh^T by the GEMM, each thread for its units (gk_small_m: W_hh's rows read in place), rather
- * than packing W_hh into panels it would pass once: with 16 to 32 rows, the GEMM's transposed path, as
- * gru_single_step.  Measured on the Xeon VM, in one process against packed panels: LSTM 1,32,512,512
+/* rec_step_by_gemm for the LSTM: when it projects x by GEMM too (split; fused, x and h share the panels).
+ * Measured on the Xeon VM, in one process against packed panels: LSTM 1,32,512,512
  * forward x1.18 on 2 threads, x1.35 on 1; 1,16,512,512 x1.10. */
 static int lstm_single_step(const fr_seq *q, int split) {
-    return split && q->S == 1 && q->B >= 16 && q->B <= 32;
+    return split && rec_step_by_gemm(q->S, q->B);
 }
 
 

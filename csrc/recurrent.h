@@ -489,6 +489,12 @@ static inline void rec_put_tile(int G, int H, int NB, int u0, int nu,
     }
 }
 
+/* Whether a call of S steps of B rows computes h_{t-1} W_hh^T by the GEMM, each thread for its units,
+ * rather than packing W_hh into panels: a single step (T = 1, or every length 1) passes them once, and
+ * 16 to 32 rows take the GEMM's transposed path (gk_small_m), which reads W_hh's rows in place.  The
+ * cells add their own conditions (gru_single_step, lstm_single_step). */
+static inline int rec_step_by_gemm(int S, int B) { return S == 1 && B >= 16 && B <= 32; }
+
 /* Whether a forward with `weight_bytes` of [W_ih | W_hh] and B rows per step should project x per chunk
  * of steps (W_ih streamed once per chunk) rather than fuse it into every step (streamed once per step for
  * B rows): at B <= REC_SPLIT_MAX_B, or above REC_SPLIT_BYTES_PER_ROW of weights per row.  The measurements
