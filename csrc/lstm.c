@@ -538,6 +538,34 @@ static inline void lstm_dgates(int H, int u0, int nu,
 {
     const real one = 1;
     int v = 0;
+#if FR_AVX512
+    /* 16 units a zmm: half the instructions of the 8-wide loop below, and tanh(c) without the divider */
+    const __m512 wone = _mm512_set1_ps(1.0f);
+    for (; v + 16 <= nu; v += 16) {
+        const int u = u0 + v;
+        const __m512 i = _mm512_loadu_ps(a + u), f = _mm512_loadu_ps(a + H + u);
+        const __m512 g = _mm512_loadu_ps(a + 2 * H + u), o = _mm512_loadu_ps(a + 3 * H + u);
+        const __m512 th = vm_tanh16(_mm512_loadu_ps(c + u));
+        const __m512 dmo = _mm512_mul_ps(_mm512_loadu_ps(dm + v), o);
+        const __m512 dcv = _mm512_fmadd_ps(dmo, _mm512_fnmadd_ps(th, th, wone), _mm512_loadu_ps(dc + u));
+        const __m512 cpv = cp ? _mm512_loadu_ps(cp + u) : _mm512_setzero_ps();
+        const __m512 zi = _mm512_mul_ps(_mm512_mul_ps(dcv, g), _mm512_mul_ps(i, _mm512_sub_ps(wone, i)));
+        const __m512 zf = _mm512_mul_ps(_mm512_mul_ps(dcv, cpv), _mm512_mul_ps(f, _mm512_sub_ps(wone, f)));
+        const __m512 zg = _mm512_mul_ps(_mm512_mul_ps(dcv, i), _mm512_fnmadd_ps(g, g, wone));
+        const __m512 zo = _mm512_mul_ps(_mm512_mul_ps(dmo, th), _mm512_sub_ps(wone, o));
+        _mm512_storeu_ps(dz + u, zi);
+        _mm512_storeu_ps(dz + H + u, zf);
+        _mm512_storeu_ps(dz + 2 * H + u, zg);
+        _mm512_storeu_ps(dz + 3 * H + u, zo);
+        _mm512_storeu_ps(dc + u, _mm512_mul_ps(dcv, f));
+        if (db) {
+            _mm512_storeu_ps(db + u, _mm512_add_ps(_mm512_loadu_ps(db + u), zi));
+            _mm512_storeu_ps(db + H + u, _mm512_add_ps(_mm512_loadu_ps(db + H + u), zf));
+            _mm512_storeu_ps(db + 2 * H + u, _mm512_add_ps(_mm512_loadu_ps(db + 2 * H + u), zg));
+            _mm512_storeu_ps(db + 3 * H + u, _mm512_add_ps(_mm512_loadu_ps(db + 3 * H + u), zo));
+        }
+    }
+#endif
 #if FR_AVX2 && !FR_DOUBLE
     const __m256 vone = _mm256_set1_ps(1.0f);
     for (; v + 8 <= nu; v += 8) {
