@@ -136,6 +136,7 @@ typedef struct lstm_half {
     const float *bias;  /* gate rows at the units, stride H, or NULL */
     float *gates;       /* tape gate rows at the units, stride H, or NULL */
     float *c, *m, *y;   /* (8) each; y NULL with projection */
+    float *tc;          /* (8) tape row of c at the units, or NULL (inference) */
 } lstm_half;
 
 static inline void lstm_cell16(int H, lstm_half a, lstm_half b) {
@@ -154,6 +155,9 @@ static inline void lstm_cell16(int H, lstm_half a, lstm_half b) {
         vm_split8(o, a.gates + 3 * (size_t)H, b.gates + 3 * (size_t)H);
     }
     vm_split8(cn, a.c, b.c);
+    /* the tape's copy of c from the register: a 64-byte memcpy from c would load across the two 32-byte
+     * stores just made, which the CPU cannot forward (a stall of the store buffer's drain) */
+    if (a.tc) vm_split8(cn, a.tc, b.tc);
     vm_split8(mv, a.m, b.m);
     if (a.y) vm_split8(mv, a.y, b.y);
 }
@@ -165,7 +169,8 @@ static inline lstm_half lstm_row_half(const lstm_fwd_ctx *cx, real *m, real **yr
                                       const real *acc, size_t r0, size_t k, int u0) {
     const int H = cx->H;
     lstm_half h = {acc, bias ? bias + u0 : NULL, cx->tg ? cx->tg + (r0 + k) * 4 * (size_t)H + u0 : NULL,
-                   cx->c + k * H + u0, m + k * H + u0, cx->rp ? NULL : yr[k] + u0};
+                   cx->c + k * H + u0, m + k * H + u0, cx->rp ? NULL : yr[k] + u0,
+                   cx->tc ? cx->tc + (r0 + k) * H + u0 : NULL};
     return h;
 }
 #endif
@@ -245,7 +250,6 @@ static void lstm_fwd_task(void *arg, int tid, int nth) {
                 }
                 lstm_cell16(H, lstm_row_half(cx, m, yr, bias, tile, r0, 0, u0),
                             lstm_row_half(cx, m, yr, bias, tile + wp->W, r0, 0, u0 + 8));
-                if (cx->tc) memcpy(cx->tc + r0 * H + u0, cx->c + u0, 16 * sizeof(real));
             }
             j = j0 + 2 * np;
         }
@@ -277,10 +281,6 @@ static void lstm_fwd_task(void *arg, int tid, int nth) {
                         const size_t k = (size_t)(k0 + r);
                         lstm_cell16(H, lstm_row_half(cx, m, yr, bias, tile + (size_t)r * wp->W, r0, k, u0),
                                     lstm_row_half(cx, m, yr, bias, tile + (size_t)(r + 1) * wp->W, r0, k + 1, u0));
-                        if (cx->tc) {
-                            memcpy(cx->tc + (r0 + k) * H + u0, cx->c + k * H + u0, nu * sizeof(real));
-                            memcpy(cx->tc + (r0 + k + 1) * H + u0, cx->c + (k + 1) * H + u0, nu * sizeof(real));
-                        }
                     }
 #endif
                 for (; r < mr; r++) {
