@@ -328,14 +328,32 @@ static void lstm_fwd_task(void *arg, int tid, int nth) {
  * (fused).  The fused step streams all of [W_ih | W_hh] once per step for the step's B rows; split streams
  * W_ih once per chunk of >= 1024 rows (seq_proj_chunk) inside an efficient GEMM, and W_hh per step, at the
  * price of a pass over the (rows, 4H) projection.  Split pays when the weights are large for the rows that
- * share a step's pass over them.  Measured on the Xeon VM (AVX-512), 2 threads, in one process, split vs
- * fused forward (ms), T,B,I,H: 25,16,512,512 13.8 vs 16.7; 50,8,1536,1536 139 vs 192; 25,64,1024,1024 193
- * vs 216; 25,16,2048,2048 325 vs 400; 50,32,512,512 51 vs 55; 100,1,64,128 even -- but 100,16,64,128 3.7
- * vs 3.2; 100,32,128,256 40 vs 27; 150,32,256,256 46 vs 39; 50,64,512,512 92 vs 84; 25,128,512,512 even.
- * The rule (rec_split): B <= 2, or more than 128 KB of weights per row of a step; and more than
- * REC_DIRECT_ROWS rows in all (a streaming step() multiplies the unpacked weights in place). */
-static int lstm_split(size_t rows, int B, int I, int H, int P) {
-    return rows > REC_DIRECT_ROWS && rec_split(B, (size_t)4 * H * (size_t)(I + P) * sizeof(real)); /* [W_ih | W_hh] */
+ * share a step's pass over them.  The rule: B <= 2, or more than 128 KB of weights per row of a step
+ * (rec_split, shared with the RNN) -- but from LSTM_WIDE_B rows a step, more than LSTM_WIDE_BYTES_PER_ROW
+ * (except for a single step, S = 1, which passes the weights once either way and takes lstm_single_step's
+ * GEMMs when split);
+ * and more than REC_DIRECT_ROWS rows in all (a streaming step() multiplies the unpacked weights in place).
+ *
+ * Measured on the Xeon VM (AVX-512), in one process, fused / split forward time (below 1: fused faster),
+ * 2 threads, T,B,I,H: 25,16,512,512 1.12; 25,16,1024,1024 1.13; 25,24,1024,1024 1.00; 50,24,512,512 0.99;
+ * 50,32,512,512 0.96 (1 thread 0.96); 25,32,1024,1024 1.01 (1 thread 0.99); 25,40,1024,1024 0.97;
+ * 50,48,512,512 0.93; 25,48,1024,1024 0.95 (1 thread 0.94); 50,64,528,528 0.89; 25,64,1024,1024 0.95
+ * (1 thread 0.94); 25,128,1024,1024 0.95; 25,64,1536,1536 1.03.  Training steps at the shapes the wide rule
+ * moves are even (50,32,512,512 1.01 / 0.99 on 1 thread; 25,48,1024,1024 1.01; 25,64,1024,1024 1.01 / 1.01;
+ * 50,64,528,528 1.00).  Earlier, at small widths: 50,8,1536,1536 split 139 ms vs fused 192; 100,1,64,128
+ * even; 100,16,64,128 fused 3.2 vs 3.7; 100,32,128,256 27 vs 40; 150,32,256,256 39 vs 46.  (The RNN keeps
+ * 128 KB at every B: 50,32,1024,1024 fused / split 1.06, 50,64,1760,1760 1.04, 25,64,1024,1024 0.99.) */
+#ifndef LSTM_WIDE_B
+#define LSTM_WIDE_B 24
+#endif
+#ifndef LSTM_WIDE_BYTES_PER_ROW
+#define LSTM_WIDE_BYTES_PER_ROW ((size_t)1 << 20)
+#endif
+static int lstm_split(size_t rows, int S, int B, int I, int H, int P) {
+    const size_t bytes = (size_t)4 * H * (size_t)(I + P) * sizeof(real); /* [W_ih | W_hh] */
+    if (rows <= REC_DIRECT_ROWS) return 0;
+    if (B >= LSTM_WIDE_B && S > 1) return bytes > LSTM_WIDE_BYTES_PER_ROW * (size_t)B;
+    return rec_split(B, bytes);
 }
 
 /* rec_step_by_gemm for the LSTM: when it projects x by GEMM too (split; fused, x and h share the panels).
@@ -405,7 +423,7 @@ static int lstm_forward(int T, int B, int I, int H, int P, int reverse,
     if (h == NULL || h2 == NULL || c == NULL) goto done;
     /* Split (x W_ih^T by GEMM per chunk of steps, then W_hh alone per step) or fused ([W_ih | W_hh] per
      * step, in one region). */
-    const int split = lstm_split(TB, B, I, H, P);
+    const int split = lstm_split(TB, pl.S, B, I, H, P);
     int chunk = pl.S > 0 ? pl.S : 1;
     const int single = lstm_single_step(&pl, split);
     if (split) {

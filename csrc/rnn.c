@@ -150,7 +150,8 @@ static void rnn_fwd_task(void *arg, int tid, int nth) {
 }
 
 /* Whether the forward projects x by GEMM per chunk of steps (split) rather than per step beside W_hh
- * (fused): lstm_split's rule (measured on the LSTM, lstm.c), with the RNN's weights. */
+ * (fused): rec_split's rule, with the RNN's weights (measured on the LSTM and the RNN: lstm_split, lstm.c,
+ * where the LSTM departs from it at B >= 24). */
 static int rnn_split(size_t rows, int B, int I, int H) {
     return rows > REC_DIRECT_ROWS && rec_split(B, (size_t)H * (size_t)(I + H) * sizeof(real)); /* [W_ih | W_hh] */
 }
