@@ -182,7 +182,7 @@ static void lstm_fwd_task(void *arg, int tid, int nth) {
     const int I = cx->I, H = cx->H, P = cx->P, B = pl->B;
     const size_t H4 = (size_t)4 * H;
     const int MR = rec_tile_rows(wp);
-    real tile[REC_MR_MAX * REC_W_MAX] __attribute__((aligned(64))); /* (MR, W) */
+    real tile[2 * REC_MR_MAX * REC_W_MAX] __attribute__((aligned(64))); /* (MR, W) each: two blocks' tiles */
     const int split = cx->split;
     const real **xr = cx->rows[tid];  /* (B) x rows of a step (fused) */
     const real **hr = xr + B;         /* (B) h_{t-1} rows (m rows in the projection phase) */
@@ -258,24 +258,42 @@ static void lstm_fwd_task(void *arg, int tid, int nth) {
         const int steal = cx->steal && n > 1;
         for (int own = 1, end = j1;
              (j = rec_next_block(&cx->claims, steal, s & 1, tid, nth, j, j1, &own, &end)) >= 0; j++) {
-            const real *pf = own ? rec_next_panel(wp, j, end) : NULL;
             const int u0 = j * wp->NB, nu = rec_block_units(wp, j);
+            /* AVX-512, blocks of 8 units: two full blocks at a time when both are this thread's (not claimed),
+             * so that a zmm cell takes 16 consecutive units of one row -- whole-vector loads and stores of
+             * the gates, c, m and y, where two rows per zmm split every store in two */
+            int nbk = 1;
+#if FR_AVX512
+            if (!steal && wp->NB == 8 && nu == 8 && j + 1 < end && rec_block_units(wp, j + 1) == 8) nbk = 2;
+#endif
             for (int i = 0, nt = rec_ntiles(kb - ka, MR); i < nt; i++) {
                 const int k0 = ka + rec_tile_start(kb - ka, nt, i), mr = ka + rec_tile_start(kb - ka, nt, i + 1) - k0;
-                if (split) {
-                    if (cx->hh) /* the GEMM's columns of the block's units */
+                for (int b = 0; b < nbk; b++) { /* the tiles of blocks j .. j + nbk - 1 */
+                    const int jb = j + b, ub = u0 + b * wp->NB, nub = rec_block_units(wp, jb);
+                    real *t = tile + (size_t)b * REC_MR_MAX * REC_W_MAX;
+                    const real *pf = i == 0 && own ? rec_next_panel(wp, jb, end) : NULL;
+                    if (split) {
+                        if (cx->hh) /* the GEMM's columns of the block's units */
+                            for (int r = 0; r < mr; r++)
+                                rec_put_tile(4, H, wp->NB, ub, nub, cx->hh + (size_t)(k0 + r) * H4, t + (size_t)r * wp->W);
+                        else
+                            rec_tile_pf(wp, jb, mr, hr + k0, NULL, t, pf);
                         for (int r = 0; r < mr; r++)
-                            rec_put_tile(4, H, wp->NB, u0, nu, cx->hh + (size_t)(k0 + r) * H4, tile + (size_t)r * wp->W);
-                    else
-                        rec_tile_pf(wp, j, mr, hr + k0, NULL, tile, i == 0 ? pf : NULL);
-                    for (int r = 0; r < mr; r++)
-                        rec_add_gates(4, H, wp->NB, u0, nu, xw + (r0 - lo + (size_t)(k0 + r)) * H4,
-                                            tile + (size_t)r * wp->W);
-                } else {
-                    rec_tile_pf(wp, j, mr, xr + k0, hr + k0, tile, i == 0 ? pf : NULL);
+                            rec_add_gates(4, H, wp->NB, ub, nub, xw + (r0 - lo + (size_t)(k0 + r)) * H4,
+                                          t + (size_t)r * wp->W);
+                    } else {
+                        rec_tile_pf(wp, jb, mr, xr + k0, hr + k0, t, pf);
+                    }
                 }
                 int r = 0;
 #if FR_AVX512
+                if (nbk == 2) /* 16 units of one row per zmm */
+                    for (; r < mr; r++) {
+                        const size_t k = (size_t)(k0 + r);
+                        lstm_cell16(H, lstm_row_half(cx, m, yr, bias, tile + (size_t)r * wp->W, r0, k, u0),
+                                    lstm_row_half(cx, m, yr, bias, tile + REC_MR_MAX * REC_W_MAX + (size_t)r * wp->W,
+                                                  r0, k, u0 + 8));
+                    }
                 if (nu == 8 && wp->NB == 8) /* two rows per zmm: half the sigmoid / tanh instructions */
                     for (; r + 2 <= mr; r += 2) {
                         const size_t k = (size_t)(k0 + r);
@@ -291,6 +309,7 @@ static void lstm_fwd_task(void *arg, int tid, int nth) {
                     if (cx->tc) memcpy(cx->tc + (r0 + k) * H + u0, cx->c + k * H + u0, nu * sizeof(real));
                 }
             }
+            j += nbk - 1;
         }
         if (!cx->rowsplit) fr_barrier_wait(&cx->bar, tid);
         if (rp) { /* h_t = m W_hr^T: this thread's blocks of the P outputs (of its rows: rowsplit) */
