@@ -348,10 +348,10 @@ static void lstm_fwd_task(void *arg, int tid, int nth) {
  * W_ih once per chunk of >= 1024 rows (seq_proj_chunk) inside an efficient GEMM, and W_hh per step, at the
  * price of a pass over the (rows, 4H) projection.  Split pays when the weights are large for the rows that
  * share a step's pass over them.  The rule: B <= 2, or more than 128 KB of weights per row of a step
- * (rec_split, shared with the RNN) -- but from LSTM_WIDE_B rows a step, more than LSTM_WIDE_BYTES_PER_ROW
- * (except for a single step, S = 1, which passes the weights once either way and takes lstm_single_step's
- * GEMMs when split);
- * and more than REC_DIRECT_ROWS rows in all (a streaming step() multiplies the unpacked weights in place).
+ * (rec_split, shared with the RNN) -- but on AVX-512, from LSTM_WIDE_B rows a step, more than
+ * LSTM_WIDE_BYTES_PER_ROW (not for a single step, S = 1, which passes the weights once either way and takes
+ * lstm_single_step's GEMMs when split); and more than REC_DIRECT_ROWS rows in all (a streaming step()
+ * multiplies the unpacked weights in place).
  *
  * Measured on the Xeon VM (AVX-512), in one process, fused / split forward time (below 1: fused faster),
  * 2 threads, T,B,I,H: 25,16,512,512 1.12; 25,16,1024,1024 1.13; 25,24,1024,1024 1.00; 50,24,512,512 0.99;
@@ -361,7 +361,10 @@ static void lstm_fwd_task(void *arg, int tid, int nth) {
  * moves are even (50,32,512,512 1.01 / 0.99 on 1 thread; 25,48,1024,1024 1.01; 25,64,1024,1024 1.01 / 1.01;
  * 50,64,528,528 1.00).  Earlier, at small widths: 50,8,1536,1536 split 139 ms vs fused 192; 100,1,64,128
  * even; 100,16,64,128 fused 3.2 vs 3.7; 100,32,128,256 27 vs 40; 150,32,256,256 39 vs 46.  (The RNN keeps
- * 128 KB at every B: 50,32,1024,1024 fused / split 1.06, 50,64,1760,1760 1.04, 25,64,1024,1024 0.99.) */
+ * 128 KB at every B: 50,32,1024,1024 fused / split 1.06, 50,64,1760,1760 1.04, 25,64,1024,1024 0.99.)
+ * The AVX2 path (FASTRNN_ISA=avx2 on the same VM: tiles of 3-4 rows, half the width) keeps 128 KB: there
+ * 25,64,1024,1024 fused / split 1.01-1.03 on 2 threads and 1.06-1.09 on 1, 50,32,512,512 1.02 -- though
+ * 25,48,1024,1024 0.87. */
 #ifndef LSTM_WIDE_B
 #define LSTM_WIDE_B 24
 #endif
@@ -371,7 +374,11 @@ static void lstm_fwd_task(void *arg, int tid, int nth) {
 static int lstm_split(size_t rows, int S, int B, int I, int H, int P) {
     const size_t bytes = (size_t)4 * H * (size_t)(I + P) * sizeof(real); /* [W_ih | W_hh] */
     if (rows <= REC_DIRECT_ROWS) return 0;
+#if FR_AVX512
     if (B >= LSTM_WIDE_B && S > 1) return bytes > LSTM_WIDE_BYTES_PER_ROW * (size_t)B;
+#else
+    (void)S;
+#endif
     return rec_split(B, bytes);
 }
 
