@@ -128,7 +128,8 @@ static inline void lstm_tile_cell(int H, int NB, int u0, int nu,
 
 #if FR_AVX512
 /* The cell on two groups of 8 units at once, group 0 in the low half of each zmm and group 1 in the high
- * half: two rows of the same 8 units (B >= 2), or 16 consecutive units of one row (two blocks, B = 1).
+ * half: two rows of the same 8 units, or 16 consecutive units of one row (two blocks: B = 1, or the pairs
+ * of blocks of lstm_fwd_task).
  * Each pointer is already at the group's first unit; gate q of a group is at acc + 8q, and at + qH in the
  * H-strided rows (bias, gates). */
 typedef struct lstm_half {
@@ -139,27 +140,41 @@ typedef struct lstm_half {
     float *tc;          /* (8) tape row of c at the units, or NULL (inference) */
 } lstm_half;
 
-static inline void lstm_cell16(int H, lstm_half a, lstm_half b) {
+/* 16 floats at lo[0..7] and hi[0..7]: one zmm access when `row` says hi == lo + 8 (the two groups are
+ * consecutive units of one row), else two halves. */
+static inline __m512 lstm_load16(int row, const float *lo, const float *hi) {
+    return row ? _mm512_loadu_ps(lo) : vm_join8(lo, hi);
+}
+static inline void lstm_store16(int row, __m512 v, float *lo, float *hi) {
+    if (row)
+        _mm512_storeu_ps(lo, v);
+    else
+        vm_split8(v, lo, hi);
+}
+
+/* row: b's units follow a's in the same row (b.x == a.x + 8 for every pointer but acc), so the loads and
+ * stores of bias, gates, c, m and y are whole zmm; the callers pass a constant, and the branches fold. */
+static inline void lstm_cell16(int H, int row, lstm_half a, lstm_half b) {
     __m512 p[4];
     for (int q = 0; q < 4; q++) {
         p[q] = vm_join8(a.acc + q * 8, b.acc + q * 8);
-        if (a.bias) p[q] = _mm512_add_ps(p[q], vm_join8(a.bias + (size_t)q * H, b.bias + (size_t)q * H));
+        if (a.bias) p[q] = _mm512_add_ps(p[q], lstm_load16(row, a.bias + (size_t)q * H, b.bias + (size_t)q * H));
     }
     __m512 i = vm_sigmoid16(p[0]), f = vm_sigmoid16(p[1]), g = vm_tanh16(p[2]), o = vm_sigmoid16(p[3]);
-    __m512 cn = _mm512_fmadd_ps(f, vm_join8(a.c, b.c), _mm512_mul_ps(i, g));
+    __m512 cn = _mm512_fmadd_ps(f, lstm_load16(row, a.c, b.c), _mm512_mul_ps(i, g));
     __m512 mv = _mm512_mul_ps(o, vm_tanh16(cn));
     if (a.gates) {
-        vm_split8(i, a.gates, b.gates);
-        vm_split8(f, a.gates + H, b.gates + H);
-        vm_split8(g, a.gates + 2 * (size_t)H, b.gates + 2 * (size_t)H);
-        vm_split8(o, a.gates + 3 * (size_t)H, b.gates + 3 * (size_t)H);
+        lstm_store16(row, i, a.gates, b.gates);
+        lstm_store16(row, f, a.gates + H, b.gates + H);
+        lstm_store16(row, g, a.gates + 2 * (size_t)H, b.gates + 2 * (size_t)H);
+        lstm_store16(row, o, a.gates + 3 * (size_t)H, b.gates + 3 * (size_t)H);
     }
-    vm_split8(cn, a.c, b.c);
+    lstm_store16(row, cn, a.c, b.c);
     /* the tape's copy of c from the register: a 64-byte memcpy from c would load across the two 32-byte
-     * stores just made, which the CPU cannot forward (a stall of the store buffer's drain) */
-    if (a.tc) vm_split8(cn, a.tc, b.tc);
-    vm_split8(mv, a.m, b.m);
-    if (a.y) vm_split8(mv, a.y, b.y);
+     * stores just made (row = 0), which the CPU cannot forward (a stall of the store buffer's drain) */
+    if (a.tc) lstm_store16(row, cn, a.tc, b.tc);
+    lstm_store16(row, mv, a.m, b.m);
+    if (a.y) lstm_store16(row, mv, a.y, b.y);
 }
 #endif
 
@@ -248,7 +263,7 @@ static void lstm_fwd_task(void *arg, int tid, int nth) {
                         rec_tile(wp, j + h, 1, xr, hr, t);
                     }
                 }
-                lstm_cell16(H, lstm_row_half(cx, m, yr, bias, tile, r0, 0, u0),
+                lstm_cell16(H, 1, lstm_row_half(cx, m, yr, bias, tile, r0, 0, u0),
                             lstm_row_half(cx, m, yr, bias, tile + wp->W, r0, 0, u0 + 8));
             }
             j = j0 + 2 * np;
@@ -290,14 +305,14 @@ static void lstm_fwd_task(void *arg, int tid, int nth) {
                 if (nbk == 2) /* 16 units of one row per zmm */
                     for (; r < mr; r++) {
                         const size_t k = (size_t)(k0 + r);
-                        lstm_cell16(H, lstm_row_half(cx, m, yr, bias, tile + (size_t)r * wp->W, r0, k, u0),
+                        lstm_cell16(H, 1, lstm_row_half(cx, m, yr, bias, tile + (size_t)r * wp->W, r0, k, u0),
                                     lstm_row_half(cx, m, yr, bias, tile + REC_MR_MAX * REC_W_MAX + (size_t)r * wp->W,
                                                   r0, k, u0 + 8));
                     }
                 if (nu == 8 && wp->NB == 8) /* two rows per zmm: half the sigmoid / tanh instructions */
                     for (; r + 2 <= mr; r += 2) {
                         const size_t k = (size_t)(k0 + r);
-                        lstm_cell16(H, lstm_row_half(cx, m, yr, bias, tile + (size_t)r * wp->W, r0, k, u0),
+                        lstm_cell16(H, 0, lstm_row_half(cx, m, yr, bias, tile + (size_t)r * wp->W, r0, k, u0),
                                     lstm_row_half(cx, m, yr, bias, tile + (size_t)(r + 1) * wp->W, r0, k + 1, u0));
                     }
 #endif
