@@ -140,41 +140,29 @@ typedef struct lstm_half {
     float *tc;          /* (8) tape row of c at the units, or NULL (inference) */
 } lstm_half;
 
-/* 16 floats at lo[0..7] and hi[0..7]: one zmm access when `row` says hi == lo + 8 (the two groups are
- * consecutive units of one row), else two halves. */
-static inline __m512 lstm_load16(int row, const float *lo, const float *hi) {
-    return row ? _mm512_loadu_ps(lo) : vm_join8(lo, hi);
-}
-static inline void lstm_store16(int row, __m512 v, float *lo, float *hi) {
-    if (row)
-        _mm512_storeu_ps(lo, v);
-    else
-        vm_split8(v, lo, hi);
-}
-
 /* row: b's units follow a's in the same row (b.x == a.x + 8 for every pointer but acc), so the loads and
  * stores of bias, gates, c, m and y are whole zmm; the callers pass a constant, and the branches fold. */
 static inline void lstm_cell16(int H, int row, lstm_half a, lstm_half b) {
     __m512 p[4];
     for (int q = 0; q < 4; q++) {
         p[q] = vm_join8(a.acc + q * 8, b.acc + q * 8);
-        if (a.bias) p[q] = _mm512_add_ps(p[q], lstm_load16(row, a.bias + (size_t)q * H, b.bias + (size_t)q * H));
+        if (a.bias) p[q] = _mm512_add_ps(p[q], vm_load16(row, a.bias + (size_t)q * H, b.bias + (size_t)q * H));
     }
     __m512 i = vm_sigmoid16(p[0]), f = vm_sigmoid16(p[1]), g = vm_tanh16(p[2]), o = vm_sigmoid16(p[3]);
-    __m512 cn = _mm512_fmadd_ps(f, lstm_load16(row, a.c, b.c), _mm512_mul_ps(i, g));
+    __m512 cn = _mm512_fmadd_ps(f, vm_load16(row, a.c, b.c), _mm512_mul_ps(i, g));
     __m512 mv = _mm512_mul_ps(o, vm_tanh16(cn));
     if (a.gates) {
-        lstm_store16(row, i, a.gates, b.gates);
-        lstm_store16(row, f, a.gates + H, b.gates + H);
-        lstm_store16(row, g, a.gates + 2 * (size_t)H, b.gates + 2 * (size_t)H);
-        lstm_store16(row, o, a.gates + 3 * (size_t)H, b.gates + 3 * (size_t)H);
+        vm_store16(row, i, a.gates, b.gates);
+        vm_store16(row, f, a.gates + H, b.gates + H);
+        vm_store16(row, g, a.gates + 2 * (size_t)H, b.gates + 2 * (size_t)H);
+        vm_store16(row, o, a.gates + 3 * (size_t)H, b.gates + 3 * (size_t)H);
     }
-    lstm_store16(row, cn, a.c, b.c);
+    vm_store16(row, cn, a.c, b.c);
     /* the tape's copy of c from the register: a 64-byte memcpy from c would load across the two 32-byte
      * stores just made (row = 0), which the CPU cannot forward (a stall of the store buffer's drain) */
-    if (a.tc) lstm_store16(row, cn, a.tc, b.tc);
-    lstm_store16(row, mv, a.m, b.m);
-    if (a.y) lstm_store16(row, mv, a.y, b.y);
+    if (a.tc) vm_store16(row, cn, a.tc, b.tc);
+    vm_store16(row, mv, a.m, b.m);
+    if (a.y) vm_store16(row, mv, a.y, b.y);
 }
 #endif
 
