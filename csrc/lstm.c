@@ -585,63 +585,44 @@ static inline void lstm_dgates(int H, int u0, int nu,
 {
     const real one = 1;
     int v = 0;
+    /* The vector loop, once for both widths: P is the intrinsics' prefix (_mm512 / _mm256), VT its vector
+     * type, N the floats per vector, TANH the activation of that width (the forward's own approximation). */
+#define LSTM_DGATES_LOOP(P, VT, N, TANH)                                                                  \
+    do {                                                                                                 \
+        const VT vone = P##_set1_ps(1.0f);                                                               \
+        for (; v + N <= nu; v += N) {                                                                    \
+            const int u = u0 + v;                                                                        \
+            const VT i = P##_loadu_ps(a + u), f = P##_loadu_ps(a + H + u);                               \
+            const VT g = P##_loadu_ps(a + 2 * H + u), o = P##_loadu_ps(a + 3 * H + u);                   \
+            const VT th = TANH(P##_loadu_ps(c + u));                                                     \
+            const VT dmo = P##_mul_ps(P##_loadu_ps(dm + v), o);                                          \
+            /* dc_t = carry + dm * o * (1 - th^2) */                                                     \
+            const VT dcv = P##_fmadd_ps(dmo, P##_fnmadd_ps(th, th, vone), P##_loadu_ps(dc + u));         \
+            const VT cpv = cp ? P##_loadu_ps(cp + u) : P##_setzero_ps();                                 \
+            const VT zi = P##_mul_ps(P##_mul_ps(dcv, g), P##_mul_ps(i, P##_sub_ps(vone, i)));            \
+            const VT zf = P##_mul_ps(P##_mul_ps(dcv, cpv), P##_mul_ps(f, P##_sub_ps(vone, f)));          \
+            const VT zg = P##_mul_ps(P##_mul_ps(dcv, i), P##_fnmadd_ps(g, g, vone));                     \
+            const VT zo = P##_mul_ps(P##_mul_ps(dmo, th), P##_sub_ps(vone, o));                          \
+            P##_storeu_ps(dz + u, zi);                                                                   \
+            P##_storeu_ps(dz + H + u, zf);                                                               \
+            P##_storeu_ps(dz + 2 * H + u, zg);                                                           \
+            P##_storeu_ps(dz + 3 * H + u, zo);                                                           \
+            P##_storeu_ps(dc + u, P##_mul_ps(dcv, f));                                                   \
+            if (db) {                                                                                    \
+                P##_storeu_ps(db + u, P##_add_ps(P##_loadu_ps(db + u), zi));                             \
+                P##_storeu_ps(db + H + u, P##_add_ps(P##_loadu_ps(db + H + u), zf));                     \
+                P##_storeu_ps(db + 2 * H + u, P##_add_ps(P##_loadu_ps(db + 2 * H + u), zg));             \
+                P##_storeu_ps(db + 3 * H + u, P##_add_ps(P##_loadu_ps(db + 3 * H + u), zo));             \
+            }                                                                                            \
+        }                                                                                                \
+    } while (0)
 #if FR_AVX512
-    /* 16 units a zmm: half the instructions of the 8-wide loop below, and tanh(c) without the divider */
-    const __m512 wone = _mm512_set1_ps(1.0f);
-    for (; v + 16 <= nu; v += 16) {
-        const int u = u0 + v;
-        const __m512 i = _mm512_loadu_ps(a + u), f = _mm512_loadu_ps(a + H + u);
-        const __m512 g = _mm512_loadu_ps(a + 2 * H + u), o = _mm512_loadu_ps(a + 3 * H + u);
-        const __m512 th = vm_tanh16(_mm512_loadu_ps(c + u));
-        const __m512 dmo = _mm512_mul_ps(_mm512_loadu_ps(dm + v), o);
-        const __m512 dcv = _mm512_fmadd_ps(dmo, _mm512_fnmadd_ps(th, th, wone), _mm512_loadu_ps(dc + u));
-        const __m512 cpv = cp ? _mm512_loadu_ps(cp + u) : _mm512_setzero_ps();
-        const __m512 zi = _mm512_mul_ps(_mm512_mul_ps(dcv, g), _mm512_mul_ps(i, _mm512_sub_ps(wone, i)));
-        const __m512 zf = _mm512_mul_ps(_mm512_mul_ps(dcv, cpv), _mm512_mul_ps(f, _mm512_sub_ps(wone, f)));
-        const __m512 zg = _mm512_mul_ps(_mm512_mul_ps(dcv, i), _mm512_fnmadd_ps(g, g, wone));
-        const __m512 zo = _mm512_mul_ps(_mm512_mul_ps(dmo, th), _mm512_sub_ps(wone, o));
-        _mm512_storeu_ps(dz + u, zi);
-        _mm512_storeu_ps(dz + H + u, zf);
-        _mm512_storeu_ps(dz + 2 * H + u, zg);
-        _mm512_storeu_ps(dz + 3 * H + u, zo);
-        _mm512_storeu_ps(dc + u, _mm512_mul_ps(dcv, f));
-        if (db) {
-            _mm512_storeu_ps(db + u, _mm512_add_ps(_mm512_loadu_ps(db + u), zi));
-            _mm512_storeu_ps(db + H + u, _mm512_add_ps(_mm512_loadu_ps(db + H + u), zf));
-            _mm512_storeu_ps(db + 2 * H + u, _mm512_add_ps(_mm512_loadu_ps(db + 2 * H + u), zg));
-            _mm512_storeu_ps(db + 3 * H + u, _mm512_add_ps(_mm512_loadu_ps(db + 3 * H + u), zo));
-        }
-    }
+    LSTM_DGATES_LOOP(_mm512, __m512, 16, vm_tanh16); /* 16 units a zmm: half the instructions, no divider */
 #endif
 #if FR_AVX2 && !FR_DOUBLE
-    const __m256 vone = _mm256_set1_ps(1.0f);
-    for (; v + 8 <= nu; v += 8) {
-        const int u = u0 + v;
-        const __m256 i = _mm256_loadu_ps(a + u), f = _mm256_loadu_ps(a + H + u);
-        const __m256 g = _mm256_loadu_ps(a + 2 * H + u), o = _mm256_loadu_ps(a + 3 * H + u);
-        const __m256 th = vm_tanh8(_mm256_loadu_ps(c + u));
-        const __m256 dmv = _mm256_loadu_ps(dm + v);
-        const __m256 dmo = _mm256_mul_ps(dmv, o);
-        /* dc_t = carry + dm * o * (1 - th^2) */
-        const __m256 dcv = _mm256_fmadd_ps(dmo, _mm256_fnmadd_ps(th, th, vone), _mm256_loadu_ps(dc + u));
-        const __m256 cpv = cp ? _mm256_loadu_ps(cp + u) : _mm256_setzero_ps();
-        const __m256 zi = _mm256_mul_ps(_mm256_mul_ps(dcv, g), _mm256_mul_ps(i, _mm256_sub_ps(vone, i)));
-        const __m256 zf = _mm256_mul_ps(_mm256_mul_ps(dcv, cpv), _mm256_mul_ps(f, _mm256_sub_ps(vone, f)));
-        const __m256 zg = _mm256_mul_ps(_mm256_mul_ps(dcv, i), _mm256_fnmadd_ps(g, g, vone));
-        const __m256 zo = _mm256_mul_ps(_mm256_mul_ps(dmo, th), _mm256_sub_ps(vone, o));
-        _mm256_storeu_ps(dz + u, zi);
-        _mm256_storeu_ps(dz + H + u, zf);
-        _mm256_storeu_ps(dz + 2 * H + u, zg);
-        _mm256_storeu_ps(dz + 3 * H + u, zo);
-        _mm256_storeu_ps(dc + u, _mm256_mul_ps(dcv, f));
-        if (db) {
-            _mm256_storeu_ps(db + u, _mm256_add_ps(_mm256_loadu_ps(db + u), zi));
-            _mm256_storeu_ps(db + H + u, _mm256_add_ps(_mm256_loadu_ps(db + H + u), zf));
-            _mm256_storeu_ps(db + 2 * H + u, _mm256_add_ps(_mm256_loadu_ps(db + 2 * H + u), zg));
-            _mm256_storeu_ps(db + 3 * H + u, _mm256_add_ps(_mm256_loadu_ps(db + 3 * H + u), zo));
-        }
-    }
+    LSTM_DGATES_LOOP(_mm256, __m256, 8, vm_tanh8);
 #endif
+#undef LSTM_DGATES_LOOP
     for (; v < nu; v++) {
         const int u = u0 + v;
         const real i = a[u], f = a[H + u], g = a[2 * H + u], o = a[3 * H + u];
