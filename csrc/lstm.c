@@ -185,7 +185,8 @@ static void lstm_fwd_task(void *arg, int tid, int nth) {
     const int I = cx->I, H = cx->H, P = cx->P, B = pl->B;
     const size_t H4 = (size_t)4 * H;
     const int MR = rec_tile_rows(wp);
-    real tile[(FR_AVX512 ? 2 : 1) * REC_MR_MAX * REC_W_MAX] __attribute__((aligned(64))); /* (MR, W) each: a block's tile, two for the AVX-512 pairs */
+    /* (MR, W) each: a block's tile, two for the AVX-512 pairs of blocks */
+    real tile[(FR_AVX512 ? 2 : 1) * REC_MR_MAX * REC_W_MAX] __attribute__((aligned(64)));
     const int split = cx->split;
     const real **xr = cx->rows[tid];  /* (B) x rows of a step (fused) */
     const real **hr = xr + B;         /* (B) h_{t-1} rows (m rows in the projection phase) */
