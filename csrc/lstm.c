@@ -279,7 +279,8 @@ static void lstm_fwd_task(void *arg, int tid, int nth) {
                     if (split) {
                         if (cx->hh) /* the GEMM's columns of the block's units */
                             for (int r = 0; r < mr; r++)
-                                rec_put_tile(4, H, wp->NB, ub, nub, cx->hh + (size_t)(k0 + r) * H4, t + (size_t)r * wp->W);
+                                rec_put_tile(4, H, wp->NB, ub, nub, cx->hh + (size_t)(k0 + r) * H4,
+                                             t + (size_t)r * wp->W);
                         else
                             rec_tile_pf(wp, jb, mr, hr + k0, NULL, t, pf);
                         for (int r = 0; r < mr; r++)
