@@ -799,7 +799,8 @@ static void gk_gemm(int trans_a, int trans_b, int M, int N, int K, real alpha,
     int nth = nthreads > 0 ? nthreads
               : nthreads < 0 ? (nthreads < -FR_MAX_THREADS ? FR_MAX_THREADS : -nthreads)
                              : (2.0 * M * N * K >= GK_PAR_FLOPS ? fr_get_num_threads() : 1);
-    if (nth > 1 && K > 0 && alpha != 0 && (nthreads < 0 || (nthreads == 0 && M >= GK_SHARED_MIN_M && N >= GK_SHARED_MIN_N))) {
+    if (nth > 1 && K > 0 && alpha != 0 &&
+        (nthreads < 0 || (nthreads == 0 && M >= GK_SHARED_MIN_M && N >= GK_SHARED_MIN_N))) {
         /* large in both: one packed B block shared by the threads (nthreads < 0: the tests ask for it) */
         gk_shared_ctx t;
         t.g = &g;

@@ -9,8 +9,9 @@
  * A buffer carries a 64-byte header with its size.  Buffers of at least FR_WS_MIN_BYTES go back to the
  * cache on fr_ws_free: at most FR_WS_SLOTS of them and FR_WS_CACHE_BYTES in all (256 MB; the environment's
  * FASTRNN_WORKSPACE_MB sets another cap, 0 none: the oldest leave first), so the cache holds about one
- * call's large buffers; fr_ws_release (fastrnn.release_workspace()) frees them.  A request takes the smallest kept buffer that fits it and is at most twice its size.  A mutex
- * guards the cache: kernels run from many Python threads, and GEMM workers allocate inside regions.
+ * call's large buffers; fr_ws_release (fastrnn.release_workspace()) frees them.  A request takes the
+ * smallest kept buffer that fits it and is at most twice its size.  A mutex guards the cache: kernels run
+ * from many Python threads, and GEMM workers allocate inside regions.
  */
 #include <pthread.h>
 #include <stdatomic.h>
