@@ -6,7 +6,9 @@
     y, state, tape = lstm.forward(x, train=True)
     dx, dhx, grads = lstm.backward(tape, dy)
 
-See README.md for the contract.
+The package's layers (docs/design.md): fastrnn._core (the binding) <- fastrnn.nn (numpy layers) <-
+fastrnn.torch (the PyTorch drop-in) and the Keras-style API (fastrnn.layers, models, optimizers, losses,
+callbacks); fastrnn.runtime holds the process-wide controls.  See README.md for the contract.
 """
 import os as _os
 
@@ -16,9 +18,9 @@ import os as _os
 # overrides a value the user set.
 _os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "1")
 
-from ._core import (cpu_has_avx2, cpu_has_avx512, get_isa, get_num_threads, release_workspace, set_isa,
-                    set_num_threads, workspace_bytes)
-from .modules import GRU, LSTM, RNN, Tape
+from .nn import GRU, LSTM, RNN, Tape
+from .runtime import (cpu_has_avx2, cpu_has_avx512, get_isa, get_num_threads, release_workspace, set_isa,
+                      set_num_threads, workspace_bytes)
 
 __version__ = "0.1.0"
 __all__ = ["RNN", "LSTM", "GRU", "Tape", "get_isa", "set_isa", "cpu_has_avx2", "cpu_has_avx512", "get_num_threads",

@@ -42,7 +42,8 @@ import numpy as np
 
 from . import __version__
 from ._core import get_isa, get_num_threads, set_num_threads
-from .modules import GRU, LSTM, RNN
+from .nn import GRU, LSTM, RNN
+from .runtime import machine_info
 
 __all__ = ["Case", "GRID_SHAPES", "QUICK_SHAPES", "DEEPBENCH", "DEEPBENCH_TRAINING", "SHAPE_SETS", "cases",
            "thread_limits", "thread_control_note", "sgemm_peak", "CaseData", "CheckResult", "Timing",
@@ -1063,55 +1064,6 @@ TABLE_LEGEND = ("ms: median per call; GFLOP/s and %peak: fastrnn's (forward 2*T*
                 "(timed anyway); - = not installed / not applicable; other = CPUs taken by "
                 "other processes or the hypervisor while the row was timed (0 on an idle machine; ! above 0.25: "
                 "that row's multi-threaded timings are unreliable)")
-
-
-def machine_info():
-    cpu = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
-    info = {"cpu": cpu, "cpu_count": os.cpu_count(), "usable_cpus": usable, "platform": platform.platform(),
-            "python": platform.python_version(), "numpy": np.__version__, "fastrnn": __version__,
-            "fastrnn_isa": get_isa()}
-    for name in ("scipy", "torch", "onnxruntime", "onnx", "threadpoolctl"):
-        m = _opt_import(name)
-        info[name] = getattr(m, "__version__", None) if m is not None else None
-    tpc = _threadpoolctl()
-    if tpc is not None:
-        try:
-            info["thread_pools"] = [{k: p.get(k) for k in ("user_api", "internal_api", "prefix", "version",
-                                                          "num_threads", "threading_layer", "architecture")}
-                                    for p in tpc.threadpool_info()]
-        except Exception:
-            pass
-    info["env"] = {k: os.environ[k] for k in _BLAS_ENV if k in os.environ}
-    info["fastrnn_git"] = _git_state()
-    return info
-
-
-def _git_state():
-    """'<commit>[+dirty]' of the checkout fastrnn is imported from (an editable install), else None."""
-    import subprocess
-    here = os.path.dirname(os.path.abspath(__file__))
-    try:
-        head = subprocess.run(["git", "-C", here, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              timeout=5)
-        if head.returncode != 0:
-            return None
-        dirty = subprocess.run(["git", "-C", here, "status", "--porcelain", "--untracked-files=no", "--", ".."],
-                               capture_output=True, text=True, timeout=5)
-        return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def write_json(path, rows, peaks, failures=(), extra=None):

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-import reference as ref
+from fastrnn import reference as ref
 
 # =========================================================================================================
 # Tolerances -- the only place they are stated.

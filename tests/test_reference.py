@@ -1,4 +1,4 @@
-"""The numpy reference (tests/reference.py) validated against torch.nn in float64: forward and autograd
+"""The numpy reference (fastrnn/reference.py) validated against torch.nn in float64: forward and autograd
 gradients over the option combinations torch has; dropout masks against torch layers composed by hand;
 GRU reset_after=False against an independent torch autograd implementation; and every backward of the
 reference against central finite differences of its own forward.  Needs torch, not fastrnn."""
@@ -8,7 +8,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import reference as ref  # noqa: E402
+from fastrnn import reference as ref  # noqa: E402
 from helpers import (FD_RTOL, FD_STEP, TORCH_VARIANTS, VARIANTS, Case, assert_close,  # noqa: E402
                      assert_grads_close, assert_state_close, random_data, random_params, reference_run,
                      torch_module, torch_run)

@@ -11,7 +11,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from . import _core
+from .. import _core
 
 __all__ = ["RNN", "LSTM", "GRU", "Tape"]
 
