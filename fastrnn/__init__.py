@@ -22,6 +22,6 @@ from .nn import GRU, LSTM, RNN, Tape
 from .runtime import (cpu_has_avx2, cpu_has_avx512, get_isa, get_num_threads, release_workspace, set_isa,
                       set_num_threads, workspace_bytes)
 
-__version__ = "0.1.0"
+from ._version import __version__
 __all__ = ["RNN", "LSTM", "GRU", "Tape", "get_isa", "set_isa", "cpu_has_avx2", "cpu_has_avx512", "get_num_threads",
            "set_num_threads", "release_workspace", "workspace_bytes"]
