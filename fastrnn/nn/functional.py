@@ -174,10 +174,12 @@ def run_time_major(spec, params, xt, batched, hx, lengths, train, mask_fn):
             mask_fn = _default_mask_fn(spec)
     tape_len = cell.tape_len(T, B, H, P, f64) if train else 0
     inp = xt
+    get = params.get
     for k in range(L):
         out = np.empty((T, B, D * P), dt)
         for d in range(D):
-            p = tuple(None if key is None else params[key] for key in spec.layer_keys(k, d))
+            kw = spec._keys[k][d]
+            p = (params[kw[0]], params[kw[1]], get(kw[2]), get(kw[3]), get(kw[4]))  # get(None) is None
             j = k * D + d
             kt = np.empty(tape_len, dt) if train else None
             cell.forward(spec, T, B, inp.shape[2], d or spec.go_backwards, lens, inp,
@@ -240,9 +242,9 @@ def backward(tape, dy, dstate=None, out=None):
         inp, outk = tape.inputs[k], tape.outputs[k]
         din = np.empty_like(inp)
         for d in range(D):
-            keys = spec.layer_keys(k, d)
-            p = tuple(None if key is None else params[key] for key in keys)
-            g = tuple(None if key is None else grads[key] for key in keys)
+            kw = spec._keys[k][d]
+            p = (params[kw[0]], params[kw[1]], params.get(kw[2]), params.get(kw[3]), params.get(kw[4]))
+            g = (grads[kw[0]], grads[kw[1]], grads.get(kw[2]), grads.get(kw[3]), grads.get(kw[4]))
             j = k * D + d
             cell.backward(spec, T, B, inp.shape[2], d or spec.go_backwards, tape.lengths, inp,
                           None if h0 is None else h0[j], None if c0 is None else c0[j], p,

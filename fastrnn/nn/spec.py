@@ -61,11 +61,17 @@ class LayerSpec:
         s(self, "reset_after", bool(reset_after) if c.name == "gru" else True)
         s(self, "go_backwards", bool(go_backwards))
         s(self, "dtype", dt)
+        # Derived values the per-call path reads (not fields: eq and hash are the fields').
+        s(self, "_cell", c)
+        s(self, "_P", self.proj_size if self.proj_size > 0 else self.hidden_size)
+        s(self, "_D", 2 if self.bidirectional else 1)
+        s(self, "_keys", tuple(tuple(_make_layer_keys(self, k, d) for d in range(self._D))
+                               for k in range(self.num_layers)))
 
     # ---- derived sizes --------------------------------------------------------------------------------------
     @property
     def cell(self) -> Cell:
-        return get_cell(self.cell_name)
+        return self._cell
 
     @property
     def G(self):
@@ -74,12 +80,12 @@ class LayerSpec:
     @property
     def D(self):
         """Directions: 2 when bidirectional."""
-        return 2 if self.bidirectional else 1
+        return self._D
 
     @property
     def P(self):
         """Output size of each direction: proj_size when projecting, else hidden_size."""
-        return self.proj_size if self.proj_size > 0 else self.hidden_size
+        return self._P
 
     @property
     def output_size(self):
@@ -102,7 +108,7 @@ class LayerSpec:
 
     def layer_keys(self, k, d):
         """The state_dict keys (w_ih, w_hh, b_ih, b_hh, w_hr) of layer k, direction d; None where absent."""
-        return _layer_keys(self, k, d)
+        return self._keys[k][d]
 
     def state_shapes(self, B, batched=True):
         """Shapes of h (and c) in the state: (L*D, B, P) and (L*D, B, H), without B when unbatched."""
@@ -117,7 +123,7 @@ def _param_shapes(spec):
     for k in range(spec.num_layers):
         I = spec.input_size if k == 0 else P * D
         for d in range(D):
-            w_ih, w_hh, b_ih, b_hh, w_hr = _layer_keys(spec, k, d)
+            w_ih, w_hh, b_ih, b_hh, w_hr = spec.layer_keys(k, d)
             out += [(w_ih, (GH, I)), (w_hh, (GH, P))]
             if b_ih is not None:
                 out += [(b_ih, (GH,)), (b_hh, (GH,))]
@@ -126,8 +132,7 @@ def _param_shapes(spec):
     return tuple(out)
 
 
-@lru_cache(maxsize=1024)
-def _layer_keys(spec, k, d):
+def _make_layer_keys(spec, k, d):
     sfx = f"_l{k}" + ("_reverse" if d else "")
     b = spec.bias
     return ("weight_ih" + sfx, "weight_hh" + sfx, "bias_ih" + sfx if b else None, "bias_hh" + sfx if b else None,
