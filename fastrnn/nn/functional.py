@@ -11,6 +11,7 @@ loop is in C).  fastrnn.nn.modules wraps this in torch.nn-like classes that own 
 """
 import numpy as np
 
+from . import checkpoint as ckpt
 from .spec import LayerSpec
 from .tape import Tape
 from .validation import as_float_array, check_kernel_array, check_shape, shape_str
@@ -135,24 +136,40 @@ def _default_mask_fn(spec):
 
 
 # ---- forward ----------------------------------------------------------------------------------------------
-def forward(spec, params, x, hx=None, lengths=None, train=False, mask_fn=None):
+def forward(spec, params, x, hx=None, lengths=None, train=False, mask_fn=None, checkpoint=None):
     """(y, state, tape): the layers and directions of `spec` over x with `params`; tape is None unless train.
-    See the module docstring; the shapes and the lengths rule are README.md's (The numpy API)."""
+    See the module docstring; the shapes and the lengths rule are README.md's (The numpy API).
+    checkpoint=k (training only): keep the state every k steps instead of the whole tape, and recompute
+    the rest in backward (fastrnn/nn/checkpoint.py)."""
     _check_spec(spec)
     check_params(spec, params)
-    return run(spec, params, x, hx, lengths, bool(train), mask_fn)
+    return run(spec, params, x, hx, lengths, bool(train), mask_fn, checkpoint)
 
 
-def run(spec, params, x, hx, lengths, train, mask_fn):
+def check_checkpoint(checkpoint, train):
+    if checkpoint is None:
+        return None
+    if isinstance(checkpoint, bool) or not isinstance(checkpoint, (int, np.integer)):
+        raise TypeError(f"checkpoint: expected None or an int (steps between kept states), "
+                        f"got {type(checkpoint).__name__}")
+    if checkpoint < 1:
+        raise ValueError(f"checkpoint: expected None or an int >= 1 (steps between kept states), got {checkpoint}")
+    if not train:
+        raise ValueError("checkpoint: only a training forward (train=True) keeps a tape to checkpoint")
+    return int(checkpoint)
+
+
+def run(spec, params, x, hx, lengths, train, mask_fn, checkpoint=None):
     """forward() without the checks of spec and params (the modules validate those once, not per call)."""
+    k = check_checkpoint(checkpoint, train) if checkpoint is not None else None
     xt, batched = prep_x(spec, x)
     if train and (xt is x or not xt.flags.owndata):
         xt = xt.copy()  # the tape keeps x: the caller may reuse its buffer before calling backward
-    y, state, tape = run_time_major(spec, params, xt, batched, hx, lengths, train, mask_fn)
+    y, state, tape = run_time_major(spec, params, xt, batched, hx, lengths, train, mask_fn, k)
     return to_api_layout(spec, y, batched), state, tape
 
 
-def run_time_major(spec, params, xt, batched, hx, lengths, train, mask_fn):
+def run_time_major(spec, params, xt, batched, hx, lengths, train, mask_fn, checkpoint=None):
     """The layers and directions over time-major contiguous xt (T, B, I); y comes back time-major."""
     T, B, _ = xt.shape
     cell = spec.cell
@@ -170,9 +187,12 @@ def run_time_major(spec, params, xt, batched, hx, lengths, train, mask_fn):
         c0 = None if c0 is None else c0.copy()
         tape = Tape(spec, params, T, B, batched, lens)
         tape.h0, tape.c0 = h0, c0
+        if checkpoint is not None and checkpoint >= T:
+            checkpoint = None  # one chunk: the plain tape is the same memory
+        tape.checkpoint = checkpoint
         if spec.dropout > 0 and L > 1 and mask_fn is None:
             mask_fn = _default_mask_fn(spec)
-    tape_len = cell.tape_len(T, B, H, P, f64) if train else 0
+    tape_len = cell.tape_len(T, B, H, P, f64) if train and (checkpoint is None or checkpoint >= T) else 0
     inp = xt
     get = params.get
     for k in range(L):
@@ -181,7 +201,13 @@ def run_time_major(spec, params, xt, batched, hx, lengths, train, mask_fn):
             kw = spec._keys[k][d]
             p = (params[kw[0]], params[kw[1]], get(kw[2]), get(kw[3]), get(kw[4]))  # get(None) is None
             j = k * D + d
-            kt = np.empty(tape_len, dt) if train else None
+            if train and checkpoint is not None:
+                tape.chunks.append(ckpt.forward_direction(
+                    spec, cell, checkpoint, inp, lens, d or spec.go_backwards, None if h0 is None else h0[j],
+                    None if c0 is None else c0[j], p, out[:, :, d * P:d * P + P], D * P, hn[j],
+                    None if cn is None else cn[j]))
+                continue
+            kt = np.empty(tape_len, dt) if train and checkpoint is None else None
             cell.forward(spec, T, B, inp.shape[2], d or spec.go_backwards, lens, inp,
                          None if h0 is None else h0[j], None if c0 is None else c0[j], p,
                          out[:, :, d * P:], D * P, hn[j], None if cn is None else cn[j], kt)
@@ -246,6 +272,12 @@ def backward(tape, dy, dstate=None, out=None):
             p = (params[kw[0]], params[kw[1]], params.get(kw[2]), params.get(kw[3]), params.get(kw[4]))
             g = (grads[kw[0]], grads[kw[1]], grads.get(kw[2]), grads.get(kw[3]), grads.get(kw[4]))
             j = k * D + d
+            if tape.checkpoint is not None:
+                ckpt.backward_direction(spec, cell, tape.chunks[j], inp, d or spec.go_backwards, p,
+                                        dout[:, :, d * P:d * P + P], None if dhn is None else dhn[j],
+                                        None if dcn is None else dcn[j], din, d, dh0[j],
+                                        None if dc0 is None else dc0[j], g)
+                continue
             cell.backward(spec, T, B, inp.shape[2], d or spec.go_backwards, tape.lengths, inp,
                           None if h0 is None else h0[j], None if c0 is None else c0[j], p,
                           outk[:, :, d * P:], D * P, tape.tapes[j], dout[:, :, d * P:], D * P,

@@ -75,9 +75,11 @@ class _RNNBase:
         y, state, _ = F.run(self.spec, self._params, x, hx, lengths, False, None)
         return y, state
 
-    def forward(self, x, hx=None, lengths=None, train=True):
-        """(y, state, tape); `tape` (None when train=False) is what `backward` needs."""
-        y, state, tape = F.run(self.spec, self._params, x, hx, lengths, bool(train), self._mask)
+    def forward(self, x, hx=None, lengths=None, train=True, checkpoint=None):
+        """(y, state, tape); `tape` (None when train=False) is what `backward` needs.  checkpoint=k keeps the
+        state every k steps instead of the whole tape and recomputes the rest in backward (long sequences:
+        memory for one more forward pass; README.md, Long sequences)."""
+        y, state, tape = F.run(self.spec, self._params, x, hx, lengths, bool(train), self._mask, checkpoint)
         if tape is not None:
             tape.bind(self, self._version)
         return y, state, tape

@@ -15,7 +15,7 @@ class Tape:
     """
 
     __slots__ = ("spec", "params", "_owner", "_version", "T", "B", "batched", "lengths", "inputs", "outputs",
-                 "tapes", "h0", "c0", "masks", "__weakref__")
+                 "tapes", "h0", "c0", "masks", "checkpoint", "chunks", "__weakref__")
 
     def __init__(self, spec, params, T, B, batched, lengths):
         self.spec, self.params = spec, params
@@ -23,6 +23,8 @@ class Tape:
         self.T, self.B, self.batched, self.lengths = T, B, batched, lengths
         self.inputs, self.outputs, self.tapes, self.masks = [], [], [], []
         self.h0 = self.c0 = None
+        self.checkpoint = None  # k of forward(..., checkpoint=k): then chunks[j] replaces tapes[j]
+        self.chunks = []
 
     def bind(self, owner, version):
         self._owner = weakref.ref(owner)
