@@ -17,6 +17,21 @@ from .validation import as_float_array, check_shape, shape_str
 __all__ = ["RNN", "LSTM", "GRU", "Tape"]
 
 
+_INIT_CHUNK = 1 << 20  # elements drawn at a time
+
+
+def _uniform(rng, bound, shape, dtype):
+    """U(-bound, bound) of `shape` in `dtype`, the same numbers as rng.uniform(-bound, bound, shape).astype(dtype)
+    (the draws are sequential, so drawing in chunks changes nothing) without a float64 temporary of the whole
+    array: a large float32 layer is initialised in its final memory plus one chunk."""
+    out = np.empty(shape, dtype)
+    flat = out.reshape(-1)
+    for i in range(0, flat.size, _INIT_CHUNK):
+        j = min(i + _INIT_CHUNK, flat.size)
+        flat[i:j] = rng.uniform(-bound, bound, size=j - i)
+    return out
+
+
 class _RNNBase:
     _cell = None  # the cell's name in fastrnn.nn.cells.CELLS
 
@@ -33,7 +48,7 @@ class _RNNBase:
         self._params = OrderedDict()
         bound = 1.0 / math.sqrt(self.hidden_size)
         for name, shape in spec.param_shapes():
-            self._params[name] = rng.uniform(-bound, bound, size=shape).astype(spec.dtype)
+            self._params[name] = _uniform(rng, bound, shape, spec.dtype)
         self._rng = rng  # dropout masks come from the same seeded stream, after the initial weights
 
     def _mask(self, k, shape):
