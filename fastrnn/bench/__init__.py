@@ -8,9 +8,9 @@ For every case (cell, T, B, I, H) it
 2. CHECKS every engine before it is timed: fastrnn's forward output, and for a training step its input
    gradient and every parameter gradient, against torch (torch's autograd forward + backward is the
    reference; torch's own no-grad forward and ONNX Runtime's output are checked against it too). Without
-   torch the reference is fastrnn's float64 oracle (fastrnn.reference), and the training step is checked with a float64 central
-   difference along one random direction of (x, all parameters). A result outside the tolerance is never
-   timed nor reported: the row says WRONG;
+   torch the reference is fastrnn's float64 oracle (fastrnn.reference): its forward for the output, its BPTT
+   for the gradients, and a float64 central difference along one random direction of (x, all parameters). A
+   result outside the tolerance is never timed nor reported: the row says WRONG;
 3. times, with the same number of threads for everybody, fastrnn inference ``layer(x)``, the fastrnn
    training step (``forward(train=True)`` + ``backward``), torch's forward under ``torch.no_grad()``, the torch
    training step (zero grads, forward, backward of ``dy``, input gradient included), and ONNX Runtime's

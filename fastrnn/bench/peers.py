@@ -62,7 +62,8 @@ def thread_control_note():
         parts.append("ORT SessionOptions intra_op_num_threads=n, inter_op_num_threads=1 (sequential)")
     if _threadpoolctl() is not None:
         parts.append("threadpoolctl.threadpool_limits(n) over every BLAS and OpenMP runtime loaded "
-                     "(scipy's and numpy's OpenBLAS, used by the sgemm peak and by fastrnn's GEMMs when FASTRNN_GEMM=blas; torch's OpenMP)")
+                     "(scipy's and numpy's OpenBLAS, used by the sgemm peak and by fastrnn's GEMMs when "
+                     "FASTRNN_GEMM=blas; torch's OpenMP)")
     else:
         env = ", ".join(f"{k}={os.environ[k]}" for k in BLAS_ENV if k in os.environ) or "none set"
         parts.append("BLAS threads NOT limited at run time (threadpoolctl not installed): set "

@@ -42,7 +42,8 @@ def rows_from_records(records):
         if rec.get("other_cpus") is not None:
             row["other_cpus"] = max(row.get("other_cpus") or 0.0, rec["other_cpus"])
         e = {k: rec[k] for k in ("ok", "check_err", "tol", "reference", "check_detail", "median_ms", "q1_ms",
-                                 "q3_ms", "min_ms", "rounds", "iterations", "skipped", "inexact") if rec.get(k) is not None}
+                                 "q3_ms", "min_ms", "rounds", "iterations", "skipped", "inexact")
+             if rec.get(k) is not None}
         if "median_ms" in e:
             e["gflops"] = row["flops"] / (e["median_ms"] * 1e-3) / 1e9
             peak = row["sgemm_peak_gflops"]

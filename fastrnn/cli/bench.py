@@ -28,8 +28,8 @@ def add_parser(subparsers):
     b.add_argument("--shapes", choices=("quick", "grid", "deepbench", "all", "deepbench-full"), default="quick",
                    help="quick: 3 shapes (T,B,I,H) 100,1,64,128 / 100,16,64,128 / 50,64,512,512; grid: those "
                         "and 100,32,128,256 / 25,64,1024,1024; deepbench: a subset of DeepBench's training shapes "
-                        "that runs in minutes on 2 cores; all: grid + deepbench; deepbench-full: DeepBench's whole training "
-                        "set (hours). Default: quick")
+                        "that runs in minutes on 2 cores; all: grid + deepbench; deepbench-full: DeepBench's "
+                        "whole training set (hours). Default: quick")
     b.add_argument("--threads", nargs="+", type=int, default=None,
                    help=f"thread counts (default: the usable CPUs, here {_usable_cpus()})")
     b.add_argument("--repeat", type=int, default=None, metavar="N",
@@ -75,7 +75,8 @@ def run(args):
             print(f"peer {fb.ENGINE_NAMES[eng]}: not timed (--no-peers)")
         elif avail[eng]:
             print(f"peer {fb.ENGINE_NAMES[eng]}: not timed ({avail[eng]})")
-    ref = "torch.nn autograd (float32)" if avail["torch"] is None else "numpy float64 (no torch installed)"
+    ref = "torch.nn autograd (float32)" if avail["torch"] is None else \
+        "fastrnn's float64 oracle, fastrnn.reference (no torch installed)"
     print(f"checked before timing against {ref}, normwise tolerance {tol:.0e}")
     print(f"threads: {fb.thread_control_note()}")
     c0 = fb._cpu_counters()
