@@ -205,7 +205,7 @@ class CaseData:
         units whose float64 pre-activation is within float32 rounding of zero (|p| <= 64 * 2^-24 * the sum of
         the magnitudes of its terms), which take the side y_engine took (y > 0).  Which side of zero a tie
         falls on is float32 rounding luck, and one flipped unit can move the gradients by percents at large H
-        (DeepBench's 50,16,1760,1760: one tie in 1.4M units, 2% on dW_hh).  Returns (reference, ties that
+        (measured on a DeepBench shape: docs/tuning.md, Benchmark).  Returns (reference, ties that
         took the other side than float64), or (None, 0) without torch or for another cell."""
         torch = _torch()
         if torch is None or self.case.cell != "rnn" or self.case.nonlinearity != "relu":

@@ -122,8 +122,8 @@ def _threads_runtime():
 
 def wait_quiet_threads(gap=0.02, max_wait=0.3, window=0.005, quiet_fraction=0.1):
     """Sleep `gap` seconds, then until this process's other threads use less than `quiet_fraction` of a CPU
-    over a `window` (at most `max_wait` seconds in all).  Peers' pools keep spinning after their last call --
-    ONNX Runtime's workers for ~50 ms on a Xeon VM, longer than a fixed 20 ms gap -- and on a 2-core machine
+    over a `window` (at most `max_wait` seconds in all).  Peers' pools keep spinning after their last call
+    (ONNX Runtime's workers longer than a fixed 20 ms gap: docs/tuning.md, Benchmark), and on a 2-core machine
     that spinning would slow whichever engine is timed next."""
     time.sleep(gap)
     deadline = time.perf_counter() + max(0.0, max_wait - gap)
