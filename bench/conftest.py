@@ -8,7 +8,7 @@ Options (besides pytest-benchmark's own --benchmark-*):
   --bench-engines E     comma-separated subset of fastrnn,torch,ort (default: all; missing peers are skipped)
   --bench-budget S      seconds of timing per benchmark (default 1.0; 0.5 with --quick)
 
-Each test checks its engine's result against the reference (fastrnn.bench.CaseData.check) before timing it;
+Each test checks its engine's result against the reference (CaseData.check, fastrnn/bench/checks.py) before timing it;
 a wrong result fails the test and is not timed. At the end the ratio table is printed (the same as
 `fastrnn bench` prints and `python bench/report.py <--benchmark-json file>` rebuilds).
 """

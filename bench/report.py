@@ -12,7 +12,7 @@ import sys
 
 
 def records_from_json(doc):
-    """Flat records (see fastrnn.bench.rows_from_records) from a pytest-benchmark JSON document."""
+    """Flat records (see rows_from_records in fastrnn/bench/report.py) from a pytest-benchmark JSON document."""
     recs = []
     for b in doc.get("benchmarks", []):
         ei = dict(b.get("extra_info") or {})

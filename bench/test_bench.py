@@ -1,7 +1,7 @@
 """The pytest-benchmark suite: cell x shape x mode (forward, train) x threads (1, 2) x engine (fastrnn, torch, ort).
 
-Every test first checks its engine's result against the reference (torch.nn autograd, or a float64 numpy
-reference without torch) and fails, untimed, when it is wrong; then it times the engine with
+Every test first checks its engine's result against the reference (torch.nn autograd, or fastrnn's float64
+oracle, fastrnn/reference.py, without torch) and fails, untimed, when it is wrong; then it times the engine with
 benchmark.pedantic under the same thread limits as every other engine. See bench/README.md.
 """
 import pytest

@@ -1,4 +1,4 @@
-"""`python -m fastrnn ...`: the `fastrnn` command (see fastrnn/cli.py)."""
+"""`python -m fastrnn ...`: the `fastrnn` command (see fastrnn/cli/__init__.py)."""
 import sys
 
 from .cli import main

@@ -1,13 +1,12 @@
-"""The `fastrnn` command (also `python -m fastrnn`).
-
-    fastrnn bench [--cell lstm gru rnn] [--shapes quick|grid|deepbench|all|deepbench-full] [--threads 1 2]
-                  [--repeat N] [--budget S] [--json out.json] [--png out.png] [--no-peers]
-    fastrnn info
+"""`fastrnn bench`: check fastrnn against the peers installed, time them with the same threads, print the table
+(and write the JSON / PNG).  The measuring is fastrnn.bench's; this module is its command line and console
+output.
 """
-import argparse
 import os
 import sys
 import time
+
+NAME = "bench"
 
 
 def _usable_cpus():
@@ -17,24 +16,20 @@ def _usable_cpus():
         return os.cpu_count() or 1
 
 
-def _parser():
-    p = argparse.ArgumentParser(prog="fastrnn", description="fastrnn: fast CPU RNN/LSTM/GRU kernels.")
-    p.add_argument("--version", action="store_true", help="print the version and exit")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
-
-    b = sub.add_parser("bench", help="check and time fastrnn against the peers installed (torch.nn, ONNX Runtime)",
-                       description="Check fastrnn against torch.nn (or a numpy reference), then time it beside "
-                                   "the peers installed, with the same number of threads for all, and print a "
-                                   "table: ms (median), GFLOP/s, %% of the measured sgemm peak, and the ratio "
-                                   "peer ms / fastrnn ms (> 1: fastrnn faster). A result that fails its check "
-                                   "is not timed (WRONG) and the exit status is 1.")
+def add_parser(subparsers):
+    b = subparsers.add_parser(
+        NAME, help="check and time fastrnn against the peers installed (torch.nn, ONNX Runtime)",
+        description="Check fastrnn against torch.nn (or a numpy reference), then time it beside the peers "
+                    "installed, with the same number of threads for all, and print a table: ms (median), GFLOP/s, "
+                    "%% of the measured sgemm peak, and the ratio peer ms / fastrnn ms (> 1: fastrnn faster). A "
+                    "result that fails its check is not timed (WRONG) and the exit status is 1.")
     b.add_argument("--cell", nargs="+", choices=("lstm", "gru", "rnn"), default=["lstm", "gru", "rnn"],
                    help="cells to run (default: all three; rnn includes the ReLU RNN of DeepBench)")
     b.add_argument("--shapes", choices=("quick", "grid", "deepbench", "all", "deepbench-full"), default="quick",
-                   help="quick: 3 shapes (T,B,I,H) 100,1,64,128 / 100,16,64,128 / 50,64,512,512; grid: the 5 "
-                        "shapes of the issue; deepbench: a subset of DeepBench's training shapes that runs in "
-                        "minutes on 2 cores; all: grid + deepbench; deepbench-full: DeepBench's whole training "
-                        "set (hours). Default: quick")
+                   help="quick: 3 shapes (T,B,I,H) 100,1,64,128 / 100,16,64,128 / 50,64,512,512; grid: those "
+                        "and 100,32,128,256 / 25,64,1024,1024; deepbench: a subset of DeepBench's training shapes "
+                        "that runs in minutes on 2 cores; all: grid + deepbench; deepbench-full: DeepBench's "
+                        "whole training set (hours). Default: quick")
     b.add_argument("--threads", nargs="+", type=int, default=None,
                    help=f"thread counts (default: the usable CPUs, here {_usable_cpus()})")
     b.add_argument("--repeat", type=int, default=None, metavar="N",
@@ -51,28 +46,11 @@ def _parser():
                    help="shared machines: re-measure a case up to N times when other processes took more than "
                         "0.25 CPU while it was timed, after waiting (up to 2 min) for the machine to go idle; "
                         "the least disturbed measurement is kept (default 0)")
-
-    sub.add_parser("info", help="version, kernel ISA, threads, BLAS and peers")
-    return p
+    return b
 
 
-def _info():
-    from . import bench as fb
-    info = fb.machine_info()
-    print(f"fastrnn {info['fastrnn']}  (kernels: {info['fastrnn_isa']}, threads: {fb.get_num_threads()})")
-    print(f"cpu: {info['cpu']} ({info['usable_cpus']} usable of {info['cpu_count']})")
-    print("python {python}, numpy {numpy}, scipy {scipy}".format(**info))
-    for eng, why in fb.peers_available().items():
-        if eng != "fastrnn":
-            print(f"peer {fb.ENGINE_NAMES[eng]}: {why or 'available'}")
-    for pool in info.get("thread_pools", []):
-        print(f"thread pool: {pool.get('internal_api')} {pool.get('version')} ({pool.get('user_api')}), "
-              f"{pool.get('num_threads')} threads, {pool.get('prefix')}")
-    return 0
-
-
-def _bench(args):
-    from . import bench as fb
+def run(args):
+    from .. import bench as fb
 
     threads = args.threads or [_usable_cpus()]
     if any(t < 1 for t in threads):
@@ -97,7 +75,8 @@ def _bench(args):
             print(f"peer {fb.ENGINE_NAMES[eng]}: not timed (--no-peers)")
         elif avail[eng]:
             print(f"peer {fb.ENGINE_NAMES[eng]}: not timed ({avail[eng]})")
-    ref = "torch.nn autograd (float32)" if avail["torch"] is None else "numpy float64 (no torch installed)"
+    ref = "torch.nn autograd (float32)" if avail["torch"] is None else \
+        "fastrnn's float64 oracle, fastrnn.reference (no torch installed)"
     print(f"checked before timing against {ref}, normwise tolerance {tol:.0e}")
     print(f"threads: {fb.thread_control_note()}")
     c0 = fb._cpu_counters()
@@ -172,22 +151,3 @@ def _bench(args):
         print(f"{len(refused)} result(s) failed the correctness check and were not timed "
               f"({len(fr_wrong)} of fastrnn).", file=sys.stderr)
     return 1 if fr_wrong else 0
-
-
-def main(argv=None):
-    p = _parser()
-    args = p.parse_args(argv)
-    if args.version:
-        from . import __version__
-        print(f"fastrnn {__version__}")
-        return 0
-    if args.command == "bench":
-        return _bench(args)
-    if args.command == "info":
-        return _info()
-    p.print_help()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
