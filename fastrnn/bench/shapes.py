@@ -1,16 +1,18 @@
 """What is benchmarked: the engines and modes, the Case (one layer shape), the shape sets (the grid, the quick
 subset, DeepBench's training set and its default subset) and `cases()`, which lists them.
 
-The bottom of fastrnn.bench: depends on nothing else in it (numpy and the standard library only).
+The bottom of fastrnn.bench: depends on nothing else in it (the cell descriptors of fastrnn.nn, the standard library).
 """
 from __future__ import annotations
 
 import dataclasses
 
+from ..nn.cells import CELLS
+
 ENGINES = ("fastrnn", "torch", "ort")
 ENGINE_NAMES = {"fastrnn": "fastrnn", "torch": "torch", "ort": "ORT"}
 MODES = ("forward", "train")
-GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+GATES = {name: cell.G for name, cell in CELLS.items()}  # from the cell descriptors (fastrnn/nn/cells.py)
 
 # (T, B, I, H): the benchmark grid (latency: B=1 and 16 at H=128; mid-size; large: H=512 and 1024).
 GRID_SHAPES = ((100, 1, 64, 128), (100, 16, 64, 128), (100, 32, 128, 256), (50, 64, 512, 512),
