@@ -22,6 +22,20 @@ from .nn import GRU, LSTM, RNN, Tape
 from .runtime import (cpu_has_avx2, cpu_has_avx512, get_isa, get_num_threads, release_workspace, set_isa,
                       set_num_threads, workspace_bytes)
 
-__version__ = "0.1.0"
+from ._version import __version__
+# The Keras-style entry points, imported on first use (fastrnn.models is not needed by the numpy layers).
+_LAZY = {"Sequential": "fastrnn.models", "Model": "fastrnn.models", "load_model": "fastrnn.models"}
+
+
+def __getattr__(name):
+    mod = _LAZY.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'fastrnn' has no attribute {name!r}")
+    import importlib
+    value = getattr(importlib.import_module(mod), name)
+    globals()[name] = value
+    return value
+
+
 __all__ = ["RNN", "LSTM", "GRU", "Tape", "get_isa", "set_isa", "cpu_has_avx2", "cpu_has_avx512", "get_num_threads",
            "set_num_threads", "release_workspace", "workspace_bytes"]

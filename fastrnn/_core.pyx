@@ -1,7 +1,7 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
 """The binding: numpy arrays in, C kernel calls with the GIL released, error codes out.
 
-This module trusts its caller (fastrnn/modules.py) for shapes, contiguity and sizes: that layer validates
+This module trusts its caller (fastrnn/nn/functional.py) for shapes, contiguity and sizes: that layer validates
 every argument before it comes here.  What is checked here is only what would otherwise corrupt memory
 silently if the caller had a bug: every array is an ndarray of the call's dtype.
 """
@@ -9,68 +9,6 @@ cimport numpy as cnp
 from cpython.pycapsule cimport PyCapsule_GetName, PyCapsule_GetPointer
 
 cnp.import_array()
-
-cdef extern from "workspace.h" nogil:
-    size_t fr_ws_release()
-    size_t fr_ws_cached()
-    int fr_ws_set_poison(int on)
-
-cdef extern from "threads.h" nogil:
-    unsigned fr_fpmode_enter()
-    void fr_fpmode_leave(unsigned saved)
-
-cdef extern from "fastrnn.h" nogil:
-    int FR_OK
-    int FR_ENOMEM
-    int FR_ISA_PORTABLE
-    int FR_ISA_AVX2
-    int FR_ISA_AVX512
-    ctypedef void (*fr_sgemm_fn)(const char *, const char *, const int *, const int *, const int *,
-                                 const float *, const float *, const int *, const float *, const int *,
-                                 const float *, float *, const int *)
-    ctypedef void (*fr_dgemm_fn)(const char *, const char *, const int *, const int *, const int *,
-                                 const double *, const double *, const int *, const double *, const int *,
-                                 const double *, double *, const int *)
-    void fr_set_blas(fr_sgemm_fn sgemm, fr_dgemm_fn dgemm)
-    int fr_get_isa()
-    int fr_set_isa(int isa)
-    int fr_cpu_has_avx2()
-    int fr_cpu_has_avx512()
-    int fr_set_steal_mode(int mode)
-    size_t fr_chunk_bytes()
-    int fr_proj_min_rows()
-    void fr_set_chunking(size_t chunk_bytes, int proj_min_rows)
-    int fr_get_num_threads()
-    void fr_set_num_threads(int n)
-
-    # The kernel tables (fastrnn.h's FR_KERNEL_TABLE, once per dtype).
-    ctypedef struct fr_kernels_f32_t:
-        size_t (*rnn_tape_len)(int T, int B, int H) noexcept nogil
-        int (*rnn_forward)(int T, int B, int I, int H, int relu, int reverse, const int *lengths, const float *x, const float *h0, const float *w_ih, const float *w_hh, const float *b_ih, const float *b_hh, float *y, int ldy, float *hn, float *tape) noexcept nogil
-        int (*rnn_backward)(int T, int B, int I, int H, int relu, int reverse, const int *lengths, const float *x, const float *h0, const float *w_ih, const float *w_hh, const float *y, int ldy, const float *tape, const float *dy, int lddy, const float *dhn, float *dx, int dx_accumulate, float *dh0, float *dw_ih, float *dw_hh, float *db_ih, float *db_hh) noexcept nogil
-        size_t (*lstm_tape_len)(int T, int B, int H, int P) noexcept nogil
-        int (*lstm_forward)(int T, int B, int I, int H, int P, int reverse, const int *lengths, const float *x, const float *h0, const float *c0, const float *w_ih, const float *w_hh, const float *b_ih, const float *b_hh, const float *w_hr, float *y, int ldy, float *hn, float *cn, float *tape) noexcept nogil
-        int (*lstm_backward)(int T, int B, int I, int H, int P, int reverse, const int *lengths, const float *x, const float *h0, const float *c0, const float *w_ih, const float *w_hh, const float *w_hr, const float *y, int ldy, const float *tape, const float *dy, int lddy, const float *dhn, const float *dcn, float *dx, int dx_accumulate, float *dh0, float *dc0, float *dw_ih, float *dw_hh, float *db_ih, float *db_hh, float *dw_hr) noexcept nogil
-        size_t (*gru_tape_len)(int T, int B, int H) noexcept nogil
-        int (*gru_forward)(int T, int B, int I, int H, int reset_after, int reverse, const int *lengths, const float *x, const float *h0, const float *w_ih, const float *w_hh, const float *b_ih, const float *b_hh, float *y, int ldy, float *hn, float *tape) noexcept nogil
-        int (*gru_backward)(int T, int B, int I, int H, int reset_after, int reverse, const int *lengths, const float *x, const float *h0, const float *w_ih, const float *w_hh, const float *y, int ldy, const float *tape, const float *dy, int lddy, const float *dhn, float *dx, int dx_accumulate, float *dh0, float *dw_ih, float *dw_hh, float *db_ih, float *db_hh) noexcept nogil
-        void (*activation)(int fn, const float *x, float *y, size_t n) noexcept nogil
-        void (*gemm)(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc, int nthreads) noexcept nogil
-    ctypedef struct fr_kernels_f64_t:
-        size_t (*rnn_tape_len)(int T, int B, int H) noexcept nogil
-        int (*rnn_forward)(int T, int B, int I, int H, int relu, int reverse, const int *lengths, const double *x, const double *h0, const double *w_ih, const double *w_hh, const double *b_ih, const double *b_hh, double *y, int ldy, double *hn, double *tape) noexcept nogil
-        int (*rnn_backward)(int T, int B, int I, int H, int relu, int reverse, const int *lengths, const double *x, const double *h0, const double *w_ih, const double *w_hh, const double *y, int ldy, const double *tape, const double *dy, int lddy, const double *dhn, double *dx, int dx_accumulate, double *dh0, double *dw_ih, double *dw_hh, double *db_ih, double *db_hh) noexcept nogil
-        size_t (*lstm_tape_len)(int T, int B, int H, int P) noexcept nogil
-        int (*lstm_forward)(int T, int B, int I, int H, int P, int reverse, const int *lengths, const double *x, const double *h0, const double *c0, const double *w_ih, const double *w_hh, const double *b_ih, const double *b_hh, const double *w_hr, double *y, int ldy, double *hn, double *cn, double *tape) noexcept nogil
-        int (*lstm_backward)(int T, int B, int I, int H, int P, int reverse, const int *lengths, const double *x, const double *h0, const double *c0, const double *w_ih, const double *w_hh, const double *w_hr, const double *y, int ldy, const double *tape, const double *dy, int lddy, const double *dhn, const double *dcn, double *dx, int dx_accumulate, double *dh0, double *dc0, double *dw_ih, double *dw_hh, double *db_ih, double *db_hh, double *dw_hr) noexcept nogil
-        size_t (*gru_tape_len)(int T, int B, int H) noexcept nogil
-        int (*gru_forward)(int T, int B, int I, int H, int reset_after, int reverse, const int *lengths, const double *x, const double *h0, const double *w_ih, const double *w_hh, const double *b_ih, const double *b_hh, double *y, int ldy, double *hn, double *tape) noexcept nogil
-        int (*gru_backward)(int T, int B, int I, int H, int reset_after, int reverse, const int *lengths, const double *x, const double *h0, const double *w_ih, const double *w_hh, const double *y, int ldy, const double *tape, const double *dy, int lddy, const double *dhn, double *dx, int dx_accumulate, double *dh0, double *dw_ih, double *dw_hh, double *db_ih, double *db_hh) noexcept nogil
-        void (*activation)(int fn, const double *x, double *y, size_t n) noexcept nogil
-        void (*gemm)(int trans_a, int trans_b, int M, int N, int K, double alpha, const double *A, int lda, const double *B, int ldb, double beta, double *C, int ldc, int nthreads) noexcept nogil
-    const fr_kernels_f32_t *fr_kernels_f32()
-    const fr_kernels_f64_t *fr_kernels_f64()
-
 
 # ---- BLAS from scipy, handed to the kernels once ----------------------------------------------------------
 def _install_scipy_blas():
@@ -160,13 +98,10 @@ def set_num_threads(int n):
     fr_set_num_threads(n)
 
 
-# ---- kernel calls -------------------------------------------------------------------------------------------
-cdef enum:
-    _RNN = 0
-    _LSTM = 1
-    _GRU = 2
-
-CELL_RNN, CELL_LSTM, CELL_GRU = _RNN, _LSTM, _GRU  # the cell codes modules.py passes in
+# ---- kernel calls: one binding function per cell kernel -------------------------------------------------------
+# Each takes the C kernel's arguments in the C order (csrc/fastrnn.h), arrays as ndarrays or None, and runs it
+# with the GIL released.  The dtype is the one of x; the fused `real` bodies below are written once for float32
+# and float64 (the only two-line difference is which table, fr_kernels_f32() or fr_kernels_f64(), is read).
 
 ctypedef fused real:
     float
@@ -193,66 +128,10 @@ cdef inline const int *_iptr(object a) except? NULL:
     return <const int *>cnp.PyArray_DATA(<cnp.ndarray>a)
 
 
-def tape_len(int cell, int T, int B, int H, int P, bint f64):
-    """Elements of the tape one (layer, direction) keeps for backward."""
-    cdef const fr_kernels_f32_t *t32
-    cdef const fr_kernels_f64_t *t64
-    if f64:
-        t64 = fr_kernels_f64()
-        if cell == _RNN: return t64.rnn_tape_len(T, B, H)
-        if cell == _LSTM: return t64.lstm_tape_len(T, B, H, P)
-        return t64.gru_tape_len(T, B, H)
-    t32 = fr_kernels_f32()
-    if cell == _RNN: return t32.rnn_tape_len(T, B, H)
-    if cell == _LSTM: return t32.lstm_tape_len(T, B, H, P)
-    return t32.gru_tape_len(T, B, H)
-
-
-cdef int _forward(real *kind, int cell, int opt, int T, int B, int I, int H, int P, int reverse,
-                  const int *lengths, const real *x, const real *h0, const real *c0, const real *w_ih,
-                  const real *w_hh, const real *b_ih, const real *b_hh, const real *w_hr, real *y, int ldy,
-                  real *hn, real *cn, real *tape) noexcept nogil:
-    """One (layer, direction) forward; `opt` is the cell's option: relu (RNN), P (LSTM), reset_after (GRU)."""
-    cdef const fr_kernels_f32_t *t32
-    cdef const fr_kernels_f64_t *t64
-    if real is float:
-        t32 = fr_kernels_f32()
-        if cell == _RNN:
-            return t32.rnn_forward(T, B, I, H, opt, reverse, lengths, x, h0, w_ih, w_hh, b_ih, b_hh, y, ldy, hn, tape)
-        if cell == _LSTM:
-            return t32.lstm_forward(T, B, I, H, P, reverse, lengths, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, ldy, hn, cn, tape)
-        return t32.gru_forward(T, B, I, H, opt, reverse, lengths, x, h0, w_ih, w_hh, b_ih, b_hh, y, ldy, hn, tape)
-    else:
-        t64 = fr_kernels_f64()
-        if cell == _RNN:
-            return t64.rnn_forward(T, B, I, H, opt, reverse, lengths, x, h0, w_ih, w_hh, b_ih, b_hh, y, ldy, hn, tape)
-        if cell == _LSTM:
-            return t64.lstm_forward(T, B, I, H, P, reverse, lengths, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, ldy, hn, cn, tape)
-        return t64.gru_forward(T, B, I, H, opt, reverse, lengths, x, h0, w_ih, w_hh, b_ih, b_hh, y, ldy, hn, tape)
-
-
-cdef int _backward(real *kind, int cell, int opt, int T, int B, int I, int H, int P, int reverse,
-                   const int *lengths, const real *x, const real *h0, const real *c0, const real *w_ih,
-                   const real *w_hh, const real *w_hr, const real *y, int ldy, const real *tape,
-                   const real *dy, int lddy, const real *dhn, const real *dcn, real *dx, int dx_accumulate,
-                   real *dh0, real *dc0, real *dw_ih, real *dw_hh, real *db_ih, real *db_hh,
-                   real *dw_hr) noexcept nogil:
-    cdef const fr_kernels_f32_t *t32
-    cdef const fr_kernels_f64_t *t64
-    if real is float:
-        t32 = fr_kernels_f32()
-        if cell == _RNN:
-            return t32.rnn_backward(T, B, I, H, opt, reverse, lengths, x, h0, w_ih, w_hh, y, ldy, tape, dy, lddy, dhn, dx, dx_accumulate, dh0, dw_ih, dw_hh, db_ih, db_hh)
-        if cell == _LSTM:
-            return t32.lstm_backward(T, B, I, H, P, reverse, lengths, x, h0, c0, w_ih, w_hh, w_hr, y, ldy, tape, dy, lddy, dhn, dcn, dx, dx_accumulate, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr)
-        return t32.gru_backward(T, B, I, H, opt, reverse, lengths, x, h0, w_ih, w_hh, y, ldy, tape, dy, lddy, dhn, dx, dx_accumulate, dh0, dw_ih, dw_hh, db_ih, db_hh)
-    else:
-        t64 = fr_kernels_f64()
-        if cell == _RNN:
-            return t64.rnn_backward(T, B, I, H, opt, reverse, lengths, x, h0, w_ih, w_hh, y, ldy, tape, dy, lddy, dhn, dx, dx_accumulate, dh0, dw_ih, dw_hh, db_ih, db_hh)
-        if cell == _LSTM:
-            return t64.lstm_backward(T, B, I, H, P, reverse, lengths, x, h0, c0, w_ih, w_hh, w_hr, y, ldy, tape, dy, lddy, dhn, dcn, dx, dx_accumulate, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr)
-        return t64.gru_backward(T, B, I, H, opt, reverse, lengths, x, h0, w_ih, w_hh, y, ldy, tape, dy, lddy, dhn, dx, dx_accumulate, dh0, dw_ih, dw_hh, db_ih, db_hh)
+cdef inline bint _f64(object x) except -1:
+    if type(x) is not cnp.ndarray:
+        raise TypeError("internal: kernel argument is not an ndarray")
+    return cnp.PyArray_TYPE(<cnp.ndarray>x) == cnp.NPY_FLOAT64
 
 
 cdef inline _check(int rc):
@@ -262,72 +141,218 @@ cdef inline _check(int rc):
         raise RuntimeError(f"fastrnn: kernel failed with code {rc}")
 
 
-def forward(int cell, int opt, int T, int B, int I, int H, int P, bint reverse, lengths, x, h0, c0,
-            w_ih, w_hh, b_ih, b_hh, w_hr, y, int ldy, hn, cn, tape):
-    """One (layer, direction) forward over the whole sequence, GIL released.  y may be a strided view
-    (row stride ldy) into a bidirectional output; tape is None for inference."""
-    cdef int rc
-    cdef const int *lp = _iptr(lengths)
-    cdef float *f = NULL
-    cdef double *d = NULL
-    cdef double *dp[12]
-    cdef unsigned mode
-    cdef float *fp[12]
-    cdef int k
-    objs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, hn, cn, tape)
-    if cnp.PyArray_TYPE(<cnp.ndarray>x) == cnp.NPY_FLOAT64:
-        for k in range(12):
-            dp[k] = _ptr(objs[k], d)
-        with nogil:
-            mode = fr_fpmode_enter()  # denormals flushed for the whole call, whatever the threads
-            rc = _forward(d, cell, opt, T, B, I, H, P, reverse, lp, dp[0], dp[1], dp[2], dp[3], dp[4],
-                          dp[5], dp[6], dp[7], dp[8], ldy, dp[9], dp[10], dp[11])
-            fr_fpmode_leave(mode)
-    else:
-        for k in range(12):
-            fp[k] = _ptr(objs[k], f)
-        with nogil:
-            mode = fr_fpmode_enter()  # denormals flushed for the whole call, whatever the threads
-            rc = _forward(f, cell, opt, T, B, I, H, P, reverse, lp, fp[0], fp[1], fp[2], fp[3], fp[4],
-                          fp[5], fp[6], fp[7], fp[8], ldy, fp[9], fp[10], fp[11])
-            fr_fpmode_leave(mode)
-    _check(rc)
+def rnn_tape_len(int T, int B, int H, bint f64):
+    """Elements of the tape one RNN (layer, direction) keeps for backward."""
+    return fr_kernels_f64().rnn_tape_len(T, B, H) if f64 else fr_kernels_f32().rnn_tape_len(T, B, H)
 
 
-def backward(int cell, int opt, int T, int B, int I, int H, int P, bint reverse, lengths, x, h0, c0,
-             w_ih, w_hh, w_hr, y, int ldy, tape, dy, int lddy, dhn, dcn, dx, bint dx_accumulate, dh0, dc0,
-             dw_ih, dw_hh, db_ih, db_hh, dw_hr):
-    """One (layer, direction) backward through time, GIL released; gradients are written into the
-    given arrays (dx added into when dx_accumulate)."""
-    cdef int rc
-    cdef const int *lp = _iptr(lengths)
+def lstm_tape_len(int T, int B, int H, int P, bint f64):
+    """Elements of the tape one LSTM (layer, direction) keeps for backward."""
+    return fr_kernels_f64().lstm_tape_len(T, B, H, P) if f64 else fr_kernels_f32().lstm_tape_len(T, B, H, P)
+
+
+def gru_tape_len(int T, int B, int H, bint f64):
+    """Elements of the tape one GRU (layer, direction) keeps for backward."""
+    return fr_kernels_f64().gru_tape_len(T, B, H) if f64 else fr_kernels_f32().gru_tape_len(T, B, H)
+
+
+# ---- RNN -------------------------------------------------------------------------------------------------------
+cdef int _rnn_forward(real *k, int T, int B, int I, int H, bint relu, bint reverse, const int *lp, tuple a,
+                      int ldy) except? -99:
+    # a = (x, h0, w_ih, w_hh, b_ih, b_hh, y, hn, tape)
+    cdef real *p[9]
+    cdef int i, rc
+    cdef unsigned mode
+    for i in range(9):
+        p[i] = _ptr(a[i], k)
+    with nogil:
+        mode = fr_fpmode_enter()  # denormals flushed for the whole call, whatever the threads
+        if real is float:
+            rc = fr_kernels_f32().rnn_forward(T, B, I, H, relu, reverse, lp, p[0], p[1], p[2], p[3], p[4], p[5],
+                                              p[6], ldy, p[7], p[8])
+        else:
+            rc = fr_kernels_f64().rnn_forward(T, B, I, H, relu, reverse, lp, p[0], p[1], p[2], p[3], p[4], p[5],
+                                              p[6], ldy, p[7], p[8])
+        fr_fpmode_leave(mode)
+    return rc
+
+
+cdef int _rnn_backward(real *k, int T, int B, int I, int H, bint relu, bint reverse, const int *lp, tuple a,
+                       int ldy, int lddy, bint dx_acc) except? -99:
+    # a = (x, h0, w_ih, w_hh, y, tape, dy, dhn, dx, dh0, dw_ih, dw_hh, db_ih, db_hh)
+    cdef real *p[14]
+    cdef int i, rc
+    cdef unsigned mode
+    for i in range(14):
+        p[i] = _ptr(a[i], k)
+    with nogil:
+        mode = fr_fpmode_enter()
+        if real is float:
+            rc = fr_kernels_f32().rnn_backward(T, B, I, H, relu, reverse, lp, p[0], p[1], p[2], p[3], p[4], ldy,
+                                               p[5], p[6], lddy, p[7], p[8], dx_acc, p[9], p[10], p[11], p[12],
+                                               p[13])
+        else:
+            rc = fr_kernels_f64().rnn_backward(T, B, I, H, relu, reverse, lp, p[0], p[1], p[2], p[3], p[4], ldy,
+                                               p[5], p[6], lddy, p[7], p[8], dx_acc, p[9], p[10], p[11], p[12],
+                                               p[13])
+        fr_fpmode_leave(mode)
+    return rc
+
+
+def rnn_forward(int T, int B, int I, int H, bint relu, bint reverse, lengths, x, h0, w_ih, w_hh, b_ih, b_hh,
+                y, int ldy, hn, tape):
+    """One RNN (layer, direction) over the whole sequence (csrc/fastrnn.h, rnn_forward); y may be a strided
+    view (row stride ldy) into a bidirectional output; tape is None for inference."""
     cdef float *f = NULL
     cdef double *d = NULL
-    cdef double *dp[20]
+    cdef const int *lp = _iptr(lengths)
+    a = (x, h0, w_ih, w_hh, b_ih, b_hh, y, hn, tape)
+    _check(_rnn_forward(d, T, B, I, H, relu, reverse, lp, a, ldy) if _f64(x) else
+           _rnn_forward(f, T, B, I, H, relu, reverse, lp, a, ldy))
+
+
+def rnn_backward(int T, int B, int I, int H, bint relu, bint reverse, lengths, x, h0, w_ih, w_hh, y, int ldy,
+                 tape, dy, int lddy, dhn, dx, bint dx_accumulate, dh0, dw_ih, dw_hh, db_ih, db_hh):
+    """BPTT of one RNN (layer, direction) (csrc/fastrnn.h, rnn_backward): gradients written into the arrays
+    given (dx added into when dx_accumulate)."""
+    cdef float *f = NULL
+    cdef double *d = NULL
+    cdef const int *lp = _iptr(lengths)
+    a = (x, h0, w_ih, w_hh, y, tape, dy, dhn, dx, dh0, dw_ih, dw_hh, db_ih, db_hh)
+    _check(_rnn_backward(d, T, B, I, H, relu, reverse, lp, a, ldy, lddy, dx_accumulate) if _f64(x) else
+           _rnn_backward(f, T, B, I, H, relu, reverse, lp, a, ldy, lddy, dx_accumulate))
+
+
+# ---- LSTM ------------------------------------------------------------------------------------------------------
+cdef int _lstm_forward(real *k, int T, int B, int I, int H, int P, bint reverse, const int *lp, tuple a,
+                       int ldy) except? -99:
+    # a = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, hn, cn, tape)
+    cdef real *p[12]
+    cdef int i, rc
     cdef unsigned mode
-    cdef float *fp[20]
-    cdef int k
-    objs = (x, h0, c0, w_ih, w_hh, w_hr, y, tape, dy, dhn, dcn, dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh,
-            dw_hr)
-    if cnp.PyArray_TYPE(<cnp.ndarray>x) == cnp.NPY_FLOAT64:
-        for k in range(19):
-            dp[k] = _ptr(objs[k], d)
-        with nogil:
-            mode = fr_fpmode_enter()  # denormals flushed for the whole call, whatever the threads
-            rc = _backward(d, cell, opt, T, B, I, H, P, reverse, lp, dp[0], dp[1], dp[2], dp[3], dp[4],
-                           dp[5], dp[6], ldy, dp[7], dp[8], lddy, dp[9], dp[10], dp[11], dx_accumulate,
-                           dp[12], dp[13], dp[14], dp[15], dp[16], dp[17], dp[18])
-            fr_fpmode_leave(mode)
-    else:
-        for k in range(19):
-            fp[k] = _ptr(objs[k], f)
-        with nogil:
-            mode = fr_fpmode_enter()  # denormals flushed for the whole call, whatever the threads
-            rc = _backward(f, cell, opt, T, B, I, H, P, reverse, lp, fp[0], fp[1], fp[2], fp[3], fp[4],
-                           fp[5], fp[6], ldy, fp[7], fp[8], lddy, fp[9], fp[10], fp[11], dx_accumulate,
-                           fp[12], fp[13], fp[14], fp[15], fp[16], fp[17], fp[18])
-            fr_fpmode_leave(mode)
-    _check(rc)
+    for i in range(12):
+        p[i] = _ptr(a[i], k)
+    with nogil:
+        mode = fr_fpmode_enter()
+        if real is float:
+            rc = fr_kernels_f32().lstm_forward(T, B, I, H, P, reverse, lp, p[0], p[1], p[2], p[3], p[4], p[5],
+                                               p[6], p[7], p[8], ldy, p[9], p[10], p[11])
+        else:
+            rc = fr_kernels_f64().lstm_forward(T, B, I, H, P, reverse, lp, p[0], p[1], p[2], p[3], p[4], p[5],
+                                               p[6], p[7], p[8], ldy, p[9], p[10], p[11])
+        fr_fpmode_leave(mode)
+    return rc
+
+
+cdef int _lstm_backward(real *k, int T, int B, int I, int H, int P, bint reverse, const int *lp, tuple a,
+                        int ldy, int lddy, bint dx_acc) except? -99:
+    # a = (x, h0, c0, w_ih, w_hh, w_hr, y, tape, dy, dhn, dcn, dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr)
+    cdef real *p[19]
+    cdef int i, rc
+    cdef unsigned mode
+    for i in range(19):
+        p[i] = _ptr(a[i], k)
+    with nogil:
+        mode = fr_fpmode_enter()
+        if real is float:
+            rc = fr_kernels_f32().lstm_backward(T, B, I, H, P, reverse, lp, p[0], p[1], p[2], p[3], p[4], p[5],
+                                                p[6], ldy, p[7], p[8], lddy, p[9], p[10], p[11], dx_acc, p[12],
+                                                p[13], p[14], p[15], p[16], p[17], p[18])
+        else:
+            rc = fr_kernels_f64().lstm_backward(T, B, I, H, P, reverse, lp, p[0], p[1], p[2], p[3], p[4], p[5],
+                                                p[6], ldy, p[7], p[8], lddy, p[9], p[10], p[11], dx_acc, p[12],
+                                                p[13], p[14], p[15], p[16], p[17], p[18])
+        fr_fpmode_leave(mode)
+    return rc
+
+
+def lstm_forward(int T, int B, int I, int H, int P, bint reverse, lengths, x, h0, c0, w_ih, w_hh, b_ih, b_hh,
+                 w_hr, y, int ldy, hn, cn, tape):
+    """One LSTM (layer, direction) over the whole sequence (csrc/fastrnn.h, lstm_forward); P = H and
+    w_hr None without projection."""
+    cdef float *f = NULL
+    cdef double *d = NULL
+    cdef const int *lp = _iptr(lengths)
+    a = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, hn, cn, tape)
+    _check(_lstm_forward(d, T, B, I, H, P, reverse, lp, a, ldy) if _f64(x) else
+           _lstm_forward(f, T, B, I, H, P, reverse, lp, a, ldy))
+
+
+def lstm_backward(int T, int B, int I, int H, int P, bint reverse, lengths, x, h0, c0, w_ih, w_hh, w_hr, y,
+                  int ldy, tape, dy, int lddy, dhn, dcn, dx, bint dx_accumulate, dh0, dc0, dw_ih, dw_hh, db_ih,
+                  db_hh, dw_hr):
+    """BPTT of one LSTM (layer, direction) (csrc/fastrnn.h, lstm_backward)."""
+    cdef float *f = NULL
+    cdef double *d = NULL
+    cdef const int *lp = _iptr(lengths)
+    a = (x, h0, c0, w_ih, w_hh, w_hr, y, tape, dy, dhn, dcn, dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr)
+    _check(_lstm_backward(d, T, B, I, H, P, reverse, lp, a, ldy, lddy, dx_accumulate) if _f64(x) else
+           _lstm_backward(f, T, B, I, H, P, reverse, lp, a, ldy, lddy, dx_accumulate))
+
+
+# ---- GRU -------------------------------------------------------------------------------------------------------
+cdef int _gru_forward(real *k, int T, int B, int I, int H, bint reset_after, bint reverse, const int *lp,
+                      tuple a, int ldy) except? -99:
+    # a = (x, h0, w_ih, w_hh, b_ih, b_hh, y, hn, tape)
+    cdef real *p[9]
+    cdef int i, rc
+    cdef unsigned mode
+    for i in range(9):
+        p[i] = _ptr(a[i], k)
+    with nogil:
+        mode = fr_fpmode_enter()
+        if real is float:
+            rc = fr_kernels_f32().gru_forward(T, B, I, H, reset_after, reverse, lp, p[0], p[1], p[2], p[3], p[4],
+                                              p[5], p[6], ldy, p[7], p[8])
+        else:
+            rc = fr_kernels_f64().gru_forward(T, B, I, H, reset_after, reverse, lp, p[0], p[1], p[2], p[3], p[4],
+                                              p[5], p[6], ldy, p[7], p[8])
+        fr_fpmode_leave(mode)
+    return rc
+
+
+cdef int _gru_backward(real *k, int T, int B, int I, int H, bint reset_after, bint reverse, const int *lp,
+                       tuple a, int ldy, int lddy, bint dx_acc) except? -99:
+    # a = (x, h0, w_ih, w_hh, y, tape, dy, dhn, dx, dh0, dw_ih, dw_hh, db_ih, db_hh)
+    cdef real *p[14]
+    cdef int i, rc
+    cdef unsigned mode
+    for i in range(14):
+        p[i] = _ptr(a[i], k)
+    with nogil:
+        mode = fr_fpmode_enter()
+        if real is float:
+            rc = fr_kernels_f32().gru_backward(T, B, I, H, reset_after, reverse, lp, p[0], p[1], p[2], p[3], p[4],
+                                               ldy, p[5], p[6], lddy, p[7], p[8], dx_acc, p[9], p[10], p[11],
+                                               p[12], p[13])
+        else:
+            rc = fr_kernels_f64().gru_backward(T, B, I, H, reset_after, reverse, lp, p[0], p[1], p[2], p[3], p[4],
+                                               ldy, p[5], p[6], lddy, p[7], p[8], dx_acc, p[9], p[10], p[11],
+                                               p[12], p[13])
+        fr_fpmode_leave(mode)
+    return rc
+
+
+def gru_forward(int T, int B, int I, int H, bint reset_after, bint reverse, lengths, x, h0, w_ih, w_hh, b_ih,
+                b_hh, y, int ldy, hn, tape):
+    """One GRU (layer, direction) over the whole sequence (csrc/fastrnn.h, gru_forward)."""
+    cdef float *f = NULL
+    cdef double *d = NULL
+    cdef const int *lp = _iptr(lengths)
+    a = (x, h0, w_ih, w_hh, b_ih, b_hh, y, hn, tape)
+    _check(_gru_forward(d, T, B, I, H, reset_after, reverse, lp, a, ldy) if _f64(x) else
+           _gru_forward(f, T, B, I, H, reset_after, reverse, lp, a, ldy))
+
+
+def gru_backward(int T, int B, int I, int H, bint reset_after, bint reverse, lengths, x, h0, w_ih, w_hh, y,
+                 int ldy, tape, dy, int lddy, dhn, dx, bint dx_accumulate, dh0, dw_ih, dw_hh, db_ih, db_hh):
+    """BPTT of one GRU (layer, direction) (csrc/fastrnn.h, gru_backward)."""
+    cdef float *f = NULL
+    cdef double *d = NULL
+    cdef const int *lp = _iptr(lengths)
+    a = (x, h0, w_ih, w_hh, y, tape, dy, dhn, dx, dh0, dw_ih, dw_hh, db_ih, db_hh)
+    _check(_gru_backward(d, T, B, I, H, reset_after, reverse, lp, a, ldy, lddy, dx_accumulate) if _f64(x) else
+           _gru_backward(f, T, B, I, H, reset_after, reverse, lp, a, ldy, lddy, dx_accumulate))
 
 
 def activation(name, x):

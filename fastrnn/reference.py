@@ -4,7 +4,7 @@ This is the yardstick the kernels are measured against, so it is written to be r
 Python loop over time, one step function per cell, the chain rule spelled out line by line.  It is itself
 validated against torch.nn (forward and autograd) in tests/test_reference.py.
 
-Conventions (DESIGN.md): time-major arrays, x (T, B, I); T steps, B batch, I input size, H hidden size,
+Conventions (docs/design.md, Notation): time-major arrays, x (T, B, I); T steps, B batch, I input size, H hidden size,
 P output size of an LSTM with projection (else P = H), G gates (RNN 1, GRU 3, LSTM 4), L layers,
 D directions.  Parameters are a dict keyed exactly like torch's state_dict():
 
@@ -30,7 +30,10 @@ y_k * masks[k].
 
 import numpy as np
 
-GATES = {"rnn": 1, "gru": 3, "lstm": 4}
+from .nn.cells import CELLS
+from .nn.spec import LayerSpec
+
+GATES = {name: cell.G for name, cell in CELLS.items()}  # gates per cell, from the cell descriptors
 
 
 def sigmoid(a):
@@ -49,24 +52,11 @@ def normalize_cell(cell):
 
 def param_shapes(cell, input_size, hidden_size, num_layers=1, bidirectional=False, bias=True,
                  proj_size=0):
-    """{state_dict key: shape}, in torch's order."""
+    """{state_dict key: shape}, in torch's order (from the cell descriptor, fastrnn/nn/cells.py)."""
     cell = normalize_cell(cell)
-    G, H = GATES[cell], hidden_size
-    P = proj_size if (cell == "lstm" and proj_size) else H
-    D = 2 if bidirectional else 1
-    shapes = {}
-    for k in range(num_layers):
-        I_k = input_size if k == 0 else D * P
-        for d in range(D):
-            sfx = f"_l{k}" + ("_reverse" if d else "")
-            shapes["weight_ih" + sfx] = (G * H, I_k)
-            shapes["weight_hh" + sfx] = (G * H, P)
-            if bias:
-                shapes["bias_ih" + sfx] = (G * H,)
-                shapes["bias_hh" + sfx] = (G * H,)
-            if cell == "lstm" and proj_size:
-                shapes["weight_hr" + sfx] = (P, H)
-    return shapes
+    spec = LayerSpec(cell, input_size, hidden_size, num_layers, bias, bidirectional=bidirectional,
+                     proj_size=proj_size if cell == "lstm" else 0, dtype=np.float64)
+    return dict(spec.param_shapes())
 
 
 def _direction_params(params, sfx, cell, H):

@@ -10,6 +10,7 @@ import subprocess
 
 import numpy as np
 
+from ._version import __version__
 from ._core import (cpu_has_avx2, cpu_has_avx512, get_isa, get_num_threads, release_workspace, set_isa,
                     set_num_threads, workspace_bytes)
 
@@ -46,7 +47,6 @@ def _git_state():
 
 def machine_info():
     """CPU, Python, the versions of fastrnn and of the peers installed, the kernels' ISA, the BLAS pools."""
-    from . import __version__
     cpu = platform.processor() or ""
     try:
         with open("/proc/cpuinfo") as f:

@@ -25,7 +25,7 @@ from fastrnn import reference as ref
 #
 # measured normwise: max|actual - expected| / max|expected| over the whole array (elementwise relative
 # error is meaningless where a value crosses zero).  SAFETY = 16 covers lambda ~ 5 (a 1e-6 tail over the
-# thousands of elements we compare), activation approximations "accurate to a few ulps" (DESIGN.md), and a
+# thousands of elements we compare), activation approximations "accurate to a few ulps" (docs/design.md, Tolerances), and a
 # modest amplification of errors through the recurrence of contractive, torch-initialised weights.  For
 # float32 with T=10, I=H=16, LSTM that is 16 * 1.2e-7 * sqrt(10*(16+64+4)) ~ 5.5e-5; for float64 ~ 1e-13.
 # A real kernel bug (a wrong gate, index, carry or mask) is orders of magnitude above either.

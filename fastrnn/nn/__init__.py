@@ -1,7 +1,18 @@
-"""fastrnn.nn: the numpy layers (RNN, LSTM, GRU with torch.nn's semantics) over the binding fastrnn._core.
+"""fastrnn.nn: the numpy layers over the binding fastrnn._core.
 
-This subpackage depends on fastrnn._core only (docs/design.md, Layers and their dependency rule).
+    cells.py       one descriptor per cell (gates, state, parameters, kernels)
+    spec.py        LayerSpec: a layer stack's configuration, validated and hashable
+    validation.py  the checks every argument passes before C runs
+    tape.py        what a training forward keeps for backward
+    functional.py  forward / backward of a spec over given parameter arrays (stateless)
+    modules.py     RNN, LSTM, GRU: torch.nn-like classes owning their parameters
+
+Depends on fastrnn._core only (docs/design.md, Layers and their dependency rule).
 """
-from .modules import GRU, LSTM, RNN, Tape
+from . import functional
+from .cells import CELLS, Cell, get_cell
+from .modules import GRU, LSTM, RNN
+from .spec import LayerSpec
+from .tape import Tape
 
-__all__ = ["RNN", "LSTM", "GRU", "Tape"]
+__all__ = ["RNN", "LSTM", "GRU", "Tape", "LayerSpec", "Cell", "CELLS", "get_cell", "functional"]
