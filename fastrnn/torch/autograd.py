@@ -9,7 +9,6 @@ C-contiguous), so in-place optimizer updates are always seen.
 """
 import numpy as np
 import torch
-from torch.autograd.function import once_differentiable
 
 from .. import runtime as _rt
 from . import _engine as E
@@ -57,12 +56,17 @@ def _state_tensors(has_c, state):
     return (torch.from_numpy(state),)
 
 
+_DOUBLE_BACKWARD = ("fastrnn.torch: double backward (create_graph=True through an RNN/LSTM/GRU) is not supported: "
+                    "the fastrnn kernels are first-order only; use torch.nn's module (fastrnn.torch.revert) "
+                    "for second-order gradients")
+
+
 class _RNNFunction(torch.autograd.Function):
     """y, h_n[, c_n] = f(x, h0, c0, *params); backward = fastrnn's BPTT kernels (first order only)."""
 
     @staticmethod
     def forward(ctx, spec, keys, lengths, mask_fn, x, h0, c0, *params):
-        has_c = spec.cell == "lstm"
+        has_c = spec.cell_name == "lstm"
         pd = {k: _np_param(p) for k, p in zip(keys, params)}
         y, state, tape = E.forward(spec, pd, _np(x), _hx_np(has_c, h0, c0), lengths, train=True,
                                    mask_fn=mask_fn)
@@ -76,8 +80,9 @@ class _RNNFunction(torch.autograd.Function):
         return outs
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, dy, dh, dc=None):
+        if torch.is_grad_enabled():  # create_graph=True: a gradient of this gradient was asked for
+            raise RuntimeError(_DOUBLE_BACKWARD)
         ctx.saved_tensors  # raises if x or a parameter was modified in place since the forward
         spec, keys, has_c = ctx.spec, ctx.keys, ctx.has_c
         dt = torch.float64 if spec.dtype == np.float64 else torch.float32
@@ -117,7 +122,7 @@ def run(spec, keys, params, x, h0, c0, lengths, mask_fn):
     dropout = spec.dropout > 0 and spec.num_layers > 1
     if needs_grad:
         return _RNNFunction.apply(spec, keys, lengths, mask_fn if dropout else None, x, h0, c0, *params)
-    has_c = spec.cell == "lstm"
+    has_c = spec.cell_name == "lstm"
     pd = {k: _np_param(p) for k, p in zip(keys, params)}
     y, state, _ = E.forward(spec, pd, _np(x), _hx_np(has_c, h0, c0), lengths, train=dropout,
                             mask_fn=mask_fn if dropout else None)
