@@ -15,6 +15,8 @@ from . import _engine as E
 
 __all__ = ["run", "sync_threads", "torch_mask_fn"]
 
+CALLS = [0]  # calls of the kernels through run() (a test hook: which path ran)
+
 
 def sync_threads():
     """The kernels use torch.get_num_threads() threads when called through fastrnn.torch."""
@@ -116,6 +118,7 @@ def run(spec, keys, params, x, h0, c0, lengths, mask_fn):
     zeros; c0 only for LSTM); params: the tensors keyed by `keys`; lengths: None or an int ndarray (B,).
     spec.dropout > 0 only in training mode (the caller's choice).  Returns (y, h_n) or (y, h_n, c_n)."""
     sync_threads()
+    CALLS[0] += 1
     needs_grad = torch.is_grad_enabled() and (
         x.requires_grad or (h0 is not None and h0.requires_grad) or (c0 is not None and c0.requires_grad)
         or any(p.requires_grad for p in params))

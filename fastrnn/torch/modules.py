@@ -36,6 +36,12 @@ def _is_compiling():
 
 def _tensor_reason(t, what, dtype=None):
     """Why the kernels cannot take tensor t (None when they can)."""
+    if _is_compiling():  # Dynamo's fake tensors: only what the custom ops need
+        if t.device.type != "cpu":
+            return f"{what} is on {t.device.type}"
+        if t.dtype not in _NP or (dtype is not None and t.dtype != dtype):
+            return f"{what} has dtype {t.dtype}"
+        return None
     if type(t) not in _PLAIN:
         return f"{what} is a {type(t).__name__}, not a plain torch.Tensor"
     if t.device.type != "cpu":
@@ -204,12 +210,16 @@ class _FastRNNBase(_FastMixin):
         h0, c0 = (hx if lstm else (hx, None)) if hx is not None else (None, None)
         if (h0 is not None and h0.dtype != x.dtype) or (c0 is not None and c0.dtype != x.dtype):
             return self._fastrnn_base.forward(self, input, orig_hx)  # torch raises its own error
-        spec = self._fastrnn_spec(x.dtype, batch_first)
-        mask_fn = torch_mask_fn(spec.dropout, x.dtype) if spec.dropout > 0 else None
         if _is_compiling():
             from . import ops
-            outs = ops.rnn_call(spec, self._flat_weights, x, h0, c0, lens)
+            dropout = float(self.dropout) if self.training and self.num_layers > 1 else 0.0
+            key = ops.spec_key(self._fastrnn_cell, self.input_size, self.hidden_size, self.num_layers, self.bias,
+                               batch_first, dropout, self.bidirectional, self.proj_size,
+                               getattr(self, "nonlinearity", "tanh"), x.dtype == torch.float64)
+            outs = ops.rnn_call(key, lstm, self._flat_weights, x, h0, c0, lens)
         else:
+            spec = self._fastrnn_spec(x.dtype, batch_first)
+            mask_fn = torch_mask_fn(spec.dropout, x.dtype) if spec.dropout > 0 else None
             outs = _run(spec, self._flat_weights_names, self._flat_weights, x, h0, c0,
                         None if lens is None else lens.numpy(), mask_fn)
         y, hidden = outs[0], (tuple(outs[1:]) if lstm else outs[1])
@@ -326,7 +336,6 @@ class _FastCellBase(_FastMixin):
                 hs = tuple(h.unsqueeze(0) for h in hs)
         if not self._fastrnn_check(x, hs):  # a case torch's kernels judge (and reject): let torch raise
             return self._fastrnn_base.forward(self, input, hx)
-        spec = self._fastrnn_spec(x.dtype)
         names = self._fastrnn_names()
         weights = [getattr(self, n) for n in names]
         h0 = hs[0].unsqueeze(0) if hs else None
@@ -334,9 +343,12 @@ class _FastCellBase(_FastMixin):
         x3 = x.unsqueeze(0)
         if _is_compiling():
             from . import ops
-            outs = ops.rnn_call(spec, weights, x3, h0, c0, None)
+            key = ops.spec_key(self._fastrnn_cell, self.input_size, self.hidden_size, 1, self.bias, False, 0.0,
+                               False, 0, getattr(self, "nonlinearity", "tanh"), x.dtype == torch.float64)
+            outs = ops.rnn_call(key, lstm, weights, x3, h0, c0, None)
         else:
-            outs = _run(spec, tuple(_CELL_KEYS[n] for n in names), weights, x3, h0, c0, None, None)
+            outs = _run(self._fastrnn_spec(x.dtype), tuple(_CELL_KEYS[n] for n in names), weights, x3, h0, c0,
+                        None, None)
         if lstm:
             h, c = outs[1][0], outs[2][0]
             return (h, c) if batched else (h.squeeze(0), c.squeeze(0))
