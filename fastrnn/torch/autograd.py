@@ -67,9 +67,9 @@ class _RNNFunction(torch.autograd.Function):
     """y, h_n[, c_n] = f(x, h0, c0, *params); backward = fastrnn's BPTT kernels (first order only)."""
 
     @staticmethod
-    def forward(ctx, spec, keys, lengths, mask_fn, x, h0, c0, *params):
+    def forward(ctx, spec, keys, lengths, mask_fn, views, x, h0, c0, *params):
         has_c = spec.cell_name == "lstm"
-        pd = {k: _np_param(p) for k, p in zip(keys, params)}
+        pd = views if views is not None else {k: _np_param(p) for k, p in zip(keys, params)}
         y, state, tape = E.forward(spec, pd, _np(x), _hx_np(has_c, h0, c0), lengths, train=True,
                                    mask_fn=mask_fn)
         ctx.set_materialize_grads(False)
@@ -99,21 +99,21 @@ class _RNNFunction(torch.autograd.Function):
             dstate = None if dh is None else _np(dh)
         need = ctx.needs_input_grad
         shapes = dict(E.param_shapes(spec))
-        gt = {k: torch.empty(shapes[k], dtype=dt) for i, k in enumerate(keys) if need[7 + i]}
+        gt = {k: torch.empty(shapes[k], dtype=dt) for i, k in enumerate(keys) if need[8 + i]}
         out = {k: t.numpy() for k, t in gt.items()}
         dx, dhx, _ = E.backward(ctx.tape, dy_np, dstate, out=out)
-        dx_t = torch.from_numpy(dx) if need[4] else None
+        dx_t = torch.from_numpy(dx) if need[5] else None
         dh0 = dc0 = None
         if ctx.h0_given:
             if has_c:
-                dh0 = torch.from_numpy(dhx[0]) if need[5] else None
-                dc0 = torch.from_numpy(dhx[1]) if need[6] else None
+                dh0 = torch.from_numpy(dhx[0]) if need[6] else None
+                dc0 = torch.from_numpy(dhx[1]) if need[7] else None
             else:
-                dh0 = torch.from_numpy(dhx) if need[5] else None
-        return (None, None, None, None, dx_t, dh0, dc0) + tuple(gt.get(k) for k in keys)
+                dh0 = torch.from_numpy(dhx) if need[6] else None
+        return (None, None, None, None, None, dx_t, dh0, dc0) + tuple(gt.get(k) for k in keys)
 
 
-def run(spec, keys, params, x, h0, c0, lengths, mask_fn):
+def run(spec, keys, params, x, h0, c0, lengths, mask_fn, views=None):
     """Forward of one module call.  x, h0, c0: CPU tensors in the layouts the spec expects (h0/c0 None for
     zeros; c0 only for LSTM); params: the tensors keyed by `keys`; lengths: None or an int ndarray (B,).
     spec.dropout > 0 only in training mode (the caller's choice).  Returns (y, h_n) or (y, h_n, c_n)."""
@@ -124,9 +124,9 @@ def run(spec, keys, params, x, h0, c0, lengths, mask_fn):
         or any(p.requires_grad for p in params))
     dropout = spec.dropout > 0 and spec.num_layers > 1
     if needs_grad:
-        return _RNNFunction.apply(spec, keys, lengths, mask_fn if dropout else None, x, h0, c0, *params)
+        return _RNNFunction.apply(spec, keys, lengths, mask_fn if dropout else None, views, x, h0, c0, *params)
     has_c = spec.cell_name == "lstm"
-    pd = {k: _np_param(p) for k, p in zip(keys, params)}
+    pd = views if views is not None else {k: _np_param(p) for k, p in zip(keys, params)}
     y, state, _ = E.forward(spec, pd, _np(x), _hx_np(has_c, h0, c0), lengths, train=dropout,
                             mask_fn=mask_fn if dropout else None)
     return (torch.from_numpy(y),) + _state_tensors(has_c, state)

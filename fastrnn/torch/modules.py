@@ -36,7 +36,7 @@ def _is_compiling():
 
 def _tensor_reason(t, what, dtype=None):
     """Why the kernels cannot take tensor t (None when they can)."""
-    if _is_compiling():  # Dynamo's fake tensors: only what the custom ops need
+    if torch.compiler.is_compiling():  # Dynamo's fake tensors: only what the custom ops need
         if t.device.type != "cpu":
             return f"{what} is on {t.device.type}"
         if t.dtype not in _NP or (dtype is not None and t.dtype != dtype):
@@ -58,17 +58,21 @@ def _tensor_reason(t, what, dtype=None):
 
 
 def _global_reason():
-    if torch.jit.is_tracing():
+    if torch._C._get_tracing_state() is not None:
         return "torch.jit.trace"
     if torch.onnx.is_in_onnx_export():
         return "torch.onnx.export"
+    if torch._C._is_any_autocast_enabled() and torch.is_autocast_enabled("cpu"):
+        return "autocast"
+    return None
+
+
+def _compile_reason():
     try:
         if torch.compiler.is_exporting():
             return "torch.export"
     except AttributeError:  # pragma: no cover
         pass
-    if torch.is_autocast_enabled("cpu"):
-        return "autocast"
     return None
 
 
@@ -84,14 +88,23 @@ class _FastMixin:
                           f"implementation for such calls (warned once per module)", FastRNNWarning,
                           stacklevel=3)
 
-    def _fastrnn_params_reason(self):
-        """Why the kernels cannot take the Parameters (None when they can: CPU, one float dtype)."""
-        ws = self._fastrnn_weights()
+    def _fastrnn_params(self, ws, keys):
+        """(reason, views): why the kernels cannot take the Parameters (None when they can: CPU, one float
+        dtype), and their numpy views keyed by `keys` (None: make them per call).  Cached while the Parameters'
+        memory stays where it is (in-place updates keep it; .to(), .data = ..., functional_call move it)."""
+        ptrs = tuple([w.data_ptr() for w in ws])
+        hit = self.__dict__.get("_fastrnn_pcache")
+        if hit is not None and hit[0] == ptrs and hit[1] == keys:
+            return hit[2], hit[3]
+        reason, views = None, None
         for w in ws:
-            r = _tensor_reason(w, "a parameter", ws[0].dtype)
-            if r is not None:
-                return r
-        return None
+            reason = _tensor_reason(w, "a parameter", ws[0].dtype)
+            if reason is not None:
+                break
+        if reason is None and all(w.is_contiguous() for w in ws):
+            views = {k: w.detach().numpy() for k, w in zip(keys, ws)}
+        self.__dict__["_fastrnn_pcache"] = (ptrs, keys, reason, views)
+        return reason, views
 
     def __getstate__(self):
         state = super().__getstate__()
@@ -138,15 +151,22 @@ class _FastRNNBase(_FastMixin):
         return spec
 
     def _fastrnn_reason(self, input, hx):
-        r = _global_reason()
+        """(reason to fall back, parameter views)."""
+        compiling = _is_compiling()
+        r = _compile_reason() if compiling else _global_reason()
         if r is not None:
-            return r
+            return r, None
         data = input.data if isinstance(input, PackedSequence) else input
         if not isinstance(data, torch.Tensor):
-            return None  # let torch's forward raise its own error
+            return None, None  # let torch's forward raise its own error
         r = _tensor_reason(data, "the input")
+        views = None
         if r is None:
-            r = self._fastrnn_params_reason()
+            if compiling:
+                ws = self._flat_weights
+                r = next((q for q in (_tensor_reason(w, "a parameter", ws[0].dtype) for w in ws) if q), None)
+            else:
+                r, views = self._fastrnn_params(self._flat_weights, tuple(self._flat_weights_names))
         if r is None and hx is not None:
             for h in (hx if isinstance(hx, (tuple, list)) else (hx,)):
                 if isinstance(h, torch.Tensor):
@@ -155,11 +175,15 @@ class _FastRNNBase(_FastMixin):
                         break
         if r is None and self._fastrnn_cell == "rnn" and self.mode not in ("RNN_TANH", "RNN_RELU"):
             r = f"mode {self.mode}"
-        return r
+        return r, views
 
     def forward(self, input, hx=None):
-        self._update_flat_weights()
-        reason = self._fastrnn_reason(input, hx)
+        ps, ws = self._parameters, self._flat_weights
+        for n, w in zip(self._flat_weights_names, ws):
+            if ps.get(n) is not w:  # a Parameter replaced or swapped out (functional_call): torch's refresh
+                self._update_flat_weights()
+                break
+        reason, views = self._fastrnn_reason(input, hx)
         if reason is not None:
             self._fastrnn_fallback(reason)
             return self._fastrnn_base.forward(self, input, hx)
@@ -221,7 +245,7 @@ class _FastRNNBase(_FastMixin):
             spec = self._fastrnn_spec(x.dtype, batch_first)
             mask_fn = torch_mask_fn(spec.dropout, x.dtype) if spec.dropout > 0 else None
             outs = _run(spec, self._flat_weights_names, self._flat_weights, x, h0, c0,
-                        None if lens is None else lens.numpy(), mask_fn)
+                        None if lens is None else lens.numpy(), mask_fn, views)
         y, hidden = outs[0], (tuple(outs[1:]) if lstm else outs[1])
         if isinstance(input, PackedSequence):
             ydata, _ = torch._VF._pack_padded_sequence(y, lens, False)
@@ -279,12 +303,18 @@ class _FastCellBase(_FastMixin):
         return spec
 
     def _fastrnn_reason(self, input, hx):
-        r = _global_reason()
+        compiling = _is_compiling()
+        r = _compile_reason() if compiling else _global_reason()
         if r is not None or not isinstance(input, torch.Tensor):
-            return r
+            return r, None
         r = _tensor_reason(input, "the input")
+        views = None
         if r is None:
-            r = self._fastrnn_params_reason()
+            ws = self._fastrnn_weights()
+            if compiling:
+                r = next((q for q in (_tensor_reason(w, "a parameter", ws[0].dtype) for w in ws) if q), None)
+            else:
+                r, views = self._fastrnn_params(ws, tuple(_CELL_KEYS[n] for n in self._fastrnn_names()))
         if r is None and hx is not None:
             for h in (hx if isinstance(hx, (tuple, list)) else (hx,)):
                 if isinstance(h, torch.Tensor):
@@ -293,7 +323,7 @@ class _FastCellBase(_FastMixin):
                         break
         if r is None and getattr(self, "nonlinearity", "tanh") not in ("tanh", "relu"):
             r = f"nonlinearity {self.nonlinearity!r}"
-        return r
+        return r, views
 
     def _fastrnn_check(self, x, hs):
         """torch's checks of a cell's input and hidden sizes (check_rnn_cell_forward_*), torch's messages."""
@@ -312,7 +342,7 @@ class _FastCellBase(_FastMixin):
         return True
 
     def forward(self, input, hx=None):
-        reason = self._fastrnn_reason(input, hx)
+        reason, views = self._fastrnn_reason(input, hx)
         if reason is not None:
             self._fastrnn_fallback(reason)
             return self._fastrnn_base.forward(self, input, hx)
@@ -348,7 +378,7 @@ class _FastCellBase(_FastMixin):
             outs = ops.rnn_call(key, lstm, weights, x3, h0, c0, None)
         else:
             outs = _run(self._fastrnn_spec(x.dtype), tuple(_CELL_KEYS[n] for n in names), weights, x3, h0, c0,
-                        None, None)
+                        None, None, views)
         if lstm:
             h, c = outs[1][0], outs[2][0]
             return (h, c) if batched else (h.squeeze(0), c.squeeze(0))
