@@ -11,7 +11,7 @@ try:
 except ImportError as e:  # pragma: no cover - exercised in a subprocess test
     raise ImportError('fastrnn.torch needs PyTorch: pip install "fastrnn[torch]"') from e
 
-from .modules import GRU, LSTM, RNN, FastRNNWarning, GRUCell, LSTMCell, RNNCell  # noqa: E402
+from .rnn import GRU, LSTM, RNN, FastRNNWarning, GRUCell, LSTMCell, RNNCell  # noqa: E402
 from .convert import convert, revert  # noqa: E402
 
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "convert", "revert", "FastRNNWarning"]

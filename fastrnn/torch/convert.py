@@ -8,7 +8,7 @@ import copy
 
 from torch import nn
 
-from . import modules as M
+from . import rnn as M
 
 __all__ = ["convert", "revert"]
 
