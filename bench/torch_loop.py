@@ -1,0 +1,167 @@
+"""fastrnn.torch against torch.nn in whole training loops, and the autograd wrapper's per-call overhead.
+
+    python bench/torch_loop.py [--quick]          (or run(...) from Python; the CLI's --torch-loop)
+
+1. Overhead: LSTM(128, 128), T = 1, B = 1: the numpy API (fastrnn.nn) against fastrnn.torch on the same
+   kernels, inference (no_grad) and forward + backward; the difference is what the wrapper adds (us a call).
+2. Training steps: Embedding + 2-layer LSTM or GRU (I = H) + Linear + cross-entropy + Adam, converted against
+   torch.nn, same run, interleaved; and the bare 2-layer network's training step (forward + backward of the
+   recurrent layers alone: fastrnn.nn against torch.nn), to report how much of the kernels' lead the
+   drop-in keeps (loop speedup / bare speedup).
+"""
+import argparse
+import statistics
+import time
+
+import numpy as np
+
+SHAPES = [("LSTM", 100, 16, 128), ("GRU", 100, 16, 128), ("LSTM", 50, 64, 512), ("GRU", 50, 64, 512)]
+VOCAB = 256
+
+
+def _median_time(fns, reps, warmup=2):
+    """Interleaved timing of several callables: their median seconds."""
+    for f in fns:
+        for _ in range(warmup):
+            f()
+    ts = [[] for _ in fns]
+    for _ in range(reps):
+        for i, f in enumerate(fns):
+            t0 = time.perf_counter()
+            f()
+            ts[i].append(time.perf_counter() - t0)
+    return [statistics.median(t) for t in ts]
+
+
+def overhead(reps=2000, H=128):
+    import torch
+    import fastrnn.torch as ft
+    from fastrnn.nn import LSTM as NpLSTM
+    torch.manual_seed(0)
+    tl = ft.LSTM(H, H)
+    nl = NpLSTM(H, H)
+    nl.load_state_dict(tl.state_dict())
+    x = torch.randn(1, 1, H)
+    xn = x.numpy().copy()
+    xg = x.clone().requires_grad_(True)
+    dy = np.ones((1, 1, H), np.float32)
+    dyt = torch.from_numpy(dy)
+
+    def np_inf():
+        nl(xn)
+
+    def t_inf():
+        with torch.no_grad():
+            tl(x)
+
+    def np_train():
+        y, s, tape = nl.forward(xn, train=True)
+        nl.backward(tape, dy)
+
+    def t_train():
+        y, _ = tl(xg)
+        y.backward(dyt)
+    a, b, c, d = _median_time([np_inf, t_inf, np_train, t_train], reps, warmup=50)
+    return {"numpy_forward_us": a * 1e6, "torch_forward_us": b * 1e6, "forward_overhead_us": (b - a) * 1e6,
+            "numpy_train_us": c * 1e6, "torch_train_us": d * 1e6, "train_overhead_us": (d - c) * 1e6}
+
+
+
+
+def _model(kind, H):
+    import torch
+    from torch import nn
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(VOCAB, H)
+            self.rnn = getattr(nn, kind)(H, H, num_layers=2)
+            self.head = nn.Linear(H, VOCAB)
+
+        def forward(self, tokens):
+            y, _ = self.rnn(self.emb(tokens))
+            return self.head(y)
+    torch.manual_seed(0)
+    return Net()
+
+
+def training_steps(kind, T, B, H, reps):
+    import torch
+    import fastrnn.torch as ft
+    from fastrnn import nn as fnn
+    ref = _model(kind, H)
+    fast = _model(kind, H)
+    fast.load_state_dict(ref.state_dict())
+    ft.convert(fast)
+    tokens = torch.randint(0, VOCAB, (T, B))
+    target = torch.randint(0, VOCAB, (T, B))
+
+    def stepper(model):
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+        def step():
+            opt.zero_grad()
+            loss = torch.nn.functional.cross_entropy(model(tokens).reshape(-1, VOCAB), target.reshape(-1))
+            loss.backward()
+            opt.step()
+        return step
+    # the bare recurrent layers: torch.nn's autograd against fastrnn.nn's forward + backward
+    x = torch.randn(T, B, H)
+    xg = x.clone().requires_grad_(True)
+    dy = torch.randn(T, B, H)
+    tr = ref.rnn
+    nr = getattr(fnn, kind)(H, H, num_layers=2)
+    nr.load_state_dict(tr.state_dict())
+    xn, dyn = x.numpy().copy(), dy.numpy().copy()
+
+    def bare_torch():
+        tr.zero_grad()
+        y, _ = tr(xg)
+        y.backward(dy)
+
+    def bare_np():
+        y, s, tape = nr.forward(xn, train=True)
+        nr.backward(tape, dyn)
+    t_ref, t_fast, b_ref, b_np = _median_time([stepper(ref), stepper(fast), bare_torch, bare_np], reps)
+    return {"cell": kind, "T": T, "B": B, "H": H, "torch_ms": t_ref * 1e3, "fastrnn_ms": t_fast * 1e3,
+            "loop_speedup": t_ref / t_fast, "bare_torch_ms": b_ref * 1e3, "bare_fastrnn_ms": b_np * 1e3,
+            "bare_speedup": b_ref / b_np, "kept": (t_ref / t_fast) / (b_ref / b_np)}
+
+
+def run(shapes=None, reps=5, overhead_reps=2000, quick=False, out=print):
+    """Print (and return) the overhead figures and the training-loop table."""
+    import torch
+    from fastrnn.runtime import machine_info
+    if quick:
+        shapes, reps, overhead_reps = shapes or SHAPES[:2], min(reps, 3), min(overhead_reps, 300)
+    shapes = shapes or SHAPES
+    info = machine_info()
+    out(f"# {info['cpu']}, {info['usable_cpus']} usable CPUs, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, fastrnn ISA {info['fastrnn_isa']}")
+    ov = overhead(overhead_reps)
+    out(f"wrapper overhead, LSTM(128, 128), T=1, B=1: forward {ov['forward_overhead_us']:.1f} us "
+        f"({ov['numpy_forward_us']:.1f} numpy API -> {ov['torch_forward_us']:.1f} fastrnn.torch), "
+        f"forward+backward {ov['train_overhead_us']:.1f} us ({ov['numpy_train_us']:.1f} -> "
+        f"{ov['torch_train_us']:.1f})")
+    out("| cell | T, B, H | torch.nn step ms | converted step ms | loop speedup | bare speedup | kept |")
+    out("|---|---|---|---|---|---|---|")
+    rows = []
+    for kind, T, B, H in shapes:
+        r = training_steps(kind, T, B, H, reps)
+        rows.append(r)
+        out(f"| {kind} | {T}, {B}, {H} | {r['torch_ms']:.1f} | {r['fastrnn_ms']:.1f} | {r['loop_speedup']:.2f} | "
+            f"{r['bare_speedup']:.2f} | {r['kept']:.2f} |")
+    return {"overhead": ov, "rows": rows}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="two shapes, fewer repetitions")
+    p.add_argument("--reps", type=int, default=5)
+    a = p.parse_args(argv)
+    run(reps=a.reps, quick=a.quick)
+
+
+if __name__ == "__main__":
+    main()

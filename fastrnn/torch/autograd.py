@@ -1,0 +1,132 @@
+"""One autograd node per module call: the training forward and the BPTT kernels of fastrnn.nn on the
+tensors' own memory.
+
+`run(spec, keys, params, x, h0, c0, lengths, dropout_masks)` is what the modules call.  It returns torch
+tensors (y, h_n[, c_n]); when autograd needs them, the outputs hang on one `_RNNFunction` node whose backward
+runs fastrnn's backward kernels and writes the parameter gradients straight into fresh tensors' memory.
+Parameters are read in place on every call (numpy views of the Parameters; no copy unless one is not
+C-contiguous), so in-place optimizer updates are always seen.
+"""
+import numpy as np
+import torch
+
+from .. import runtime as _rt
+from . import _engine as E
+
+__all__ = ["run", "sync_threads", "torch_mask_fn"]
+
+CALLS = [0]  # calls of the kernels through run() (a test hook: which path ran)
+
+
+def sync_threads():
+    """The kernels use torch.get_num_threads() threads when called through fastrnn.torch."""
+    n = torch.get_num_threads()
+    if _rt.get_num_threads() != n:
+        _rt.set_num_threads(n)
+
+
+def _np(t):
+    """A numpy view of a CPU tensor (no copy)."""
+    return t.detach().numpy()
+
+
+def _np_param(t):
+    a = t.detach()
+    if not a.is_contiguous():
+        a = a.contiguous()
+    return a.numpy()
+
+
+def torch_mask_fn(p, dtype):
+    """Dropout masks drawn from torch's default generator (so torch.manual_seed repeats a run)."""
+    keep = 1.0 - p
+
+    def mask_fn(k, shape):
+        return torch.empty(tuple(shape), dtype=dtype).bernoulli_(keep).div_(keep).numpy()
+    return mask_fn
+
+
+def _hx_np(has_c, h0, c0):
+    if h0 is None:
+        return None
+    return (_np(h0), _np(c0)) if has_c else _np(h0)
+
+
+def _state_tensors(has_c, state):
+    if has_c:
+        return torch.from_numpy(state[0]), torch.from_numpy(state[1])
+    return (torch.from_numpy(state),)
+
+
+_DOUBLE_BACKWARD = ("fastrnn.torch: double backward (create_graph=True through an RNN/LSTM/GRU) is not supported: "
+                    "the fastrnn kernels are first-order only; use torch.nn's module (fastrnn.torch.revert) "
+                    "for second-order gradients")
+
+
+class _RNNFunction(torch.autograd.Function):
+    """y, h_n[, c_n] = f(x, h0, c0, *params); backward = fastrnn's BPTT kernels (first order only)."""
+
+    @staticmethod
+    def forward(ctx, spec, keys, lengths, mask_fn, views, x, h0, c0, *params):
+        has_c = spec.cell_name == "lstm"
+        pd = views if views is not None else {k: _np_param(p) for k, p in zip(keys, params)}
+        y, state, tape = E.forward(spec, pd, _np(x), _hx_np(has_c, h0, c0), lengths, train=True,
+                                   mask_fn=mask_fn)
+        ctx.set_materialize_grads(False)
+        ctx.spec, ctx.keys, ctx.tape, ctx.has_c = spec, keys, tape, has_c
+        ctx.y_shape = y.shape
+        ctx.h0_given = h0 is not None
+        # Saved only so that autograd's version counters catch an in-place change before backward.
+        ctx.save_for_backward(x, *params)
+        outs = (torch.from_numpy(y),) + _state_tensors(has_c, state)
+        return outs
+
+    @staticmethod
+    def backward(ctx, dy, dh, dc=None):
+        if torch.is_grad_enabled():  # create_graph=True: a gradient of this gradient was asked for
+            raise RuntimeError(_DOUBLE_BACKWARD)
+        ctx.saved_tensors  # raises if x or a parameter was modified in place since the forward
+        spec, keys, has_c = ctx.spec, ctx.keys, ctx.has_c
+        dt = torch.float64 if spec.dtype == np.float64 else torch.float32
+        if dy is None:
+            dy_np = np.zeros(ctx.y_shape, spec.dtype)
+        else:
+            dy_np = _np(dy)
+        if has_c:
+            dstate = None if dh is None and dc is None else (None if dh is None else _np(dh),
+                                                             None if dc is None else _np(dc))
+        else:
+            dstate = None if dh is None else _np(dh)
+        need = ctx.needs_input_grad
+        shapes = dict(E.param_shapes(spec))
+        gt = {k: torch.empty(shapes[k], dtype=dt) for i, k in enumerate(keys) if need[8 + i]}
+        out = {k: t.numpy() for k, t in gt.items()}
+        dx, dhx, _ = E.backward(ctx.tape, dy_np, dstate, out=out)
+        dx_t = torch.from_numpy(dx) if need[5] else None
+        dh0 = dc0 = None
+        if ctx.h0_given:
+            if has_c:
+                dh0 = torch.from_numpy(dhx[0]) if need[6] else None
+                dc0 = torch.from_numpy(dhx[1]) if need[7] else None
+            else:
+                dh0 = torch.from_numpy(dhx) if need[6] else None
+        return (None, None, None, None, None, dx_t, dh0, dc0) + tuple(gt.get(k) for k in keys)
+
+
+def run(spec, keys, params, x, h0, c0, lengths, mask_fn, views=None):
+    """Forward of one module call.  x, h0, c0: CPU tensors in the layouts the spec expects (h0/c0 None for
+    zeros; c0 only for LSTM); params: the tensors keyed by `keys`; lengths: None or an int ndarray (B,).
+    spec.dropout > 0 only in training mode (the caller's choice).  Returns (y, h_n) or (y, h_n, c_n)."""
+    sync_threads()
+    CALLS[0] += 1
+    needs_grad = torch.is_grad_enabled() and (
+        x.requires_grad or (h0 is not None and h0.requires_grad) or (c0 is not None and c0.requires_grad)
+        or any(p.requires_grad for p in params))
+    dropout = spec.dropout > 0 and spec.num_layers > 1
+    if needs_grad:
+        return _RNNFunction.apply(spec, keys, lengths, mask_fn if dropout else None, views, x, h0, c0, *params)
+    has_c = spec.cell_name == "lstm"
+    pd = views if views is not None else {k: _np_param(p) for k, p in zip(keys, params)}
+    y, state, _ = E.forward(spec, pd, _np(x), _hx_np(has_c, h0, c0), lengths, train=dropout,
+                            mask_fn=mask_fn if dropout else None)
+    return (torch.from_numpy(y),) + _state_tensors(has_c, state)
