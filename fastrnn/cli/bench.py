@@ -46,10 +46,24 @@ def add_parser(subparsers):
                    help="shared machines: re-measure a case up to N times when other processes took more than "
                         "0.25 CPU while it was timed, after waiting (up to 2 min) for the machine to go idle; "
                         "the least disturbed measurement is kept (default 0)")
+    b.add_argument("--torch-loop", action="store_true",
+                   help="instead of the kernel table: whole training steps of a converted model (fastrnn.torch) "
+                        "against the same model on torch.nn, and the autograd wrapper's per-call overhead "
+                        "(needs torch; with --quick, fewer shapes and repetitions)")
+    b.add_argument("--quick", action="store_true", help="with --torch-loop: a short run")
     return b
 
 
 def run(args):
+    if args.torch_loop:
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            print('fastrnn bench --torch-loop needs PyTorch: pip install "fastrnn[torch]"', file=sys.stderr)
+            return 2
+        from ..bench import torch_loop
+        torch_loop.run(quick=args.quick)
+        return 0
     from .. import bench as fb
 
     threads = args.threads or [_usable_cpus()]

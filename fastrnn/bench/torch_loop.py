@@ -1,6 +1,6 @@
 """fastrnn.torch against torch.nn in whole training loops, and the autograd wrapper's per-call overhead.
 
-    python bench/torch_loop.py [--quick]          (or run(...) from Python; the CLI's --torch-loop)
+    fastrnn bench --torch-loop [--quick]     (or python -m fastrnn.bench.torch_loop, or run(...) from Python)
 
 1. Overhead: LSTM(128, 128), T = 1, B = 1: the numpy API (fastrnn.nn) against fastrnn.torch on the same
    kernels, inference (no_grad) and forward + backward; the difference is what the wrapper adds (us a call).
