@@ -15,7 +15,7 @@ here = os.path.dirname(os.path.abspath(__file__))
 os.chdir(here)
 
 sources = ["fastrnn/_core.pyx", "csrc/gemm.c", "csrc/dispatch.c", "csrc/threads.c", "csrc/workspace.c"] + sorted(glob.glob("csrc/isa/*.c"))
-depends = sorted(glob.glob("csrc/*.h") + glob.glob("csrc/*.c"))
+depends = sorted(glob.glob("csrc/*.h") + glob.glob("csrc/*.c") + glob.glob("csrc/gen/*.h"))
 
 ext = Extension(
     "fastrnn._core",

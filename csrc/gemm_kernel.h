@@ -339,7 +339,7 @@ static void gk_store_edge(int mr, int nr, const real *t, /* (MR, NR) */
 
 /* AVX-512: MR rows x 2 zmm vectors (NR = 32).  The tile is listed once, in GK_ROWS, and every per-row step
  * is a macro over it: the accumulators are named variables c<r>_0, c<r>_1, not an array (GCC spilled
- * accumulator arrays to the stack in this project before, see gen_tiles.py).  Per k: 2 loads of the B row,
+ * accumulator arrays to the stack in this project before, see csrc/gen/gen_tiles.py).  Per k: 2 loads of the B row,
  * MR broadcasts of A (vbroadcastss from memory is a plain load, no shuffle port) and 2 MR FMAs: 16 loads
  * for 28 FMAs, so the two FMA ports stay the limit, and GCC keeps all 28 accumulators, the B row and one
  * broadcast register in the 32 zmm registers (no spill in the k loop). */
@@ -478,7 +478,7 @@ typedef __m256 gk_vec;
 #endif
 
 /* C (MR x NR tile) = alpha * Ap Bp + beta * C over kc.  The 12 accumulators are named variables, not an
- * array: GCC spilled accumulator arrays to the stack in this project before (see gen_tiles.py). */
+ * array: GCC spilled accumulator arrays to the stack in this project before (see csrc/gen/gen_tiles.py). */
 static void gk_micro(int kc, const real *restrict a, /* (kc, MR) packed */
                      const real *restrict b,         /* (kc, NR) packed, 64-byte aligned */
                      real alpha, real beta, real *C, int ldc, /* (mr, ldc) */

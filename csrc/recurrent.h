@@ -224,13 +224,13 @@ static int rec_pack_transposed(rec_pack *p, int H, int K,
  * MR rows x NV vectors of accumulators in registers over the whole K loop (at most 12 of the 16); one row
  * alone would chain every FMA on the previous one (4 cycles of latency, 2 issued per cycle), so the row
  * kernels keep even and odd k apart. */
-#include "tiles_avx2.h"
+#include "gen/tiles_avx2.h"
 #endif
 #if FR_AVX512
 /* rec_z32[mr], rec_z24[mr], rec_z16[mr] for mr = 1 .. 12 and rec_z48[mr] for mr = 1 .. 8: the panels in
  * zmm registers, twice the FMA width of AVX2 and 32 registers, so a tile takes 12 rows (B = 16 passes a
  * panel twice per step, not 6 times) */
-#include "tiles_avx512.h"
+#include "gen/tiles_avx512.h"
 #endif
 
 /* Rows of one tile: as many as keep the accumulators in registers. */
@@ -307,7 +307,7 @@ static void rec_tile_direct(const rec_pack *p, int j, int mr,
 
 /* out (mr, W) = [a1 rows | a2 rows] @ panel of block j, mr <= rec_tile_rows(p); a2 is only read when the
  * pack has a second segment.  pf: another panel of p (rec_next_panel) to prefetch into L2 as this one is
- * read, or NULL.  Only the AVX-512 tiles of at least 4 rows act on it (gen_tiles.py, PF_MR). */
+ * read, or NULL.  Only the AVX-512 tiles of at least 4 rows act on it (csrc/gen/gen_tiles.py, PF_MR). */
 static void rec_tile_pf(const rec_pack *p, int j, int mr,
                         const real *const *a1, /* (mr) rows of K1 */
                         const real *const *a2, /* (mr) rows of K - K1, or unused */
