@@ -66,6 +66,53 @@ def timed(run, n):
     return (time.perf_counter() - t) / n
 
 
+def check_case(fr, cell, T, B, I, H, opts):
+    """Every output and gradient of one training forward + backward and one inference call."""
+    cls = {"lstm": fr.LSTM, "gru": fr.GRU, "rnn": fr.RNN}[cell]
+    kw = {k: v for k, v in opts.items() if k != "lengths"}
+    layer = cls(I, H, seed=0, **kw)
+    dt = kw.get("dtype", np.float32)
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((T, B, I)).astype(dt)
+    lengths = opts.get("lengths")
+    yi = layer(x, lengths=lengths)[0] if lengths is not None else layer(x)[0]
+    y, state, tape = layer.forward(x, lengths=lengths) if lengths is not None else layer.forward(x)
+    dy = rng.standard_normal(y.shape).astype(dt)
+    dx, dstate, grads = layer.backward(tape, dy)
+    flat = [("y_infer", yi), ("y", y), ("dx", dx)]
+    for name, v in (("state", state), ("dstate", dstate)):
+        for i, a in enumerate(v if isinstance(v, tuple) else (v,)):
+            flat.append((f"{name}{i}", a))
+    flat += sorted(grads.items()) if isinstance(grads, dict) else [(f"grad{i}", g) for i, g in enumerate(grads)]
+    return flat
+
+
+def check(old, new, isas, a):
+    variants = [{}, {"bias": False}, {"dtype": np.float64}, {"bidirectional": True}, {"num_layers": 2}]
+    shapes = [(5, 3, 7, 13), (9, 16, 24, 40), (6, 1, 33, 64), (4, 20, 16, 72), (3, 64, 32, 128), (8, 2, 128, 256),
+              (6, 32, 256, 256)]
+    bad = 0
+    for isa in isas:
+        for fr in (old, new):
+            fr.set_isa(isa)
+        for nth in [int(t) for t in a.threads.split(",")]:
+            for fr in (old, new):
+                fr.set_num_threads(nth)
+            for cell in a.cells.split(","):
+                vs = variants + ([{"proj_size": 5}] if cell == "lstm" else [])
+                for (T, B, I, H) in shapes:
+                    lens = np.maximum(1, T - np.arange(B) % T).astype(np.int64)
+                    for opts in vs + [{"lengths": lens}]:
+                        ro = check_case(old, cell, T, B, I, H, opts)
+                        rn = check_case(new, cell, T, B, I, H, opts)
+                        diff = [n for (n, u), (_, v) in zip(ro, rn) if not np.array_equal(u, v)]
+                        if diff:
+                            bad += 1
+                            print(f"DIFFER {isa} {nth}thr {cell} {T},{B},{I},{H} {opts if 'lengths' not in opts else 'lengths'}: {diff}")
+    print(f"check: {'all bitwise equal' if not bad else f'{bad} cases differ'}")
+    return 1 if bad else 0
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("old")
@@ -78,6 +125,9 @@ def main():
     ap.add_argument("--modes", default="fwd,train")
     ap.add_argument("--pairs", type=int, default=31)
     ap.add_argument("--sample-ms", type=float, default=20.0)
+    ap.add_argument("--check", action="store_true",
+                    help="no timing: compare every output and gradient of both builds bit for bit over a grid of "
+                         "options (lengths, projection, bidirectional, float64, no bias) on each --isa")
     a = ap.parse_args()
 
     old, f_old = load(a.old, "fastrnn_old")
@@ -86,6 +136,8 @@ def main():
         sys.exit(f"both builds load the same {f_old}")
     print(f"old: {f_old}\nnew: {f_new}")
     isas = [s for s in a.isa.split(",") if s] or [new.get_isa()]
+    if a.check:
+        sys.exit(check(old, new, isas, a))
     print(f"{'isa':<8} {'thr':>3} {'cell':<5} {'mode':<6} {'T,B,I,H':<16} {'old ms':>8} {'new ms':>8}  old/new")
     for isa in isas:
         for fr in (old, new):
@@ -101,10 +153,8 @@ def main():
                         T, B, I, H = (int(v) for v in shape.split(","))
                         r_old = make_case(old, cell, T, B, I, H, mode)
                         r_new = make_case(new, cell, T, B, I, H, mode)
-                        o, n_ = r_old(), r_new()  # warm-up, and the same numbers from both
-                        if not np.allclose(o, n_, rtol=1e-4, atol=1e-5):
-                            print(f"  warning: {cell} {mode} {shape}: outputs differ "
-                                  f"(max {np.max(np.abs(o - n_)):.3g})")
+                        o, n_ = r_old(), r_new()  # warm-up, and the numbers of both
+                        same = "" if np.array_equal(o, n_) else f"  (outputs differ: max {np.max(np.abs(o - n_)):.3g})"
                         reps = max(1, int(a.sample_ms / 1e3 / max(timed(r_new, 1), 1e-6)))
                         ratios, to, tn = [], [], []
                         for p in range(a.pairs):
@@ -118,7 +168,7 @@ def main():
                             to.append(t_o)
                             tn.append(t_n)
                         print(f"{isa:<8} {nth:>3} {cell:<5} {mode:<6} {shape:<16} {statistics.median(to) * 1e3:8.3f} "
-                              f"{statistics.median(tn) * 1e3:8.3f}  x{statistics.median(ratios):.3f}", flush=True)
+                              f"{statistics.median(tn) * 1e3:8.3f}  x{statistics.median(ratios):.3f}{same}", flush=True)
 
 
 if __name__ == "__main__":

@@ -66,7 +66,7 @@
 #ifndef GK_NC
 #define GK_NC 3072
 #endif
-#elif FR_AVX2 && !FR_DOUBLE
+#elif FR_SIMD
 #define GK_MR 6
 #define GK_NR 16
 #ifndef GK_KC
@@ -216,7 +216,7 @@ static void gk_pack_a(int trans_a, const real *A, int lda, /* (M, lda) or (K, ld
     } else {
         /* A panel is MR rows of A, each read contiguously; written interleaved */
         int p = 0;
-#if FR_AVX2 && !FR_DOUBLE && GK_MR == 6
+#if FR_SIMD && GK_MR == 6
         /* 8 k at a time: the 6 x 8 block through an 8 x 8 register transpose, then 8 stores of 6 floats
          * (whole vectors; the next store, or the slack, takes the 2 extra) */
         for (; p < full; p += GK_MR) {

@@ -64,14 +64,14 @@ static inline void gru_cell_after(int H, int NB, int u0, int nu,
                                   real *gates,      /* (3H) tape row out: r, z, n; or NULL */
                                   real *aux)        /* (H) tape row out: h W_hn^T + b_hn; or NULL */
 {
-#if FR_AVX2 && !FR_DOUBLE
+#if FR_SIMD
     if (nu == 8 && NB == 8) {
         __m256 pr = _mm256_add_ps(_mm256_loadu_ps(acc), _mm256_loadu_ps(xw + u0));
         __m256 pz = _mm256_add_ps(_mm256_loadu_ps(acc + 8), _mm256_loadu_ps(xw + H + u0));
         __m256 ph = _mm256_loadu_ps(acc + 16);
         if (b_hn) ph = _mm256_add_ps(ph, _mm256_loadu_ps(b_hn + u0));
-        __m256 r = vm_sigmoid8(pr), z = vm_sigmoid8(pz);
-        __m256 nn = vm_tanh8(_mm256_fmadd_ps(r, ph, _mm256_loadu_ps(xw + 2 * H + u0)));
+        __m256 r = vr8_sigmoid(pr), z = vr8_sigmoid(pz);
+        __m256 nn = vr8_tanh(_mm256_fmadd_ps(r, ph, _mm256_loadu_ps(xw + 2 * H + u0)));
         __m256 hv = _mm256_fmadd_ps(z, _mm256_sub_ps(_mm256_loadu_ps(hp + u0), nn), nn);
         _mm256_storeu_ps(hn + u0, hv);
         _mm256_storeu_ps(yr + u0, hv);
@@ -140,7 +140,7 @@ static void gru_cells_after(int H, int NB, int ja, int jb, int n,
 {
     const size_t G3 = (size_t)3 * H;
     int jf = ja; /* blocks [ja, jf) are full and take the vector path, the others the scalar one */
-#if FR_AVX2 && !FR_DOUBLE
+#if FR_SIMD
     if (NB % 8 == 0) {
         /* groups of 8 units: units [u0, u0 + 8) of sorted row k (gru_next) */
         jf = jb * NB > H ? jb - 1 : jb;
@@ -153,8 +153,8 @@ static void gru_cells_after(int H, int NB, int ja, int jb, int n,
             int ub, kb;
             real *ta = gru_next(&cur, tb, W, n, ja, NB, &ua, &ka), *tb1 = gru_next(&cur, tb, W, n, ja, NB, &ub, &kb);
             const real *xa = xs + (size_t)ka * G3, *xb = xs + (size_t)kb * G3;
-            __m512 r = vm_sigmoid16(_mm512_add_ps(vm_join8(ta, tb1), vm_join8(xa + ua, xb + ub)));
-            __m512 z = vm_sigmoid16(_mm512_add_ps(vm_join8(ta + NB, tb1 + NB), vm_join8(xa + H + ua, xb + H + ub)));
+            __m512 r = vr16_sigmoid(_mm512_add_ps(vm_join8(ta, tb1), vm_join8(xa + ua, xb + ub)));
+            __m512 z = vr16_sigmoid(_mm512_add_ps(vm_join8(ta + NB, tb1 + NB), vm_join8(xa + H + ua, xb + H + ub)));
             vm_split8(r, ta, tb1);
             vm_split8(z, ta + NB, tb1 + NB);
         }
@@ -162,8 +162,8 @@ static void gru_cells_after(int H, int NB, int ja, int jb, int n,
         for (; i < m; i++) {
             real *t = gru_next(&cur, tb, W, n, ja, NB, &ua, &ka);
             const real *x = xs + (size_t)ka * G3;
-            __m256 r = vm_sigmoid8(_mm256_add_ps(_mm256_loadu_ps(t), _mm256_loadu_ps(x + ua)));
-            __m256 z = vm_sigmoid8(_mm256_add_ps(_mm256_loadu_ps(t + NB), _mm256_loadu_ps(x + H + ua)));
+            __m256 r = vr8_sigmoid(_mm256_add_ps(_mm256_loadu_ps(t), _mm256_loadu_ps(x + ua)));
+            __m256 z = vr8_sigmoid(_mm256_add_ps(_mm256_loadu_ps(t + NB), _mm256_loadu_ps(x + H + ua)));
             _mm256_storeu_ps(t, r);
             _mm256_storeu_ps(t + NB, z);
         }
@@ -176,7 +176,7 @@ static void gru_cells_after(int H, int NB, int ja, int jb, int n,
             real *xa = xs + (size_t)ka * G3, *xb = xs + (size_t)kb * G3;
             __m512 r = vm_join8(ta, tb1), z = vm_join8(ta + NB, tb1 + NB), ph = vm_join8(ta + 2 * NB, tb1 + 2 * NB);
             if (b_hn) ph = _mm512_add_ps(ph, vm_join8(b_hn + ua, b_hn + ub));
-            __m512 nn = vm_tanh16(_mm512_fmadd_ps(r, ph, vm_join8(xa + 2 * H + ua, xb + 2 * H + ub)));
+            __m512 nn = vr16_tanh(_mm512_fmadd_ps(r, ph, vm_join8(xa + 2 * H + ua, xb + 2 * H + ub)));
             __m512 hv = _mm512_fmadd_ps(
                 z, _mm512_sub_ps(vm_join8(hprev + (size_t)ka * H + ua, hprev + (size_t)kb * H + ub), nn), nn);
             vm_split8(hv, hnew + (size_t)ka * H + ua, hnew + (size_t)kb * H + ub);
@@ -194,7 +194,7 @@ static void gru_cells_after(int H, int NB, int ja, int jb, int n,
             real *x = xs + (size_t)ka * G3;
             __m256 r = _mm256_loadu_ps(t), z = _mm256_loadu_ps(t + NB), ph = _mm256_loadu_ps(t + 2 * NB);
             if (b_hn) ph = _mm256_add_ps(ph, _mm256_loadu_ps(b_hn + ua));
-            __m256 nn = vm_tanh8(_mm256_fmadd_ps(r, ph, _mm256_loadu_ps(x + 2 * H + ua)));
+            __m256 nn = vr8_tanh(_mm256_fmadd_ps(r, ph, _mm256_loadu_ps(x + 2 * H + ua)));
             __m256 hv = _mm256_fmadd_ps(z, _mm256_sub_ps(_mm256_loadu_ps(hprev + (size_t)ka * H + ua), nn), nn);
             _mm256_storeu_ps(hnew + (size_t)ka * H + ua, hv);
             _mm256_storeu_ps(yr[ka] + ua, hv);
@@ -226,11 +226,11 @@ static inline void gru_cell_rz(int H, int NB, int u0, int nu,
                                real *rh)        /* (H) out: r * h */
 {
     int v = 0;
-#if FR_AVX2 && !FR_DOUBLE
+#if FR_SIMD
     for (; v + 8 <= nu; v += 8) {
         const int u = u0 + v;
-        __m256 r = vm_sigmoid8(_mm256_add_ps(_mm256_loadu_ps(acc + v), _mm256_loadu_ps(g + u)));
-        __m256 z = vm_sigmoid8(_mm256_add_ps(_mm256_loadu_ps(acc + NB + v), _mm256_loadu_ps(g + H + u)));
+        __m256 r = vr8_sigmoid(_mm256_add_ps(_mm256_loadu_ps(acc + v), _mm256_loadu_ps(g + u)));
+        __m256 z = vr8_sigmoid(_mm256_add_ps(_mm256_loadu_ps(acc + NB + v), _mm256_loadu_ps(g + H + u)));
         _mm256_storeu_ps(g + u, r);
         _mm256_storeu_ps(g + H + u, z);
         _mm256_storeu_ps(rh + u, _mm256_mul_ps(r, _mm256_loadu_ps(h + u)));
@@ -254,10 +254,10 @@ static inline void gru_cell_n(int H, int u0, int nu,
                               real *yr)        /* (H) y row out */
 {
     int v = 0;
-#if FR_AVX2 && !FR_DOUBLE
+#if FR_SIMD
     for (; v + 8 <= nu; v += 8) {
         const int u = u0 + v;
-        __m256 nn = vm_tanh8(_mm256_add_ps(_mm256_loadu_ps(g + 2 * H + u), _mm256_loadu_ps(rec + v)));
+        __m256 nn = vr8_tanh(_mm256_add_ps(_mm256_loadu_ps(g + 2 * H + u), _mm256_loadu_ps(rec + v)));
         __m256 z = _mm256_loadu_ps(g + H + u);
         __m256 hv = _mm256_fmadd_ps(z, _mm256_sub_ps(_mm256_loadu_ps(h + u), nn), nn);
         _mm256_storeu_ps(g + 2 * H + u, nn);
@@ -621,7 +621,7 @@ static inline void gru_bwd_rowA(int H, int u0, int u1, int reset_after,
     const real *r = gt, *z = gt + H, *nn = gt + 2 * H;
     real *gr = g, *gz = g + H, *gn = g + 2 * H;
     int u = u0;
-#if FR_AVX2 && !FR_DOUBLE
+#if FR_SIMD
     const __m256 one = _mm256_set1_ps(1.0f);
     for (; u + 8 <= u1; u += 8) {
         __m256 d = _mm256_add_ps(_mm256_loadu_ps(dyr + u), _mm256_loadu_ps(dhr + u));

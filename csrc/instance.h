@@ -3,7 +3,7 @@
  * (one of the files in csrc/isa/), collected into that instance's kernel table.
  */
 #include "common.h"
-#include "vmath.h"
+#include "simd.h"
 #include "gemm_kernel.h"
 #include "recurrent.h"
 #include "seq.h"

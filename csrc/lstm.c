@@ -80,16 +80,16 @@ static inline void lstm_tile_cell(int H, int NB, int u0, int nu,
                                   real *m,          /* (H) row of m = o * tanh(c) (= h_t without projection) */
                                   real *yr)         /* (H) row of y, or NULL (projection: y is h_t, later) */
 {
-#if FR_AVX2 && !FR_DOUBLE
+#if FR_SIMD
     if (nu == 8 && NB == 8) {
         __m256 p[4];
         for (int g = 0; g < 4; g++) {
             p[g] = _mm256_loadu_ps(acc + g * 8);
             if (bias) p[g] = _mm256_add_ps(p[g], _mm256_loadu_ps(bias + g * H + u0));
         }
-        __m256 i = vm_sigmoid8(p[0]), f = vm_sigmoid8(p[1]), g = vm_tanh8(p[2]), o = vm_sigmoid8(p[3]);
+        __m256 i = vr8_sigmoid(p[0]), f = vr8_sigmoid(p[1]), g = vr8_tanh(p[2]), o = vr8_sigmoid(p[3]);
         __m256 cn = _mm256_fmadd_ps(f, _mm256_loadu_ps(c + u0), _mm256_mul_ps(i, g));
-        __m256 mv = _mm256_mul_ps(o, vm_tanh8(cn));
+        __m256 mv = _mm256_mul_ps(o, vr8_tanh(cn));
         if (gates) {
             _mm256_storeu_ps(gates + u0, i);
             _mm256_storeu_ps(gates + H + u0, f);
@@ -148,9 +148,9 @@ static inline void lstm_cell16(int H, int row, lstm_half a, lstm_half b) {
         p[q] = vm_join8(a.acc + q * 8, b.acc + q * 8);
         if (a.bias) p[q] = _mm512_add_ps(p[q], vm_load16(row, a.bias + (size_t)q * H, b.bias + (size_t)q * H));
     }
-    __m512 i = vm_sigmoid16(p[0]), f = vm_sigmoid16(p[1]), g = vm_tanh16(p[2]), o = vm_sigmoid16(p[3]);
+    __m512 i = vr16_sigmoid(p[0]), f = vr16_sigmoid(p[1]), g = vr16_tanh(p[2]), o = vr16_sigmoid(p[3]);
     __m512 cn = _mm512_fmadd_ps(f, vm_load16(row, a.c, b.c), _mm512_mul_ps(i, g));
-    __m512 mv = _mm512_mul_ps(o, vm_tanh16(cn));
+    __m512 mv = _mm512_mul_ps(o, vr16_tanh(cn));
     if (a.gates) {
         vm_store16(row, i, a.gates, b.gates);
         vm_store16(row, f, a.gates + H, b.gates + H);
@@ -619,10 +619,10 @@ static inline void lstm_dgates(int H, int u0, int nu,
         }                                                                                                \
     } while (0)
 #if FR_AVX512
-    LSTM_DGATES_LOOP(_mm512, __m512, 16, vm_tanh16); /* 16 units a zmm: half the instructions, no divider */
+    LSTM_DGATES_LOOP(_mm512, __m512, 16, vr16_tanh); /* 16 units a zmm: half the instructions, no divider */
 #endif
-#if FR_AVX2 && !FR_DOUBLE
-    LSTM_DGATES_LOOP(_mm256, __m256, 8, vm_tanh8);
+#if FR_SIMD
+    LSTM_DGATES_LOOP(_mm256, __m256, 8, vr8_tanh);
 #endif
 #undef LSTM_DGATES_LOOP
     for (; v < nu; v++) {

@@ -74,7 +74,7 @@ static void rec_pack_segment(real *pj, int W, int NB, int g, int nu,
                              int k0)                         /* first panel row of the segment */
 {
     int k = 0;
-#if FR_AVX2 && !FR_DOUBLE
+#if FR_SIMD
     if (nu == 8 && NB % 8 == 0) {
         for (; k + 8 <= K; k += 8) {
             __m256 r[8], c[8];
@@ -112,7 +112,7 @@ static void rec_pack_blocks(const rec_pack *p, int j0, int j1) {
         const int nu = rec_block_units(p, j);
         for (int g = 0; g < G; g++) {
             const size_t row = (size_t)g * H + (size_t)j * p->NB;
-            if (nu % 8 == 0 || !(FR_AVX2 && !FR_DOUBLE)) {
+            if (nu % 8 == 0 || !FR_SIMD) {
                 for (int v0 = 0; v0 < nu; v0 += 8) { /* 8 units at a time (the transpose's width) */
                     int nv = nu - v0 < 8 ? nu - v0 : 8;
                     rec_pack_segment(pj + v0, p->W, p->NB, g, nv, w1 + (row + v0) * ld1, ld1, K1, 0);
@@ -218,7 +218,7 @@ static int rec_pack_transposed(rec_pack *p, int H, int K,
  * for k < K1 and a2[r] for the rest (x_t then h_{t-1}: the input projection and the recurrent product in
  * one pass).  Rows come as pointers, so the permuted / per-sequence-time rows of variable lengths cost
  * nothing. */
-#if FR_AVX2 && !FR_DOUBLE
+#if FR_SIMD
 /* rec_k4_row, rec_k4_2, rec_k4_3 (4 vectors per panel row: LSTM, RNN), rec_k3_row .. rec_k3_4 (3: GRU) and
  * rec_k2_row .. rec_k2_4 (2: the GRU's r, z of reset_after = 0):
  * MR rows x NV vectors of accumulators in registers over the whole K loop (at most 12 of the 16); one row
@@ -237,7 +237,7 @@ static int rec_pack_transposed(rec_pack *p, int H, int K,
 static inline int rec_tile_rows(const rec_pack *p) {
 #if FR_AVX512
     return p->W == 48 ? Z_MR48 : p->W == 32 || p->W == 24 || p->W == 16 ? Z_MR : REC_MR_MAX;
-#elif FR_AVX2 && !FR_DOUBLE
+#elif FR_SIMD
     return p->W == 24 || p->W == 16 ? 4 : 3;
 #else
     (void)p;
@@ -252,7 +252,7 @@ static inline void rec_dot4(const real *a, /* (n) */
                             int n, real *o) /* (4) in/out */
 {
     int k = 0;
-#if FR_AVX2 && !FR_DOUBLE
+#if FR_SIMD
     __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
     for (; k + 8 <= n; k += 8) {
         const __m256 av = _mm256_loadu_ps(a + k);
@@ -327,7 +327,7 @@ static void rec_tile_pf(const rec_pack *p, int j, int mr,
 #else
     (void)pf;
 #endif
-#if FR_AVX2 && !FR_DOUBLE
+#if FR_SIMD
     if (p->W == 32) {
         if (mr == 1) rec_k4_row(p->K1, p->K, a1, a2, panel, out);
         else if (mr == 2) rec_k4_2(p->K1, p->K, a1, a2, panel, out);
@@ -451,7 +451,7 @@ static inline void rec_put_gates(int G, int H, int NB, int u0, int nu,
         const real *a = acc + g * NB;                            /* (nu) */
         const real *b = bias ? bias + (size_t)g * H + u0 : NULL; /* (nu) or NULL */
         int v = 0;
-#if FR_AVX2 && !FR_DOUBLE
+#if FR_SIMD
         /* written out: GCC left the loop below scalar, and it was half of the GRU's step outside the tiles */
         for (; v + 8 <= nu; v += 8)
             _mm256_storeu_ps(o + v, b ? _mm256_add_ps(_mm256_loadu_ps(a + v), _mm256_loadu_ps(b + v))
@@ -470,7 +470,7 @@ static inline void rec_add_gates(int G, int H, int NB, int u0, int nu,
         const real *x = xw + (size_t)g * H + u0; /* (nu) */
         real *a = acc + g * NB;                  /* (nu) */
         int v = 0;
-#if FR_AVX2 && !FR_DOUBLE
+#if FR_SIMD
         for (; v + 8 <= nu; v += 8) _mm256_storeu_ps(a + v, _mm256_add_ps(_mm256_loadu_ps(a + v), _mm256_loadu_ps(x + v)));
 #endif
         for (; v < nu; v++) a[v] += x[v];

@@ -78,12 +78,12 @@ static inline void rnn_fwd_cell(int nu, int relu,
                                 real *yr)         /* (nu) out: y */
 {
     int v = 0;
-#if FR_AVX2 && !FR_DOUBLE
+#if FR_SIMD
     const __m256 zero = _mm256_setzero_ps();
     for (; v + 8 <= nu; v += 8) {
         __m256 p = _mm256_add_ps(_mm256_loadu_ps(acc + v), _mm256_loadu_ps(bias + v));
         /* max(0, p) returns its second operand for NaN and for -0: as `p < 0 ? 0 : p` (torch's relu) */
-        p = relu ? _mm256_max_ps(zero, p) : vm_tanh8(p);
+        p = relu ? _mm256_max_ps(zero, p) : vr8_tanh(p);
         _mm256_storeu_ps(h + v, p);
         _mm256_storeu_ps(yr + v, p);
     }
@@ -284,7 +284,7 @@ static inline void rnn_bwd_cell(int nu, int relu,
                                 double *db)      /* (nu) accumulated */
 {
     int v = 0;
-#if FR_AVX2 && !FR_DOUBLE
+#if FR_SIMD
     const __m256 zero = _mm256_setzero_ps(), one = _mm256_set1_ps(1.0f);
     for (; v + 8 <= nu; v += 8) {
         __m256 d = _mm256_add_ps(_mm256_loadu_ps(dyr + v), _mm256_loadu_ps(a + v));
