@@ -70,8 +70,69 @@ typedef struct lstm_fwd_ctx {
     fr_claims_t claims;      /* steal: the blocks of a step */
 } lstm_fwd_ctx;
 
-/* The cell on one tile row: units [u0, u0 + nu) of one sequence.
- * acc (4, NB) = x_t W_ih^T + h_{t-1} W_hh^T of those units, gate-major within the block. */
+/* ---- the cell's elementwise math, forward and backward, written once for every width (simd.h) --------
+ * Forward on one vector of units: z (4) pre-activations i, f, g, o and cp = c_{t-1} give a (4) the
+ * activated gates, *c = c_t = f*c_{t-1} + i*g and *m = o*tanh(c_t). */
+#define LSTM_CELL_FWD(V)                                                                                   \
+    static inline void lstm_fwd_##V(const V z[4], V cp, V a[4], V *c, V *m) {                             \
+        a[0] = V##_sigmoid(z[0]);                                                                          \
+        a[1] = V##_sigmoid(z[1]);                                                                          \
+        a[2] = V##_tanh(z[2]);                                                                             \
+        a[3] = V##_sigmoid(z[3]);                                                                          \
+        *c = V##_fmma(a[1], cp, a[0], a[2]);                                                               \
+        *m = V##_mul(a[3], V##_tanh(*c));                                                                  \
+    }
+FR_EACH_WIDTH(LSTM_CELL_FWD)
+#undef LSTM_CELL_FWD
+
+/* Backward on one vector of units, from the tape: a (4) activated gates, c = c_t, cp = c_{t-1}, dm =
+ * dL/dm_t and the carry dc = dL/dc_t from later steps give dz (4) = dL/dz of i, f, g, o, and the carry
+ * dL/dc_{t-1} in *dcp.  tanh(c_t) is recomputed (with the forward's own approximation) rather than taped:
+ * one tanh per element is cheap next to the products, and the tape stays at 5H per row. */
+#define LSTM_CELL_BWD(V)                                                                                   \
+    static inline void lstm_bwd_##V(const V a[4], V c, V cp, V dm, V dc, V dz[4], V *dcp) {               \
+        const V one = V##_set1((real)1);                                                                   \
+        const V i = a[0], f = a[1], g = a[2], o = a[3];                                                    \
+        const V th = V##_tanh(c);                                                                          \
+        const V dmo = V##_mul(dm, o);                                                                      \
+        const V dct = V##_fma(dmo, V##_fnma(th, th, one), dc); /* dc_t = carry + dm * o * (1 - th^2) */    \
+        dz[0] = V##_mul(V##_mul(dct, g), V##_mul(i, V##_sub(one, i)));                                     \
+        dz[1] = V##_mul(V##_mul(dct, cp), V##_mul(f, V##_sub(one, f)));                                    \
+        dz[2] = V##_mul(V##_mul(dct, i), V##_fnma(g, g, one));                                             \
+        dz[3] = V##_mul(V##_mul(dmo, th), V##_sub(one, o));                                                \
+        *dcp = V##_mul(dct, f);                                                                            \
+    }
+FR_EACH_WIDTH(LSTM_CELL_BWD)
+#undef LSTM_CELL_BWD
+
+/* The forward cell on V##_W units of one tile row: units u .. of the H-strided rows, v .. of the tile's
+ * gate-major (4, NB) row acc. */
+#define LSTM_TILE_CELL(V)                                                                                  \
+    static inline void lstm_tile_##V(int H, int NB, int u, int v,                                          \
+                                     const real *acc,  /* (4, NB) */                                       \
+                                     const real *bias, /* (4H) or NULL */                                  \
+                                     real *gates,      /* (4H) tape row, or NULL */                        \
+                                     real *c,          /* (H) */                                           \
+                                     real *m,          /* (H) */                                           \
+                                     real *yr)         /* (H), or NULL */                                  \
+    {                                                                                                      \
+        V z[4], a[4], cn, mv;                                                                              \
+        for (int q = 0; q < 4; q++) {                                                                      \
+            z[q] = V##_load(acc + q * NB + v);                                                             \
+            if (bias) z[q] = V##_add(z[q], V##_load(bias + (size_t)q * H + u));                            \
+        }                                                                                                  \
+        lstm_fwd_##V(z, V##_load(c + u), a, &cn, &mv);                                                     \
+        if (gates)                                                                                         \
+            for (int q = 0; q < 4; q++) V##_store(gates + (size_t)q * H + u, a[q]);                        \
+        V##_store(c + u, cn);                                                                              \
+        V##_store(m + u, mv);                                                                              \
+        if (yr) V##_store(yr + u, mv);                                                                     \
+    }
+FR_EACH_WIDTH(LSTM_TILE_CELL)
+#undef LSTM_TILE_CELL
+
+/* The cell on one tile row: units [u0, u0 + nu) of one sequence, 8 at a time where the width has them,
+ * then one by one.  acc (4, NB) = x_t W_ih^T + h_{t-1} W_hh^T of those units, gate-major within the block. */
 static inline void lstm_tile_cell(int H, int NB, int u0, int nu,
                                   const real *acc,  /* (4, NB) */
                                   const real *bias, /* (4H) or NULL */
@@ -80,50 +141,12 @@ static inline void lstm_tile_cell(int H, int NB, int u0, int nu,
                                   real *m,          /* (H) row of m = o * tanh(c) (= h_t without projection) */
                                   real *yr)         /* (H) row of y, or NULL (projection: y is h_t, later) */
 {
+    int v = 0;
 #if FR_SIMD
-    if (nu == 8 && NB == 8) {
-        __m256 p[4];
-        for (int g = 0; g < 4; g++) {
-            p[g] = _mm256_loadu_ps(acc + g * 8);
-            if (bias) p[g] = _mm256_add_ps(p[g], _mm256_loadu_ps(bias + g * H + u0));
-        }
-        __m256 i = vr8_sigmoid(p[0]), f = vr8_sigmoid(p[1]), g = vr8_tanh(p[2]), o = vr8_sigmoid(p[3]);
-        __m256 cn = _mm256_fmadd_ps(f, _mm256_loadu_ps(c + u0), _mm256_mul_ps(i, g));
-        __m256 mv = _mm256_mul_ps(o, vr8_tanh(cn));
-        if (gates) {
-            _mm256_storeu_ps(gates + u0, i);
-            _mm256_storeu_ps(gates + H + u0, f);
-            _mm256_storeu_ps(gates + 2 * H + u0, g);
-            _mm256_storeu_ps(gates + 3 * H + u0, o);
-        }
-        _mm256_storeu_ps(c + u0, cn);
-        _mm256_storeu_ps(m + u0, mv);
-        if (yr) _mm256_storeu_ps(yr + u0, mv);
-        return;
-    }
+    if (NB == 8)
+        for (; v + 8 <= nu; v += 8) lstm_tile_vr8(H, NB, u0 + v, v, acc, bias, gates, c, m, yr);
 #endif
-    for (int v = 0; v < nu; v++) {
-        int u = u0 + v;
-        real pi = acc[v], pf = acc[NB + v], pg = acc[2 * NB + v], po = acc[3 * NB + v];
-        if (bias) {
-            pi += bias[u];
-            pf += bias[H + u];
-            pg += bias[2 * H + u];
-            po += bias[3 * H + u];
-        }
-        real i = fr_sigmoid(pi), f = fr_sigmoid(pf), g = fr_tanh(pg), o = fr_sigmoid(po);
-        real cu = f * c[u] + i * g;
-        real mu = o * fr_tanh(cu);
-        if (gates) {
-            gates[u] = i;
-            gates[H + u] = f;
-            gates[2 * H + u] = g;
-            gates[3 * H + u] = o;
-        }
-        c[u] = cu;
-        m[u] = mu;
-        if (yr) yr[u] = mu;
-    }
+    for (; v < nu; v++) lstm_tile_vr1(H, NB, u0 + v, v, acc, bias, gates, c, m, yr);
 }
 
 #if FR_AVX512
@@ -143,20 +166,15 @@ typedef struct lstm_half {
 /* row: b's units follow a's in the same row (b.x == a.x + 8 for every pointer but acc), so the loads and
  * stores of bias, gates, c, m and y are whole zmm; the callers pass a constant, and the branches fold. */
 static inline void lstm_cell16(int H, int row, lstm_half a, lstm_half b) {
-    __m512 p[4];
+    vr16 p[4];
     for (int q = 0; q < 4; q++) {
         p[q] = vm_join8(a.acc + q * 8, b.acc + q * 8);
-        if (a.bias) p[q] = _mm512_add_ps(p[q], vm_load16(row, a.bias + (size_t)q * H, b.bias + (size_t)q * H));
+        if (a.bias) p[q] = vr16_add(p[q], vm_load16(row, a.bias + (size_t)q * H, b.bias + (size_t)q * H));
     }
-    __m512 i = vr16_sigmoid(p[0]), f = vr16_sigmoid(p[1]), g = vr16_tanh(p[2]), o = vr16_sigmoid(p[3]);
-    __m512 cn = _mm512_fmadd_ps(f, vm_load16(row, a.c, b.c), _mm512_mul_ps(i, g));
-    __m512 mv = _mm512_mul_ps(o, vr16_tanh(cn));
-    if (a.gates) {
-        vm_store16(row, i, a.gates, b.gates);
-        vm_store16(row, f, a.gates + H, b.gates + H);
-        vm_store16(row, g, a.gates + 2 * (size_t)H, b.gates + 2 * (size_t)H);
-        vm_store16(row, o, a.gates + 3 * (size_t)H, b.gates + 3 * (size_t)H);
-    }
+    vr16 ga[4], cn, mv;
+    lstm_fwd_vr16(p, vm_load16(row, a.c, b.c), ga, &cn, &mv);
+    if (a.gates)
+        for (int q = 0; q < 4; q++) vm_store16(row, ga[q], a.gates + (size_t)q * H, b.gates + (size_t)q * H);
     vm_store16(row, cn, a.c, b.c);
     /* the tape's copy of c from the register: a 64-byte memcpy from c would load across the two 32-byte
      * stores just made (row = 0), which the CPU cannot forward (a stall of the store buffer's drain) */
@@ -573,9 +591,25 @@ typedef struct lstm_bwd_ctx {
     fr_barrier_t bar;
 } lstm_bwd_ctx;
 
-/* dz and the c carry for units [u0, u0 + nu) of one row (one sequence at one step).  tanh(c_t) is
- * recomputed (with the forward's own approximation) rather than taped: one tanh per element is cheap next
- * to the products, and the tape stays at 5H per row. */
+/* dz and the c carry on V##_W units u .. of one row (v .. of dm), and the bias gradient db += dz. */
+#define LSTM_DGATES(V)                                                                                     \
+    static inline void lstm_dgates_##V(int H, int u, int v, const real *a, const real *c, const real *cp,  \
+                                       const real *dm, real *dc, real *dz, real *db) {                     \
+        V ga[4], dg[4], dcp;                                                                               \
+        for (int q = 0; q < 4; q++) ga[q] = V##_load(a + (size_t)q * H + u);                               \
+        lstm_bwd_##V(ga, V##_load(c + u), cp ? V##_load(cp + u) : V##_zero(), V##_load(dm + v),            \
+                     V##_load(dc + u), dg, &dcp);                                                          \
+        for (int q = 0; q < 4; q++) V##_store(dz + (size_t)q * H + u, dg[q]);                              \
+        V##_store(dc + u, dcp);                                                                            \
+        if (db)                                                                                            \
+            for (int q = 0; q < 4; q++)                                                                    \
+                V##_store(db + (size_t)q * H + u, V##_add(V##_load(db + (size_t)q * H + u), dg[q]));       \
+    }
+FR_EACH_WIDTH(LSTM_DGATES)
+#undef LSTM_DGATES
+
+/* dz and the c carry for units [u0, u0 + nu) of one row (one sequence at one step): 16 at a time (AVX-512:
+ * half the instructions, no divider), then 8, then one by one. */
 static inline void lstm_dgates(int H, int u0, int nu,
                                const real *a,  /* (4H) activated i, f, g, o of this step */
                                const real *c,  /* (H) c_t */
@@ -585,67 +619,14 @@ static inline void lstm_dgates(int H, int u0, int nu,
                                real *dz,       /* (4H) out: dL/dz, gates i, f, g, o */
                                real *db)       /* (4H) += dz, or NULL */
 {
-    const real one = 1;
     int v = 0;
-    /* The vector loop, once for both widths: P is the intrinsics' prefix (_mm512 / _mm256), VT its vector
-     * type, N the floats per vector, TANH the activation of that width (the forward's own approximation). */
-#define LSTM_DGATES_LOOP(P, VT, N, TANH)                                                                  \
-    do {                                                                                                 \
-        const VT vone = P##_set1_ps(1.0f);                                                               \
-        for (; v + N <= nu; v += N) {                                                                    \
-            const int u = u0 + v;                                                                        \
-            const VT i = P##_loadu_ps(a + u), f = P##_loadu_ps(a + H + u);                               \
-            const VT g = P##_loadu_ps(a + 2 * H + u), o = P##_loadu_ps(a + 3 * H + u);                   \
-            const VT th = TANH(P##_loadu_ps(c + u));                                                     \
-            const VT dmo = P##_mul_ps(P##_loadu_ps(dm + v), o);                                          \
-            /* dc_t = carry + dm * o * (1 - th^2) */                                                     \
-            const VT dcv = P##_fmadd_ps(dmo, P##_fnmadd_ps(th, th, vone), P##_loadu_ps(dc + u));         \
-            const VT cpv = cp ? P##_loadu_ps(cp + u) : P##_setzero_ps();                                 \
-            const VT zi = P##_mul_ps(P##_mul_ps(dcv, g), P##_mul_ps(i, P##_sub_ps(vone, i)));            \
-            const VT zf = P##_mul_ps(P##_mul_ps(dcv, cpv), P##_mul_ps(f, P##_sub_ps(vone, f)));          \
-            const VT zg = P##_mul_ps(P##_mul_ps(dcv, i), P##_fnmadd_ps(g, g, vone));                     \
-            const VT zo = P##_mul_ps(P##_mul_ps(dmo, th), P##_sub_ps(vone, o));                          \
-            P##_storeu_ps(dz + u, zi);                                                                   \
-            P##_storeu_ps(dz + H + u, zf);                                                               \
-            P##_storeu_ps(dz + 2 * H + u, zg);                                                           \
-            P##_storeu_ps(dz + 3 * H + u, zo);                                                           \
-            P##_storeu_ps(dc + u, P##_mul_ps(dcv, f));                                                   \
-            if (db) {                                                                                    \
-                P##_storeu_ps(db + u, P##_add_ps(P##_loadu_ps(db + u), zi));                             \
-                P##_storeu_ps(db + H + u, P##_add_ps(P##_loadu_ps(db + H + u), zf));                     \
-                P##_storeu_ps(db + 2 * H + u, P##_add_ps(P##_loadu_ps(db + 2 * H + u), zg));             \
-                P##_storeu_ps(db + 3 * H + u, P##_add_ps(P##_loadu_ps(db + 3 * H + u), zo));             \
-            }                                                                                            \
-        }                                                                                                \
-    } while (0)
 #if FR_AVX512
-    LSTM_DGATES_LOOP(_mm512, __m512, 16, vr16_tanh); /* 16 units a zmm: half the instructions, no divider */
+    for (; v + 16 <= nu; v += 16) lstm_dgates_vr16(H, u0 + v, v, a, c, cp, dm, dc, dz, db);
 #endif
 #if FR_SIMD
-    LSTM_DGATES_LOOP(_mm256, __m256, 8, vr8_tanh);
+    for (; v + 8 <= nu; v += 8) lstm_dgates_vr8(H, u0 + v, v, a, c, cp, dm, dc, dz, db);
 #endif
-#undef LSTM_DGATES_LOOP
-    for (; v < nu; v++) {
-        const int u = u0 + v;
-        const real i = a[u], f = a[H + u], g = a[2 * H + u], o = a[3 * H + u];
-        const real th = fr_tanh(c[u]);
-        const real dmo = dm[v] * o;
-        const real dcu = dc[u] + dmo * (one - th * th);
-        const real cpu = cp ? cp[u] : 0;
-        const real zi = dcu * g * (i * (one - i)), zf = dcu * cpu * (f * (one - f));
-        const real zg = dcu * i * (one - g * g), zo = dmo * th * (one - o);
-        dz[u] = zi;
-        dz[H + u] = zf;
-        dz[2 * H + u] = zg;
-        dz[3 * H + u] = zo;
-        dc[u] = dcu * f;
-        if (db) {
-            db[u] += zi;
-            db[H + u] += zf;
-            db[2 * H + u] += zg;
-            db[3 * H + u] += zo;
-        }
-    }
+    for (; v < nu; v++) lstm_dgates_vr1(H, u0 + v, v, a, c, cp, dm, dc, dz, db);
 }
 
 /* Phase 1 reads tape rows the forward wrote long ago (the tape outgrows L2 past small shapes), a few

@@ -14,6 +14,7 @@
  *   V##_load(p) V##_store(p, v) V##_set1(x) V##_zero()         unaligned memory, broadcasts
  *   V##_add sub mul min max div                                 lane-wise (div: a / b, see vr16_div)
  *   V##_fma(a, b, c) = a*b + c;  V##_fnma(a, b, c) = c - a*b    fused in the vector widths
+ *   V##_fmma(a, b, c, d) = a*b + c*d                            the product a*b fused
  *   V##_lt(a, b) V##_ge(a, b) V##_gt(a, b) -> V##_m             ordered comparisons (false for NaN)
  *   V##_select(m, a, b) = m ? b : a;  V##_keep(m, a) = m ? a : 0;  V##_zero_where(m, a) = m ? 0 : a
  *   V##_relu(a) = a < 0 ? 0 : a (NaN and -0 pass through);  V##_sigmoid(a) V##_tanh(a)
@@ -23,7 +24,9 @@
  *
  * vr1's fma and fnma are the plain expressions a*b + c and c - a*b: the scalar code keeps the very
  * expressions it had, so the compiler contracts them (or not, on the portable path) as before and the
- * numbers of every path stay what they were.
+ * numbers of every path stay what they were.  (GCC fuses the first product it meets into the sum that
+ * uses it: vr1_fmma is a*b + c*d in one expression, so a*b comes first, as the vector widths fuse it;
+ * vr1_fma with a product for c would compute that one first and fuse it instead.)
  *
  * ---- Activations ----------------------------------------------------------------------------------------
  * Accuracy (tests/test_vmath.py measures it against float64 libm): exp within ~2 ulp on its range;
@@ -51,6 +54,7 @@ static inline vr1 vr1_mul(vr1 a, vr1 b) { return a * b; }
 static inline vr1 vr1_div(vr1 a, vr1 b) { return a / b; }
 static inline vr1 vr1_fma(vr1 a, vr1 b, vr1 c) { return a * b + c; }
 static inline vr1 vr1_fnma(vr1 a, vr1 b, vr1 c) { return c - a * b; }
+static inline vr1 vr1_fmma(vr1 a, vr1 b, vr1 c, vr1 d) { return a * b + c * d; }
 static inline vr1_m vr1_gt(vr1 a, vr1 b) { return a > b; }
 static inline vr1 vr1_keep(vr1_m m, vr1 a) { return m ? a : (real)0; }
 static inline vr1 vr1_relu(vr1 a) { return a < 0 ? (real)0 : a; } /* keeps a NaN a NaN, as torch's relu */
@@ -78,6 +82,7 @@ static inline vr8 vr8_min(vr8 a, vr8 b) { return _mm256_min_ps(a, b); }
 static inline vr8 vr8_max(vr8 a, vr8 b) { return _mm256_max_ps(a, b); }
 static inline vr8 vr8_fma(vr8 a, vr8 b, vr8 c) { return _mm256_fmadd_ps(a, b, c); }
 static inline vr8 vr8_fnma(vr8 a, vr8 b, vr8 c) { return _mm256_fnmadd_ps(a, b, c); }
+static inline vr8 vr8_fmma(vr8 a, vr8 b, vr8 c, vr8 d) { return _mm256_fmadd_ps(a, b, _mm256_mul_ps(c, d)); }
 static inline vr8 vr8_and(vr8 a, vr8 b) { return _mm256_and_ps(a, b); }
 static inline vr8 vr8_andnot(vr8 a, vr8 b) { return _mm256_andnot_ps(a, b); } /* ~a & b */
 static inline vr8 vr8_or(vr8 a, vr8 b) { return _mm256_or_ps(a, b); }
@@ -139,6 +144,7 @@ static inline vr16 vr16_min(vr16 a, vr16 b) { return _mm512_min_ps(a, b); }
 static inline vr16 vr16_max(vr16 a, vr16 b) { return _mm512_max_ps(a, b); }
 static inline vr16 vr16_fma(vr16 a, vr16 b, vr16 c) { return _mm512_fmadd_ps(a, b, c); }
 static inline vr16 vr16_fnma(vr16 a, vr16 b, vr16 c) { return _mm512_fnmadd_ps(a, b, c); }
+static inline vr16 vr16_fmma(vr16 a, vr16 b, vr16 c, vr16 d) { return _mm512_fmadd_ps(a, b, _mm512_mul_ps(c, d)); }
 static inline vr16 vr16_and(vr16 a, vr16 b) { return _mm512_and_ps(a, b); }
 static inline vr16 vr16_andnot(vr16 a, vr16 b) { return _mm512_andnot_ps(a, b); } /* ~a & b */
 static inline vr16 vr16_or(vr16 a, vr16 b) { return _mm512_or_ps(a, b); }
