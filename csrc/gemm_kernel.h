@@ -46,12 +46,8 @@
  * MC: the A block (MC x KC) is ~240 KB, under half the 512 KB L2.  NC: the B block stays far below L3.
  *
  * AVX-512 (f32 only; the avx512 instance also sets FR_AVX2, so it comes first): 14 rows x 2 zmm vectors =
- * 28 of the 32 zmm registers, plus 2 for the B row and 1 for the broadcast.  Measured on the Sapphire
- * Rapids Xeon (48 KB L1d, 2 MB L2), one thread, own GEMM near 150 GFLOP/s: 14x32 and 12x32 within a few
- * per cent of each other (14 ahead on the small-M shapes), KC 384 as fast as or faster than 256 and 192
- * (fewer passes over C) although the B micro-panel (KC x 32, 48 KB) then no longer fits the L1d beside
- * the A micro-panel: the L2 feeds it fast enough.  MC: the A block (MC x KC) is 546 KB, a quarter of the
- * L2.  NC: the B block (KC x NC) is 4.5 MB, in the large L3. */
+ * 28 of the 32 zmm registers, plus 2 for the B row and 1 for the broadcast.  Measurements (and
+ * the sizes of MC and NC): docs/tuning.md, GEMM register tile and cache blocks. */
 #if FR_AVX512 && !FR_DOUBLE
 #ifndef GK_MR
 #define GK_MR 14 /* or 12 (gk_micro has both), to compare */
@@ -98,11 +94,8 @@
 #define GK_NC 3072
 #endif
 
-/* Products of fewer flops (2MNK) than this run on one thread.  Measured on the 2-vCPU EPYC VMs: with the
- * second core free, 2 threads already win at 6.5 MFLOP (80 -> 50 us); but in some processes the pool's
- * worker runs slowly or late (sharing a core), and then a region costs ~150 us more than one thread
- * (6.5 MFLOP: 80 -> 230 us) while large products only fall back to about one thread's speed.  20 MFLOP
- * (~230 us on one thread) bounds that loss. */
+/* Products of fewer flops (2MNK) than this run on one thread.  Measurements: docs/tuning.md, GEMM
+ * thresholds: threads. */
 #ifndef GK_PAR_FLOPS
 #define GK_PAR_FLOPS 2.0e7
 #endif
@@ -593,9 +586,7 @@ static size_t gk_bbuf_len(int cols, int K) {
 /* C[m0 .. m1)[n0 .. n1) = alpha A B^T + beta C for at most NR rows (A (M, lda), B (N, ldb) row-major): X^T
  * packed a KC block at a time into bp (gk_bbuf_len's, at least (KC, NR)), B's rows read in place
  * (gk_micro_wt).  gk_serial takes it for NR/2 .. NR rows: below, most of the NR lanes would be padding.
- * Measured on the Xeon VM against the packed path: 32 x 256 x 512 (one thread's gate of a 1,32,512,512
- * GRU projection) x1.39, 32 x 1536 x 512 on 2 threads x1.36, 16 x 1024 x 1024 x1.38, 32 x 2048 x 2048
- * x1.70; but 8 x 4096 x 1024 x0.81 and 5 x 512 x 256 x0.72. */
+ * Measurements: docs/tuning.md, GEMM thresholds: small M. */
 static void gk_small_m(const gk_problem *g, int m0, int m1, int n0, int n1, real *bp) {
     for (int pc = 0; pc < g->K; pc += GK_KC) {
         const int kc = gk_min(GK_KC, g->K - pc);

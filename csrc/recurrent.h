@@ -1,6 +1,7 @@
 /*
  * recurrent.h -- the recurrent product of a time step, h_{t-1} W^T, for one block of hidden units and all
- * G gates of those units at once, out of weights packed so that block is contiguous (DESIGN.md's recipe).
+ * G gates of those units at once, out of weights packed so that block is contiguous (docs/design.md,
+ * Kernel recipe).
  *
  * Included by instance.h once per dtype and ISA, after common.h; the cells call it from their fused
  * time loops.  Packing happens once per kernel call; the step then reads each panel straight through.
@@ -369,8 +370,7 @@ static void rec_tile(const rec_pack *p, int j, int mr, const real *const *a1, co
 /* The panel of block j + 1 when the same thread runs it next (j + 1 < j1), for the first tile of block j
  * to prefetch (rec_tile_pf), else NULL.  With weights larger than the caches (LSTM(2048): 64 MB of W_hh)
  * the first tile of each block waits on memory for its panel; fetched during the block before, it is in
- * L2.  Measured in a tile benchmark (24 rows, K = 2048, 64 MB of panels): 60 -> 79 GFLOP/s; panels that
- * fit L3 ~2% faster. */
+ * L2.  Measurements: docs/tuning.md, Panel prefetch. */
 static inline const real *rec_next_panel(const rec_pack *p, int j, int j1) {
     return p->panels && j + 1 < j1 ? p->panels + (size_t)(j + 1) * p->K * p->W : NULL;
 }
@@ -378,9 +378,7 @@ static inline const real *rec_next_panel(const rec_pack *p, int j, int j1) {
 /* Whether the threads of a step split by blocks of units take each other's last blocks (fr_claim,
  * threads.h) rather than each running its own range: when a step of B rows is work enough that waiting
  * at the barrier for a slower thread costs more than the claims' cache-line transfers (~0.5 us each on
- * these VMs, a few per step).  Measured on the Xeon VM, 2 threads, forward, in one process: LSTM
- * 150,32,256,256 x1.31, 100,32,128,256 x1.13, 25,16,512,512 x1.09, 25,64,1024,1024 x1.06, 50,64,512,512
- * x1.01-1.05; but RNN 100,16,64,128 (0.8 MFLOP a step) x0.93. */
+ * these VMs, a few per step).  Measurements: docs/tuning.md, Stealing blocks. */
 #ifndef REC_STEAL_FLOPS
 #define REC_STEAL_FLOPS 4.0e6
 #endif
@@ -512,8 +510,7 @@ static inline int rec_split(int B, size_t weight_bytes) {
 
 /* Threads worth using for a step of n rows: a barrier costs a cache-line round trip between cores (about
  * 1 us on this project's 2-vCPU VMs, 0.1-0.2 us on bare metal), so a step must carry enough multiply-adds
- * to pay for it.  Measured there: LSTM(64, 128) at B = 1 (98K multiply-adds a step) runs its forward in
- * 0.38-0.41 ms on 2 threads vs 0.60 on one; LSTM(32, 64) (25K) is even either way. */
+ * to pay for it.  Measurements: docs/tuning.md, Threads per step. */
 #ifndef REC_FMA_PER_THREAD
 #define REC_FMA_PER_THREAD 40000.0
 #endif
