@@ -99,7 +99,7 @@ def check(old, new, isas, a):
             for fr in (old, new):
                 fr.set_num_threads(nth)
             for cell in a.cells.split(","):
-                vs = variants + ([{"proj_size": 5}] if cell == "lstm" else [])
+                vs = variants + {"lstm": [{"proj_size": 5}], "gru": [{"reset_after": False}]}.get(cell, [])
                 for (T, B, I, H) in shapes:
                     lens = np.maximum(1, T - np.arange(B) % T).astype(np.int64)
                     for opts in vs + [{"lengths": lens}]:

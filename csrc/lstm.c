@@ -8,9 +8,10 @@
  *   i, f, o = sigmoid(z_i, z_f, z_o),  g = tanh(z_g)
  *   c' = f*c + i*g,  m = o*tanh(c'),  h' = m  (P == H)  or  h' = m W_hr^T  (projection, P < H)
  *
- * Recipe (DESIGN.md): the input projection of many steps is one GEMM; the time loop does per step only the
- * recurrent product and the elementwise cell; backward does per step only the elementwise dG and
- * dh_{t-1} = dG W_hh, and the weight gradients afterwards as big GEMMs over all rows.
+ * Recipe (docs/design.md, Kernel recipe): the input projection of many steps is one GEMM; the time loop
+ * does per step only the recurrent product and the elementwise cell; backward does per step only the
+ * elementwise dG and dh_{t-1} = dG W_hh, and the weight gradients afterwards as big GEMMs over all rows
+ * (seq_weight_grads, seq.h).
  *
  * ---- Row order ("compact rows") ------------------------------------------------------------------------
  * Every per-(step, sequence) array below -- the tape, dG -- holds one row per VALID (time, sequence) pair,
@@ -376,18 +377,7 @@ static void lstm_fwd_task(void *arg, int tid, int nth) {
  * lstm_single_step's GEMMs when split); and more than REC_DIRECT_ROWS rows in all (a streaming step()
  * multiplies the unpacked weights in place).
  *
- * Measured on the Xeon VM (AVX-512), in one process, fused / split forward time (below 1: fused faster),
- * 2 threads, T,B,I,H: 25,16,512,512 1.12; 25,16,1024,1024 1.13; 25,24,1024,1024 1.00; 50,24,512,512 0.99;
- * 50,32,512,512 0.96 (1 thread 0.96); 25,32,1024,1024 1.01 (1 thread 0.99); 25,40,1024,1024 0.97;
- * 50,48,512,512 0.93; 25,48,1024,1024 0.95 (1 thread 0.94); 50,64,528,528 0.89; 25,64,1024,1024 0.95
- * (1 thread 0.94); 25,128,1024,1024 0.95; 25,64,1536,1536 1.03.  Training steps at the shapes the wide rule
- * moves are even (50,32,512,512 1.01 / 0.99 on 1 thread; 25,48,1024,1024 1.01; 25,64,1024,1024 1.01 / 1.01;
- * 50,64,528,528 1.00).  Earlier, at small widths: 50,8,1536,1536 split 139 ms vs fused 192; 100,1,64,128
- * even; 100,16,64,128 fused 3.2 vs 3.7; 100,32,128,256 27 vs 40; 150,32,256,256 39 vs 46.  (The RNN keeps
- * 128 KB at every B: 50,32,1024,1024 fused / split 1.06, 50,64,1760,1760 1.04, 25,64,1024,1024 0.99.)
- * The AVX2 path (FASTRNN_ISA=avx2 on the same VM: tiles of 3-4 rows, half the width) keeps 128 KB: there
- * 25,64,1024,1024 fused / split 1.01-1.03 on 2 threads and 1.06-1.09 on 1, 50,32,512,512 1.02 -- though
- * 25,48,1024,1024 0.87. */
+ * Measurements: docs/tuning.md, LSTM split rule. */
 #ifndef LSTM_WIDE_B
 #define LSTM_WIDE_B 24
 #endif
@@ -406,8 +396,7 @@ static int lstm_split(size_t rows, int S, int B, int I, int H, int P) {
 }
 
 /* rec_step_by_gemm for the LSTM: when it projects x by GEMM too (split; fused, x and h share the panels).
- * Measured on the Xeon VM, in one process against packed panels: LSTM 1,32,512,512
- * forward x1.18 on 2 threads, x1.35 on 1; 1,16,512,512 x1.10. */
+ * Measurements: docs/tuning.md, Single step by GEMM. */
 static int lstm_single_step(const fr_seq *q, int split) {
     return split && rec_step_by_gemm(q->S, q->B);
 }
@@ -416,10 +405,8 @@ static int lstm_single_step(const fr_seq *q, int split) {
 /* Whether the threads of a fused forward split the rows of each step rather than the hidden units: each
  * thread then runs every block for its own rows, which depend on nothing another thread computes, so the
  * steps need no barrier -- but each thread streams all the weights every step, so only while they sit
- * comfortably in its L2, and with rows enough per thread for full tiles.  Measured on the Xeon VM, 2
- * threads, rows vs units in one process, forward: 100,16,64,128 x1.05-1.06 (training x1.05), 100,32,64,128
- * x1.06, 100,64,64,128 x1.08, 100,16,32,64 x1.05 -- but 100,32,128,256 (1.5 MB of weights) x0.92,
- * 150,32,256,256 x0.88, 50,64,512,512 x0.99. */
+ * comfortably in its L2, and with rows enough per thread for full tiles.  Measurements: docs/tuning.md,
+ * LSTM rows or units. */
 #ifndef LSTM_ROWSPLIT_BYTES
 #define LSTM_ROWSPLIT_BYTES ((size_t)512 << 10)
 #endif
@@ -811,9 +798,6 @@ static int lstm_backward(int T, int B, int I, int H, int P, int reverse,
     lstm_bwd_ctx cx;
     real *dH = NULL;  /* (N, P) dL/dh of every row, projection only: dW_hr = dH^T M after the loop */
     real *db = NULL;  /* (4H) the bias gradient (both biases get it) */
-    real *xs = NULL;  /* (cs*B, I) gathered x of a chunk (lengths only) */
-    real *hs = NULL;  /* (cs*B, P) gathered h_{t-1} of a chunk (lengths only) */
-    real *dxs = NULL; /* (cs*B, I) dx of a chunk before the scatter (lengths only) */
     int rc = FR_ENOMEM;
 
     if (seq_init(&pl, T, B, reverse, lengths) != FR_OK) return FR_ENOMEM;
@@ -881,50 +865,10 @@ static int lstm_backward(int T, int B, int I, int H, int P, int reverse,
     if (db_hh) memcpy(db_hh, db, H4 * sizeof(real));
     if (proj && dw_hr) fr_gemm(1, 0, P, H, (int)N, 1, dH, P, tm, H, 0, dw_hr, H);
 
-    if (pl.perm == NULL) {
-        /* compact rows are x's and dx's own rows: one GEMM each, side by side when small (fr_gemm_jobs) */
-        const gk_job j_ih = {1, 0, (int)H4, I, (int)N, 1, dz, (int)H4, x, I, 0, dw_ih, I, NULL};
-        const gk_job j_dx = {0, 0, (int)N, I, (int)H4, 1, dz, (int)H4, w_ih, I, dx_accumulate ? 1 : 0, dx, I, NULL};
-        /* dW_hh = sum_t dz_t^T h_{t-1}: h_{t-1} is y's previous time block in processing order (y[t-1]
-         * forward, y[t+1] in reverse), read in place with its stride ldy, then h0's for the first step */
-        const gk_job j_h0 = {1, 0, (int)H4, P, B, 1, dz + (size_t)fr_time_index(0, T, reverse) * B * H4, (int)H4,
-                             h0, P, 1, dw_hh, P, NULL};
-        const gk_job j_hh = {1, 0, (int)H4, P, (T - 1) * B, 1, reverse ? dz : dz + (size_t)B * H4, (int)H4,
-                             reverse ? y + (size_t)B * ldy : y, ldy, 0, dw_hh, P, h0 && T > 0 ? &j_h0 : NULL};
-        const gk_job *jobs[3] = {dw_ih ? &j_ih : NULL, dx ? &j_dx : NULL, dw_hh ? &j_hh : NULL};
-        fr_gemm_jobs(jobs, 3);
-    } else {
-        /* with lengths, x, h_{t-1} and dx are gathered / scattered chunk by chunk (bounded memory), each
-         * chunk still a GEMM over many rows */
-        size_t widest = (size_t)(I > P ? I : P);
-        int cs = seq_chunk(&pl, widest);
-        size_t cap = (size_t)cs * B;
-        if (dw_ih && (xs = fr_alloc(cap * (size_t)I, 0)) == NULL) goto done;
-        if (dw_hh && (hs = fr_alloc(cap * (size_t)P, 0)) == NULL) goto done;
-        if (dx && (dxs = fr_alloc(cap * (size_t)I, 0)) == NULL) goto done;
-        if (dx && !dx_accumulate) /* padded rows of dx are 0; valid rows are written by the scatter */
-            seq_zero_padding(&pl, dx, I, I);
-        for (int s0 = 0; s0 < pl.S; s0 += cs) {
-            int s1 = s0 + cs < pl.S ? s0 + cs : pl.S;
-            size_t base, end;
-            seq_rows(&pl, s0, s1, &base, &end);
-            int rows = (int)(end - base);
-            const real *dzc = dz + base * H4; /* (rows, 4H) */
-            real beta = s0 > 0 ? 1 : 0;       /* the first chunk overwrites, the others add */
-            if (dw_ih) {
-                seq_gather(&pl, s0, s1, x, I, I, xs);
-                fr_gemm(1, 0, (int)H4, I, rows, 1, dzc, (int)H4, xs, I, beta, dw_ih, I);
-            }
-            if (dw_hh) {
-                seq_gather_prev(&pl, s0, s1, y, ldy, h0, P, hs);
-                fr_gemm(1, 0, (int)H4, P, rows, 1, dzc, (int)H4, hs, P, beta, dw_hh, P);
-            }
-            if (dx) {
-                fr_gemm(0, 0, rows, I, (int)H4, 1, dzc, (int)H4, w_ih, I, 0, dxs, I);
-                seq_scatter(&pl, s0, s1, dxs, dx, I, I, dx_accumulate);
-            }
-        }
-    }
+    /* dW_ih, dW_hh and dx as large GEMMs over all rows (seq.h; chunks of gathered rows with lengths) */
+    if (seq_weight_grads(&pl, T, B, reverse, (int)H4, I, P, (size_t)(I > P ? I : P), dz, x, y, ldy, h0, w_ih,
+                         dx, dx_accumulate, dw_ih, dw_hh) != FR_OK)
+        goto done;
     rc = FR_OK;
 
 done:
@@ -933,9 +877,6 @@ done:
     fr_free(dc);
     fr_free(dH);
     fr_free(db);
-    fr_free(xs);
-    fr_free(hs);
-    fr_free(dxs);
     rec_pack_free(&hp);
     rec_pack_free(&rp);
     seq_free(&pl);

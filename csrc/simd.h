@@ -18,6 +18,7 @@
  *   V##_lt(a, b) V##_ge(a, b) V##_gt(a, b) -> V##_m             ordered comparisons (false for NaN)
  *   V##_select(m, a, b) = m ? b : a;  V##_keep(m, a) = m ? a : 0;  V##_zero_where(m, a) = m ? 0 : a
  *   V##_relu(a) = a < 0 ? 0 : a (NaN and -0 pass through);  V##_sigmoid(a) V##_tanh(a)
+ *   V##_acc_f64(db, a)  db[0 .. W-1] += a, in double
  * Code written once against a width prefix V is instantiated for each width of the instance by
  * FR_EACH_WIDTH(M): M(vr1), then M(vr8) and M(vr16) where they exist.  The cells run a row of units widest
  * first: 16 at a time, then 8, then one by one (the loops say so where they run).
@@ -160,6 +161,10 @@ static inline vr16 vr16_relu(vr16 a) { return _mm512_max_ps(_mm512_setzero_ps(),
  * exact in both, so the results are the same but for n = -127 (exp(x) subnormal: 0 there, p 2^-127 here
  * unless flushed), which the callers only add to 1. */
 static inline vr16 vr16_ldexp(vr16 p, vr16 n) { return _mm512_scalef_ps(p, n); }
+static inline void vr16_acc_f64(double *db, vr16 d) {
+    _mm512_storeu_pd(db, _mm512_add_pd(_mm512_loadu_pd(db), _mm512_cvtps_pd(_mm512_castps512_ps256(d))));
+    _mm512_storeu_pd(db + 8, _mm512_add_pd(_mm512_loadu_pd(db + 8), _mm512_cvtps_pd(_mm512_extractf32x8_ps(d, 1))));
+}
 
 /* 1 / d for d >= 1 (the activations' denominators): the 14-bit estimate and one Newton step.  A zmm
  * division holds the divider for ~10 cycles and an LSTM cell has five: measured faster (docs/tuning.md,
