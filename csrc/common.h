@@ -27,6 +27,10 @@
 #if !defined(FR_DOUBLE) || !defined(FR_AVX2)
 #error "define FR_DOUBLE and FR_AVX2 before including common.h (see csrc/isa/)"
 #endif
+/* The one ISA predicate of the cells: this instance has vector kernels (the register tiles of recurrent.h,
+ * the vector widths of simd.h).  Only float32 does: the float64 AVX2 instance vectorises its GEMM alone
+ * (gemm_kernel.h), and keeps libm's exact activations for the gradient checks. */
+#define FR_SIMD (FR_AVX2 && !FR_DOUBLE)
 
 #if FR_DOUBLE
 typedef double real;
@@ -63,7 +67,7 @@ void fr_gemm_f32(int trans_a, int trans_b, int M, int N, int K, float alpha, con
 void fr_gemm_f64(int trans_a, int trans_b, int M, int N, int K, double alpha, const double *A, int lda,
                  const double *B, int ldb, double beta, double *C, int ldc);
 
-/* Exact activations from libm; the vectorised approximations replace them in the AVX2 microkernels. */
+/* Exact activations from libm: the width vr1 of simd.h; its vector widths replace them with approximations. */
 static inline real fr_sigmoid(real v) { return (real)1 / ((real)1 + R_EXP(-v)); }
 static inline real fr_tanh(real v) { return R_TANH(v); }
 

@@ -1,7 +1,7 @@
 /*
  * fastrnn.h -- the C API of the fastrnn kernels.  Plain C99, no Python headers.
  *
- * Notation (DESIGN.md): T time steps, B batch, I input size, H hidden size, P LSTM output size
+ * Notation (docs/design.md, Notation): T time steps, B batch, I input size, H hidden size, P LSTM output size
  * (proj_size when > 0, else H), G gates per cell (RNN 1, GRU 3, LSTM 4).
  *
  * Layout: every array is row-major and time-major, contiguous, except the sequence outputs y / dy, whose

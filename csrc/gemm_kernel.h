@@ -46,12 +46,8 @@
  * MC: the A block (MC x KC) is ~240 KB, under half the 512 KB L2.  NC: the B block stays far below L3.
  *
  * AVX-512 (f32 only; the avx512 instance also sets FR_AVX2, so it comes first): 14 rows x 2 zmm vectors =
- * 28 of the 32 zmm registers, plus 2 for the B row and 1 for the broadcast.  Measured on the Sapphire
- * Rapids Xeon (48 KB L1d, 2 MB L2), one thread, own GEMM near 150 GFLOP/s: 14x32 and 12x32 within a few
- * per cent of each other (14 ahead on the small-M shapes), KC 384 as fast as or faster than 256 and 192
- * (fewer passes over C) although the B micro-panel (KC x 32, 48 KB) then no longer fits the L1d beside
- * the A micro-panel: the L2 feeds it fast enough.  MC: the A block (MC x KC) is 546 KB, a quarter of the
- * L2.  NC: the B block (KC x NC) is 4.5 MB, in the large L3. */
+ * 28 of the 32 zmm registers, plus 2 for the B row and 1 for the broadcast.  Measurements (and
+ * the sizes of MC and NC): docs/tuning.md, GEMM register tile and cache blocks. */
 #if FR_AVX512 && !FR_DOUBLE
 #ifndef GK_MR
 #define GK_MR 14 /* or 12 (gk_micro has both), to compare */
@@ -66,7 +62,7 @@
 #ifndef GK_NC
 #define GK_NC 3072
 #endif
-#elif FR_AVX2 && !FR_DOUBLE
+#elif FR_SIMD
 #define GK_MR 6
 #define GK_NR 16
 #ifndef GK_KC
@@ -98,11 +94,8 @@
 #define GK_NC 3072
 #endif
 
-/* Products of fewer flops (2MNK) than this run on one thread.  Measured on the 2-vCPU EPYC VMs: with the
- * second core free, 2 threads already win at 6.5 MFLOP (80 -> 50 us); but in some processes the pool's
- * worker runs slowly or late (sharing a core), and then a region costs ~150 us more than one thread
- * (6.5 MFLOP: 80 -> 230 us) while large products only fall back to about one thread's speed.  20 MFLOP
- * (~230 us on one thread) bounds that loss. */
+/* Products of fewer flops (2MNK) than this run on one thread.  Measurements: docs/tuning.md, GEMM
+ * thresholds: threads. */
 #ifndef GK_PAR_FLOPS
 #define GK_PAR_FLOPS 2.0e7
 #endif
@@ -216,7 +209,7 @@ static void gk_pack_a(int trans_a, const real *A, int lda, /* (M, lda) or (K, ld
     } else {
         /* A panel is MR rows of A, each read contiguously; written interleaved */
         int p = 0;
-#if FR_AVX2 && !FR_DOUBLE && GK_MR == 6
+#if FR_SIMD && GK_MR == 6
         /* 8 k at a time: the 6 x 8 block through an 8 x 8 register transpose, then 8 stores of 6 floats
          * (whole vectors; the next store, or the slack, takes the 2 extra) */
         for (; p < full; p += GK_MR) {
@@ -339,7 +332,7 @@ static void gk_store_edge(int mr, int nr, const real *t, /* (MR, NR) */
 
 /* AVX-512: MR rows x 2 zmm vectors (NR = 32).  The tile is listed once, in GK_ROWS, and every per-row step
  * is a macro over it: the accumulators are named variables c<r>_0, c<r>_1, not an array (GCC spilled
- * accumulator arrays to the stack in this project before, see gen_tiles.py).  Per k: 2 loads of the B row,
+ * accumulator arrays to the stack in this project before, see csrc/gen/gen_tiles.py).  Per k: 2 loads of the B row,
  * MR broadcasts of A (vbroadcastss from memory is a plain load, no shuffle port) and 2 MR FMAs: 16 loads
  * for 28 FMAs, so the two FMA ports stay the limit, and GCC keeps all 28 accumulators, the B row and one
  * broadcast register in the 32 zmm registers (no spill in the k loop). */
@@ -478,7 +471,7 @@ typedef __m256 gk_vec;
 #endif
 
 /* C (MR x NR tile) = alpha * Ap Bp + beta * C over kc.  The 12 accumulators are named variables, not an
- * array: GCC spilled accumulator arrays to the stack in this project before (see gen_tiles.py). */
+ * array: GCC spilled accumulator arrays to the stack in this project before (see csrc/gen/gen_tiles.py). */
 static void gk_micro(int kc, const real *restrict a, /* (kc, MR) packed */
                      const real *restrict b,         /* (kc, NR) packed, 64-byte aligned */
                      real alpha, real beta, real *C, int ldc, /* (mr, ldc) */
@@ -593,9 +586,7 @@ static size_t gk_bbuf_len(int cols, int K) {
 /* C[m0 .. m1)[n0 .. n1) = alpha A B^T + beta C for at most NR rows (A (M, lda), B (N, ldb) row-major): X^T
  * packed a KC block at a time into bp (gk_bbuf_len's, at least (KC, NR)), B's rows read in place
  * (gk_micro_wt).  gk_serial takes it for NR/2 .. NR rows: below, most of the NR lanes would be padding.
- * Measured on the Xeon VM against the packed path: 32 x 256 x 512 (one thread's gate of a 1,32,512,512
- * GRU projection) x1.39, 32 x 1536 x 512 on 2 threads x1.36, 16 x 1024 x 1024 x1.38, 32 x 2048 x 2048
- * x1.70; but 8 x 4096 x 1024 x0.81 and 5 x 512 x 256 x0.72. */
+ * Measurements: docs/tuning.md, GEMM thresholds: small M. */
 static void gk_small_m(const gk_problem *g, int m0, int m1, int n0, int n1, real *bp) {
     for (int pc = 0; pc < g->K; pc += GK_KC) {
         const int kc = gk_min(GK_KC, g->K - pc);

@@ -18,7 +18,7 @@
  *                    reset_after = 0: r * h_{t-1}             (the operand of W_hn)
  * h_{t-1} itself is not kept: backward reads it from the forward's y (or h0).
  *
- * ---- Forward (DESIGN.md's recipe, the pattern of lstm.c) -------------------------------------------------
+ * ---- Forward (docs/design.md, Kernel recipe; the pattern of lstm.c) ------------------------------------
  * The input projection (x W_ih^T + folded biases, into the tape's gates rows in training, or a chunk
  * buffer) is computed a chunk of steps at a time, the chunk's steps then read it back; either way, the step
  * reads only the h part of the panels -- a third less than a fused [W_ih | W_hh] pass, which is what bounds
@@ -49,11 +49,33 @@ static size_t gru_tape_len(int T, int B, int H) { return (size_t)T * (size_t)B *
 
 
 
+/* ---- the cell's elementwise math, written once for every width (simd.h) ----------------------------
+ * n of reset_after = 1 from r (activated), ph = h_{t-1} W_hn^T + b_hn and xn = x W_in^T + b_in; n of
+ * reset_after = 0 from xn and rec = (r*h_{t-1}) W_hn^T; h_t = (1-z)*n + z*h_{t-1} = n + z*(h_{t-1} - n).
+ * Backward: from d = dL/dh_t (dy + the carry) and the tape's z, n: *dn = dL/dn_pre, *dz = dL/dz_pre and
+ * the carry's part d*z; with reset_after, *dr = dL/dr_pre from r and ph (the tape's aux). */
+#define GRU_CELL_MATH(V)                                                                                   \
+    static inline V gru_n_after_##V(V r, V ph, V xn) { return V##_tanh(V##_fma(r, ph, xn)); }             \
+    static inline V gru_n_before_##V(V xn, V rec) { return V##_tanh(V##_add(xn, rec)); }                  \
+    static inline V gru_h_##V(V z, V hp, V n) { return V##_fma(z, V##_sub(hp, n), n); }                   \
+    static inline void gru_bwd_##V(V d, V z, V n, V hp, V *dn, V *dz) {                                    \
+        const V one = V##_set1((real)1), omz = V##_sub(one, z);                                            \
+        *dn = V##_mul(V##_mul(d, omz), V##_fnma(n, n, one));                                               \
+        *dz = V##_mul(V##_mul(d, V##_sub(hp, n)), V##_mul(z, omz));                                        \
+    }                                                                                                      \
+    static inline V gru_bwd_r_##V(V dn, V ph, V r) {                                                       \
+        return V##_mul(V##_mul(dn, ph), V##_mul(r, V##_sub(V##_set1((real)1), r)));                        \
+    }
+FR_EACH_WIDTH(GRU_CELL_MATH)
+#undef GRU_CELL_MATH
+
 /* ---- forward: the cells on a tile row ------------------------------------------------------------------ */
 
-/* reset_after = 1, units [u0, u0 + nu) of one row: acc (3, NB) = h_{t-1} [W_hr, W_hz, W_hn]^T of those units,
- * xw (3H) the row's input projection with the folded biases.  Reads h_{t-1} from hp, writes h_t to hn and
- * y, and the tape when gates / aux are given (gates may be xw itself: each element is read first). */
+/* reset_after = 1, units [u0, u0 + nu) of one row, one by one (gru_cells_after runs the vector widths on
+ * whole blocks; this takes the partial last block, and every block when NB is no multiple of 8): acc (3, NB)
+ * = h_{t-1} [W_hr, W_hz, W_hn]^T of those units, xw (3H) the row's input projection with the folded
+ * biases.  Reads h_{t-1} from hp, writes h_t to hn and y, and the tape when gates / aux are given (gates
+ * may be xw itself: each element is read first). */
 static inline void gru_cell_after(int H, int NB, int u0, int nu,
                                   const real *acc,  /* (3, NB) */
                                   const real *xw,   /* (3H) x W_ih^T + biases */
@@ -64,32 +86,12 @@ static inline void gru_cell_after(int H, int NB, int u0, int nu,
                                   real *gates,      /* (3H) tape row out: r, z, n; or NULL */
                                   real *aux)        /* (H) tape row out: h W_hn^T + b_hn; or NULL */
 {
-#if FR_AVX2 && !FR_DOUBLE
-    if (nu == 8 && NB == 8) {
-        __m256 pr = _mm256_add_ps(_mm256_loadu_ps(acc), _mm256_loadu_ps(xw + u0));
-        __m256 pz = _mm256_add_ps(_mm256_loadu_ps(acc + 8), _mm256_loadu_ps(xw + H + u0));
-        __m256 ph = _mm256_loadu_ps(acc + 16);
-        if (b_hn) ph = _mm256_add_ps(ph, _mm256_loadu_ps(b_hn + u0));
-        __m256 r = vm_sigmoid8(pr), z = vm_sigmoid8(pz);
-        __m256 nn = vm_tanh8(_mm256_fmadd_ps(r, ph, _mm256_loadu_ps(xw + 2 * H + u0)));
-        __m256 hv = _mm256_fmadd_ps(z, _mm256_sub_ps(_mm256_loadu_ps(hp + u0), nn), nn);
-        _mm256_storeu_ps(hn + u0, hv);
-        _mm256_storeu_ps(yr + u0, hv);
-        if (gates) {
-            _mm256_storeu_ps(gates + u0, r);
-            _mm256_storeu_ps(gates + H + u0, z);
-            _mm256_storeu_ps(gates + 2 * H + u0, nn);
-            _mm256_storeu_ps(aux + u0, ph);
-        }
-        return;
-    }
-#endif
     for (int v = 0; v < nu; v++) {
         const int u = u0 + v;
         real ph = acc[2 * NB + v] + (b_hn ? b_hn[u] : (real)0);
-        real r = fr_sigmoid(xw[u] + acc[v]), z = fr_sigmoid(xw[H + u] + acc[NB + v]);
-        real nn = fr_tanh(xw[2 * H + u] + r * ph);
-        real hv = nn + z * (hp[u] - nn);
+        real r = vr1_sigmoid(xw[u] + acc[v]), z = vr1_sigmoid(xw[H + u] + acc[NB + v]);
+        real nn = gru_n_after_vr1(r, ph, xw[2 * H + u]);
+        real hv = gru_h_vr1(z, hp[u], nn);
         hn[u] = hv;
         yr[u] = hv;
         if (gates) {
@@ -140,7 +142,7 @@ static void gru_cells_after(int H, int NB, int ja, int jb, int n,
 {
     const size_t G3 = (size_t)3 * H;
     int jf = ja; /* blocks [ja, jf) are full and take the vector path, the others the scalar one */
-#if FR_AVX2 && !FR_DOUBLE
+#if FR_SIMD
     if (NB % 8 == 0) {
         /* groups of 8 units: units [u0, u0 + 8) of sorted row k (gru_next) */
         jf = jb * NB > H ? jb - 1 : jb;
@@ -153,8 +155,8 @@ static void gru_cells_after(int H, int NB, int ja, int jb, int n,
             int ub, kb;
             real *ta = gru_next(&cur, tb, W, n, ja, NB, &ua, &ka), *tb1 = gru_next(&cur, tb, W, n, ja, NB, &ub, &kb);
             const real *xa = xs + (size_t)ka * G3, *xb = xs + (size_t)kb * G3;
-            __m512 r = vm_sigmoid16(_mm512_add_ps(vm_join8(ta, tb1), vm_join8(xa + ua, xb + ub)));
-            __m512 z = vm_sigmoid16(_mm512_add_ps(vm_join8(ta + NB, tb1 + NB), vm_join8(xa + H + ua, xb + H + ub)));
+            vr16 r = vr16_sigmoid(vr16_add(vm_join8(ta, tb1), vm_join8(xa + ua, xb + ub)));
+            vr16 z = vr16_sigmoid(vr16_add(vm_join8(ta + NB, tb1 + NB), vm_join8(xa + H + ua, xb + H + ub)));
             vm_split8(r, ta, tb1);
             vm_split8(z, ta + NB, tb1 + NB);
         }
@@ -162,10 +164,10 @@ static void gru_cells_after(int H, int NB, int ja, int jb, int n,
         for (; i < m; i++) {
             real *t = gru_next(&cur, tb, W, n, ja, NB, &ua, &ka);
             const real *x = xs + (size_t)ka * G3;
-            __m256 r = vm_sigmoid8(_mm256_add_ps(_mm256_loadu_ps(t), _mm256_loadu_ps(x + ua)));
-            __m256 z = vm_sigmoid8(_mm256_add_ps(_mm256_loadu_ps(t + NB), _mm256_loadu_ps(x + H + ua)));
-            _mm256_storeu_ps(t, r);
-            _mm256_storeu_ps(t + NB, z);
+            vr8 r = vr8_sigmoid(vr8_add(vr8_load(t), vr8_load(x + ua)));
+            vr8 z = vr8_sigmoid(vr8_add(vr8_load(t + NB), vr8_load(x + H + ua)));
+            vr8_store(t, r);
+            vr8_store(t + NB, z);
         }
         i = 0;
         cur = (gru_cursor){0, 0, 0};
@@ -174,11 +176,10 @@ static void gru_cells_after(int H, int NB, int ja, int jb, int n,
             int ub, kb;
             const real *ta = gru_next(&cur, tb, W, n, ja, NB, &ua, &ka), *tb1 = gru_next(&cur, tb, W, n, ja, NB, &ub, &kb);
             real *xa = xs + (size_t)ka * G3, *xb = xs + (size_t)kb * G3;
-            __m512 r = vm_join8(ta, tb1), z = vm_join8(ta + NB, tb1 + NB), ph = vm_join8(ta + 2 * NB, tb1 + 2 * NB);
-            if (b_hn) ph = _mm512_add_ps(ph, vm_join8(b_hn + ua, b_hn + ub));
-            __m512 nn = vm_tanh16(_mm512_fmadd_ps(r, ph, vm_join8(xa + 2 * H + ua, xb + 2 * H + ub)));
-            __m512 hv = _mm512_fmadd_ps(
-                z, _mm512_sub_ps(vm_join8(hprev + (size_t)ka * H + ua, hprev + (size_t)kb * H + ub), nn), nn);
+            vr16 r = vm_join8(ta, tb1), z = vm_join8(ta + NB, tb1 + NB), ph = vm_join8(ta + 2 * NB, tb1 + 2 * NB);
+            if (b_hn) ph = vr16_add(ph, vm_join8(b_hn + ua, b_hn + ub));
+            vr16 nn = gru_n_after_vr16(r, ph, vm_join8(xa + 2 * H + ua, xb + 2 * H + ub));
+            vr16 hv = gru_h_vr16(z, vm_join8(hprev + (size_t)ka * H + ua, hprev + (size_t)kb * H + ub), nn);
             vm_split8(hv, hnew + (size_t)ka * H + ua, hnew + (size_t)kb * H + ub);
             vm_split8(hv, yr[ka] + ua, yr[kb] + ub);
             if (tape) {
@@ -192,17 +193,17 @@ static void gru_cells_after(int H, int NB, int ja, int jb, int n,
         for (; i < m; i++) {
             const real *t = gru_next(&cur, tb, W, n, ja, NB, &ua, &ka);
             real *x = xs + (size_t)ka * G3;
-            __m256 r = _mm256_loadu_ps(t), z = _mm256_loadu_ps(t + NB), ph = _mm256_loadu_ps(t + 2 * NB);
-            if (b_hn) ph = _mm256_add_ps(ph, _mm256_loadu_ps(b_hn + ua));
-            __m256 nn = vm_tanh8(_mm256_fmadd_ps(r, ph, _mm256_loadu_ps(x + 2 * H + ua)));
-            __m256 hv = _mm256_fmadd_ps(z, _mm256_sub_ps(_mm256_loadu_ps(hprev + (size_t)ka * H + ua), nn), nn);
-            _mm256_storeu_ps(hnew + (size_t)ka * H + ua, hv);
-            _mm256_storeu_ps(yr[ka] + ua, hv);
+            vr8 r = vr8_load(t), z = vr8_load(t + NB), ph = vr8_load(t + 2 * NB);
+            if (b_hn) ph = vr8_add(ph, vr8_load(b_hn + ua));
+            vr8 nn = gru_n_after_vr8(r, ph, vr8_load(x + 2 * H + ua));
+            vr8 hv = gru_h_vr8(z, vr8_load(hprev + (size_t)ka * H + ua), nn);
+            vr8_store(hnew + (size_t)ka * H + ua, hv);
+            vr8_store(yr[ka] + ua, hv);
             if (tape) {
-                _mm256_storeu_ps(x + ua, r);
-                _mm256_storeu_ps(x + H + ua, z);
-                _mm256_storeu_ps(x + 2 * H + ua, nn);
-                _mm256_storeu_ps(aux + (size_t)ka * H + ua, ph);
+                vr8_store(x + ua, r);
+                vr8_store(x + H + ua, z);
+                vr8_store(x + 2 * H + ua, nn);
+                vr8_store(aux + (size_t)ka * H + ua, ph);
             }
         }
     }
@@ -216,6 +217,18 @@ static void gru_cells_after(int H, int NB, int ja, int jb, int n,
     }
 }
 
+/* reset_after = 0, phase 1 on V##_W units u .. of one row (v .. of the tile row acc). */
+#define GRU_RZ(V)                                                                                          \
+    static inline void gru_rz_##V(int H, int NB, int u, int v, const real *acc, const real *h, real *g,    \
+                                  real *rh) {                                                              \
+        const V r = V##_sigmoid(V##_add(V##_load(g + u), V##_load(acc + v)));                              \
+        V##_store(g + u, r);                                                                               \
+        V##_store(g + H + u, V##_sigmoid(V##_add(V##_load(g + H + u), V##_load(acc + NB + v))));           \
+        V##_store(rh + u, V##_mul(r, V##_load(h + u)));                                                    \
+    }
+FR_EACH_WIDTH(GRU_RZ)
+#undef GRU_RZ
+
 /* reset_after = 0, phase 1 on units [u0, u0 + nu) of one row: acc (2, NB) = h_{t-1} [W_hr, W_hz]^T of those
  * units.  g holds the row's input projection with the folded biases; r and z (activated) replace their
  * parts, n_x stays for phase 2; rh gets r * h. */
@@ -226,24 +239,23 @@ static inline void gru_cell_rz(int H, int NB, int u0, int nu,
                                real *rh)        /* (H) out: r * h */
 {
     int v = 0;
-#if FR_AVX2 && !FR_DOUBLE
-    for (; v + 8 <= nu; v += 8) {
-        const int u = u0 + v;
-        __m256 r = vm_sigmoid8(_mm256_add_ps(_mm256_loadu_ps(acc + v), _mm256_loadu_ps(g + u)));
-        __m256 z = vm_sigmoid8(_mm256_add_ps(_mm256_loadu_ps(acc + NB + v), _mm256_loadu_ps(g + H + u)));
-        _mm256_storeu_ps(g + u, r);
-        _mm256_storeu_ps(g + H + u, z);
-        _mm256_storeu_ps(rh + u, _mm256_mul_ps(r, _mm256_loadu_ps(h + u)));
-    }
+#if FR_SIMD
+    for (; v + 8 <= nu; v += 8) gru_rz_vr8(H, NB, u0 + v, v, acc, h, g, rh);
 #endif
-    for (; v < nu; v++) {
-        const int u = u0 + v;
-        real r = fr_sigmoid(g[u] + acc[v]);
-        g[u] = r;
-        g[H + u] = fr_sigmoid(g[H + u] + acc[NB + v]);
-        rh[u] = r * h[u];
-    }
+    for (; v < nu; v++) gru_rz_vr1(H, NB, u0 + v, v, acc, h, g, rh);
 }
+
+/* reset_after = 0, phase 2 on V##_W units u .. of one row (v .. of rec). */
+#define GRU_NH(V)                                                                                          \
+    static inline void gru_nh_##V(int H, int u, int v, const real *rec, real *g, real *h, real *yr) {      \
+        const V nn = gru_n_before_##V(V##_load(g + 2 * H + u), V##_load(rec + v));                        \
+        const V hv = gru_h_##V(V##_load(g + H + u), V##_load(h + u), nn);                                  \
+        V##_store(g + 2 * H + u, nn);                                                                      \
+        V##_store(h + u, hv);                                                                              \
+        V##_store(yr + u, hv);                                                                             \
+    }
+FR_EACH_WIDTH(GRU_NH)
+#undef GRU_NH
 
 /* reset_after = 0, phase 2 on units [u0, u0 + nu) of one row: rec (nu) = (r*h) W_hn^T of those units.
  * n = tanh(n_x + rec) replaces n_x in g; h is updated in place and copied to y. */
@@ -254,25 +266,10 @@ static inline void gru_cell_n(int H, int u0, int nu,
                               real *yr)        /* (H) y row out */
 {
     int v = 0;
-#if FR_AVX2 && !FR_DOUBLE
-    for (; v + 8 <= nu; v += 8) {
-        const int u = u0 + v;
-        __m256 nn = vm_tanh8(_mm256_add_ps(_mm256_loadu_ps(g + 2 * H + u), _mm256_loadu_ps(rec + v)));
-        __m256 z = _mm256_loadu_ps(g + H + u);
-        __m256 hv = _mm256_fmadd_ps(z, _mm256_sub_ps(_mm256_loadu_ps(h + u), nn), nn);
-        _mm256_storeu_ps(g + 2 * H + u, nn);
-        _mm256_storeu_ps(h + u, hv);
-        _mm256_storeu_ps(yr + u, hv);
-    }
+#if FR_SIMD
+    for (; v + 8 <= nu; v += 8) gru_nh_vr8(H, u0 + v, v, rec, g, h, yr);
 #endif
-    for (; v < nu; v++) {
-        const int u = u0 + v;
-        real nn = fr_tanh(g[2 * H + u] + rec[v]);
-        real hv = nn + g[H + u] * (h[u] - nn);
-        g[2 * H + u] = nn;
-        h[u] = hv;
-        yr[u] = hv;
-    }
+    for (; v < nu; v++) gru_nh_vr1(H, u0 + v, v, rec, g, h, yr);
 }
 
 /* ---- forward: the parallel region ------------------------------------------------------------------------ */
@@ -433,11 +430,9 @@ static void gru_fwd_task(void *arg, int tid, int nth) {
 
 /* Whether the forward computes x W_ih^T (+ biases) by GEMM per chunk of >= 1024 rows before each chunk's
  * region (seq_project_units; in training all rows at once, into the tape) rather than in each thread's
- * tiles per chunk of >= 128 rows inside the region (which then reads it back from L2).  Measured on the
- * Xeon VM (AVX-512), 2 threads, GEMM vs tiles in one process: training 1.02-1.11x at every grid and
- * DeepBench shape; inference 25,64,1024,1024 1.08x, 187,32,1536,1536 1.13x, 1,32,512,512 1.24x,
- * 50,64,512,512 even (W_ih 3 MB), but 100,16,64,128 0.92x and 100,32,128,256 0.93x (W_ih 98 / 393 KB).
- * A call of at most REC_DIRECT_ROWS rows (streaming step()) keeps the unpacked weights in place. */
+ * tiles per chunk of >= 128 rows inside the region (which then reads it back from L2).  Measurements:
+ * docs/tuning.md, GRU input projection by GEMM.  A call of at most REC_DIRECT_ROWS rows (streaming step())
+ * keeps the unpacked weights in place. */
 #ifndef GRU_GEMM_PROJ_BYTES
 #define GRU_GEMM_PROJ_BYTES ((size_t)1 << 20)
 #endif
@@ -446,9 +441,7 @@ static int gru_gemm_projection(size_t rows, int training, int I, int H) {
 }
 
 /* rec_step_by_gemm for the GRU: reset_after only (reset_after = 0 multiplies r*h in a second phase).
- * Measured on the Xeon VM, in one process against packed panels: GRU 1,32,512,512 (the
- * DeepBench one-step GRU, where packing W_hh was ~16% of the call) forward x1.09 on 2 threads, x1.19 on
- * 1; 1,16,256,256 x1.02. */
+ * Measurements: docs/tuning.md, Single step by GEMM. */
 static int gru_single_step(const fr_seq *q, int ra) {
     return ra && rec_step_by_gemm(q->S, q->B);
 }
@@ -608,6 +601,26 @@ typedef struct gru_bwd_ctx {
     fr_barrier_t bar;
 } gru_bwd_ctx;
 
+/* Phase A on V##_W units u .. of one row: g's parts r, z, n are dL/d of the pre-activations. */
+#define GRU_ROWA(V)                                                                                        \
+    static inline void gru_rowA_##V(int H, int u, int reset_after, const real *dyr, real *dhr,             \
+                                    const real *hp, const real *gt, const real *au, real *g, real *dnr) {  \
+        const V d = V##_add(V##_load(dyr + u), V##_load(dhr + u));                                         \
+        const V z = V##_load(gt + H + u);                                                                  \
+        V dn, dz;                                                                                          \
+        gru_bwd_##V(d, z, V##_load(gt + 2 * H + u), V##_load(hp + u), &dn, &dz);                           \
+        V##_store(g + H + u, dz);                                                                          \
+        V##_store(dhr + u, V##_mul(d, z));                                                                 \
+        if (reset_after) {                                                                                 \
+            const V r = V##_load(gt + u);                                                                  \
+            V##_store(g + u, gru_bwd_r_##V(dn, V##_load(au + u), r));                                      \
+            V##_store(dnr + u, V##_mul(dn, r));                                                            \
+        }                                                                                                  \
+        V##_store(g + 2 * H + u, dn);                                                                      \
+    }
+FR_EACH_WIDTH(GRU_ROWA)
+#undef GRU_ROWA
+
 /* Phase A on units [u0, u1) of one row. */
 static inline void gru_bwd_rowA(int H, int u0, int u1, int reset_after,
                                 const real *dyr, /* (H) dL/dy_t */
@@ -618,42 +631,11 @@ static inline void gru_bwd_rowA(int H, int u0, int u1, int reset_after,
                                 real *g,         /* (3H) out: dG (dr_pre only with reset_after) */
                                 real *dnr)       /* (H) out: dn_pre r (reset_after), or NULL */
 {
-    const real *r = gt, *z = gt + H, *nn = gt + 2 * H;
-    real *gr = g, *gz = g + H, *gn = g + 2 * H;
     int u = u0;
-#if FR_AVX2 && !FR_DOUBLE
-    const __m256 one = _mm256_set1_ps(1.0f);
-    for (; u + 8 <= u1; u += 8) {
-        __m256 d = _mm256_add_ps(_mm256_loadu_ps(dyr + u), _mm256_loadu_ps(dhr + u));
-        __m256 zv = _mm256_loadu_ps(z + u), nv = _mm256_loadu_ps(nn + u);
-        __m256 omz = _mm256_sub_ps(one, zv);
-        __m256 dn = _mm256_mul_ps(_mm256_mul_ps(d, omz), _mm256_fnmadd_ps(nv, nv, one));
-        __m256 dz = _mm256_mul_ps(_mm256_mul_ps(d, _mm256_sub_ps(_mm256_loadu_ps(hp + u), nv)),
-                                  _mm256_mul_ps(zv, omz));
-        _mm256_storeu_ps(gz + u, dz);
-        _mm256_storeu_ps(dhr + u, _mm256_mul_ps(d, zv));
-        if (reset_after) {
-            __m256 rv = _mm256_loadu_ps(r + u);
-            __m256 drp = _mm256_mul_ps(_mm256_mul_ps(dn, _mm256_loadu_ps(au + u)),
-                                       _mm256_mul_ps(rv, _mm256_sub_ps(one, rv)));
-            _mm256_storeu_ps(gr + u, drp);
-            _mm256_storeu_ps(dnr + u, _mm256_mul_ps(dn, rv));
-        }
-        _mm256_storeu_ps(gn + u, dn);
-    }
+#if FR_SIMD
+    for (; u + 8 <= u1; u += 8) gru_rowA_vr8(H, u, reset_after, dyr, dhr, hp, gt, au, g, dnr);
 #endif
-    for (; u < u1; u++) {
-        real d = dyr[u] + dhr[u];
-        real omz = (real)1 - z[u];
-        real dn = d * omz * ((real)1 - nn[u] * nn[u]);
-        gz[u] = d * (hp[u] - nn[u]) * (z[u] * omz);
-        dhr[u] = d * z[u];
-        if (reset_after) {
-            gr[u] = dn * au[u] * (r[u] * ((real)1 - r[u]));
-            dnr[u] = dn * r[u];
-        }
-        gn[u] = dn;
-    }
+    for (; u < u1; u++) gru_rowA_vr1(H, u, reset_after, dyr, dhr, hp, gt, au, g, dnr);
 }
 
 /* dh rows += tiles of [a1 | a2] rows @ block j of the transposed pack p (all n rows, tiles of MR); the

@@ -8,9 +8,10 @@
  *   i, f, o = sigmoid(z_i, z_f, z_o),  g = tanh(z_g)
  *   c' = f*c + i*g,  m = o*tanh(c'),  h' = m  (P == H)  or  h' = m W_hr^T  (projection, P < H)
  *
- * Recipe (DESIGN.md): the input projection of many steps is one GEMM; the time loop does per step only the
- * recurrent product and the elementwise cell; backward does per step only the elementwise dG and
- * dh_{t-1} = dG W_hh, and the weight gradients afterwards as big GEMMs over all rows.
+ * Recipe (docs/design.md, Kernel recipe): the input projection of many steps is one GEMM; the time loop
+ * does per step only the recurrent product and the elementwise cell; backward does per step only the
+ * elementwise dG and dh_{t-1} = dG W_hh, and the weight gradients afterwards as big GEMMs over all rows
+ * (seq_weight_grads, seq.h).
  *
  * ---- Row order ("compact rows") ------------------------------------------------------------------------
  * Every per-(step, sequence) array below -- the tape, dG -- holds one row per VALID (time, sequence) pair,
@@ -70,8 +71,69 @@ typedef struct lstm_fwd_ctx {
     fr_claims_t claims;      /* steal: the blocks of a step */
 } lstm_fwd_ctx;
 
-/* The cell on one tile row: units [u0, u0 + nu) of one sequence.
- * acc (4, NB) = x_t W_ih^T + h_{t-1} W_hh^T of those units, gate-major within the block. */
+/* ---- the cell's elementwise math, forward and backward, written once for every width (simd.h) --------
+ * Forward on one vector of units: z (4) pre-activations i, f, g, o and cp = c_{t-1} give a (4) the
+ * activated gates, *c = c_t = f*c_{t-1} + i*g and *m = o*tanh(c_t). */
+#define LSTM_CELL_FWD(V)                                                                                   \
+    static inline void lstm_fwd_##V(const V z[4], V cp, V a[4], V *c, V *m) {                             \
+        a[0] = V##_sigmoid(z[0]);                                                                          \
+        a[1] = V##_sigmoid(z[1]);                                                                          \
+        a[2] = V##_tanh(z[2]);                                                                             \
+        a[3] = V##_sigmoid(z[3]);                                                                          \
+        *c = V##_fmma(a[1], cp, a[0], a[2]);                                                               \
+        *m = V##_mul(a[3], V##_tanh(*c));                                                                  \
+    }
+FR_EACH_WIDTH(LSTM_CELL_FWD)
+#undef LSTM_CELL_FWD
+
+/* Backward on one vector of units, from the tape: a (4) activated gates, c = c_t, cp = c_{t-1}, dm =
+ * dL/dm_t and the carry dc = dL/dc_t from later steps give dz (4) = dL/dz of i, f, g, o, and the carry
+ * dL/dc_{t-1} in *dcp.  tanh(c_t) is recomputed (with the forward's own approximation) rather than taped:
+ * one tanh per element is cheap next to the products, and the tape stays at 5H per row. */
+#define LSTM_CELL_BWD(V)                                                                                   \
+    static inline void lstm_bwd_##V(const V a[4], V c, V cp, V dm, V dc, V dz[4], V *dcp) {               \
+        const V one = V##_set1((real)1);                                                                   \
+        const V i = a[0], f = a[1], g = a[2], o = a[3];                                                    \
+        const V th = V##_tanh(c);                                                                          \
+        const V dmo = V##_mul(dm, o);                                                                      \
+        const V dct = V##_fma(dmo, V##_fnma(th, th, one), dc); /* dc_t = carry + dm * o * (1 - th^2) */    \
+        dz[0] = V##_mul(V##_mul(dct, g), V##_mul(i, V##_sub(one, i)));                                     \
+        dz[1] = V##_mul(V##_mul(dct, cp), V##_mul(f, V##_sub(one, f)));                                    \
+        dz[2] = V##_mul(V##_mul(dct, i), V##_fnma(g, g, one));                                             \
+        dz[3] = V##_mul(V##_mul(dmo, th), V##_sub(one, o));                                                \
+        *dcp = V##_mul(dct, f);                                                                            \
+    }
+FR_EACH_WIDTH(LSTM_CELL_BWD)
+#undef LSTM_CELL_BWD
+
+/* The forward cell on V##_W units of one tile row: units u .. of the H-strided rows, v .. of the tile's
+ * gate-major (4, NB) row acc. */
+#define LSTM_TILE_CELL(V)                                                                                  \
+    static inline void lstm_tile_##V(int H, int NB, int u, int v,                                          \
+                                     const real *acc,  /* (4, NB) */                                       \
+                                     const real *bias, /* (4H) or NULL */                                  \
+                                     real *gates,      /* (4H) tape row, or NULL */                        \
+                                     real *c,          /* (H) */                                           \
+                                     real *m,          /* (H) */                                           \
+                                     real *yr)         /* (H), or NULL */                                  \
+    {                                                                                                      \
+        V z[4], a[4], cn, mv;                                                                              \
+        for (int q = 0; q < 4; q++) {                                                                      \
+            z[q] = V##_load(acc + q * NB + v);                                                             \
+            if (bias) z[q] = V##_add(z[q], V##_load(bias + (size_t)q * H + u));                            \
+        }                                                                                                  \
+        lstm_fwd_##V(z, V##_load(c + u), a, &cn, &mv);                                                     \
+        if (gates)                                                                                         \
+            for (int q = 0; q < 4; q++) V##_store(gates + (size_t)q * H + u, a[q]);                        \
+        V##_store(c + u, cn);                                                                              \
+        V##_store(m + u, mv);                                                                              \
+        if (yr) V##_store(yr + u, mv);                                                                     \
+    }
+FR_EACH_WIDTH(LSTM_TILE_CELL)
+#undef LSTM_TILE_CELL
+
+/* The cell on one tile row: units [u0, u0 + nu) of one sequence, 8 at a time where the width has them,
+ * then one by one.  acc (4, NB) = x_t W_ih^T + h_{t-1} W_hh^T of those units, gate-major within the block. */
 static inline void lstm_tile_cell(int H, int NB, int u0, int nu,
                                   const real *acc,  /* (4, NB) */
                                   const real *bias, /* (4H) or NULL */
@@ -80,50 +142,12 @@ static inline void lstm_tile_cell(int H, int NB, int u0, int nu,
                                   real *m,          /* (H) row of m = o * tanh(c) (= h_t without projection) */
                                   real *yr)         /* (H) row of y, or NULL (projection: y is h_t, later) */
 {
-#if FR_AVX2 && !FR_DOUBLE
-    if (nu == 8 && NB == 8) {
-        __m256 p[4];
-        for (int g = 0; g < 4; g++) {
-            p[g] = _mm256_loadu_ps(acc + g * 8);
-            if (bias) p[g] = _mm256_add_ps(p[g], _mm256_loadu_ps(bias + g * H + u0));
-        }
-        __m256 i = vm_sigmoid8(p[0]), f = vm_sigmoid8(p[1]), g = vm_tanh8(p[2]), o = vm_sigmoid8(p[3]);
-        __m256 cn = _mm256_fmadd_ps(f, _mm256_loadu_ps(c + u0), _mm256_mul_ps(i, g));
-        __m256 mv = _mm256_mul_ps(o, vm_tanh8(cn));
-        if (gates) {
-            _mm256_storeu_ps(gates + u0, i);
-            _mm256_storeu_ps(gates + H + u0, f);
-            _mm256_storeu_ps(gates + 2 * H + u0, g);
-            _mm256_storeu_ps(gates + 3 * H + u0, o);
-        }
-        _mm256_storeu_ps(c + u0, cn);
-        _mm256_storeu_ps(m + u0, mv);
-        if (yr) _mm256_storeu_ps(yr + u0, mv);
-        return;
-    }
+    int v = 0;
+#if FR_SIMD
+    if (NB == 8)
+        for (; v + 8 <= nu; v += 8) lstm_tile_vr8(H, NB, u0 + v, v, acc, bias, gates, c, m, yr);
 #endif
-    for (int v = 0; v < nu; v++) {
-        int u = u0 + v;
-        real pi = acc[v], pf = acc[NB + v], pg = acc[2 * NB + v], po = acc[3 * NB + v];
-        if (bias) {
-            pi += bias[u];
-            pf += bias[H + u];
-            pg += bias[2 * H + u];
-            po += bias[3 * H + u];
-        }
-        real i = fr_sigmoid(pi), f = fr_sigmoid(pf), g = fr_tanh(pg), o = fr_sigmoid(po);
-        real cu = f * c[u] + i * g;
-        real mu = o * fr_tanh(cu);
-        if (gates) {
-            gates[u] = i;
-            gates[H + u] = f;
-            gates[2 * H + u] = g;
-            gates[3 * H + u] = o;
-        }
-        c[u] = cu;
-        m[u] = mu;
-        if (yr) yr[u] = mu;
-    }
+    for (; v < nu; v++) lstm_tile_vr1(H, NB, u0 + v, v, acc, bias, gates, c, m, yr);
 }
 
 #if FR_AVX512
@@ -143,20 +167,15 @@ typedef struct lstm_half {
 /* row: b's units follow a's in the same row (b.x == a.x + 8 for every pointer but acc), so the loads and
  * stores of bias, gates, c, m and y are whole zmm; the callers pass a constant, and the branches fold. */
 static inline void lstm_cell16(int H, int row, lstm_half a, lstm_half b) {
-    __m512 p[4];
+    vr16 p[4];
     for (int q = 0; q < 4; q++) {
         p[q] = vm_join8(a.acc + q * 8, b.acc + q * 8);
-        if (a.bias) p[q] = _mm512_add_ps(p[q], vm_load16(row, a.bias + (size_t)q * H, b.bias + (size_t)q * H));
+        if (a.bias) p[q] = vr16_add(p[q], vm_load16(row, a.bias + (size_t)q * H, b.bias + (size_t)q * H));
     }
-    __m512 i = vm_sigmoid16(p[0]), f = vm_sigmoid16(p[1]), g = vm_tanh16(p[2]), o = vm_sigmoid16(p[3]);
-    __m512 cn = _mm512_fmadd_ps(f, vm_load16(row, a.c, b.c), _mm512_mul_ps(i, g));
-    __m512 mv = _mm512_mul_ps(o, vm_tanh16(cn));
-    if (a.gates) {
-        vm_store16(row, i, a.gates, b.gates);
-        vm_store16(row, f, a.gates + H, b.gates + H);
-        vm_store16(row, g, a.gates + 2 * (size_t)H, b.gates + 2 * (size_t)H);
-        vm_store16(row, o, a.gates + 3 * (size_t)H, b.gates + 3 * (size_t)H);
-    }
+    vr16 ga[4], cn, mv;
+    lstm_fwd_vr16(p, vm_load16(row, a.c, b.c), ga, &cn, &mv);
+    if (a.gates)
+        for (int q = 0; q < 4; q++) vm_store16(row, ga[q], a.gates + (size_t)q * H, b.gates + (size_t)q * H);
     vm_store16(row, cn, a.c, b.c);
     /* the tape's copy of c from the register: a 64-byte memcpy from c would load across the two 32-byte
      * stores just made (row = 0), which the CPU cannot forward (a stall of the store buffer's drain) */
@@ -358,18 +377,7 @@ static void lstm_fwd_task(void *arg, int tid, int nth) {
  * lstm_single_step's GEMMs when split); and more than REC_DIRECT_ROWS rows in all (a streaming step()
  * multiplies the unpacked weights in place).
  *
- * Measured on the Xeon VM (AVX-512), in one process, fused / split forward time (below 1: fused faster),
- * 2 threads, T,B,I,H: 25,16,512,512 1.12; 25,16,1024,1024 1.13; 25,24,1024,1024 1.00; 50,24,512,512 0.99;
- * 50,32,512,512 0.96 (1 thread 0.96); 25,32,1024,1024 1.01 (1 thread 0.99); 25,40,1024,1024 0.97;
- * 50,48,512,512 0.93; 25,48,1024,1024 0.95 (1 thread 0.94); 50,64,528,528 0.89; 25,64,1024,1024 0.95
- * (1 thread 0.94); 25,128,1024,1024 0.95; 25,64,1536,1536 1.03.  Training steps at the shapes the wide rule
- * moves are even (50,32,512,512 1.01 / 0.99 on 1 thread; 25,48,1024,1024 1.01; 25,64,1024,1024 1.01 / 1.01;
- * 50,64,528,528 1.00).  Earlier, at small widths: 50,8,1536,1536 split 139 ms vs fused 192; 100,1,64,128
- * even; 100,16,64,128 fused 3.2 vs 3.7; 100,32,128,256 27 vs 40; 150,32,256,256 39 vs 46.  (The RNN keeps
- * 128 KB at every B: 50,32,1024,1024 fused / split 1.06, 50,64,1760,1760 1.04, 25,64,1024,1024 0.99.)
- * The AVX2 path (FASTRNN_ISA=avx2 on the same VM: tiles of 3-4 rows, half the width) keeps 128 KB: there
- * 25,64,1024,1024 fused / split 1.01-1.03 on 2 threads and 1.06-1.09 on 1, 50,32,512,512 1.02 -- though
- * 25,48,1024,1024 0.87. */
+ * Measurements: docs/tuning.md, LSTM split rule. */
 #ifndef LSTM_WIDE_B
 #define LSTM_WIDE_B 24
 #endif
@@ -388,8 +396,7 @@ static int lstm_split(size_t rows, int S, int B, int I, int H, int P) {
 }
 
 /* rec_step_by_gemm for the LSTM: when it projects x by GEMM too (split; fused, x and h share the panels).
- * Measured on the Xeon VM, in one process against packed panels: LSTM 1,32,512,512
- * forward x1.18 on 2 threads, x1.35 on 1; 1,16,512,512 x1.10. */
+ * Measurements: docs/tuning.md, Single step by GEMM. */
 static int lstm_single_step(const fr_seq *q, int split) {
     return split && rec_step_by_gemm(q->S, q->B);
 }
@@ -398,10 +405,8 @@ static int lstm_single_step(const fr_seq *q, int split) {
 /* Whether the threads of a fused forward split the rows of each step rather than the hidden units: each
  * thread then runs every block for its own rows, which depend on nothing another thread computes, so the
  * steps need no barrier -- but each thread streams all the weights every step, so only while they sit
- * comfortably in its L2, and with rows enough per thread for full tiles.  Measured on the Xeon VM, 2
- * threads, rows vs units in one process, forward: 100,16,64,128 x1.05-1.06 (training x1.05), 100,32,64,128
- * x1.06, 100,64,64,128 x1.08, 100,16,32,64 x1.05 -- but 100,32,128,256 (1.5 MB of weights) x0.92,
- * 150,32,256,256 x0.88, 50,64,512,512 x0.99. */
+ * comfortably in its L2, and with rows enough per thread for full tiles.  Measurements: docs/tuning.md,
+ * LSTM rows or units. */
 #ifndef LSTM_ROWSPLIT_BYTES
 #define LSTM_ROWSPLIT_BYTES ((size_t)512 << 10)
 #endif
@@ -573,9 +578,25 @@ typedef struct lstm_bwd_ctx {
     fr_barrier_t bar;
 } lstm_bwd_ctx;
 
-/* dz and the c carry for units [u0, u0 + nu) of one row (one sequence at one step).  tanh(c_t) is
- * recomputed (with the forward's own approximation) rather than taped: one tanh per element is cheap next
- * to the products, and the tape stays at 5H per row. */
+/* dz and the c carry on V##_W units u .. of one row (v .. of dm), and the bias gradient db += dz. */
+#define LSTM_DGATES(V)                                                                                     \
+    static inline void lstm_dgates_##V(int H, int u, int v, const real *a, const real *c, const real *cp,  \
+                                       const real *dm, real *dc, real *dz, real *db) {                     \
+        V ga[4], dg[4], dcp;                                                                               \
+        for (int q = 0; q < 4; q++) ga[q] = V##_load(a + (size_t)q * H + u);                               \
+        lstm_bwd_##V(ga, V##_load(c + u), cp ? V##_load(cp + u) : V##_zero(), V##_load(dm + v),            \
+                     V##_load(dc + u), dg, &dcp);                                                          \
+        for (int q = 0; q < 4; q++) V##_store(dz + (size_t)q * H + u, dg[q]);                              \
+        V##_store(dc + u, dcp);                                                                            \
+        if (db)                                                                                            \
+            for (int q = 0; q < 4; q++)                                                                    \
+                V##_store(db + (size_t)q * H + u, V##_add(V##_load(db + (size_t)q * H + u), dg[q]));       \
+    }
+FR_EACH_WIDTH(LSTM_DGATES)
+#undef LSTM_DGATES
+
+/* dz and the c carry for units [u0, u0 + nu) of one row (one sequence at one step): 16 at a time (AVX-512:
+ * half the instructions, no divider), then 8, then one by one. */
 static inline void lstm_dgates(int H, int u0, int nu,
                                const real *a,  /* (4H) activated i, f, g, o of this step */
                                const real *c,  /* (H) c_t */
@@ -585,67 +606,14 @@ static inline void lstm_dgates(int H, int u0, int nu,
                                real *dz,       /* (4H) out: dL/dz, gates i, f, g, o */
                                real *db)       /* (4H) += dz, or NULL */
 {
-    const real one = 1;
     int v = 0;
-    /* The vector loop, once for both widths: P is the intrinsics' prefix (_mm512 / _mm256), VT its vector
-     * type, N the floats per vector, TANH the activation of that width (the forward's own approximation). */
-#define LSTM_DGATES_LOOP(P, VT, N, TANH)                                                                  \
-    do {                                                                                                 \
-        const VT vone = P##_set1_ps(1.0f);                                                               \
-        for (; v + N <= nu; v += N) {                                                                    \
-            const int u = u0 + v;                                                                        \
-            const VT i = P##_loadu_ps(a + u), f = P##_loadu_ps(a + H + u);                               \
-            const VT g = P##_loadu_ps(a + 2 * H + u), o = P##_loadu_ps(a + 3 * H + u);                   \
-            const VT th = TANH(P##_loadu_ps(c + u));                                                     \
-            const VT dmo = P##_mul_ps(P##_loadu_ps(dm + v), o);                                          \
-            /* dc_t = carry + dm * o * (1 - th^2) */                                                     \
-            const VT dcv = P##_fmadd_ps(dmo, P##_fnmadd_ps(th, th, vone), P##_loadu_ps(dc + u));         \
-            const VT cpv = cp ? P##_loadu_ps(cp + u) : P##_setzero_ps();                                 \
-            const VT zi = P##_mul_ps(P##_mul_ps(dcv, g), P##_mul_ps(i, P##_sub_ps(vone, i)));            \
-            const VT zf = P##_mul_ps(P##_mul_ps(dcv, cpv), P##_mul_ps(f, P##_sub_ps(vone, f)));          \
-            const VT zg = P##_mul_ps(P##_mul_ps(dcv, i), P##_fnmadd_ps(g, g, vone));                     \
-            const VT zo = P##_mul_ps(P##_mul_ps(dmo, th), P##_sub_ps(vone, o));                          \
-            P##_storeu_ps(dz + u, zi);                                                                   \
-            P##_storeu_ps(dz + H + u, zf);                                                               \
-            P##_storeu_ps(dz + 2 * H + u, zg);                                                           \
-            P##_storeu_ps(dz + 3 * H + u, zo);                                                           \
-            P##_storeu_ps(dc + u, P##_mul_ps(dcv, f));                                                   \
-            if (db) {                                                                                    \
-                P##_storeu_ps(db + u, P##_add_ps(P##_loadu_ps(db + u), zi));                             \
-                P##_storeu_ps(db + H + u, P##_add_ps(P##_loadu_ps(db + H + u), zf));                     \
-                P##_storeu_ps(db + 2 * H + u, P##_add_ps(P##_loadu_ps(db + 2 * H + u), zg));             \
-                P##_storeu_ps(db + 3 * H + u, P##_add_ps(P##_loadu_ps(db + 3 * H + u), zo));             \
-            }                                                                                            \
-        }                                                                                                \
-    } while (0)
 #if FR_AVX512
-    LSTM_DGATES_LOOP(_mm512, __m512, 16, vm_tanh16); /* 16 units a zmm: half the instructions, no divider */
+    for (; v + 16 <= nu; v += 16) lstm_dgates_vr16(H, u0 + v, v, a, c, cp, dm, dc, dz, db);
 #endif
-#if FR_AVX2 && !FR_DOUBLE
-    LSTM_DGATES_LOOP(_mm256, __m256, 8, vm_tanh8);
+#if FR_SIMD
+    for (; v + 8 <= nu; v += 8) lstm_dgates_vr8(H, u0 + v, v, a, c, cp, dm, dc, dz, db);
 #endif
-#undef LSTM_DGATES_LOOP
-    for (; v < nu; v++) {
-        const int u = u0 + v;
-        const real i = a[u], f = a[H + u], g = a[2 * H + u], o = a[3 * H + u];
-        const real th = fr_tanh(c[u]);
-        const real dmo = dm[v] * o;
-        const real dcu = dc[u] + dmo * (one - th * th);
-        const real cpu = cp ? cp[u] : 0;
-        const real zi = dcu * g * (i * (one - i)), zf = dcu * cpu * (f * (one - f));
-        const real zg = dcu * i * (one - g * g), zo = dmo * th * (one - o);
-        dz[u] = zi;
-        dz[H + u] = zf;
-        dz[2 * H + u] = zg;
-        dz[3 * H + u] = zo;
-        dc[u] = dcu * f;
-        if (db) {
-            db[u] += zi;
-            db[H + u] += zf;
-            db[2 * H + u] += zg;
-            db[3 * H + u] += zo;
-        }
-    }
+    for (; v < nu; v++) lstm_dgates_vr1(H, u0 + v, v, a, c, cp, dm, dc, dz, db);
 }
 
 /* Phase 1 reads tape rows the forward wrote long ago (the tape outgrows L2 past small shapes), a few
@@ -830,9 +798,6 @@ static int lstm_backward(int T, int B, int I, int H, int P, int reverse,
     lstm_bwd_ctx cx;
     real *dH = NULL;  /* (N, P) dL/dh of every row, projection only: dW_hr = dH^T M after the loop */
     real *db = NULL;  /* (4H) the bias gradient (both biases get it) */
-    real *xs = NULL;  /* (cs*B, I) gathered x of a chunk (lengths only) */
-    real *hs = NULL;  /* (cs*B, P) gathered h_{t-1} of a chunk (lengths only) */
-    real *dxs = NULL; /* (cs*B, I) dx of a chunk before the scatter (lengths only) */
     int rc = FR_ENOMEM;
 
     if (seq_init(&pl, T, B, reverse, lengths) != FR_OK) return FR_ENOMEM;
@@ -900,50 +865,10 @@ static int lstm_backward(int T, int B, int I, int H, int P, int reverse,
     if (db_hh) memcpy(db_hh, db, H4 * sizeof(real));
     if (proj && dw_hr) fr_gemm(1, 0, P, H, (int)N, 1, dH, P, tm, H, 0, dw_hr, H);
 
-    if (pl.perm == NULL) {
-        /* compact rows are x's and dx's own rows: one GEMM each, side by side when small (fr_gemm_jobs) */
-        const gk_job j_ih = {1, 0, (int)H4, I, (int)N, 1, dz, (int)H4, x, I, 0, dw_ih, I, NULL};
-        const gk_job j_dx = {0, 0, (int)N, I, (int)H4, 1, dz, (int)H4, w_ih, I, dx_accumulate ? 1 : 0, dx, I, NULL};
-        /* dW_hh = sum_t dz_t^T h_{t-1}: h_{t-1} is y's previous time block in processing order (y[t-1]
-         * forward, y[t+1] in reverse), read in place with its stride ldy, then h0's for the first step */
-        const gk_job j_h0 = {1, 0, (int)H4, P, B, 1, dz + (size_t)fr_time_index(0, T, reverse) * B * H4, (int)H4,
-                             h0, P, 1, dw_hh, P, NULL};
-        const gk_job j_hh = {1, 0, (int)H4, P, (T - 1) * B, 1, reverse ? dz : dz + (size_t)B * H4, (int)H4,
-                             reverse ? y + (size_t)B * ldy : y, ldy, 0, dw_hh, P, h0 && T > 0 ? &j_h0 : NULL};
-        const gk_job *jobs[3] = {dw_ih ? &j_ih : NULL, dx ? &j_dx : NULL, dw_hh ? &j_hh : NULL};
-        fr_gemm_jobs(jobs, 3);
-    } else {
-        /* with lengths, x, h_{t-1} and dx are gathered / scattered chunk by chunk (bounded memory), each
-         * chunk still a GEMM over many rows */
-        size_t widest = (size_t)(I > P ? I : P);
-        int cs = seq_chunk(&pl, widest);
-        size_t cap = (size_t)cs * B;
-        if (dw_ih && (xs = fr_alloc(cap * (size_t)I, 0)) == NULL) goto done;
-        if (dw_hh && (hs = fr_alloc(cap * (size_t)P, 0)) == NULL) goto done;
-        if (dx && (dxs = fr_alloc(cap * (size_t)I, 0)) == NULL) goto done;
-        if (dx && !dx_accumulate) /* padded rows of dx are 0; valid rows are written by the scatter */
-            seq_zero_padding(&pl, dx, I, I);
-        for (int s0 = 0; s0 < pl.S; s0 += cs) {
-            int s1 = s0 + cs < pl.S ? s0 + cs : pl.S;
-            size_t base, end;
-            seq_rows(&pl, s0, s1, &base, &end);
-            int rows = (int)(end - base);
-            const real *dzc = dz + base * H4; /* (rows, 4H) */
-            real beta = s0 > 0 ? 1 : 0;       /* the first chunk overwrites, the others add */
-            if (dw_ih) {
-                seq_gather(&pl, s0, s1, x, I, I, xs);
-                fr_gemm(1, 0, (int)H4, I, rows, 1, dzc, (int)H4, xs, I, beta, dw_ih, I);
-            }
-            if (dw_hh) {
-                seq_gather_prev(&pl, s0, s1, y, ldy, h0, P, hs);
-                fr_gemm(1, 0, (int)H4, P, rows, 1, dzc, (int)H4, hs, P, beta, dw_hh, P);
-            }
-            if (dx) {
-                fr_gemm(0, 0, rows, I, (int)H4, 1, dzc, (int)H4, w_ih, I, 0, dxs, I);
-                seq_scatter(&pl, s0, s1, dxs, dx, I, I, dx_accumulate);
-            }
-        }
-    }
+    /* dW_ih, dW_hh and dx as large GEMMs over all rows (seq.h; chunks of gathered rows with lengths) */
+    if (seq_weight_grads(&pl, T, B, reverse, (int)H4, I, P, (size_t)(I > P ? I : P), dz, x, y, ldy, h0, w_ih,
+                         dx, dx_accumulate, dw_ih, dw_hh) != FR_OK)
+        goto done;
     rc = FR_OK;
 
 done:
@@ -952,9 +877,6 @@ done:
     fr_free(dc);
     fr_free(dH);
     fr_free(db);
-    fr_free(xs);
-    fr_free(hs);
-    fr_free(dxs);
     rec_pack_free(&hp);
     rec_pack_free(&rp);
     seq_free(&pl);

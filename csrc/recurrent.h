@@ -1,6 +1,7 @@
 /*
  * recurrent.h -- the recurrent product of a time step, h_{t-1} W^T, for one block of hidden units and all
- * G gates of those units at once, out of weights packed so that block is contiguous (DESIGN.md's recipe).
+ * G gates of those units at once, out of weights packed so that block is contiguous (docs/design.md,
+ * Kernel recipe).
  *
  * Included by instance.h once per dtype and ISA, after common.h; the cells call it from their fused
  * time loops.  Packing happens once per kernel call; the step then reads each panel straight through.
@@ -74,7 +75,7 @@ static void rec_pack_segment(real *pj, int W, int NB, int g, int nu,
                              int k0)                         /* first panel row of the segment */
 {
     int k = 0;
-#if FR_AVX2 && !FR_DOUBLE
+#if FR_SIMD
     if (nu == 8 && NB % 8 == 0) {
         for (; k + 8 <= K; k += 8) {
             __m256 r[8], c[8];
@@ -112,7 +113,7 @@ static void rec_pack_blocks(const rec_pack *p, int j0, int j1) {
         const int nu = rec_block_units(p, j);
         for (int g = 0; g < G; g++) {
             const size_t row = (size_t)g * H + (size_t)j * p->NB;
-            if (nu % 8 == 0 || !(FR_AVX2 && !FR_DOUBLE)) {
+            if (nu % 8 == 0 || !FR_SIMD) {
                 for (int v0 = 0; v0 < nu; v0 += 8) { /* 8 units at a time (the transpose's width) */
                     int nv = nu - v0 < 8 ? nu - v0 : 8;
                     rec_pack_segment(pj + v0, p->W, p->NB, g, nv, w1 + (row + v0) * ld1, ld1, K1, 0);
@@ -218,26 +219,26 @@ static int rec_pack_transposed(rec_pack *p, int H, int K,
  * for k < K1 and a2[r] for the rest (x_t then h_{t-1}: the input projection and the recurrent product in
  * one pass).  Rows come as pointers, so the permuted / per-sequence-time rows of variable lengths cost
  * nothing. */
-#if FR_AVX2 && !FR_DOUBLE
+#if FR_SIMD
 /* rec_k4_row, rec_k4_2, rec_k4_3 (4 vectors per panel row: LSTM, RNN), rec_k3_row .. rec_k3_4 (3: GRU) and
  * rec_k2_row .. rec_k2_4 (2: the GRU's r, z of reset_after = 0):
  * MR rows x NV vectors of accumulators in registers over the whole K loop (at most 12 of the 16); one row
  * alone would chain every FMA on the previous one (4 cycles of latency, 2 issued per cycle), so the row
  * kernels keep even and odd k apart. */
-#include "tiles_avx2.h"
+#include "gen/tiles_avx2.h"
 #endif
 #if FR_AVX512
 /* rec_z32[mr], rec_z24[mr], rec_z16[mr] for mr = 1 .. 12 and rec_z48[mr] for mr = 1 .. 8: the panels in
  * zmm registers, twice the FMA width of AVX2 and 32 registers, so a tile takes 12 rows (B = 16 passes a
  * panel twice per step, not 6 times) */
-#include "tiles_avx512.h"
+#include "gen/tiles_avx512.h"
 #endif
 
 /* Rows of one tile: as many as keep the accumulators in registers. */
 static inline int rec_tile_rows(const rec_pack *p) {
 #if FR_AVX512
     return p->W == 48 ? Z_MR48 : p->W == 32 || p->W == 24 || p->W == 16 ? Z_MR : REC_MR_MAX;
-#elif FR_AVX2 && !FR_DOUBLE
+#elif FR_SIMD
     return p->W == 24 || p->W == 16 ? 4 : 3;
 #else
     (void)p;
@@ -252,7 +253,7 @@ static inline void rec_dot4(const real *a, /* (n) */
                             int n, real *o) /* (4) in/out */
 {
     int k = 0;
-#if FR_AVX2 && !FR_DOUBLE
+#if FR_SIMD
     __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
     for (; k + 8 <= n; k += 8) {
         const __m256 av = _mm256_loadu_ps(a + k);
@@ -307,7 +308,7 @@ static void rec_tile_direct(const rec_pack *p, int j, int mr,
 
 /* out (mr, W) = [a1 rows | a2 rows] @ panel of block j, mr <= rec_tile_rows(p); a2 is only read when the
  * pack has a second segment.  pf: another panel of p (rec_next_panel) to prefetch into L2 as this one is
- * read, or NULL.  Only the AVX-512 tiles of at least 4 rows act on it (gen_tiles.py, PF_MR). */
+ * read, or NULL.  Only the AVX-512 tiles of at least 4 rows act on it (csrc/gen/gen_tiles.py, PF_MR). */
 static void rec_tile_pf(const rec_pack *p, int j, int mr,
                         const real *const *a1, /* (mr) rows of K1 */
                         const real *const *a2, /* (mr) rows of K - K1, or unused */
@@ -327,7 +328,7 @@ static void rec_tile_pf(const rec_pack *p, int j, int mr,
 #else
     (void)pf;
 #endif
-#if FR_AVX2 && !FR_DOUBLE
+#if FR_SIMD
     if (p->W == 32) {
         if (mr == 1) rec_k4_row(p->K1, p->K, a1, a2, panel, out);
         else if (mr == 2) rec_k4_2(p->K1, p->K, a1, a2, panel, out);
@@ -369,8 +370,7 @@ static void rec_tile(const rec_pack *p, int j, int mr, const real *const *a1, co
 /* The panel of block j + 1 when the same thread runs it next (j + 1 < j1), for the first tile of block j
  * to prefetch (rec_tile_pf), else NULL.  With weights larger than the caches (LSTM(2048): 64 MB of W_hh)
  * the first tile of each block waits on memory for its panel; fetched during the block before, it is in
- * L2.  Measured in a tile benchmark (24 rows, K = 2048, 64 MB of panels): 60 -> 79 GFLOP/s; panels that
- * fit L3 ~2% faster. */
+ * L2.  Measurements: docs/tuning.md, Panel prefetch. */
 static inline const real *rec_next_panel(const rec_pack *p, int j, int j1) {
     return p->panels && j + 1 < j1 ? p->panels + (size_t)(j + 1) * p->K * p->W : NULL;
 }
@@ -378,9 +378,7 @@ static inline const real *rec_next_panel(const rec_pack *p, int j, int j1) {
 /* Whether the threads of a step split by blocks of units take each other's last blocks (fr_claim,
  * threads.h) rather than each running its own range: when a step of B rows is work enough that waiting
  * at the barrier for a slower thread costs more than the claims' cache-line transfers (~0.5 us each on
- * these VMs, a few per step).  Measured on the Xeon VM, 2 threads, forward, in one process: LSTM
- * 150,32,256,256 x1.31, 100,32,128,256 x1.13, 25,16,512,512 x1.09, 25,64,1024,1024 x1.06, 50,64,512,512
- * x1.01-1.05; but RNN 100,16,64,128 (0.8 MFLOP a step) x0.93. */
+ * these VMs, a few per step).  Measurements: docs/tuning.md, Stealing blocks. */
 #ifndef REC_STEAL_FLOPS
 #define REC_STEAL_FLOPS 4.0e6
 #endif
@@ -451,7 +449,7 @@ static inline void rec_put_gates(int G, int H, int NB, int u0, int nu,
         const real *a = acc + g * NB;                            /* (nu) */
         const real *b = bias ? bias + (size_t)g * H + u0 : NULL; /* (nu) or NULL */
         int v = 0;
-#if FR_AVX2 && !FR_DOUBLE
+#if FR_SIMD
         /* written out: GCC left the loop below scalar, and it was half of the GRU's step outside the tiles */
         for (; v + 8 <= nu; v += 8)
             _mm256_storeu_ps(o + v, b ? _mm256_add_ps(_mm256_loadu_ps(a + v), _mm256_loadu_ps(b + v))
@@ -470,7 +468,7 @@ static inline void rec_add_gates(int G, int H, int NB, int u0, int nu,
         const real *x = xw + (size_t)g * H + u0; /* (nu) */
         real *a = acc + g * NB;                  /* (nu) */
         int v = 0;
-#if FR_AVX2 && !FR_DOUBLE
+#if FR_SIMD
         for (; v + 8 <= nu; v += 8) _mm256_storeu_ps(a + v, _mm256_add_ps(_mm256_loadu_ps(a + v), _mm256_loadu_ps(x + v)));
 #endif
         for (; v < nu; v++) a[v] += x[v];
@@ -512,8 +510,7 @@ static inline int rec_split(int B, size_t weight_bytes) {
 
 /* Threads worth using for a step of n rows: a barrier costs a cache-line round trip between cores (about
  * 1 us on this project's 2-vCPU VMs, 0.1-0.2 us on bare metal), so a step must carry enough multiply-adds
- * to pay for it.  Measured there: LSTM(64, 128) at B = 1 (98K multiply-adds a step) runs its forward in
- * 0.38-0.41 ms on 2 threads vs 0.60 on one; LSTM(32, 64) (25K) is even either way. */
+ * to pay for it.  Measurements: docs/tuning.md, Threads per step. */
 #ifndef REC_FMA_PER_THREAD
 #define REC_FMA_PER_THREAD 40000.0
 #endif

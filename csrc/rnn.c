@@ -70,6 +70,28 @@ typedef struct rnn_fwd_ctx {
     fr_claims_t claims; /* steal: the blocks of a step */
 } rnn_fwd_ctx;
 
+/* ---- the cell's elementwise math, forward and backward, written once for every width (simd.h) --------
+ * Forward on V##_W units v ..: h = act(acc + bias).  Backward: g = (dy + a) * act'(h), a being dh_t (the
+ * product's block, or the carried dh_n), with act'(h) = 1 - h^2 for tanh, h > 0 for relu; and the bias
+ * gradient's column sums db += g, in double (float sums over T*B rows would lose digits). */
+#define RNN_CELL_MATH(V)                                                                                   \
+    static inline void rnn_fwd_##V(int v, int relu, const real *acc, const real *bias, real *h, real *yr) { \
+        V p = V##_add(V##_load(acc + v), V##_load(bias + v));                                              \
+        p = relu ? V##_relu(p) : V##_tanh(p);                                                              \
+        V##_store(h + v, p);                                                                               \
+        V##_store(yr + v, p);                                                                              \
+    }                                                                                                      \
+    static inline void rnn_bwd_##V(int v, int relu, const real *a, const real *dyr, const real *h,         \
+                                   real *g, double *db) {                                                  \
+        V d = V##_add(V##_load(dyr + v), V##_load(a + v));                                                 \
+        const V hv = V##_load(h + v);                                                                      \
+        d = relu ? V##_keep(V##_gt(hv, V##_zero()), d) : V##_mul(d, V##_fnma(hv, hv, V##_set1((real)1)));  \
+        V##_store(g + v, d);                                                                               \
+        V##_acc_f64(db + v, d);                                                                            \
+    }
+FR_EACH_WIDTH(RNN_CELL_MATH)
+#undef RNN_CELL_MATH
+
 /* The activation on one row of a block: units [u0, u0 + nu) of one slot.  acc (nu) = x_t W_ih^T + h W_hh^T. */
 static inline void rnn_fwd_cell(int nu, int relu,
                                 const real *acc,  /* (nu) */
@@ -78,23 +100,10 @@ static inline void rnn_fwd_cell(int nu, int relu,
                                 real *yr)         /* (nu) out: y */
 {
     int v = 0;
-#if FR_AVX2 && !FR_DOUBLE
-    const __m256 zero = _mm256_setzero_ps();
-    for (; v + 8 <= nu; v += 8) {
-        __m256 p = _mm256_add_ps(_mm256_loadu_ps(acc + v), _mm256_loadu_ps(bias + v));
-        /* max(0, p) returns its second operand for NaN and for -0: as `p < 0 ? 0 : p` (torch's relu) */
-        p = relu ? _mm256_max_ps(zero, p) : vm_tanh8(p);
-        _mm256_storeu_ps(h + v, p);
-        _mm256_storeu_ps(yr + v, p);
-    }
+#if FR_SIMD
+    for (; v + 8 <= nu; v += 8) rnn_fwd_vr8(v, relu, acc, bias, h, yr);
 #endif
-    for (; v < nu; v++) {
-        real p = acc[v] + bias[v];
-        /* `p < 0 ? 0 : p` keeps a NaN a NaN, as torch's relu does. */
-        p = relu ? (p < 0 ? (real)0 : p) : fr_tanh(p);
-        h[v] = p;
-        yr[v] = p;
-    }
+    for (; v < nu; v++) rnn_fwd_vr1(v, relu, acc, bias, h, yr);
 }
 
 static void rnn_fwd_task(void *arg, int tid, int nth) {
@@ -274,8 +283,7 @@ typedef struct rnn_bwd_ctx {
     fr_claims_t claims; /* steal: the blocks of a step */
 } rnn_bwd_ctx;
 
-/* g = (dy + a) * act'(h) on nu units, a being dh_t (the product's block, or the carried dh_n); and the bias
- * gradient's column sums db += g, in double (float sums over T*B rows would lose digits). */
+/* rnn_bwd_V on nu units. */
 static inline void rnn_bwd_cell(int nu, int relu,
                                 const real *a,   /* (nu) */
                                 const real *dyr, /* (nu) */
@@ -284,25 +292,10 @@ static inline void rnn_bwd_cell(int nu, int relu,
                                 double *db)      /* (nu) accumulated */
 {
     int v = 0;
-#if FR_AVX2 && !FR_DOUBLE
-    const __m256 zero = _mm256_setzero_ps(), one = _mm256_set1_ps(1.0f);
-    for (; v + 8 <= nu; v += 8) {
-        __m256 d = _mm256_add_ps(_mm256_loadu_ps(dyr + v), _mm256_loadu_ps(a + v));
-        __m256 hv = _mm256_loadu_ps(h + v);
-        d = relu ? _mm256_and_ps(_mm256_cmp_ps(hv, zero, _CMP_GT_OQ), d)
-                 : _mm256_mul_ps(d, _mm256_fnmadd_ps(hv, hv, one));
-        _mm256_storeu_ps(g + v, d);
-        _mm256_storeu_pd(db + v, _mm256_add_pd(_mm256_loadu_pd(db + v), _mm256_cvtps_pd(_mm256_castps256_ps128(d))));
-        _mm256_storeu_pd(db + v + 4,
-                         _mm256_add_pd(_mm256_loadu_pd(db + v + 4), _mm256_cvtps_pd(_mm256_extractf128_ps(d, 1))));
-    }
+#if FR_SIMD
+    for (; v + 8 <= nu; v += 8) rnn_bwd_vr8(v, relu, a, dyr, h, g, db);
 #endif
-    for (; v < nu; v++) {
-        real d = dyr[v] + a[v];
-        d = relu ? (h[v] > 0 ? d : (real)0) : d * ((real)1 - h[v] * h[v]);
-        g[v] = d;
-        db[v] += d;
-    }
+    for (; v < nu; v++) rnn_bwd_vr1(v, relu, a, dyr, h, g, db);
 }
 
 /* y and dy rows of the slots [k0, k1) at step s. */
@@ -399,7 +392,6 @@ static int rnn_backward(int T, int B, int I, int H, int relu, int reverse,
     rnn_bwd_ctx cx;
     rec_pack tp = {0};           /* W_hh^T packed in blocks of output units */
     const real **rowptrs = NULL; /* (nthreads, 3B) */
-    real *hg = NULL, *xg = NULL; /* chunk workspaces, lengths only */
     real *acc = NULL;            /* (nthreads, B, W) */
     double *db = NULL;           /* (H), 64-byte aligned: threads' units meet at a cache-line boundary */
     real *dg = fr_alloc(q.N * H, 0);       /* (N, H) dG: dL/d(pre-activation), row space */
@@ -434,48 +426,10 @@ static int rnn_backward(int T, int B, int I, int H, int relu, int reverse,
     fr_parallel(nth, rnn_bwd_task, &cx, &cx.bar);
     if (dh0) seq_store_state(&q, H, dh, dh0);
 
-    /* The weight gradients and dx as large GEMMs over all rows: dW_ih = dG^T X, dW_hh = dG^T H_prev,
-     * dx = dG W_ih. */
-    if (lengths == NULL) {
-        /* row space is x's, dx's and y's own (T, B) order: everything in place, one GEMM each */
-        const int N = (int)q.N;
-        const gk_job j_ih = {1, 0, H, I, N, (real)1, dg, H, x, I, (real)0, dw_ih, I, NULL};
-        const gk_job j_dx = {0, 0, N, I, H, (real)1, dg, H, w_ih, I, dx_accumulate ? (real)1 : (real)0, dx, I, NULL};
-        /* h_{t-1} is y's previous time block in processing order (y[t-1] forward, y[t+1] in reverse),
-         * read in place with its stride ldy, then h0's for the first step (a product with K = 0 sets 0) */
-        const int K = T > 1 ? (T - 1) * B : 0;
-        const gk_job j_h0 = {1, 0, H, H, B, (real)1, dg + (size_t)fr_time_index(0, T, reverse) * B * H, H, h0, H,
-                             (real)1, dw_hh, H, NULL};
-        const gk_job j_hh = {1, 0, H, H, K, (real)1, reverse ? dg : dg + (size_t)B * H, H,
-                             reverse ? y + (size_t)B * ldy : y, ldy, (real)0, dw_hh, H, h0 && T > 0 ? &j_h0 : NULL};
-        const gk_job *jobs[3] = {&j_ih, dx ? &j_dx : NULL, &j_hh};
-        fr_gemm_jobs(jobs, 3);
-    } else {
-        /* with lengths, x and h_{t-1} are gathered and dx scattered a chunk of steps at a time (bounded
-         * memory), each chunk still one GEMM over many rows */
-        int chunk = seq_chunk(&q, (size_t)H + (size_t)I);
-        size_t crows = (size_t)chunk * (size_t)B;
-        hg = fr_alloc(crows * H, 0); /* (chunk rows, H) h_{t-1} */
-        xg = fr_alloc(crows * I, 0); /* (chunk rows, I) x rows, then dx rows */
-        if (hg == NULL || xg == NULL) goto done;
-        memset(dw_ih, 0, sizeof(real) * (size_t)H * I);
-        memset(dw_hh, 0, sizeof(real) * (size_t)H * H);
-        if (dx && !dx_accumulate) seq_zero_padding(&q, dx, I, I);
-        for (int s0 = 0; s0 < q.S; s0 += chunk) {
-            int s1 = s0 + chunk < q.S ? s0 + chunk : q.S;
-            size_t lo, hi;
-            seq_rows(&q, s0, s1, &lo, &hi);
-            int m = (int)(hi - lo);
-            const real *gc = dg + lo * H; /* (m, H) */
-            seq_gather(&q, s0, s1, x, I, I, xg);
-            fr_gemm(1, 0, H, I, m, (real)1, gc, H, xg, I, (real)1, dw_ih, I);
-            seq_gather_prev(&q, s0, s1, y, ldy, h0, H, hg);
-            fr_gemm(1, 0, H, H, m, (real)1, gc, H, hg, H, (real)1, dw_hh, H);
-            if (dx == NULL) continue;
-            fr_gemm(0, 0, m, I, H, (real)1, gc, H, w_ih, I, (real)0, xg, I);
-            seq_scatter(&q, s0, s1, xg, dx, I, I, dx_accumulate);
-        }
-    }
+    /* dW_ih, dW_hh and dx as large GEMMs over all rows (seq.h; chunks of gathered rows with lengths) */
+    if (seq_weight_grads(&q, T, B, reverse, H, I, H, (size_t)H + (size_t)I, dg, x, y, ldy, h0, w_ih, dx,
+                         dx_accumulate, dw_ih, dw_hh) != FR_OK)
+        goto done;
     /* b_ih and b_hh enter the pre-activation the same way: equal gradients, summed in the loop */
     for (int u = 0; u < H; u++) {
         if (db_ih) db_ih[u] = (real)db[u];
@@ -489,8 +443,6 @@ done:
     free(db);
     fr_free(dg);
     fr_free(dh);
-    fr_free(hg);
-    fr_free(xg);
     rec_pack_free(&tp);
     seq_free(&q);
     return rc;

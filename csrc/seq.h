@@ -320,4 +320,76 @@ static void fr_colsum(size_t rows, int cols,
     }
 }
 
+/* ---- the weight gradients of a layer, after its backward time loop ------------------------------------
+ * dW_ih = dZ^T X, dW_hh = dZ^T H_prev and dx = dZ W_ih, as large GEMMs over all N rows of row space, dZ
+ * (N, GH) being dL/d(pre-activations) of every row (the RNN's and the LSTM's: one product per weight; the
+ * GRU's n gate needs its own operand on the recurrent side and keeps its own tail, gru.c).  Without
+ * lengths, row space is x's, dx's and y's own (T, B) order: everything in place, one GEMM each, side by
+ * side when small (fr_gemm_jobs); h_{t-1} is y's previous time block in processing order (y[t-1] forward,
+ * y[t+1] in reverse), read in place with its stride ldy, then h0's for the first step (a product with
+ * K = 0 sets 0).  With lengths, x and h_{t-1} are gathered and dx scattered a chunk of steps at a time
+ * (bounded memory: seq_chunk(q, width) steps, `width` the cell's choice), each chunk still one GEMM over
+ * many rows; the first chunk overwrites, the others add.  dx, dw_ih, dw_hh may be NULL (not computed).
+ * FR_ENOMEM when the chunk buffers cannot be allocated. */
+static int seq_weight_grads(const fr_seq *q, int T, int B, int reverse, int GH, int I, int P, size_t width,
+                            const real *dz,          /* (N, GH) */
+                            const real *x,           /* (T, B, I) */
+                            const real *y, int ldy,  /* (T, B, ldy >= P): h_t of every step */
+                            const real *h0,          /* (B, P) or NULL */
+                            const real *w_ih,        /* (GH, I) */
+                            real *dx, int dx_accumulate, /* (T, B, I) out, or NULL */
+                            real *dw_ih,             /* (GH, I) out, or NULL */
+                            real *dw_hh)             /* (GH, P) out, or NULL */
+{
+    if (q->perm == NULL) {
+        const int N = (int)q->N, K = T > 1 ? (T - 1) * B : 0;
+        const gk_job j_ih = {1, 0, GH, I, N, (real)1, dz, GH, x, I, (real)0, dw_ih, I, NULL};
+        const gk_job j_dx = {0, 0, N, I, GH, (real)1, dz, GH, w_ih, I, dx_accumulate ? (real)1 : (real)0, dx, I, NULL};
+        const gk_job j_h0 = {1, 0, GH, P, B, (real)1, dz + (size_t)fr_time_index(0, T, reverse) * B * GH, GH, h0, P,
+                             (real)1, dw_hh, P, NULL};
+        const gk_job j_hh = {1, 0, GH, P, K, (real)1, reverse ? dz : dz + (size_t)B * GH, GH,
+                             reverse ? y + (size_t)B * ldy : y, ldy, (real)0, dw_hh, P, h0 && T > 0 ? &j_h0 : NULL};
+        const gk_job *jobs[3] = {dw_ih ? &j_ih : NULL, dx ? &j_dx : NULL, dw_hh ? &j_hh : NULL};
+        fr_gemm_jobs(jobs, 3);
+        return FR_OK;
+    }
+    const int chunk = seq_chunk(q, width);
+    const size_t cap = (size_t)chunk * B;
+    real *xg = NULL; /* (chunk rows, I) x rows of a chunk, then its dx rows */
+    real *hg = NULL; /* (chunk rows, P) h_{t-1} rows of a chunk */
+    if ((dw_ih || dx) && (xg = fr_alloc(cap * (size_t)I, 0)) == NULL) return FR_ENOMEM;
+    if (dw_hh && (hg = fr_alloc(cap * (size_t)P, 0)) == NULL) {
+        fr_free(xg);
+        return FR_ENOMEM;
+    }
+    if (q->S <= 0) { /* no chunk overwrites them */
+        if (dw_ih) memset(dw_ih, 0, sizeof(real) * (size_t)GH * I);
+        if (dw_hh) memset(dw_hh, 0, sizeof(real) * (size_t)GH * P);
+    }
+    if (dx && !dx_accumulate) seq_zero_padding(q, dx, I, I); /* valid rows are written by the scatter */
+    for (int s0 = 0; s0 < q->S; s0 += chunk) {
+        const int s1 = s0 + chunk < q->S ? s0 + chunk : q->S;
+        size_t lo, hi;
+        seq_rows(q, s0, s1, &lo, &hi);
+        const int m = (int)(hi - lo);
+        const real *dzc = dz + lo * GH;    /* (m, GH) */
+        const real beta = s0 > 0 ? 1 : 0;  /* the first chunk overwrites, the others add */
+        if (dw_ih) {
+            seq_gather(q, s0, s1, x, I, I, xg);
+            fr_gemm(1, 0, GH, I, m, 1, dzc, GH, xg, I, beta, dw_ih, I);
+        }
+        if (dw_hh) {
+            seq_gather_prev(q, s0, s1, y, ldy, h0, P, hg);
+            fr_gemm(1, 0, GH, P, m, 1, dzc, GH, hg, P, beta, dw_hh, P);
+        }
+        if (dx) { /* into xg once dW_ih's product has read it */
+            fr_gemm(0, 0, m, I, GH, 1, dzc, GH, w_ih, I, 0, xg, I);
+            seq_scatter(q, s0, s1, xg, dx, I, I, dx_accumulate);
+        }
+    }
+    fr_free(xg);
+    fr_free(hg);
+    return FR_OK;
+}
+
 #endif /* FR_SEQ_INSTANCE */

@@ -3,8 +3,8 @@
  * packed blocks), so that a call does not take fresh pages from the kernel.
  *
  * Why: glibc serves large allocations with mmap and gives them back to the kernel on free, so every call
- * page-faulted its buffers in again and had the kernel zero them.  On the Xeon VM, LSTM 25,64,1024,1024
- * took ~9000 page faults (37 MB) per forward, about 10% of its time.  Reusing the buffers avoids both.
+ * page-faulted its buffers in again and had the kernel zero them.  Measurements: docs/tuning.md,
+ * Workspace cache.  Reusing the buffers avoids both.
  *
  * A buffer carries a 64-byte header with its size.  Buffers of at least FR_WS_MIN_BYTES go back to the
  * cache on fr_ws_free: at most FR_WS_SLOTS of them and FR_WS_CACHE_BYTES in all (256 MB; the environment's

@@ -1,5 +1,5 @@
 /* The f32 kernels for the avx512 path: the AVX2 instance's code plus 16-wide tile kernels (recurrent.h,
- * tiles_avx512.h) and GEMM microkernel (gemm_kernel.h), with panels twice as wide.  float64 has no avx512
+ * gen/tiles_avx512.h) and GEMM microkernel (gemm_kernel.h), with panels twice as wide.  float64 has no avx512
  * instance: its kernels exist for gradient checks, so the avx512 path uses the f64 avx2 table. */
 #define FR_DOUBLE 0
 #define FR_AVX2 1
