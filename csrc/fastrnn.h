@@ -27,7 +27,8 @@
  * biases    NULL when the layer has no bias; then the bias gradients are NULL too.
  * Weight and bias gradients are overwritten, not accumulated.
  *
- * Return value: 0 on success, FR_ENOMEM when a workspace could not be allocated (nothing is leaked).
+ * Return value: 0 on success, FR_ENOMEM when a workspace could not be allocated, FR_EINTR when an armed
+ * interrupt stopped the call between time steps (outputs then meaningless); nothing is leaked either way.
  * Kernels never touch Python; they are safe to call concurrently from many threads.
  */
 #ifndef FASTRNN_H
@@ -41,6 +42,7 @@ extern "C" {
 
 #define FR_OK 0
 #define FR_ENOMEM (-1)
+#define FR_EINTR (-2) /* stopped between time steps by an interrupt the caller armed (threads.h) */
 
 /* ---- instruction sets ------------------------------------------------------------------------------- */
 #define FR_ISA_PORTABLE 0 /* plain C99, any x86-64 (or other) CPU */

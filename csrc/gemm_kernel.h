@@ -570,6 +570,9 @@ typedef struct gk_problem {
     const real *B; /* (K, ldb) or (N, ldb) when trans_b */
     real *C;       /* (M, ldc) */
     int lda, ldb, ldc;
+    /* The interrupt flag when the calling thread armed interrupts (threads.h), else NULL: an interrupted
+     * product stops between K blocks, its C then meaningless (the binding raises KeyboardInterrupt). */
+    const volatile int *stop;
 } gk_problem;
 
 /* Workspace of gk_serial for rows [0, mc_max) and columns [0, nc_max) of C. */
@@ -615,6 +618,7 @@ static void gk_serial(const gk_problem *g, int m0, int m1, int n0, int n1, real 
             real beta = pc == 0 ? g->beta : (real)1; /* later K blocks add to the first one's result */
             gk_pack_b(g->trans_b, g->B, g->ldb, pc, jc, kc, nc, bp);
             for (int ic = m0; ic < m1; ic += GK_MC) {
+                if (g->stop && *g->stop) return; /* interrupted (a block of MC rows is ~1 ms at most) */
                 int mc = gk_min(GK_MC, m1 - ic);
                 gk_pack_a(g->trans_a, g->A, g->lda, ic, pc, mc, kc, ap);
                 for (int jr = 0; jr < nc; jr += GK_NR) {
@@ -757,11 +761,12 @@ static void gk_shared_task(void *ctx, int tid, int nth) {
                                  gk_min(GK_MR, mc - ir), gk_min(GK_NR, nc - jr));
                 }
             }
-            fr_barrier_wait(&t->bar, tid); /* everyone is done with the block */
+            if (fr_barrier_wait_stop(&t->bar, tid)) break; /* everyone is done with the block; or interrupted */
             /* thread 0 rewinds the rows for the next block: no thread takes any before the barrier that
              * follows the next packing, which thread 0 also has to reach */
             if (tid == 0) atomic_store_explicit(&t->next, 0, memory_order_relaxed);
         }
+        if (fr_region_stopped(&t->bar)) break; /* every thread broke at the same barrier */
     }
     fr_free(ap);
 }
@@ -786,7 +791,8 @@ static void gk_gemm(int trans_a, int trans_b, int M, int N, int K, real alpha,
 {
     if (M <= 0 || N <= 0) return;
     if (K < 0) K = 0;
-    gk_problem g = {trans_a, trans_b, M, N, K, alpha, beta, A, B, C, lda, ldb, ldc};
+    gk_problem g = {trans_a, trans_b, M, N, K, alpha, beta, A, B, C, lda, ldb, ldc, NULL};
+    if (fr_interrupt_armed()) g.stop = &fr_interrupt_flag; /* the caller's own products only */
     int nth = nthreads > 0 ? nthreads
               : nthreads < 0 ? (nthreads < -FR_MAX_THREADS ? FR_MAX_THREADS : -nthreads)
                              : (2.0 * M * N * K >= GK_PAR_FLOPS ? fr_get_num_threads() : 1);

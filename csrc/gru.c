@@ -402,7 +402,7 @@ static void gru_fwd_task(void *arg, int tid, int nth) {
                                         hprev + (size_t)k * H, xs + (size_t)k * G3,
                                         cx->ta ? cx->ta + (r0 + k) * H : cx->rh + (size_t)k * H);
             }
-            fr_barrier_wait(&cx->bar, tid);
+            if (fr_barrier_wait_stop(&cx->bar, tid)) return; /* interrupted (threads.h): all stop here */
             if (ra) {
                 /* h_t went to the other buffer: threads still reading h_{t-1} are not disturbed, and the
                  * next step writes only the buffer no one reads after the barrier above. */
@@ -532,6 +532,10 @@ static int gru_forward(int T, int B, int I, int H, int reset_after, int reverse,
     }
     /* GEMM projection: one region per chunk; tiles: one region for all steps, chunked inside */
     seq_run_chunks(&q, gm ? chunk : q.S, x, I, xg, &cx.s_begin, &cx.s_end, nth, gru_fwd_task, &cx, &cx.bar);
+    if (fr_region_stopped(&cx.bar)) {
+        rc = FR_EINTR;
+        goto done;
+    }
 
     if (ra) /* slot j's last state is in the buffer of the parity of its step count */
         for (int j = 0; j < B; j++) {
@@ -684,7 +688,7 @@ static void gru_bwd_task(void *arg, int tid, int nth) {
                              cx->tg + (row + k) * G3, cx->ta + (row + k) * H, cx->dg + (row + k) * G3,
                              ra ? cx->dnr + (row + k) * H : NULL);
         }
-        fr_barrier_wait(&cx->bar, tid);
+        if (fr_barrier_wait_stop(&cx->bar, tid)) return; /* interrupted (threads.h): every thread stops here */
         if (ra) {
             for (int k = 0; k < n; k++) {
                 ar[k] = cx->dg + (row + k) * G3;
@@ -786,6 +790,10 @@ static int gru_backward(int T, int B, int I, int H, int reset_after, int reverse
     if ((rowptrs = (const real **)malloc(sizeof(real *) * (3 * (size_t)B * nth + 1))) == NULL) goto done;
     for (int t = 0; t < nth; t++) cx.rows[t] = rowptrs + (size_t)3 * B * t;
     fr_parallel(nth, gru_bwd_task, &cx, &cx.bar);
+    if (fr_region_stopped(&cx.bar)) {
+        rc = FR_EINTR;
+        goto done;
+    }
     if (dh0) seq_store_state(&q, H, dh, dh0);
 
     /* The recurrent-side n column: dn_rec. */

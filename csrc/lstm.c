@@ -335,7 +335,8 @@ static void lstm_fwd_task(void *arg, int tid, int nth) {
             }
             j += nbk - 1;
         }
-        if (!cx->rowsplit) fr_barrier_wait(&cx->bar, tid);
+        if (cx->rowsplit ? fr_stop_alone(&cx->bar) : fr_barrier_wait_stop(&cx->bar, tid))
+            return; /* interrupted (threads.h): every thread stops here */
         if (rp) { /* h_t = m W_hr^T: this thread's blocks of the P outputs (of its rows: rowsplit) */
             const int MRp = rec_tile_rows(rp);
             for (int k = ka; k < kb; k++) hr[k] = m + (size_t)k * H; /* the operand is m now */
@@ -518,6 +519,10 @@ static int lstm_forward(int T, int B, int I, int H, int P, int reverse,
     if ((rowptrs = (const real **)malloc(sizeof(real *) * (3 * (size_t)B * nth + 1))) == NULL) goto done;
     for (int t = 0; t < nth; t++) cx.rows[t] = rowptrs + 3 * (size_t)B * t;
     seq_run_chunks(&pl, chunk, x, I, xg, &cx.s_begin, &cx.s_end, nth, lstm_fwd_task, &cx, &cx.bar);
+    if (fr_region_stopped(&cx.bar)) {
+        rc = FR_EINTR;
+        goto done;
+    }
     const real *hf = cx.hbuf[pl.S & 1]; /* (B, P) the final h: the buffers swapped once per step */
 
     /* padded steps of y are 0; ended rows kept the state of their last valid step */
@@ -704,7 +709,7 @@ static void lstm_bwd_task(void *arg, int tid, int nth) {
             }
         }
 #undef LSTM_CP
-        fr_barrier_wait(&cx->bar, tid);
+        if (fr_barrier_wait_stop(&cx->bar, tid)) return; /* interrupted (threads.h): every thread stops here */
         /* ---- phase 2: dh_{t-1} = dz_t W_hh + dy_{t-1} for this thread's output blocks.  K = 4H is taken
          * in chunks of kc so that a chunk of the block's panel and of the n dz rows stay in L2 while every
          * row tile passes them (a whole panel of a large H would stream from L3 once per tile). */
@@ -854,6 +859,10 @@ static int lstm_backward(int T, int B, int I, int H, int P, int reverse,
         if (proj && rp.nblk < nblk) nblk = rp.nblk;
         int nth = rec_threads_for(B, 4, H, P + (proj ? P / 4 : 0), nblk);
         fr_parallel(nth < 1 ? 1 : nth, lstm_bwd_task, &cx, &cx.bar);
+    }
+    if (fr_region_stopped(&cx.bar)) {
+        rc = FR_EINTR;
+        goto done;
     }
 
     for (int k = 0; k < B; k++) {

@@ -154,7 +154,7 @@ static void rnn_fwd_task(void *arg, int tid, int nth) {
             for (int k = 0; k < n; k++)
                 rnn_fwd_cell(nu, relu, acc + (size_t)k * W, cx->bias + u0, hn + (size_t)k * H + u0, yr[k] + u0);
         }
-        fr_barrier_wait(&cx->bar, tid);
+        if (fr_barrier_wait_stop(&cx->bar, tid)) return; /* interrupted (threads.h): every thread stops here */
     }
 }
 
@@ -230,6 +230,10 @@ static int rnn_forward(int T, int B, int I, int H, int relu, int reverse,
     for (int t = 0; t < nth; t++) cx.rows[t] = rowptrs + 3 * (size_t)B * t;
     cx.acc = acc;
     seq_run_chunks(&q, chunk, x, I, xg, &cx.s_begin, &cx.s_end, nth, rnn_fwd_task, &cx, &cx.bar);
+    if (fr_region_stopped(&cx.bar)) {
+        rc = FR_EINTR;
+        goto done;
+    }
 
     /* the final state of slot j is in the buffer written by its last step */
     if (hn)
@@ -340,7 +344,7 @@ static void rnn_bwd_task(void *arg, int tid, int nth) {
     if (cx->steal) /* step S - 1's claims, before the barrier below */
         rec_claims_fill(&cx->claims, (q->S - 1) & 1, tid, nth, tp->nblk, j0, j1);
     for (int s = q->S - 1; s >= 0; s--) {
-        fr_barrier_wait(&cx->bar, tid); /* dG_t complete */
+        if (fr_barrier_wait_stop(&cx->bar, tid)) return; /* dG_t complete; or interrupted (threads.h) */
         if (cx->steal) /* step s - 1's claims (fr_claims_t): no one takes from them before the next barrier */
             rec_claims_fill(&cx->claims, (s - 1) & 1, tid, nth, tp->nblk, j0, j1);
         const int n = seq_active(q, s), np = s > 0 ? seq_active(q, s - 1) : 0;
@@ -424,6 +428,10 @@ static int rnn_backward(int T, int B, int I, int H, int relu, int reverse,
     for (int t = 0; t < nth; t++) cx.rows[t] = rowptrs + (size_t)3 * B * t;
     cx.acc = acc;
     fr_parallel(nth, rnn_bwd_task, &cx, &cx.bar);
+    if (fr_region_stopped(&cx.bar)) {
+        rc = FR_EINTR;
+        goto done;
+    }
     if (dh0) seq_store_state(&q, H, dh, dh0);
 
     /* dW_ih, dW_hh and dx as large GEMMs over all rows (seq.h; chunks of gathered rows with lengths) */

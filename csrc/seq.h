@@ -193,6 +193,7 @@ static void seq_run_chunks(const fr_seq *q, int chunk,
         *s_begin = s0;
         *s_end = s1;
         fr_parallel(nth, fn, ctx, bar);
+        if (bar && fr_region_stopped(bar)) return; /* interrupted: the caller sees it on bar */
     }
 }
 

@@ -17,6 +17,8 @@
 #define _GNU_SOURCE /* sched_getaffinity */
 #include <pthread.h>
 #include <sched.h>
+#include <signal.h>
+#include <string.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -60,10 +62,58 @@ static inline void fr_pause(void) {
  * Yielding lets it run; when nothing else is runnable the yield returns at once, for a syscall's cost. */
 #define FR_SPINS_BEFORE_YIELD 2000u
 
+/* ---- interrupts (threads.h) -------------------------------------------------------------------------------- */
+volatile int fr_interrupt_flag = 0;
+static _Thread_local int t_armed = 0;
+static struct sigaction g_prev_sigint;
+
+static void on_sigint(int sig) {
+    (void)sig;
+    fr_interrupt_flag = 1; /* async-signal-safe: the loops read it */
+}
+
+int fr_interrupt_arm(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_sigint;
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(SIGINT, &sa, &g_prev_sigint) != 0) return -1;
+    if (g_prev_sigint.sa_handler == SIG_IGN) { /* the program ignores SIGINT: so do we */
+        sigaction(SIGINT, &g_prev_sigint, NULL);
+        return -1;
+    }
+    fr_interrupt_flag = 0;
+    t_armed = 1;
+    return 0;
+}
+
+int fr_interrupt_disarm(void) {
+    if (!t_armed) return 0;
+    sigaction(SIGINT, &g_prev_sigint, NULL);
+    t_armed = 0;
+    int hit = fr_interrupt_flag;
+    fr_interrupt_flag = 0;
+    return hit;
+}
+
+int fr_interrupt_armed(void) { return t_armed; }
+
 /* ---- barrier --------------------------------------------------------------------------------------------- */
 void fr_barrier_init(fr_barrier_t *b, int n) {
     for (int i = 0; i < n && i < FR_MAX_THREADS; i++) atomic_init(&b->slot[i].epoch, 0);
     b->n = n;
+    b->watch = fr_interrupt_armed(); /* called by the region's caller (fr_parallel) */
+    atomic_init(&b->stop_at, 0);
+}
+
+int fr_barrier_wait_stop(fr_barrier_t *b, int tid) {
+    if (b->n <= 1) return fr_stop_alone(b);
+    const int e = atomic_load_explicit(&b->slot[tid].epoch, memory_order_relaxed) + 1;
+    if (tid == 0 && fr_stop_requested(b) && atomic_load_explicit(&b->stop_at, memory_order_relaxed) == 0)
+        atomic_store_explicit(&b->stop_at, e, memory_order_relaxed); /* published by the epoch's release */
+    fr_barrier_wait(b, tid);
+    const int at = atomic_load_explicit(&b->stop_at, memory_order_relaxed); /* ordered by the wait's acquire */
+    return at != 0 && at <= e;
 }
 
 void fr_barrier_wait(fr_barrier_t *b, int tid) {

@@ -22,9 +22,38 @@ typedef struct {
         char pad[64 - sizeof(atomic_int)];
     } slot[FR_MAX_THREADS];
     int n;
+    int watch;            /* the region's caller armed interrupts (fr_interrupt_arm) */
+    atomic_int stop_at;   /* 0, or the epoch of the barrier at which the region stops (interrupted) */
 } fr_barrier_t;
 void fr_barrier_init(fr_barrier_t *b, int n);
 void fr_barrier_wait(fr_barrier_t *b, int tid);
+
+/* ---- interrupts ------------------------------------------------------------------------------------------
+ * A long call from Python's main thread is interruptible: the binding arms it (fr_interrupt_arm installs a
+ * SIGINT handler that only sets a flag, and marks the calling thread), the time loops ask between steps
+ * whether to stop, and fr_interrupt_disarm restores the previous handler and tells whether SIGINT came (the
+ * binding then hands it to Python).  A kernel that stops leaves its loops, skips what is left, frees what it
+ * took and returns FR_EINTR; its outputs are then meaningless.
+ *
+ * fr_barrier_wait_stop is fr_barrier_wait that also returns whether the region stops at this barrier, the
+ * same answer for every thread: thread 0 (the caller) records the epoch of the barrier it is about to reach
+ * when it sees the flag, and every thread stops once past that epoch.  Loops without barriers (threads
+ * working on their own rows) ask fr_stop_requested(b) instead; each thread then stops on its own. */
+int fr_barrier_wait_stop(fr_barrier_t *b, int tid);
+static inline int fr_stop_requested(const fr_barrier_t *b);
+int fr_interrupt_arm(void);     /* 0 when armed; -1 when SIGINT is ignored or not ours to take (then not armed) */
+int fr_interrupt_disarm(void);  /* 1 when SIGINT came while armed */
+int fr_interrupt_armed(void);   /* the calling thread armed */
+extern volatile int fr_interrupt_flag;
+static inline int fr_stop_requested(const fr_barrier_t *b) { return b->watch && fr_interrupt_flag; }
+/* A thread of a region without per-step barriers stops on its own; the region is then marked stopped. */
+static inline int fr_stop_alone(fr_barrier_t *b) {
+    if (!fr_stop_requested(b)) return 0;
+    atomic_store_explicit(&b->stop_at, 1, memory_order_relaxed);
+    return 1;
+}
+/* After fr_parallel: whether the region stopped (read before the barrier serves another region). */
+static inline int fr_region_stopped(fr_barrier_t *b) { return atomic_load_explicit(&b->stop_at, memory_order_relaxed) != 0; }
 
 /* Blocks of one step shared out with stealing.  Thread t starts with its own contiguous range of blocks
  * and takes them from the front; a thread whose range is empty takes from the back of another's.  With

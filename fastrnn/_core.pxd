@@ -11,10 +11,13 @@ cdef extern from "workspace.h" nogil:
 cdef extern from "threads.h" nogil:
     unsigned fr_fpmode_enter()
     void fr_fpmode_leave(unsigned saved)
+    int fr_interrupt_arm()
+    int fr_interrupt_disarm()
 
 cdef extern from "fastrnn.h" nogil:
     int FR_OK
     int FR_ENOMEM
+    int FR_EINTR
     int FR_ISA_PORTABLE
     int FR_ISA_AVX2
     int FR_ISA_AVX512

@@ -134,7 +134,42 @@ cdef inline bint _f64(object x) except -1:
     return cnp.PyArray_TYPE(<cnp.ndarray>x) == cnp.NPY_FLOAT64
 
 
+cdef extern from "Python.h":
+    void PyErr_SetInterrupt()
+    int PyErr_CheckSignals() except -1
+    unsigned long PyThread_get_thread_ident()
+
+import threading as _threading
+
+# Interrupts (csrc/threads.h): a call of at least this much work, from the main thread, installs the kernels'
+# SIGINT handler for its duration (two sigaction calls, ~1 us: nothing at this size), so that Ctrl-C stops
+# it between time steps; shorter calls end within milliseconds anyway and keep Python's handler.
+cdef double _ARM_FLOPS = 5e7
+cdef unsigned long _MAIN_THREAD = _threading.main_thread().ident
+
+
+cdef inline bint _arm(double flops):
+    if flops < _ARM_FLOPS or PyThread_get_thread_ident() != _MAIN_THREAD:
+        return False
+    return fr_interrupt_arm() == 0
+
+
+cdef inline _done(bint armed, int rc):
+    """After a kernel call: a SIGINT that came while it ran goes to Python's handler (KeyboardInterrupt by
+    default); then the kernel's return code."""
+    if armed and fr_interrupt_disarm():
+        PyErr_SetInterrupt()
+        PyErr_CheckSignals()
+    _check(rc)
+
+
+cdef inline double _flops(int T, int B, int I, int H, int G, int P, double factor):
+    return factor * 2.0 * T * B * G * H * <double>(I + P)
+
+
 cdef inline _check(int rc):
+    if rc == FR_EINTR:
+        raise KeyboardInterrupt("fastrnn: kernel interrupted")
     if rc == FR_ENOMEM:
         raise MemoryError("fastrnn: a kernel could not allocate its workspace")
     if rc != FR_OK:
@@ -207,7 +242,8 @@ def rnn_forward(int T, int B, int I, int H, bint relu, bint reverse, lengths, x,
     cdef double *d = NULL
     cdef const int *lp = _iptr(lengths)
     a = (x, h0, w_ih, w_hh, b_ih, b_hh, y, hn, tape)
-    _check(_rnn_forward(d, T, B, I, H, relu, reverse, lp, a, ldy) if _f64(x) else
+    cdef bint armed = _arm(_flops(T, B, I, H, 1, H, 1.0))
+    _done(armed, _rnn_forward(d, T, B, I, H, relu, reverse, lp, a, ldy) if _f64(x) else
            _rnn_forward(f, T, B, I, H, relu, reverse, lp, a, ldy))
 
 
@@ -219,7 +255,8 @@ def rnn_backward(int T, int B, int I, int H, bint relu, bint reverse, lengths, x
     cdef double *d = NULL
     cdef const int *lp = _iptr(lengths)
     a = (x, h0, w_ih, w_hh, y, tape, dy, dhn, dx, dh0, dw_ih, dw_hh, db_ih, db_hh)
-    _check(_rnn_backward(d, T, B, I, H, relu, reverse, lp, a, ldy, lddy, dx_accumulate) if _f64(x) else
+    cdef bint armed = _arm(_flops(T, B, I, H, 1, H, 2.0))
+    _done(armed, _rnn_backward(d, T, B, I, H, relu, reverse, lp, a, ldy, lddy, dx_accumulate) if _f64(x) else
            _rnn_backward(f, T, B, I, H, relu, reverse, lp, a, ldy, lddy, dx_accumulate))
 
 
@@ -274,7 +311,8 @@ def lstm_forward(int T, int B, int I, int H, int P, bint reverse, lengths, x, h0
     cdef double *d = NULL
     cdef const int *lp = _iptr(lengths)
     a = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, hn, cn, tape)
-    _check(_lstm_forward(d, T, B, I, H, P, reverse, lp, a, ldy) if _f64(x) else
+    cdef bint armed = _arm(_flops(T, B, I, H, 4, P, 1.0))
+    _done(armed, _lstm_forward(d, T, B, I, H, P, reverse, lp, a, ldy) if _f64(x) else
            _lstm_forward(f, T, B, I, H, P, reverse, lp, a, ldy))
 
 
@@ -286,7 +324,8 @@ def lstm_backward(int T, int B, int I, int H, int P, bint reverse, lengths, x, h
     cdef double *d = NULL
     cdef const int *lp = _iptr(lengths)
     a = (x, h0, c0, w_ih, w_hh, w_hr, y, tape, dy, dhn, dcn, dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr)
-    _check(_lstm_backward(d, T, B, I, H, P, reverse, lp, a, ldy, lddy, dx_accumulate) if _f64(x) else
+    cdef bint armed = _arm(_flops(T, B, I, H, 4, P, 2.0))
+    _done(armed, _lstm_backward(d, T, B, I, H, P, reverse, lp, a, ldy, lddy, dx_accumulate) if _f64(x) else
            _lstm_backward(f, T, B, I, H, P, reverse, lp, a, ldy, lddy, dx_accumulate))
 
 
@@ -340,7 +379,8 @@ def gru_forward(int T, int B, int I, int H, bint reset_after, bint reverse, leng
     cdef double *d = NULL
     cdef const int *lp = _iptr(lengths)
     a = (x, h0, w_ih, w_hh, b_ih, b_hh, y, hn, tape)
-    _check(_gru_forward(d, T, B, I, H, reset_after, reverse, lp, a, ldy) if _f64(x) else
+    cdef bint armed = _arm(_flops(T, B, I, H, 3, H, 1.0))
+    _done(armed, _gru_forward(d, T, B, I, H, reset_after, reverse, lp, a, ldy) if _f64(x) else
            _gru_forward(f, T, B, I, H, reset_after, reverse, lp, a, ldy))
 
 
@@ -351,7 +391,8 @@ def gru_backward(int T, int B, int I, int H, bint reset_after, bint reverse, len
     cdef double *d = NULL
     cdef const int *lp = _iptr(lengths)
     a = (x, h0, w_ih, w_hh, y, tape, dy, dhn, dx, dh0, dw_ih, dw_hh, db_ih, db_hh)
-    _check(_gru_backward(d, T, B, I, H, reset_after, reverse, lp, a, ldy, lddy, dx_accumulate) if _f64(x) else
+    cdef bint armed = _arm(_flops(T, B, I, H, 3, H, 2.0))
+    _done(armed, _gru_backward(d, T, B, I, H, reset_after, reverse, lp, a, ldy, lddy, dx_accumulate) if _f64(x) else
            _gru_backward(f, T, B, I, H, reset_after, reverse, lp, a, ldy, lddy, dx_accumulate))
 
 
