@@ -315,7 +315,7 @@ class _RNNLayer(Layer):
             dstate = [None if d is None else np.where(zero[:, None], 0, d) for d in dstate]
         if self._cell == "lstm":
             ds = tuple(None if d is None else np.ascontiguousarray(d[None], dtype=self.dtype) for d in dstate)
-            if ds == (None, None):
+            if ds[0] is None and ds[1] is None:
                 ds = None
         else:
             ds = None if dstate[0] is None else np.ascontiguousarray(dstate[0][None], dtype=self.dtype)
