@@ -148,7 +148,7 @@ def test_bad_layer_arguments():
 
 def _grad_check(model, x, y, loss, n=25, seed=0):
     model.compile(optimizer="sgd", loss=loss)
-    model.build(x.shape[1:])
+    model.build((None,) + x.shape[1:])
     yp, mask, caches = model._forward(x, True)
     _, g, _ = model._loss_and_grad(y, yp, mask, None)
     model._backward(caches, g)

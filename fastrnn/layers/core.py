@@ -150,7 +150,10 @@ class Layer:
 
     def _ensure_built(self, x):
         if not self.built:
-            self.build(tuple(x.shape[1:]) if self._input_shape_arg is None else self._input_shape_arg)
+            shape = tuple(x.shape[1:]) if self._input_shape_arg is None else self._input_shape_arg
+            if self._input_shape_arg is None and self.supports_masking and len(shape) == 2:
+                shape = (None,) + shape[1:]  # a sequence: any number of steps
+            self.build(shape)
 
     def _check_input(self, x):
         """Batch-first input of the shape the layer was built for (None matches any size)."""

@@ -90,10 +90,11 @@ class Sequential:
             pass
 
     def build(self, input_shape=None):
-        """Build every layer for `input_shape` (without the batch dimension) and gather the trainable weights
-        into the flat vectors."""
-        if input_shape is not None and len(input_shape) and input_shape[0] is None and self._input_shape is None:
-            input_shape = tuple(input_shape)[1:]  # Keras's build((None, T, F))
+        """Keras's build: `input_shape` with the batch dimension first, e.g. (None, T, F); without it, the shape
+        given by input_shape= / Input.  Gathers the trainable weights into the flat vectors."""
+        self._build(None if input_shape is None else tuple(input_shape)[1:])
+
+    def _build(self, input_shape=None):
         shape = tuple(input_shape) if input_shape is not None else self._input_shape
         if shape is None:
             raise ValueError("Sequential: the input shape is unknown; give input_shape to the first layer, add an "
@@ -128,7 +129,13 @@ class Sequential:
 
     def _ensure_built(self, x):
         if not self.built:
-            self.build(self._input_shape if self._input_shape is not None else tuple(x.shape[1:]))
+            if self._input_shape is None:  # from data: the time axis stays free, as Keras's (None, T, F)
+                shape = tuple(x.shape[1:])
+                if len(shape) == 2 or isinstance(self.layers[0], _layers.Embedding) and len(shape) == 1:
+                    shape = (None,) + shape[1:]
+                self._build(shape)
+            else:
+                self._build(self._input_shape)
 
     # ---- weights ----------------------------------------------------------------------------------------------
     def get_weights(self):
@@ -397,7 +404,7 @@ class Sequential:
 
     def _tbptt_step(self, xb, yb, swb, k):
         T = xb.shape[1]
-        seq_targets = yb.ndim >= 2 and yb.shape[1] == T and self.output_shape[1:2] == (T,)
+        seq_targets = yb.ndim >= 2 and yb.shape[1] == T and len(self.output_shape) == 3
         rnns = self._rnn_layers()
         for l in rnns:
             l._carry = [np.zeros((xb.shape[0], l.units), l.dtype) for _ in range(2 if l._cell == "lstm" else 1)]
