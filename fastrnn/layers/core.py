@@ -267,6 +267,11 @@ class Dense(Layer):
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.units,)
 
+    def _check_input(self, x):  # any rank, as Keras's Dense: only the last axis is fixed
+        if x.ndim < 1 or x.shape[-1] != self.input_shape[-1]:
+            raise ValueError(f"{self.label()}: expected input whose last dimension is {self.input_shape[-1]}, "
+                             f"got {_shape_str(x.shape)}")
+
     def forward(self, x, mask, training):
         F = x.shape[-1]
         x2 = x.reshape(-1, F)
