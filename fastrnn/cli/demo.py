@@ -26,7 +26,7 @@ def _args(p):
     p.add_argument("--units", type=int, default=256, help="LSTM units (default 256)")
     p.add_argument("--seq-len", type=int, default=64, help="characters per training sequence (default 64)")
     p.add_argument("--batch-size", type=int, default=64, help="sequences per batch (default 64)")
-    p.add_argument("--epochs", type=int, default=3, help="passes over the training text (default 3)")
+    p.add_argument("--epochs", type=int, default=4, help="passes over the training text (default 4)")
     p.add_argument("--chars", type=int, default=300_000, help="characters of text used (default 300000)")
     p.add_argument("--generate", type=int, default=300, help="characters to generate (default 300)")
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
@@ -61,7 +61,7 @@ def build_model(V, units, seed):
     from fastrnn.losses import SparseCategoricalCrossentropy
     set_random_seed(seed)
     model = Sequential([Embedding(V, 32), LSTM(units, return_sequences=True), Dense(V)], name="char_lstm")
-    model.compile(optimizer=Adam(0.003, clipnorm=1.0),
+    model.compile(optimizer=Adam(0.005, clipnorm=1.0),
                   loss=SparseCategoricalCrossentropy(from_logits=True))
     return model
 
