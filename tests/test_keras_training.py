@@ -326,3 +326,27 @@ def test_class_and_sample_weight():
     pred = m.predict(x)[:, 0]
     bce = -(y * np.log(pred) + (1 - y) * np.log(1 - pred))
     assert l1 == pytest.approx(np.sum(bce * [1, 2, 1, 2, 1, 2]) / 6, rel=1e-5)
+
+
+def test_keras_packages_import_no_framework_and_no_torch_frontend():
+    import subprocess
+    import sys
+    code = ("import sys, fastrnn.layers, fastrnn.models, fastrnn.optimizers, fastrnn.losses, fastrnn.metrics, "
+            "fastrnn.callbacks; bad = [m for m in ('torch', 'tensorflow', 'keras', 'onnx', 'fastrnn.torch', "
+            "'fastrnn.cli', 'fastrnn.bench') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_rnn_input_dropout_one_mask_per_sequence():
+    layer = L.SimpleRNN(3, dropout=0.5, return_sequences=True, seed=0, dtype="float64")
+    x = np.ones((4, 6, 5))
+    layer(x)
+    y, _, cache = layer.forward(x, None, True)
+    m = cache.dmask
+    assert m.shape == (4, 5) and set(np.unique(m)) <= {0.0, 2.0}
+    ref = L.SimpleRNN(3, return_sequences=True, dtype="float64")
+    ref(x)
+    ref.set_weights(layer.get_weights())
+    np.testing.assert_allclose(y, ref(x * m[:, None, :]))
+    np.testing.assert_allclose(layer(x), ref(x))  # inference: no dropout
