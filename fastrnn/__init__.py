@@ -24,7 +24,7 @@ from .runtime import (cpu_has_avx2, cpu_has_avx512, get_isa, get_num_threads, re
 
 from ._version import __version__
 # The Keras-style entry points, imported on first use (fastrnn.models is not needed by the numpy layers).
-_LAZY = {"Sequential": "fastrnn.models", "Model": "fastrnn.models", "load_model": "fastrnn.models"}
+_LAZY = {"Sequential": "fastrnn.models", "load_model": "fastrnn.models"}
 
 
 def __getattr__(name):

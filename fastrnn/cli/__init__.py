@@ -17,6 +17,7 @@ import importlib
 import sys
 
 COMMANDS = (
+    "demo",
     "bench",
     "info",
 )
