@@ -574,6 +574,9 @@ done:
  *     dW_ih = dg^T X,   dx = dg W_ih,   db_ih = colsum dg                       (one GEMM each)
  *     dW_h{r,z} = dg_rz^T H_prev,  dW_hn = dn_rec^T (reset_after ? H_prev : r*H_prev),
  *     db_hh = colsum [dg_rz | dn_rec].
+ * The products are seq.h's shared tail (seq_weight_grads, dW_hn as its seq_rec_tail); the column sums are
+ * seq.h's shared bias path (seq_db), summed in the step: phase A for dz, dn_pre and with reset_after dr and
+ * dn_rec, phase B1 for dr without.
  *
  * The time loop is one parallel region.  Thread tid owns the output blocks [j0, j1) of the transposed packs
  * (units [u0, u1)); per step:
@@ -601,14 +604,17 @@ typedef struct gru_bwd_ctx {
     real *dh;                /* (B, H) dL/dh carried, slot order */
     real *dg;                /* (N, 3H) input-side dG: dr_pre, dz_pre, dn_pre */
     real *dnr;               /* (N, H) dn_rec = dn_pre r, reset_after only */
+    double *db;              /* (4H) column sums (seq_db, seq.h) of dr, dz, dn_pre, dn_rec, or NULL */
     const real **rows[FR_MAX_THREADS]; /* per thread: (3B) row pointers of a step */
     fr_barrier_t bar;
 } gru_bwd_ctx;
 
-/* Phase A on V##_W units u .. of one row: g's parts r, z, n are dL/d of the pre-activations. */
+/* Phase A on V##_W units u .. of one row: g's parts r, z, n are dL/d of the pre-activations; their bias
+ * sums into db (4H: r, z, n, n_rec; dr here with reset_after only, else in phase B1), when not NULL. */
 #define GRU_ROWA(V)                                                                                        \
     static inline void gru_rowA_##V(int H, int u, int reset_after, const real *dyr, real *dhr,             \
-                                    const real *hp, const real *gt, const real *au, real *g, real *dnr) {  \
+                                    const real *hp, const real *gt, const real *au, real *g, real *dnr,    \
+                                    double *db) {                                                          \
         const V d = V##_add(V##_load(dyr + u), V##_load(dhr + u));                                         \
         const V z = V##_load(gt + H + u);                                                                  \
         V dn, dz;                                                                                          \
@@ -617,10 +623,19 @@ typedef struct gru_bwd_ctx {
         V##_store(dhr + u, V##_mul(d, z));                                                                 \
         if (reset_after) {                                                                                 \
             const V r = V##_load(gt + u);                                                                  \
-            V##_store(g + u, gru_bwd_r_##V(dn, V##_load(au + u), r));                                      \
-            V##_store(dnr + u, V##_mul(dn, r));                                                            \
+            const V dr = gru_bwd_r_##V(dn, V##_load(au + u), r), dnr_ = V##_mul(dn, r);                    \
+            V##_store(g + u, dr);                                                                          \
+            V##_store(dnr + u, dnr_);                                                                      \
+            if (db) {                                                                                      \
+                V##_acc_f64(db + u, dr);                                                                   \
+                V##_acc_f64(db + 3 * (size_t)H + u, dnr_);                                                 \
+            }                                                                                              \
         }                                                                                                  \
         V##_store(g + 2 * H + u, dn);                                                                      \
+        if (db) {                                                                                          \
+            V##_acc_f64(db + H + u, dz);                                                                   \
+            V##_acc_f64(db + 2 * (size_t)H + u, dn);                                                       \
+        }                                                                                                  \
     }
 FR_EACH_WIDTH(GRU_ROWA)
 #undef GRU_ROWA
@@ -633,13 +648,14 @@ static inline void gru_bwd_rowA(int H, int u0, int u1, int reset_after,
                                 const real *gt,  /* (3H) tape: r, z, n */
                                 const real *au,  /* (H) tape aux */
                                 real *g,         /* (3H) out: dG (dr_pre only with reset_after) */
-                                real *dnr)       /* (H) out: dn_pre r (reset_after), or NULL */
+                                real *dnr,       /* (H) out: dn_pre r (reset_after), or NULL */
+                                double *db)      /* (4H) += the bias sums (GRU_ROWA), or NULL */
 {
     int u = u0;
 #if FR_SIMD
-    for (; u + 8 <= u1; u += 8) gru_rowA_vr8(H, u, reset_after, dyr, dhr, hp, gt, au, g, dnr);
+    for (; u + 8 <= u1; u += 8) gru_rowA_vr8(H, u, reset_after, dyr, dhr, hp, gt, au, g, dnr, db);
 #endif
-    for (; u < u1; u++) gru_rowA_vr1(H, u, reset_after, dyr, dhr, hp, gt, au, g, dnr);
+    for (; u < u1; u++) gru_rowA_vr1(H, u, reset_after, dyr, dhr, hp, gt, au, g, dnr, db);
 }
 
 /* dh rows += tiles of [a1 | a2] rows @ block j of the transposed pack p (all n rows, tiles of MR); the
@@ -686,7 +702,7 @@ static void gru_bwd_task(void *arg, int tid, int nth) {
             if (u0 < u1)
                 gru_bwd_rowA(H, u0, u1, ra, cx->dy + (t * B + b) * (size_t)cx->lddy, cx->dh + (size_t)k * H, hp,
                              cx->tg + (row + k) * G3, cx->ta + (row + k) * H, cx->dg + (row + k) * G3,
-                             ra ? cx->dnr + (row + k) * H : NULL);
+                             ra ? cx->dnr + (row + k) * H : NULL, cx->db);
         }
         if (fr_barrier_wait_stop(&cx->bar, tid)) return; /* interrupted (threads.h): every thread stops here */
         if (ra) {
@@ -716,6 +732,7 @@ static void gru_bwd_task(void *arg, int tid, int nth) {
                         gr[v] = drh[v] * hp[v] * (rv[v] * ((real)1 - rv[v]));
                         dhk[v] += drh[v] * rv[v];
                     }
+                    if (cx->db) seq_db_row(nu, gr, cx->db + v0); /* dr's bias sums (this phase's units) */
                 }
             }
         }
@@ -753,17 +770,13 @@ static int gru_backward(int T, int B, int I, int H, int reset_after, int reverse
     const real **rowptrs = NULL;
 
     int rc = FR_ENOMEM;
-    size_t xcols = lengths ? (size_t)I : 0;
-    int chunk = seq_chunk(&q, (size_t)H + xcols);
-    size_t crows = (size_t)chunk * (size_t)B;
+    seq_db db = {0}; /* (4H) bias sums: dr, dz, dn_pre, dn_rec (seq.h) */
     real *dg = fr_alloc(q.N * G3, 0);                           /* (N, 3H) input-side dG */
     real *dnr = ra ? fr_alloc(q.N * H, 0) : NULL;               /* (N, H) dn_rec, reset_after only */
     real *dh = fr_alloc((size_t)B * H, 0);                      /* (B, H) dL/dh carried, slot order */
     real *zero = fr_alloc((size_t)H, 1);                        /* (H) h0 when h0 is NULL */
-    real *hg = fr_alloc(crows * H, 0);                          /* (chunk rows, H) H_prev gathered */
-    real *xg = fr_alloc(crows * xcols, 0);                      /* (chunk rows, I) x / dx, lengths */
-    if (dg == NULL || (ra && dnr == NULL) || dh == NULL || zero == NULL || hg == NULL || xg == NULL)
-        goto done;
+    if (dg == NULL || (ra && dnr == NULL) || dh == NULL || zero == NULL) goto done;
+    if (seq_db_init(&db, 4 * H, db_ih || db_hh) != FR_OK) goto done;
     if (rec_pack_transposed(&tp, H, ra ? G3 : 2 * H, w_hh, H) != FR_OK) goto done;
     if (ra) tp.K1 = 2 * H; /* the operand rows are [dg_rz | dnr]: the panels do not depend on K1 */
     if (!ra && rec_pack_transposed(&tn, H, H, w_hh + 2 * (size_t)H * H, H) != FR_OK) goto done;
@@ -786,6 +799,7 @@ static int gru_backward(int T, int B, int I, int H, int reset_after, int reverse
     cx.dh = dh;
     cx.dg = dg;
     cx.dnr = dnr;
+    cx.db = db.acc;
     const int nth = rec_threads_for(B, 3, H, H, tp.nblk);
     if ((rowptrs = (const real **)malloc(sizeof(real *) * (3 * (size_t)B * nth + 1))) == NULL) goto done;
     for (int t = 0; t < nth; t++) cx.rows[t] = rowptrs + (size_t)3 * B * t;
@@ -796,47 +810,17 @@ static int gru_backward(int T, int B, int I, int H, int reset_after, int reverse
     }
     if (dh0) seq_store_state(&q, H, dh, dh0);
 
-    /* The recurrent-side n column: dn_rec. */
-    const real *dn_rec = ra ? dnr : dg + 2 * H; /* (N, H), leading dimension ldn */
-    const int ldn = ra ? H : G3;
-
-    /* Weight gradients and dx as large GEMMs over all rows, a chunk of steps at a time. */
-    if (q.S <= 0) { /* else the first chunk's products overwrite them, the others add */
-        memset(dw_ih, 0, sizeof(real) * (size_t)G3 * I);
-        memset(dw_hh, 0, sizeof(real) * (size_t)G3 * H);
-    }
-    if (dx && !dx_accumulate) seq_zero_padding(&q, dx, I, I);
-    for (int s0 = 0; s0 < q.S; s0 += chunk) {
-        int s1 = s0 + chunk < q.S ? s0 + chunk : q.S;
-        size_t lo, hi;
-        seq_rows(&q, s0, s1, &lo, &hi);
-        int m = (int)(hi - lo);
-        const real *gc = dg + lo * G3;                  /* (m, 3H) */
-        const real *dnc = dn_rec + lo * (size_t)ldn;    /* (m, H) */
-        const real *xc = x + lo * (size_t)I;            /* (m, I) */
-        if (lengths) {
-            seq_gather(&q, s0, s1, x, I, I, xg);
-            xc = xg;
-        }
-        const real bw = s0 > 0 ? (real)1 : (real)0;
-        seq_gather_prev(&q, s0, s1, y, ldy, h0, H, hg);
-        real *dxc = lengths ? xg : dx + lo * (size_t)I; /* (m, I); xg once the dW_ih product has read it */
-        const real bx = (lengths || !dx_accumulate) ? (real)0 : (real)1;
-        const gk_job j_dx = {0, 0, m, I, G3, (real)1, gc, G3, w_ih, I, bx, dxc, I, NULL};
-        const gk_job j_ih = {1, 0, G3, I, m, (real)1, gc, G3, xc, I, bw, dw_ih, I, dx && lengths ? &j_dx : NULL};
-        const gk_job j_rz = {1, 0, 2 * H, H, m, (real)1, gc, G3, hg, H, bw, dw_hh, H, NULL};
-        const gk_job j_n = {1, 0, H, H, m, (real)1, dnc, ldn, ra ? hg : aux + lo * H, H, bw, dw_hh + 2 * (size_t)H * H, H,
-                            NULL};
-        /* side by side when small (fr_gemm_jobs); dx's product after dW_ih's when both use xg */
-        const gk_job *jobs[4] = {&j_ih, &j_rz, &j_n, dx && !lengths ? &j_dx : NULL};
-        fr_gemm_jobs(jobs, 4);
-        if (dx && lengths) seq_scatter(&q, s0, s1, xg, dx, I, I, dx_accumulate);
-    }
-    if (db_ih) fr_colsum(q.N, G3, dg, G3, db_ih);
-    if (db_hh) {
-        fr_colsum(q.N, 2 * H, dg, G3, db_hh);
-        fr_colsum(q.N, H, dn_rec, ldn, db_hh + 2 * H);
-    }
+    /* Weight gradients and dx as large GEMMs over all rows (seq.h): dW_h{r,z} by dg_rz and H_prev, dW_hn by
+     * the recurrent-side n column dn_rec and its own operand: H_prev with reset_after (dn_rec = dnr), else
+     * r*h_{t-1} from the tape's aux (dn_rec = dn_pre, dg's n column). */
+    const seq_rec_tail tail = {H, ra ? dnr : dg + 2 * (size_t)H, ra ? H : G3, ra ? NULL : aux};
+    if (seq_weight_grads(&q, T, B, reverse, G3, I, H, (size_t)H + (size_t)I, dg, x, y, ldy, h0, w_ih, &tail, dx,
+                         dx_accumulate, dw_ih, dw_hh) != FR_OK)
+        goto done;
+    /* db_ih = colsum [dr, dz, dn_pre], db_hh = colsum [dr, dz, dn_rec] (dn_rec = dn_pre without reset_after) */
+    seq_db_store(&db, 0, G3, db_ih);
+    seq_db_store(&db, 0, 2 * H, db_hh);
+    seq_db_store(&db, ra ? G3 : 2 * H, H, db_hh ? db_hh + 2 * H : NULL);
     rc = FR_OK;
 
 done:
@@ -845,8 +829,7 @@ done:
     fr_free(dnr);
     fr_free(dh);
     fr_free(zero);
-    fr_free(hg);
-    fr_free(xg);
+    seq_db_free(&db);
     rec_pack_free(&tp);
     rec_pack_free(&tn);
     seq_free(&q);

@@ -579,14 +579,15 @@ typedef struct lstm_bwd_ctx {
     real *dh;            /* (B, P) sorted rows: dL/dh of the step being processed */
     real *dc;            /* (B, H) sorted rows: the dL/dc carry */
     real *dH;            /* (N, P) every row's dL/dh, projection only (dW_hr = dH^T M after the loop) */
-    real *db;            /* (4H) sum of dz over the rows, or NULL */
+    double *db;          /* (4H) sums of dz over the rows (seq_db, seq.h), or NULL */
     fr_barrier_t bar;
 } lstm_bwd_ctx;
 
-/* dz and the c carry on V##_W units u .. of one row (v .. of dm), and the bias gradient db += dz. */
+/* dz and the c carry on V##_W units u .. of one row (v .. of dm), and the bias gradient db += dz, in double
+ * (seq.h's bias path). */
 #define LSTM_DGATES(V)                                                                                     \
     static inline void lstm_dgates_##V(int H, int u, int v, const real *a, const real *c, const real *cp,  \
-                                       const real *dm, real *dc, real *dz, real *db) {                     \
+                                       const real *dm, real *dc, real *dz, double *db) {                   \
         V ga[4], dg[4], dcp;                                                                               \
         for (int q = 0; q < 4; q++) ga[q] = V##_load(a + (size_t)q * H + u);                               \
         lstm_bwd_##V(ga, V##_load(c + u), cp ? V##_load(cp + u) : V##_zero(), V##_load(dm + v),            \
@@ -595,7 +596,7 @@ typedef struct lstm_bwd_ctx {
         V##_store(dc + u, dcp);                                                                            \
         if (db)                                                                                            \
             for (int q = 0; q < 4; q++)                                                                    \
-                V##_store(db + (size_t)q * H + u, V##_add(V##_load(db + (size_t)q * H + u), dg[q]));       \
+                V##_acc_f64(db + (size_t)q * H + u, dg[q]);                                                \
     }
 FR_EACH_WIDTH(LSTM_DGATES)
 #undef LSTM_DGATES
@@ -609,7 +610,7 @@ static inline void lstm_dgates(int H, int u0, int nu,
                                const real *dm, /* (nu) dL/dm_t of units u0 .. u0 + nu - 1 */
                                real *dc,       /* (H) in: dL/dc_t from later steps; out: dL/dc_{t-1} */
                                real *dz,       /* (4H) out: dL/dz, gates i, f, g, o */
-                               real *db)       /* (4H) += dz, or NULL */
+                               double *db)     /* (4H) += dz, or NULL */
 {
     int v = 0;
 #if FR_AVX512
@@ -802,7 +803,7 @@ static int lstm_backward(int T, int B, int I, int H, int P, int reverse,
     rec_pack rp = {0}; /* W_hr in blocks of the H units: dm_t = dh_t W_hr (projection only) */
     lstm_bwd_ctx cx;
     real *dH = NULL;  /* (N, P) dL/dh of every row, projection only: dW_hr = dH^T M after the loop */
-    real *db = NULL;  /* (4H) the bias gradient (both biases get it) */
+    seq_db db = {0};  /* (4H) the bias gradient's sums (both biases get it; seq.h) */
     int rc = FR_ENOMEM;
 
     if (seq_init(&pl, T, B, reverse, lengths) != FR_OK) return FR_ENOMEM;
@@ -815,9 +816,8 @@ static int lstm_backward(int T, int B, int I, int H, int P, int reverse,
     if (rec_pack_transposed(&hp, P, (int)H4, w_hh, P) != FR_OK) goto done;
     if (proj && rec_pack_transposed(&rp, H, P, w_hr, H) != FR_OK) goto done;
     /* bias gradients: both biases enter z the same way, so both are the column sums of dz, summed by the
-     * step (each thread over its units) into a buffer of our own: the caller's need not be cache-line
-     * aligned, and a line shared by two threads' units would bounce between cores on every row */
-    if ((db_ih || db_hh) && (db = fr_alloc(H4, 1)) == NULL) goto done;
+     * step (each thread over its units; seq_db, seq.h) */
+    if (seq_db_init(&db, (int)H4, db_ih || db_hh) != FR_OK) goto done;
 
     memset(&cx, 0, sizeof cx);
     cx.pl = &pl;
@@ -834,7 +834,7 @@ static int lstm_backward(int T, int B, int I, int H, int P, int reverse,
     cx.dh = dh;
     cx.dc = dc;
     cx.dH = dH;
-    cx.db = db;
+    cx.db = db.acc;
 
     /* the carries start from the gradients of the final state, in sorted order (a row keeps them until the
      * loop reaches its last valid step, where phase 2 adds that step's dy); the first step's rows get their
@@ -870,13 +870,13 @@ static int lstm_backward(int T, int B, int I, int H, int P, int reverse,
         if (dh0) memcpy(dh0 + (size_t)b * P, dh + (size_t)k * P, (size_t)P * sizeof(real));
         if (dc0) memcpy(dc0 + (size_t)b * H, dc + (size_t)k * H, (size_t)H * sizeof(real));
     }
-    if (db_ih) memcpy(db_ih, db, H4 * sizeof(real));
-    if (db_hh) memcpy(db_hh, db, H4 * sizeof(real));
+    seq_db_store(&db, 0, (int)H4, db_ih);
+    seq_db_store(&db, 0, (int)H4, db_hh);
     if (proj && dw_hr) fr_gemm(1, 0, P, H, (int)N, 1, dH, P, tm, H, 0, dw_hr, H);
 
     /* dW_ih, dW_hh and dx as large GEMMs over all rows (seq.h; chunks of gathered rows with lengths) */
     if (seq_weight_grads(&pl, T, B, reverse, (int)H4, I, P, (size_t)(I > P ? I : P), dz, x, y, ldy, h0, w_ih,
-                         dx, dx_accumulate, dw_ih, dw_hh) != FR_OK)
+                         NULL, dx, dx_accumulate, dw_ih, dw_hh) != FR_OK)
         goto done;
     rc = FR_OK;
 
@@ -885,7 +885,7 @@ done:
     fr_free(dh);
     fr_free(dc);
     fr_free(dH);
-    fr_free(db);
+    seq_db_free(&db);
     rec_pack_free(&hp);
     rec_pack_free(&rp);
     seq_free(&pl);

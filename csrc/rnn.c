@@ -73,7 +73,7 @@ typedef struct rnn_fwd_ctx {
 /* ---- the cell's elementwise math, forward and backward, written once for every width (simd.h) --------
  * Forward on V##_W units v ..: h = act(acc + bias).  Backward: g = (dy + a) * act'(h), a being dh_t (the
  * product's block, or the carried dh_n), with act'(h) = 1 - h^2 for tanh, h > 0 for relu; and the bias
- * gradient's column sums db += g, in double (float sums over T*B rows would lose digits). */
+ * gradient's column sums db += g, in double (seq.h's bias path: seq_db). */
 #define RNN_CELL_MATH(V)                                                                                   \
     static inline void rnn_fwd_##V(int v, int relu, const real *acc, const real *bias, real *h, real *yr) { \
         V p = V##_add(V##_load(acc + v), V##_load(bias + v));                                              \
@@ -397,15 +397,11 @@ static int rnn_backward(int T, int B, int I, int H, int relu, int reverse,
     rec_pack tp = {0};           /* W_hh^T packed in blocks of output units */
     const real **rowptrs = NULL; /* (nthreads, 3B) */
     real *acc = NULL;            /* (nthreads, B, W) */
-    double *db = NULL;           /* (H), 64-byte aligned: threads' units meet at a cache-line boundary */
+    seq_db db = {0};             /* (H) the bias gradient's sums (seq.h) */
     real *dg = fr_alloc(q.N * H, 0);       /* (N, H) dG: dL/d(pre-activation), row space */
     real *dh = fr_alloc((size_t)B * H, 0); /* (B, H) dh_n in, dh0 out, slot order */
     if (dg == NULL || dh == NULL) goto done;
-    if (posix_memalign((void **)&db, 64, sizeof(double) * (size_t)(H > 0 ? H : 1)) != 0) {
-        db = NULL;
-        goto done;
-    }
-    memset(db, 0, sizeof(double) * (size_t)H);
+    if (seq_db_init(&db, H, 1) != FR_OK) goto done;
     if (rec_pack_transposed(&tp, H, H, w_hh, H) != FR_OK) goto done;
 
     seq_load_state(&q, H, dhn, dh);
@@ -420,7 +416,7 @@ static int rnn_backward(int T, int B, int I, int H, int relu, int reverse,
     cx.lddy = lddy;
     cx.dg = dg;
     cx.dh = dh;
-    cx.db = db;
+    cx.db = db.acc;
     const int nth = rec_threads_for(B, 1, H, H, tp.nblk);
     cx.steal = rec_steal(nth, B, &tp);
     if ((rowptrs = (const real **)malloc(sizeof(real *) * 3 * (size_t)(B > 0 ? B : 1) * nth)) == NULL) goto done;
@@ -435,20 +431,18 @@ static int rnn_backward(int T, int B, int I, int H, int relu, int reverse,
     if (dh0) seq_store_state(&q, H, dh, dh0);
 
     /* dW_ih, dW_hh and dx as large GEMMs over all rows (seq.h; chunks of gathered rows with lengths) */
-    if (seq_weight_grads(&q, T, B, reverse, H, I, H, (size_t)H + (size_t)I, dg, x, y, ldy, h0, w_ih, dx,
+    if (seq_weight_grads(&q, T, B, reverse, H, I, H, (size_t)H + (size_t)I, dg, x, y, ldy, h0, w_ih, NULL, dx,
                          dx_accumulate, dw_ih, dw_hh) != FR_OK)
         goto done;
     /* b_ih and b_hh enter the pre-activation the same way: equal gradients, summed in the loop */
-    for (int u = 0; u < H; u++) {
-        if (db_ih) db_ih[u] = (real)db[u];
-        if (db_hh) db_hh[u] = (real)db[u];
-    }
+    seq_db_store(&db, 0, H, db_ih);
+    seq_db_store(&db, 0, H, db_hh);
     rc = FR_OK;
 
 done:
     free(rowptrs);
     fr_free(acc);
-    free(db);
+    seq_db_free(&db);
     fr_free(dg);
     fr_free(dh);
     rec_pack_free(&tp);

@@ -304,62 +304,120 @@ static void seq_store_state(const fr_seq *q, int H, const real *hs /* (B, H) slo
         memcpy(out + (size_t)seq_batch(q, j) * H, hs + (size_t)j * H, sizeof(real) * (size_t)H);
 }
 
-/* out (cols) = column sums of a (rows, cols; leading dimension lda), the bias gradients.  Summed in
- * double, in column blocks that fit on the stack: float sums over T*B rows would lose digits. */
-static void fr_colsum(size_t rows, int cols,
-                       const real *a, int lda, /* (rows, lda >= cols) */
-                       real *out) {            /* (cols) out */
-    enum { BLK = 64 };
-    for (int c0 = 0; c0 < cols; c0 += BLK) {
-        int nc = cols - c0 < BLK ? cols - c0 : BLK;
-        double acc[BLK] = {0};
-        for (size_t r = 0; r < rows; r++) {
-            const real *row = a + r * (size_t)lda + c0; /* (nc) */
-            for (int k = 0; k < nc; k++) acc[k] += row[k];
-        }
-        for (int k = 0; k < nc; k++) out[c0 + k] = (real)acc[k];
+/* ---- the bias gradients of a layer: one path for the three cells ---------------------------------------
+ * db = the column sums of dG over all N rows of row space.  Each cell sums them during its backward time
+ * loop, in the epilogue that has just computed a row's dG for a block of units (still in registers): the
+ * thread that owns those units at that step adds them into one double accumulator per column
+ * (V##_acc_f64, simd.h; seq_db_row where dG is in memory), so a column is only ever written by one thread
+ * between two barriers; float sums over T*B rows would lose digits.  After the loop seq_db_store converts a
+ * range of columns into a bias gradient.  The accumulator is 64-byte aligned so that threads' units (blocks
+ * of a multiple of 8) meet at a cache-line boundary. */
+typedef struct seq_db {
+    double *acc; /* (n) column sums, or NULL: no bias gradient wanted */
+    int n;
+} seq_db;
+
+/* n zeroed accumulators when `wanted`, else none (acc NULL, every add skipped).  FR_ENOMEM on failure. */
+static int seq_db_init(seq_db *d, int n, int wanted) {
+    d->acc = NULL;
+    d->n = n;
+    if (!wanted) return FR_OK;
+    if (posix_memalign((void **)&d->acc, 64, sizeof(double) * (size_t)(n > 0 ? n : 1)) != 0) {
+        d->acc = NULL;
+        return FR_ENOMEM;
     }
+    memset(d->acc, 0, sizeof(double) * (size_t)(n > 0 ? n : 1));
+    return FR_OK;
+}
+
+static void seq_db_free(seq_db *d) {
+    free(d->acc);
+    d->acc = NULL;
+}
+
+/* db[0 .. nu-1] += g[0 .. nu-1]: a row of dG already in memory, widest first. */
+static inline void seq_db_row(int nu, const real *g, double *db) {
+    int v = 0;
+#if FR_AVX512
+    for (; v + 16 <= nu; v += 16) vr16_acc_f64(db + v, vr16_load(g + v));
+#endif
+#if FR_SIMD
+    for (; v + 8 <= nu; v += 8) vr8_acc_f64(db + v, vr8_load(g + v));
+#endif
+    for (; v < nu; v++) vr1_acc_f64(db + v, g[v]);
+}
+
+/* out[k] = the sum of column c0 + k, k < n (out may be NULL: nothing). */
+static void seq_db_store(const seq_db *d, int c0, int n, real *out) {
+    if (out == NULL || d->acc == NULL) return;
+    for (int k = 0; k < n; k++) out[k] = (real)d->acc[c0 + k];
 }
 
 /* ---- the weight gradients of a layer, after its backward time loop ------------------------------------
  * dW_ih = dZ^T X, dW_hh = dZ^T H_prev and dx = dZ W_ih, as large GEMMs over all N rows of row space, dZ
- * (N, GH) being dL/d(pre-activations) of every row (the RNN's and the LSTM's: one product per weight; the
- * GRU's n gate needs its own operand on the recurrent side and keeps its own tail, gru.c).  Without
- * lengths, row space is x's, dx's and y's own (T, B) order: everything in place, one GEMM each, side by
- * side when small (fr_gemm_jobs); h_{t-1} is y's previous time block in processing order (y[t-1] forward,
- * y[t+1] in reverse), read in place with its stride ldy, then h0's for the first step (a product with
- * K = 0 sets 0).  With lengths, x and h_{t-1} are gathered and dx scattered a chunk of steps at a time
- * (bounded memory: seq_chunk(q, width) steps, `width` the cell's choice), each chunk still one GEMM over
- * many rows; the first chunk overwrites, the others add.  dx, dw_ih, dw_hh may be NULL (not computed).
- * FR_ENOMEM when the chunk buffers cannot be allocated. */
+ * (N, GH) being dL/d(pre-activations) of every row.  The RNN and the LSTM have one product per weight; the
+ * GRU's n gate has a recurrent side of its own, `tail` (seq_rec_tail): the last tail->rows rows of dW_hh are
+ * tail->dz^T A, A being H_prev (tail->a NULL: reset_after, whose dn_rec differs from dZ's n columns) or a
+ * matrix of row space (reset_after = 0: r*h_{t-1} from the tape); the first GH - tail->rows rows are dZ's
+ * columns times H_prev as for the others.  Without lengths, row space is x's, dx's and y's own (T, B)
+ * order: everything in place, one GEMM each, side by side when small (fr_gemm_jobs); h_{t-1} is y's previous
+ * time block in processing order (y[t-1] forward, y[t+1] in reverse), read in place with its stride ldy,
+ * then h0's for the first step (a product with K = 0 sets 0).  With lengths, x and h_{t-1} are gathered
+ * and dx scattered a chunk of steps at a time (bounded memory: seq_chunk(q, width) steps, `width` the
+ * cell's choice), each chunk still one GEMM per product over many rows, side by side when small; the first
+ * chunk overwrites, the others add.  dx, dw_ih, dw_hh may be NULL (not computed).  FR_ENOMEM when the
+ * chunk buffers cannot be allocated. */
+typedef struct seq_rec_tail {
+    int rows;      /* the last rows of dW_hh (GH of them in all) */
+    const real *dz; /* (N, ldz >= rows) their dL/d(recurrent pre-activation) */
+    int ldz;
+    const real *a; /* (N, P) their right-hand operand in row space, or NULL: H_prev */
+} seq_rec_tail;
+
 static int seq_weight_grads(const fr_seq *q, int T, int B, int reverse, int GH, int I, int P, size_t width,
                             const real *dz,          /* (N, GH) */
                             const real *x,           /* (T, B, I) */
                             const real *y, int ldy,  /* (T, B, ldy >= P): h_t of every step */
                             const real *h0,          /* (B, P) or NULL */
                             const real *w_ih,        /* (GH, I) */
+                            const seq_rec_tail *tail, /* or NULL: all of dW_hh is dZ^T H_prev */
                             real *dx, int dx_accumulate, /* (T, B, I) out, or NULL */
                             real *dw_ih,             /* (GH, I) out, or NULL */
                             real *dw_hh)             /* (GH, P) out, or NULL */
 {
+    const int G2 = tail ? tail->rows : 0, G1 = GH - G2; /* dW_hh's rows by dZ, by the tail */
+    real *dw_t = dw_hh ? dw_hh + (size_t)G1 * P : NULL;   /* (G2, P) the tail's rows */
     if (q->perm == NULL) {
         const int N = (int)q->N, K = T > 1 ? (T - 1) * B : 0;
+        const size_t first = (size_t)fr_time_index(0, T, reverse) * B; /* row of the first step's slot 0 */
+        const real *yp = reverse ? y + (size_t)B * ldy : y;             /* h_{t-1} of the rows below */
+        const size_t r1 = reverse ? 0 : (size_t)B;                      /* the first of those rows */
         const gk_job j_ih = {1, 0, GH, I, N, (real)1, dz, GH, x, I, (real)0, dw_ih, I, NULL};
         const gk_job j_dx = {0, 0, N, I, GH, (real)1, dz, GH, w_ih, I, dx_accumulate ? (real)1 : (real)0, dx, I, NULL};
-        const gk_job j_h0 = {1, 0, GH, P, B, (real)1, dz + (size_t)fr_time_index(0, T, reverse) * B * GH, GH, h0, P,
-                             (real)1, dw_hh, P, NULL};
-        const gk_job j_hh = {1, 0, GH, P, K, (real)1, reverse ? dz : dz + (size_t)B * GH, GH,
-                             reverse ? y + (size_t)B * ldy : y, ldy, (real)0, dw_hh, P, h0 && T > 0 ? &j_h0 : NULL};
-        const gk_job *jobs[3] = {dw_ih ? &j_ih : NULL, dx ? &j_dx : NULL, dw_hh ? &j_hh : NULL};
-        fr_gemm_jobs(jobs, 3);
+        const gk_job j_h0 = {1, 0, G1, P, B, (real)1, dz + first * GH, GH, h0, P, (real)1, dw_hh, P, NULL};
+        const gk_job j_hh = {1, 0, G1, P, K, (real)1, dz + r1 * GH, GH, yp, ldy, (real)0, dw_hh, P,
+                             h0 && T > 0 ? &j_h0 : NULL};
+        gk_job j_t0 = {0}, j_t = {0};
+        if (tail && tail->a) { /* a matrix of row space: one product over all rows */
+            j_t = (gk_job){1, 0, G2, P, N, (real)1, tail->dz, tail->ldz, tail->a, P, (real)0, dw_t, P, NULL};
+        } else if (tail) {     /* H_prev, as above */
+            j_t0 = (gk_job){1, 0, G2, P, B, (real)1, tail->dz + first * tail->ldz, tail->ldz, h0, P, (real)1, dw_t,
+                            P, NULL};
+            j_t = (gk_job){1, 0, G2, P, K, (real)1, tail->dz + r1 * tail->ldz, tail->ldz, yp, ldy, (real)0, dw_t, P,
+                           h0 && T > 0 ? &j_t0 : NULL};
+        }
+        const gk_job *jobs[4] = {dw_ih ? &j_ih : NULL, dx ? &j_dx : NULL, dw_hh ? &j_hh : NULL,
+                                 dw_hh && tail ? &j_t : NULL};
+        fr_gemm_jobs(jobs, 4);
         return FR_OK;
     }
     const int chunk = seq_chunk(q, width);
     const size_t cap = (size_t)chunk * B;
+    const int need_h = dw_hh && (G1 > 0 || (tail && tail->a == NULL)); /* a product reads H_prev */
     real *xg = NULL; /* (chunk rows, I) x rows of a chunk, then its dx rows */
     real *hg = NULL; /* (chunk rows, P) h_{t-1} rows of a chunk */
     if ((dw_ih || dx) && (xg = fr_alloc(cap * (size_t)I, 0)) == NULL) return FR_ENOMEM;
-    if (dw_hh && (hg = fr_alloc(cap * (size_t)P, 0)) == NULL) {
+    if (need_h && (hg = fr_alloc(cap * (size_t)P, 0)) == NULL) {
         fr_free(xg);
         return FR_ENOMEM;
     }
@@ -375,18 +433,20 @@ static int seq_weight_grads(const fr_seq *q, int T, int B, int reverse, int GH, 
         const int m = (int)(hi - lo);
         const real *dzc = dz + lo * GH;    /* (m, GH) */
         const real beta = s0 > 0 ? 1 : 0;  /* the first chunk overwrites, the others add */
-        if (dw_ih) {
-            seq_gather(q, s0, s1, x, I, I, xg);
-            fr_gemm(1, 0, GH, I, m, 1, dzc, GH, xg, I, beta, dw_ih, I);
-        }
-        if (dw_hh) {
-            seq_gather_prev(q, s0, s1, y, ldy, h0, P, hg);
-            fr_gemm(1, 0, GH, P, m, 1, dzc, GH, hg, P, beta, dw_hh, P);
-        }
-        if (dx) { /* into xg once dW_ih's product has read it */
-            fr_gemm(0, 0, m, I, GH, 1, dzc, GH, w_ih, I, 0, xg, I);
-            seq_scatter(q, s0, s1, xg, dx, I, I, dx_accumulate);
-        }
+        if (dw_ih) seq_gather(q, s0, s1, x, I, I, xg);
+        if (need_h) seq_gather_prev(q, s0, s1, y, ldy, h0, P, hg);
+        /* dx's product into xg after dW_ih's has read it: chained behind it */
+        const gk_job j_dx = {0, 0, m, I, GH, (real)1, dzc, GH, w_ih, I, (real)0, xg, I, NULL};
+        const gk_job j_ih = {1, 0, GH, I, m, (real)1, dzc, GH, xg, I, beta, dw_ih, I, dx ? &j_dx : NULL};
+        const gk_job j_hh = {1, 0, G1, P, m, (real)1, dzc, GH, hg, P, beta, dw_hh, P, NULL};
+        gk_job j_t = {0};
+        if (tail)
+            j_t = (gk_job){1, 0, G2, P, m, (real)1, tail->dz + lo * tail->ldz, tail->ldz,
+                           tail->a ? tail->a + lo * P : hg, P, beta, dw_t, P, NULL};
+        const gk_job *jobs[4] = {dw_ih ? &j_ih : dx ? &j_dx : NULL, dw_hh ? &j_hh : NULL,
+                                 dw_hh && tail ? &j_t : NULL, NULL};
+        fr_gemm_jobs(jobs, 4);
+        if (dx) seq_scatter(q, s0, s1, xg, dx, I, I, dx_accumulate);
     }
     fr_free(xg);
     fr_free(hg);

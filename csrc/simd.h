@@ -61,7 +61,8 @@ static inline vr1 vr1_keep(vr1_m m, vr1 a) { return m ? a : (real)0; }
 static inline vr1 vr1_relu(vr1 a) { return a < 0 ? (real)0 : a; } /* keeps a NaN a NaN, as torch's relu */
 static inline vr1 vr1_sigmoid(vr1 a) { return fr_sigmoid(a); }
 static inline vr1 vr1_tanh(vr1 a) { return fr_tanh(a); }
-/* db[0] += d in double (the RNN's bias gradient: float sums over T*B rows would lose digits) */
+/* db[0] += d in double: the bias gradients' sums of every cell (seq.h, seq_db; float sums over T*B rows
+ * would lose digits) */
 static inline void vr1_acc_f64(double *db, vr1 d) { *db += d; }
 
 #if FR_SIMD
