@@ -146,6 +146,38 @@ def _reference(case, params, data, masks, go_backwards):
     return r
 
 
+# The tolerance rule (tests/helpers.py) is normwise relative to max|expected|.  The drawn cases include arrays
+# of one or two elements (T = B = 1, P = 1), whose only value can be the result of a cancellation (y = W_hr h
+# summing terms of ~0.05 to 4e-5): its rounding error scales with the terms, not with the result.  So the
+# denominator is floored at SCALE_FLOOR -- a magnitude below every term of these computations with
+# unit-variance data and torch's initialisation (terms are >= ~1e-2 in all but degenerate draws), so it
+# never loosens a comparison of an array of ordinary values.
+SCALE_FLOOR = 1e-2
+
+
+def _close(actual, expected, dtype, depth, name, sources=1):
+    expected = np.asarray(expected)
+    scale = float(np.abs(expected).max()) if expected.size else 0.0
+    if scale >= SCALE_FLOOR:
+        return helpers.assert_close(actual, expected, dtype, depth, name, sources=sources, record="properties")
+    actual = np.asarray(actual)
+    assert actual.shape == expected.shape, f"{name}: shape {actual.shape}, expected {expected.shape}"
+    abs_err, _ = helpers.errors(actual, expected)
+    tol = helpers.tolerance(dtype, depth, sources)
+    assert abs_err <= tol * SCALE_FLOOR, (f"{name}: max abs error {abs_err:.3e} > {tol * SCALE_FLOOR:.3e} "
+                                          f"(tol {tol:.2e} x the floor {SCALE_FLOOR} of the scale; "
+                                          f"max|expected| {scale:.3e})")
+
+
+def _state_close(actual, expected, dtype, depth, name):
+    if isinstance(expected, tuple):
+        assert isinstance(actual, tuple) and len(actual) == len(expected), f"{name}: expected a tuple"
+        for part, a, e in zip("hc", actual, expected):
+            _close(a, e, dtype, depth, f"{name}[{part}]")
+    else:
+        _close(actual, expected, dtype, depth, name)
+
+
 def _spec(case, dtype, go_backwards):
     return LayerSpec(case.cell, case.I, case.H, num_layers=case.num_layers, bias=case.bias,
                      batch_first=case.batch_first, dropout=case.dropout, bidirectional=case.bidirectional,
@@ -200,20 +232,16 @@ def test_training_forward_and_backward_equal_the_reference(cfg):
     expect = _reference(case, params64, data, masks, gb)
     depth = case.depth
     name = f"{case}{'_goback' if gb else ''}_{dtype.name}_{cfg['isa']}_t{cfg['threads']}"
-    helpers.assert_close(helpers.from_api_seq(case, y), expect["y"], dtype, depth, name + " y",
-                         record="properties")
-    helpers.assert_state_close(helpers.from_api_state(case, state), expect["state"], dtype, depth,
-                               name + " state", record="properties")
+    _close(helpers.from_api_seq(case, y), expect["y"], dtype, depth, name + " y")
+    _state_close(helpers.from_api_state(case, state), expect["state"], dtype, depth, name + " state")
     if not case.dropout:  # the inference forward (its own code path: no tape) computes the same
-        helpers.assert_close(helpers.from_api_seq(case, yi), expect["y"], dtype, depth, name + " inference y",
-                             record="properties")
-        helpers.assert_state_close(helpers.from_api_state(case, statei), expect["state"], dtype, depth,
-                                   name + " inference state", record="properties")
-    helpers.assert_close(helpers.from_api_seq(case, dx), expect["dx"], dtype, depth, name + " dx",
-                         record="properties")
-    helpers.assert_state_close(helpers.from_api_state(case, dhx), expect["dhx"], dtype, depth,
-                               name + " dhx", record="properties")
-    helpers.assert_grads_close(grads, expect["grads"], dtype, depth, name + " grads", record="properties")
+        _close(helpers.from_api_seq(case, yi), expect["y"], dtype, depth, name + " inference y")
+        _state_close(helpers.from_api_state(case, statei), expect["state"], dtype, depth, name + " inference state")
+    _close(helpers.from_api_seq(case, dx), expect["dx"], dtype, depth, name + " dx")
+    _state_close(helpers.from_api_state(case, dhx), expect["dhx"], dtype, depth, name + " dhx")
+    assert set(grads) == set(expect["grads"]), f"{name}: gradient keys {sorted(grads)}"
+    for k in expect["grads"]:
+        _close(grads[k], expect["grads"][k], dtype, depth, f"{name} grads[{k}]")
 
 
 @given(cfg=configs())
@@ -242,7 +270,7 @@ def test_module_equals_functional_bitwise(cfg):
             for t in range(case.T):
                 yt, state = layer.step(x[t], state)
                 ys.append(yt)
-            helpers.assert_close(np.stack(ys), y1, dtype, case.depth, f"{case} step", sources=2)
+            _close(np.stack(ys), y1, dtype, case.depth, f"{case} step", sources=2)
 
 
 # ---- bad combinations: ValueError / TypeError, and no kernel ran ---------------------------------------------
