@@ -76,3 +76,11 @@ try:
     _hyp_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 except ImportError:  # hypothesis is a test dependency; without it test_properties.py skips itself
     pass
+
+
+_configure_before_reliability = pytest_configure
+
+
+def pytest_configure(config):  # noqa: F811 - extends the hook above with the reliability tests' marker
+    _configure_before_reliability(config)
+    config.addinivalue_line("markers", "slow: long or memory-hungry cases (skipped unless the machine has room)")
