@@ -156,3 +156,28 @@ def test_gru_inference_past_2_31_elements():
         assert err < 1e-4, f"sequence {b}: max error {err}"
         np.testing.assert_allclose(h[:, b:b + 1], hr, atol=1e-4)
     del x, y
+
+
+def test_load_state_dict_refuses_foreign_content_and_changes_nothing():
+    """Foreign or corrupted state dicts (objects, strings, ragged lists, wrong keys or shapes, a truncated
+    dict) are a TypeError/ValueError and leave the parameters as they were; nothing is unpickled or read."""
+    lstm = fastrnn.LSTM(3, 4, seed=0)
+    before = lstm.state_dict()
+    good = lstm.state_dict()
+    key = next(iter(good))
+    bad = [dict(good, **{key: np.array([object()] * good[key].size).reshape(good[key].shape)}),
+           dict(good, **{key: np.full(good[key].shape, "1.0")}),
+           dict(good, **{key: [[1.0, 2.0], [3.0]]}),
+           dict(good, **{key: good[key][:-1]}),
+           {k: v for k, v in list(good.items())[:-1]},
+           dict(good, extra=np.zeros(1)),
+           b"\x80\x04\x95 pickle bytes",
+           [("weight_ih_l0", good[key])]]
+    for sd in bad:
+        with pytest.raises((TypeError, ValueError)):
+            lstm.load_state_dict(sd)
+        for k, v in before.items():
+            np.testing.assert_array_equal(getattr(lstm, k), v)
+    nan_sd = {k: np.full_like(v, np.nan) for k, v in good.items()}
+    lstm.load_state_dict(nan_sd)  # NaN weights are legal: they propagate
+    assert np.isnan(lstm(np.ones((2, 1, 3), np.float32))[0]).all()
