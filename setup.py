@@ -17,6 +17,16 @@ os.chdir(here)
 sources = ["fastrnn/_core.pyx", "csrc/gemm.c", "csrc/dispatch.c", "csrc/threads.c", "csrc/workspace.c"] + sorted(glob.glob("csrc/isa/*.c"))
 depends = sorted(glob.glob("csrc/**/*.h", recursive=True) + glob.glob("csrc/*.c")) + ["fastrnn/_core.pxd"]
 
+# FASTRNN_SANITIZE=address,undefined (any -fsanitize list) builds an instrumented extension for .ci/sanitize
+# (docs/reliability.md): -O1 -g with frame pointers for readable reports; run it with the sanitizer runtime
+# preloaded (LD_PRELOAD=$(gcc -print-file-name=libasan.so)), as Python itself is not instrumented.
+sanitize = os.environ.get("FASTRNN_SANITIZE", "").strip()
+opt_args = ["-O3"]
+san_args = []
+if sanitize:
+    opt_args = ["-O1", "-g", "-fno-omit-frame-pointer"]
+    san_args = [f"-fsanitize={sanitize}", "-fno-sanitize-recover=undefined"]
+
 ext = Extension(
     "fastrnn._core",
     sources=sources,
@@ -25,8 +35,8 @@ ext = Extension(
     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     # -O3 for vectorisation; no -ffast-math (it breaks NaN propagation and the exactness tests rely on);
     # -fno-math-errno lets sqrt/exp inline without touching errno.
-    extra_compile_args=["-O3", "-fno-math-errno", "-Wall", "-Wno-unused-function"],
-    extra_link_args=["-lm", "-pthread"],
+    extra_compile_args=opt_args + san_args + ["-fno-math-errno", "-Wall", "-Wno-unused-function"],
+    extra_link_args=san_args + ["-lm", "-pthread"],
 )
 
 setup(ext_modules=cythonize([ext], language_level=3, compiler_directives={"boundscheck": False,

@@ -60,3 +60,27 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
                       f" at {r['name_at_max']}")
         tr.write_line(f"{'':<22} {'':<8} max err/tol {r['max_ratio']:.3f} at {r['name_at_ratio']}"
                       f"  [{r['count']} comparisons]")
+
+
+# ---- hypothesis profiles (tests/test_properties.py; docs/reliability.md) -------------------------------------
+# "ci" (default): a bounded number of examples, derandomized (a fixed seed: the same examples every run), no
+# deadline (the 2-vCPU CI machine is shared and noisy).  "long": HYPOTHESIS_PROFILE=long pytest tests/test_properties.py
+# -- many more examples from random seeds (failures are still replayed from hypothesis's example database).
+try:
+    from hypothesis import HealthCheck, settings as _hyp_settings
+
+    _hyp_settings.register_profile("ci", max_examples=400, derandomize=True, deadline=None, print_blob=True,
+                                   suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    _hyp_settings.register_profile("long", max_examples=3000, deadline=None, print_blob=True,
+                                   suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    _hyp_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+except ImportError:  # hypothesis is a test dependency; without it test_properties.py skips itself
+    pass
+
+
+_configure_before_reliability = pytest_configure
+
+
+def pytest_configure(config):  # noqa: F811 - extends the hook above with the reliability tests' marker
+    _configure_before_reliability(config)
+    config.addinivalue_line("markers", "slow: long or memory-hungry cases (skipped unless the machine has room)")

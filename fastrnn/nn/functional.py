@@ -14,7 +14,7 @@ import numpy as np
 from . import checkpoint as ckpt
 from .spec import LayerSpec
 from .tape import Tape
-from .validation import as_float_array, check_kernel_array, check_shape, shape_str
+from .validation import as_float_array, check_kernel_array, check_kernel_sizes, check_shape, shape_str
 
 __all__ = ["forward", "backward", "check_params"]
 
@@ -41,6 +41,7 @@ def prep_x(spec, x):
                          f"got {shape_str(x.shape)}")
     if xt.shape[0] == 0 or xt.shape[1] == 0:
         raise ValueError(f"x: expected at least one time step and one sequence, got {shape_str(x.shape)}")
+    check_kernel_sizes(spec, xt.shape[0], xt.shape[1])  # before the copy below allocates anything
     return np.ascontiguousarray(xt), batched
 
 

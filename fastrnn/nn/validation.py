@@ -63,3 +63,27 @@ def check_kernel_array(name, a, shape, dtype, writeable=False):
         raise ValueError(f"{name}: expected a C-contiguous array")
     if writeable and not a.flags.writeable:
         raise ValueError(f"{name}: expected a writeable array")
+
+
+# The kernels take T, B, I, H, P and the row strides as C ints, and count rows (T*B) and gate widths (G*H) in
+# ints too; their element offsets are 64-bit (size_t).  Sizes past INT_MAX are refused here, before any
+# allocation or kernel, and so are arrays whose byte count could not be addressed.
+INT_MAX = 2**31 - 1
+MAX_BYTES = 2**62
+
+
+def check_kernel_sizes(spec, T, B):
+    """ValueError unless every size the kernels compute in C ints fits one (T, B from x's shape)."""
+    G, H, P, D, I = spec.cell.G, spec.hidden_size, spec.P, spec.D, spec.input_size
+    sizes = (("T (time steps)", T), ("B (batch)", B), ("T*B (rows)", T * B), ("input_size", I),
+             ("G*hidden_size (gate rows)", G * H), ("num_directions*P (output features)", D * P),
+             ("G*hidden_size*input_size (weight elements)", G * H * max(I, D * P)))
+    for name, v in sizes:
+        if v > INT_MAX:
+            raise ValueError(f"{name} = {v}: the kernels index it with 32-bit ints; expected at most "
+                             f"{INT_MAX} (split the batch or the sequence)")
+    # The largest per-call arrays (outputs, tape, gradients of the gates) are ~T*B*(G*H + 2H + 2P) elements.
+    nbytes = T * B * (G * H + 2 * H + 2 * D * P + I) * spec.dtype.itemsize
+    if nbytes > MAX_BYTES:
+        raise ValueError(f"T={T}, B={B}: the call's arrays would need ~{nbytes:.3e} bytes, more than can be "
+                         f"addressed (2^62)")
