@@ -80,3 +80,64 @@ def test_sigint_stops_a_long_call(cell, mode, isa, threads, tmp_path):
     latency = float(r.stdout.split("LATENCY")[1])
     print(f"{cell} {mode} {isa} {threads} threads: KeyboardInterrupt {latency:.1f} ms after SIGINT")
     assert latency < 100, f"{latency:.1f} ms"
+
+
+FRONT_ENDS = textwrap.dedent(r"""
+    import os, signal, sys, threading, time
+    import numpy as np
+    which = sys.argv[1]
+    def fire():
+        time.sleep(0.5)
+        fire.t = time.perf_counter()
+        os.kill(os.getpid(), signal.SIGINT)
+    if which == "fit":
+        from fastrnn import Sequential, load_model
+        from fastrnn.layers import LSTM, Dense
+        rng = np.random.default_rng(0)
+        X = rng.standard_normal((256, 400, 256)).astype(np.float32)
+        y = rng.standard_normal((256, 1)).astype(np.float32)
+        model = Sequential([LSTM(512, input_shape=(400, 256)), Dense(1)])
+        model.compile(optimizer="adam", loss="mse")
+        threading.Thread(target=fire, daemon=True).start()
+        try:
+            model.fit(X, y, batch_size=128, epochs=5, verbose=0)
+            print("NOT INTERRUPTED"); sys.exit(3)
+        except KeyboardInterrupt:
+            latency = time.perf_counter() - fire.t
+        path = os.path.join(sys.argv[2], "m.fastrnn")
+        model.save(path)  # the interrupted model is whole: it saves, loads and predicts the same
+        again = load_model(path)
+        np.testing.assert_array_equal(again.predict(X[:4], verbose=0), model.predict(X[:4], verbose=0))
+    else:
+        import torch
+        import fastrnn.torch as ft
+        torch.set_num_threads(2)
+        m = ft.LSTM(512, 512)
+        before = {k: v.clone() for k, v in m.state_dict().items()}
+        x = torch.randn(2000, 32, 512, requires_grad=True)
+        threading.Thread(target=fire, daemon=True).start()
+        try:
+            y, _ = m(x)
+            y.sum().backward()
+            print("NOT INTERRUPTED"); sys.exit(3)
+        except KeyboardInterrupt:
+            latency = time.perf_counter() - fire.t
+        for k, v in m.state_dict().items():
+            assert torch.equal(v, before[k]), k
+        y, _ = m(x[:3, :2].detach())  # still usable
+    print(f"LATENCY {latency * 1e3:.1f}")
+""")
+
+
+@pytest.mark.parametrize("which", ["fit", "torch"])
+def test_sigint_stops_the_front_ends(which, tmp_path):
+    if which == "torch":
+        pytest.importorskip("torch")
+    script = tmp_path / "child.py"
+    script.write_text(FRONT_ENDS)
+    r = subprocess.run([sys.executable, str(script), which, str(tmp_path)], capture_output=True, text=True,
+                       timeout=300, cwd=str(tmp_path), env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    assert r.returncode == 0, r.stdout + r.stderr
+    latency = float(r.stdout.split("LATENCY")[1])
+    print(f"{which}: KeyboardInterrupt {latency:.1f} ms after SIGINT")
+    assert latency < 100, f"{latency:.1f} ms"
