@@ -741,6 +741,7 @@ static void gk_shared_task(void *ctx, int tid, int nth) {
                           t->bp + (size_t)q0 * GK_NR * kc);
             fr_barrier_wait(&t->bar, tid); /* the block is whole */
             for (;;) {
+                if (g->stop && *g->stop) break; /* interrupted: the barrier below stops every thread */
                 const int ic = atomic_fetch_add_explicit(&t->next, t->rows, memory_order_relaxed);
                 if (ic >= g->M) break;
                 const int mc = gk_min(t->rows, g->M - ic);

@@ -5,6 +5,7 @@ the packages' structure (what they export, what they import, in which direction)
 import ast
 import os
 import subprocess
+import tempfile
 import sys
 
 import numpy as np
@@ -203,7 +204,9 @@ def test_bench_modules_depend_one_way():
 
 
 def _run_python(code):
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    # cwd outside the source tree (python -c puts it first on sys.path: a checkout would shadow the install)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=tempfile.gettempdir(), timeout=300)
 
 
 def test_import_bench_imports_no_peer():
@@ -255,6 +258,7 @@ def test_fastrnn_info_does_not_import_bench():
 
 
 def test_python_m_fastrnn():
-    r = subprocess.run([sys.executable, "-m", "fastrnn", "--version"], capture_output=True, text=True, cwd=ROOT,
+    r = subprocess.run([sys.executable, "-m", "fastrnn", "--version"], capture_output=True, text=True,
+                       cwd=tempfile.gettempdir(),
                        timeout=300)
     assert r.returncode == 0 and r.stdout.startswith("fastrnn "), (r.stdout, r.stderr)

@@ -331,10 +331,12 @@ def test_class_and_sample_weight():
 def test_keras_packages_import_no_framework_and_no_torch_frontend():
     import subprocess
     import sys
+    import tempfile
     code = ("import sys, fastrnn.layers, fastrnn.models, fastrnn.optimizers, fastrnn.losses, fastrnn.metrics, "
             "fastrnn.callbacks; bad = [m for m in ('torch', 'tensorflow', 'keras', 'onnx', 'fastrnn.torch', "
             "'fastrnn.cli', 'fastrnn.bench') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       cwd=tempfile.gettempdir())  # not the checkout: it would shadow the installed package
     assert r.returncode == 0, r.stdout + r.stderr
 
 

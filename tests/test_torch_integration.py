@@ -4,6 +4,7 @@ torch.onnx.export, torch.compile, real training loops against torch.nn, the thre
 import io
 import os
 import subprocess
+import tempfile
 import sys
 import warnings
 
@@ -266,7 +267,8 @@ def test_threads_follow_torch():
 
 def _run_py(code):
     env = dict(os.environ)
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env,
+                          cwd=tempfile.gettempdir())  # not the checkout: it would shadow the installed package
 
 
 def test_import_rules():
