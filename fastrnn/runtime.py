@@ -15,10 +15,22 @@ from ._core import (cpu_has_avx2, cpu_has_avx512, get_isa, get_num_threads, rele
                     set_num_threads, workspace_bytes)
 
 __all__ = ["get_isa", "set_isa", "cpu_has_avx2", "cpu_has_avx512", "get_num_threads", "set_num_threads",
-           "release_workspace", "workspace_bytes", "machine_info", "BLAS_ENV"]
+           "release_workspace", "workspace_bytes", "machine_info", "mem_available", "BLAS_ENV"]
 
 # Environment variables that set the BLAS / OpenMP pools' threads (reported, never changed here).
 BLAS_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS")
+
+
+def mem_available():
+    """Bytes of memory the kernel says are available (MemAvailable in /proc/meminfo), or None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 def _version_of(name):

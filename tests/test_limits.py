@@ -13,6 +13,7 @@ from fastrnn import reference as ref
 from fastrnn.nn import LayerSpec, cells
 from fastrnn.nn import functional as F
 from fastrnn.nn.validation import INT_MAX, check_kernel_sizes
+from fastrnn.runtime import mem_available
 
 
 class _NoKernels:
@@ -31,14 +32,7 @@ def no_kernels(monkeypatch):
 
 
 def _mem_available():
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+    return mem_available() or 0
 
 
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 
 from ..nn.cells import CELLS
+from ..runtime import mem_available
 
 ENGINES = ("fastrnn", "torch", "ort")
 ENGINE_NAMES = {"fastrnn": "fastrnn", "torch": "torch", "ort": "ORT"}
@@ -102,14 +103,7 @@ class Case:
 
 
 def _mem_available():
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+    return mem_available()
 
 
 def cases(cells=("lstm", "gru", "rnn"), shapes="grid", memory_fraction=0.6):

@@ -6,9 +6,6 @@ from ..nn import LayerSpec, functional as _F
 
 __all__ = ["make_spec", "forward", "backward", "param_shapes"]
 
-# functional.run is forward() without re-validating spec and params: the modules hand over arrays that are
-# the Parameters' own memory (shapes fixed by the torch module, dtype and contiguity checked here).
-_run = getattr(_F, "run", None)
 
 
 def make_spec(cell, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
@@ -20,9 +17,9 @@ def make_spec(cell, input_size, hidden_size, num_layers=1, bias=True, batch_firs
 
 
 def forward(spec, params, x, hx=None, lengths=None, train=False, mask_fn=None):
-    if _run is not None:
-        return _run(spec, params, x, hx, lengths, bool(train), mask_fn)
-    return _F.forward(spec, params, x, hx=hx, lengths=lengths, train=train, mask_fn=mask_fn)  # pragma: no cover
+    # functional.run is forward() without re-validating spec and params: the modules hand over arrays that
+    # are the Parameters' own memory (shapes fixed by the torch module, dtype and contiguity checked there).
+    return _F.run(spec, params, x, hx, lengths, bool(train), mask_fn)
 
 
 def backward(tape, dy, dstate=None, out=None):
