@@ -88,6 +88,11 @@ void fr_set_blas(fr_sgemm_fn sgemm, fr_dgemm_fn dgemm);
 /* ---- threads ----------------------------------------------------------------------------------------- */
 int fr_get_num_threads(void);
 void fr_set_num_threads(int n);
+/* Run the kernels' parallel regions on an OpenMP runtime's threads (GOMP_parallel, omp_get_thread_num,
+ * omp_get_num_threads, omp_in_parallel of a runtime loaded in the process), or on fastrnn's own pool
+ * (parallel = NULL).  Returns 0, or -1 when a function is missing.  fr_omp_enabled: which one is set. */
+int fr_set_omp(void *parallel, void *thread_num, void *num_threads, void *in_parallel);
+int fr_omp_enabled(void);
 
 /* ---- the kernels, one table per dtype ------------------------------------------------------------------
  * FR_KERNEL_TABLE(real, name) declares the struct `name` of function pointers for element type `real`.

@@ -211,8 +211,12 @@ static void *worker_main(void *arg) {
     return NULL;
 }
 
-/* After fork() only the forking thread exists in the child: forget the workers (and a held lock). */
+static void omp_after_fork_child(void);
+
+/* After fork() only the forking thread exists in the child: forget the workers (and a held lock), and use
+ * the pool rather than an OpenMP runtime, whose threads are gone too (libgomp does not restart them). */
 static void pool_after_fork_child(void) {
+    omp_after_fork_child();
     pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
     pthread_cond_t fresh_cond = PTHREAD_COND_INITIALIZER;
     g_pool.busy = fresh;
@@ -239,12 +243,76 @@ static void pool_grow(int n) {
     }
 }
 
+/* ---- an OpenMP runtime's threads instead of the pool (fr_set_omp) -----------------------------------------
+ * In a process where another library's OpenMP threads run between the kernels' calls (torch's ops, MKL),
+ * those threads keep spinning for a while after each of their parallel regions (libgomp's default is
+ * 300,000 pauses: ~15 ms on CPUs whose pause takes ~140 cycles).  On a machine with as many cores as threads,
+ * the pool's workers then share cores with spinners, and a barrier-synchronised time loop runs at the pace
+ * of its most preempted thread.  Running the regions on that runtime's own threads instead (GOMP_parallel,
+ * from the caller: the same threads the caller's OpenMP regions use) leaves one set of threads, and a
+ * spinning one takes the region at once.  fastrnn.torch sets this up with torch's runtime. */
+typedef void (*fr_omp_parallel_fn)(void (*fn)(void *), void *data, unsigned nthreads, unsigned flags);
+typedef int (*fr_omp_int_fn)(void);
+static struct {
+    fr_omp_parallel_fn _Atomic parallel; /* GOMP_parallel, or NULL: the pool */
+    fr_omp_int_fn thread_num, num_threads, in_parallel;
+} g_omp;
+
+int fr_set_omp(void *parallel, void *thread_num, void *num_threads, void *in_parallel) {
+    if (parallel && !(thread_num && num_threads && in_parallel)) return -1;
+    atomic_store(&g_omp.parallel, NULL); /* a region already running keeps the pointers it read */
+    if (!parallel) return 0;
+    g_omp.thread_num = (fr_omp_int_fn)thread_num;
+    g_omp.num_threads = (fr_omp_int_fn)num_threads;
+    g_omp.in_parallel = (fr_omp_int_fn)in_parallel;
+    atomic_store(&g_omp.parallel, (fr_omp_parallel_fn)parallel); /* published after the others */
+    return 0;
+}
+
+int fr_omp_enabled(void) { return atomic_load(&g_omp.parallel) != NULL; }
+
+static void omp_after_fork_child(void) { atomic_store(&g_omp.parallel, NULL); }
+
+typedef struct {
+    fr_task_fn fn;
+    void *ctx;
+    int n;
+    int ran; /* written by thread 0 of the team (the caller) */
+} omp_region_t;
+
+static void omp_body(void *arg) {
+    omp_region_t *r = (omp_region_t *)arg;
+    /* A team smaller than asked (a nested region, OMP_THREAD_LIMIT, dynamic teams) cannot run a region
+     * whose threads wait for each other at barriers: every thread of it sees the same size and leaves,
+     * and the caller runs the region on the pool instead. */
+    if (g_omp.num_threads() != r->n) return;
+    const int tid = g_omp.thread_num();
+    unsigned mode = fr_fpmode_enter();
+    r->fn(r->ctx, tid, r->n);
+    fr_fpmode_leave(mode);
+    if (tid == 0) r->ran = 1;
+}
+
+/* Runs the region on the OpenMP runtime's threads; 0 when it could not (the caller then uses the pool). */
+static int omp_run(int n, fr_task_fn fn, void *ctx, fr_barrier_t *bar) {
+    fr_omp_parallel_fn par = atomic_load(&g_omp.parallel);
+    if (!par || g_omp.in_parallel()) return 0;
+    omp_region_t r = {fn, ctx, n, 0};
+    if (bar) fr_barrier_init(bar, n);
+    par(omp_body, &r, (unsigned)n, 0);
+    return r.ran;
+}
+
 int fr_parallel(int n, fr_task_fn fn, void *ctx, fr_barrier_t *bar) {
     int max = fr_get_num_threads();
     if (n > max) n = max;
     if (n > 1) {
         pthread_once(&g_once, pool_init_once);
         if (pthread_mutex_trylock(&g_pool.busy) != 0) n = 1; /* another caller's region is running */
+    }
+    if (n > 1 && omp_run(n, fn, ctx, bar)) {
+        pthread_mutex_unlock(&g_pool.busy);
+        return n;
     }
     if (n <= 1) {
         if (bar) fr_barrier_init(bar, 1);

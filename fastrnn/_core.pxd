@@ -38,6 +38,8 @@ cdef extern from "fastrnn.h" nogil:
     void fr_set_chunking(size_t chunk_bytes, int proj_min_rows)
     int fr_get_num_threads()
     void fr_set_num_threads(int n)
+    int fr_set_omp(void *parallel, void *thread_num, void *num_threads, void *in_parallel)
+    int fr_omp_enabled()
 
     # The kernel tables (fastrnn.h's FR_KERNEL_TABLE, once per dtype).
     ctypedef struct fr_kernels_f32_t:

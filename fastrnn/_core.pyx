@@ -98,6 +98,18 @@ def set_num_threads(int n):
     fr_set_num_threads(n)
 
 
+def _set_omp(size_t parallel, size_t thread_num, size_t num_threads, size_t in_parallel):
+    """Run the parallel regions on an OpenMP runtime's threads, given the addresses of its GOMP_parallel,
+    omp_get_thread_num, omp_get_num_threads and omp_in_parallel (fastrnn.runtime.use_openmp finds them), or
+    on fastrnn's own pool (parallel = 0)."""
+    if fr_set_omp(<void *>parallel, <void *>thread_num, <void *>num_threads, <void *>in_parallel) != 0:
+        raise ValueError("_set_omp: expected the four function addresses, or 0 for the pool")
+
+
+def _omp_enabled():
+    return bool(fr_omp_enabled())
+
+
 # ---- kernel calls: one binding function per cell kernel -------------------------------------------------------
 # Each takes the C kernel's arguments in the C order (csrc/fastrnn.h), arrays as ndarrays or None, and runs it
 # with the GIL released.  The dtype is the one of x; the fused `real` bodies below are written once for float32

@@ -194,9 +194,13 @@ def _child_compute(w):
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
-def test_child_after_fork_computes_correctly(threads2):
-    """After the parent used the kernels' thread pool and workspace, os.fork(): the child (one thread, the
-    pool's threads gone) computes the same training step bitwise, with 2 threads, and does not hang."""
+@pytest.mark.parametrize("pool", ["fastrnn", "openmp"])
+def test_child_after_fork_computes_correctly(threads2, pool, request):
+    """After the parent used the kernels' thread pool (or an OpenMP runtime's threads) and workspace,
+    os.fork(): the child (one thread, the pool's threads gone) computes the same training step bitwise, with
+    2 threads, and does not hang."""
+    if pool == "openmp":
+        fastrnn.runtime.use_openmp(request.getfixturevalue("openmp_pool"))
     lstm = fastrnn.LSTM(24, 40, seed=3, bidirectional=True)
     x, ln = _inputs(lstm)
     expected = _train_step(lstm, x, ln)  # the pool and the workspace are live now
@@ -296,3 +300,95 @@ def test_functional_core_shared_params_from_threads(threads2):
     for i, rounds in got.items():
         for r in rounds:
             np.testing.assert_array_equal(r, expected[i])
+
+
+# ---- the kernels on an OpenMP runtime's threads (fastrnn.runtime.use_openmp) -----------------------------------
+
+def _gomp():
+    import ctypes.util
+    for p in fastrnn.runtime.loaded_openmp():
+        if "gomp" in os.path.basename(p):
+            return p
+    name = ctypes.util.find_library("gomp")
+    if name is None:
+        pytest.skip("no libgomp on this machine")
+    return name
+
+
+@pytest.fixture
+def openmp_pool():
+    lib = _gomp()
+    old = fastrnn.runtime.thread_pool()
+    yield lib
+    fastrnn.runtime.use_openmp(None if old == "fastrnn" else old)
+
+
+def _train(layer, x, lengths):
+    y, s, tape = layer.forward(x, lengths=lengths, train=True)
+    dx, dh, g = layer.backward(tape, np.ones_like(y))
+    return y, dx, g
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_openmp_threads_give_the_pools_results_bitwise(cell, threads2, openmp_pool):
+    layer = _layer(cell, num_layers=2, bidirectional=True)
+    x, lengths = _inputs(layer, T=40, B=33)
+    fastrnn.runtime.use_openmp(None)
+    assert fastrnn.runtime.thread_pool() == "fastrnn"
+    y0, dx0, g0 = _train(layer, x, lengths)
+    fastrnn.runtime.use_openmp(openmp_pool)
+    assert fastrnn.runtime.thread_pool() == openmp_pool
+    y1, dx1, g1 = _train(layer, x, lengths)
+    assert np.array_equal(y0, y1) and np.array_equal(dx0, dx1)
+    for k in g0:
+        assert np.array_equal(g0[k], g1[k]), k
+    # and from many Python threads at once: one region at a time on the runtime's threads, the others run
+    # alone (so equal to the 1-thread results' tolerance, not bitwise: the split of a step differs)
+    out = [None] * 4
+
+    def work(i):
+        out[i] = _train(layer, x, lengths)
+    ts = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    for y, dx, g in out:
+        np.testing.assert_allclose(y, y0, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(dx, dx0, rtol=1e-4, atol=1e-5)
+
+
+def test_openmp_team_smaller_than_asked_runs_on_the_pool(tmp_path):
+    """OMP_THREAD_LIMIT=1: GOMP_parallel gives a team of one; the region must not wait for a missing peer."""
+    import subprocess
+    import sys
+    lib = _gomp()
+    code = f"""
+import numpy as np, fastrnn, fastrnn.runtime as rt
+fastrnn.set_num_threads(2)
+layer = fastrnn.LSTM(24, 40, seed=3, num_layers=2)
+x = np.random.default_rng(0).standard_normal((30, 9, 24)).astype(np.float32)
+y0, s, tape = layer.forward(x, train=True); g0 = layer.backward(tape, np.ones_like(y0))[2]
+rt.use_openmp({lib!r})
+y1, s, tape = layer.forward(x, train=True); g1 = layer.backward(tape, np.ones_like(y1))[2]
+assert np.array_equal(y0, y1) and all(np.array_equal(g0[k], g1[k]) for k in g0)
+print("ok", rt.thread_pool())
+"""
+    env = dict(os.environ, OMP_THREAD_LIMIT="1")
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("ok")
+
+
+def test_use_openmp_bad_arguments():
+    import ctypes.util
+    with pytest.raises(TypeError, match="library path"):
+        fastrnn.runtime.use_openmp(3)
+    with pytest.raises(ValueError, match="not an OpenMP runtime"):
+        fastrnn.runtime.use_openmp("/nonexistent/libgomp.so.1")
+    libm = ctypes.util.find_library("m")
+    if libm:
+        with pytest.raises(ValueError, match="GOMP_parallel"):
+            fastrnn.runtime.use_openmp(libm)
+    assert fastrnn.runtime.thread_pool() in ("fastrnn",) + tuple(fastrnn.runtime.loaded_openmp())

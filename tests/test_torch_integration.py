@@ -265,6 +265,35 @@ def test_threads_follow_torch():
         torch.set_num_threads(old)
 
 
+def test_kernels_run_on_torchs_openmp_threads():
+    """fastrnn.torch puts the kernels on torch's OpenMP threads (one set of threads, no spinners beside the
+    kernels' own); FASTRNN_TORCH_OPENMP=0 keeps fastrnn's pool."""
+    from fastrnn.torch.autograd import torch_openmp
+    lib = torch_openmp()
+    if lib is None:
+        pytest.skip("this torch does not run on OpenMP")
+    assert fastrnn.runtime.thread_pool() == lib
+    assert os.path.basename(lib).startswith(("libgomp", "libiomp5", "libomp"))
+    r = _run_py("import fastrnn.torch, fastrnn.runtime as rt; print(rt.thread_pool())")
+    assert r.returncode == 0 and r.stdout.strip() == lib, (r.stdout, r.stderr)
+    r = _run_py("import os; os.environ['FASTRNN_TORCH_OPENMP'] = '0'\n"
+                "import fastrnn.torch, fastrnn.runtime as rt; print(rt.thread_pool())")
+    assert r.returncode == 0 and r.stdout.strip() == "fastrnn", (r.stdout, r.stderr)
+    # a converted module's results do not depend on whose threads ran them
+    lstm = ft.LSTM(6, 9, num_layers=2)
+    x = torch.randn(7, 5, 6)
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        y1, _ = lstm(x)
+        fastrnn.runtime.use_openmp(None)
+        y0, _ = lstm(x)
+    finally:
+        fastrnn.runtime.use_openmp(lib)
+        torch.set_num_threads(old)
+    assert torch.equal(y0, y1)
+
+
 def _run_py(code):
     env = dict(os.environ)
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env,

@@ -13,5 +13,8 @@ except ImportError as e:  # pragma: no cover - exercised in a subprocess test
 
 from .rnn import GRU, LSTM, RNN, FastRNNWarning, GRUCell, LSTMCell, RNNCell  # noqa: E402
 from .convert import convert, revert  # noqa: E402
+from .autograd import share_torch_threads  # noqa: E402
+
+share_torch_threads()  # the kernels run on torch's own OpenMP threads (docs/torch.md, Threads)
 
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "convert", "revert", "FastRNNWarning"]

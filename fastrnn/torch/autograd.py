@@ -13,9 +13,38 @@ import torch
 from .. import runtime as _rt
 from . import _engine as E
 
-__all__ = ["run", "sync_threads", "torch_mask_fn"]
+__all__ = ["run", "sync_threads", "share_torch_threads", "torch_mask_fn"]
 
 CALLS = [0]  # calls of the kernels through run() (a test hook: which path ran)
+
+
+def torch_openmp():
+    """The path of the OpenMP runtime torch's ops run on, or None (torch not built with OpenMP, or not found)."""
+    import os
+    try:
+        if "parallel backend: OpenMP" not in torch.__config__.parallel_info():
+            return None
+    except Exception:  # pragma: no cover - a torch without the report
+        return None
+    libs = _rt.loaded_openmp()
+    tdir = os.path.dirname(os.path.dirname(os.path.abspath(torch.__file__)))
+    mine = [p for p in libs if os.path.abspath(p).startswith(tdir)]  # torch/lib or a wheel's torch.libs
+    if mine:
+        return mine[0]
+    return libs[0] if len(libs) == 1 else None
+
+
+def share_torch_threads(enable=None):
+    """Run the kernels on torch's OpenMP threads (fastrnn.runtime.use_openmp) rather than fastrnn's own pool,
+    so that torch's threads, which spin for a while after each of torch's parallel ops, and the kernels'
+    threads are the same threads.  Called when fastrnn.torch is imported; FASTRNN_TORCH_OPENMP=0 in the
+    environment (or enable=False) keeps the own pool.  Returns the pool in use (fastrnn.runtime.thread_pool)."""
+    import os
+    if enable is None:
+        enable = os.environ.get("FASTRNN_TORCH_OPENMP", "1") != "0"
+    lib = torch_openmp() if enable else None
+    _rt.use_openmp(lib)
+    return _rt.thread_pool()
 
 
 def sync_threads():
