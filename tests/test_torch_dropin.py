@@ -364,3 +364,94 @@ def test_module_api_as_torch():
     fast.float()
     fast.reset_parameters()
     assert all(p.abs().max() <= 1 / math.sqrt(5) for p in fast.parameters())
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"])
+def test_fast_path_never_goes_stale(kind):
+    """After the first call a module takes a cheaply checked fast path (fastrnn/torch/rnn.py): each change
+    that must leave it (dtype, Parameters moved or replaced, functional_call, train/eval with dropout,
+    batch_first, hx, requires_grad, bad sizes) gives torch.nn's result or torch's error."""
+    cell = "Cell" in kind
+    kw = dict(input_size=3, hidden_size=4) if cell else dict(input_size=3, hidden_size=4, num_layers=2,
+                                                               dropout=0.5)
+    torch.manual_seed(0)
+    ref, fast = twins(kind, np.float32, **kw)
+    x = torch.randn(2, 3) if cell else torch.randn(5, 2, 3)
+
+    def flat(r):
+        return [t for u in r for t in flat(u)] if isinstance(r, tuple) else [r]
+
+    def same(*args):
+        a, b = flat(fast(*args)), flat(ref(*args))
+        assert len(a) == len(b)
+        for u, v in zip(a, b):
+            assert u.dtype == v.dtype and rel_err(u, v) < 1e-5
+    for m in (ref, fast):
+        m.eval()
+    for _ in range(2):
+        same(x)                                      # the second call takes the fast path
+    assert fast.__dict__.get("_fastrnn_fast") is not None
+    # Parameters' memory moved (.data =), then replaced by assignment
+    for m in (ref, fast):
+        name = "weight_hh" if cell else "weight_hh_l0"
+        torch.manual_seed(1)
+        getattr(m, name).data = torch.randn_like(getattr(m, name))
+    same(x)
+    for m in (ref, fast):
+        torch.manual_seed(2)
+        setattr(m, "weight_ih" if cell else "weight_ih_l0",
+                nn.Parameter(torch.randn_like(getattr(m, "weight_ih" if cell else "weight_ih_l0"))))
+    same(x)
+    # functional_call with other tensors, then the module's own again
+    torch.manual_seed(3)
+    other = {k: torch.randn_like(v) for k, v in ref.named_parameters()}
+    a = flat(torch.func.functional_call(fast, other, (x,)))
+    b = flat(torch.func.functional_call(ref, other, (x,)))
+    assert all(rel_err(u, v) < 1e-5 for u, v in zip(a, b))
+    same(x)
+    # hx given, then of a wrong shape: torch's error
+    B = x.shape[0] if cell else x.shape[1]
+    if cell:
+        h = torch.randn(B, 4)
+        hx = (h, torch.randn(B, 4)) if kind == "LSTMCell" else h
+        same(x, hx)
+        with pytest.raises(RuntimeError):
+            fast(x, (h[:1], h[:1]) if kind == "LSTMCell" else h[:1])
+    else:
+        h = torch.randn(2, B, 4)
+        hx = (h, torch.randn(2, B, 4)) if kind == "LSTM" else h
+        same(x, hx)
+        with pytest.raises(RuntimeError):
+            fast(x, (h[:1], h[:1]) if kind == "LSTM" else h[:1])
+    # a wrong input size after the fast path: torch's error
+    with pytest.raises(RuntimeError):
+        fast(torch.randn(2, 5) if cell else torch.randn(5, 2, 5))
+    # requires_grad: an autograd node only when something needs a gradient
+    for p in fast.parameters():
+        p.requires_grad_(False)
+    assert all(t.grad_fn is None for t in flat(fast(x)))
+    for p in fast.parameters():
+        p.requires_grad_(True)
+    assert all(t.grad_fn is not None for t in flat(fast(x)))
+    # float64
+    ref.double()
+    fast.double()
+    same(x.double())
+    if not cell:
+        # train mode with dropout: torch's RNG, repeatable; eval again: deterministic
+        for m in (ref, fast):
+            m.train()
+        torch.manual_seed(5)
+        y1 = fast(x.double())[0]
+        torch.manual_seed(5)
+        y2 = fast(x.double())[0]
+        assert torch.equal(y1, y2)
+        for m in (ref, fast):
+            m.eval()
+        same(x.double())
+        # batch_first toggled after the fast path was recorded
+        for m in (ref, fast):
+            m.batch_first = True
+        same(x.double().transpose(0, 1).contiguous())
+        # unbatched input
+        same(x.double()[:, 0])

@@ -4,6 +4,7 @@
 
 1. Overhead: LSTM(128, 128), T = 1, B = 1: the numpy API (fastrnn.nn) against fastrnn.torch on the same
    kernels, inference (no_grad) and forward + backward; the difference is what the wrapper adds (us a call).
+   Beside it, torch's own floor: a custom autograd.Function with the same inputs that does no work.
 2. Training steps: Embedding + 2-layer LSTM or GRU (I = H) + Linear + cross-entropy + Adam, converted against
    torch.nn, same run, interleaved; and the bare 2-layer network's training step (forward + backward of the
    recurrent layers alone: fastrnn.nn against torch.nn), to report how much of the kernels' lead the
@@ -61,9 +62,35 @@ def overhead(reps=2000, H=128):
     def t_train():
         y, _ = tl(xg)
         y.backward(dyt)
-    a, b, c, d = _median_time([np_inf, t_inf, np_train, t_train], reps, warmup=50)
+    # torch's own floor: one custom autograd node with the same inputs (x and the four Parameters) and outputs
+    # whose forward and backward do no work (fresh outputs and gradients of the right shapes, as the wrapper
+    # hands autograd): what autograd itself costs a call, which no Python-level wrapper can go under.
+    params = [p for p in tl.parameters()]
+    y0, h0, c0 = [np.zeros((1, 1, H), np.float32) for _ in range(3)]
+    shapes = [tuple(p.shape) for p in params]
+
+    class _Nothing(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, *ps):
+            return torch.from_numpy(y0.copy()), torch.from_numpy(h0.copy()), torch.from_numpy(c0.copy())
+
+        @staticmethod
+        def backward(ctx, dy, dh, dc):
+            return (torch.from_numpy(np.empty((1, 1, H), np.float32)),) + tuple(
+                torch.from_numpy(np.empty(s, np.float32)) for s in shapes)
+
+    def floor_inf():
+        with torch.no_grad():
+            _Nothing.apply(x, *params)
+
+    def floor_train():
+        y, _, _ = _Nothing.apply(xg, *params)
+        y.backward(dyt)
+    a, b, c, d, e, f = _median_time([np_inf, t_inf, np_train, t_train, floor_inf, floor_train], reps, warmup=50)
     return {"numpy_forward_us": a * 1e6, "torch_forward_us": b * 1e6, "forward_overhead_us": (b - a) * 1e6,
-            "numpy_train_us": c * 1e6, "torch_train_us": d * 1e6, "train_overhead_us": (d - c) * 1e6}
+            "numpy_train_us": c * 1e6, "torch_train_us": d * 1e6, "train_overhead_us": (d - c) * 1e6,
+            "torch_floor_forward_us": e * 1e6, "torch_floor_train_us": f * 1e6,
+            "train_overhead_above_floor_us": (d - c - f) * 1e6}
 
 
 
@@ -143,7 +170,10 @@ def run(shapes=None, reps=5, overhead_reps=2000, quick=False, out=print):
     out(f"wrapper overhead, LSTM(128, 128), T=1, B=1: forward {ov['forward_overhead_us']:.1f} us "
         f"({ov['numpy_forward_us']:.1f} numpy API -> {ov['torch_forward_us']:.1f} fastrnn.torch), "
         f"forward+backward {ov['train_overhead_us']:.1f} us ({ov['numpy_train_us']:.1f} -> "
-        f"{ov['torch_train_us']:.1f})")
+        f"{ov['torch_train_us']:.1f}); torch's own floor for one custom autograd node with these inputs "
+        f"(no work): forward {ov['torch_floor_forward_us']:.1f} us, forward+backward "
+        f"{ov['torch_floor_train_us']:.1f} us, so the wrapper's own share of forward+backward is "
+        f"{ov['train_overhead_above_floor_us']:.1f} us")
     out("| cell | T, B, H | torch.nn step ms | converted step ms | loop speedup | bare speedup | kept |")
     out("|---|---|---|---|---|---|---|")
     rows = []

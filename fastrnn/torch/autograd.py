@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from .. import runtime as _rt
+from ..nn.functional import backward as _backward_np, run as _run_np
 from . import _engine as E
 
 __all__ = ["run", "sync_threads", "share_torch_threads", "torch_mask_fn"]
@@ -112,50 +113,64 @@ class _RNNFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy, dh, dc=None):
-        if torch.is_grad_enabled():  # create_graph=True: a gradient of this gradient was asked for
+        if _grad_enabled():  # create_graph=True: a gradient of this gradient was asked for
             raise RuntimeError(_DOUBLE_BACKWARD)
         ctx.saved_tensors  # raises if x or a parameter was modified in place since the forward
-        spec, keys, has_c = ctx.spec, ctx.keys, ctx.has_c
-        dt = torch.float64 if spec.dtype == np.float64 else torch.float32
-        if dy is None:
-            dy_np = np.zeros(ctx.y_shape, spec.dtype)
-        else:
-            dy_np = _np(dy)
+        spec, has_c = ctx.spec, ctx.has_c
+        dy_np = np.zeros(ctx.y_shape, spec.dtype) if dy is None else dy.numpy()
         if has_c:
-            dstate = None if dh is None and dc is None else (None if dh is None else _np(dh),
-                                                             None if dc is None else _np(dc))
+            dstate = None if dh is None and dc is None else (None if dh is None else dh.numpy(),
+                                                             None if dc is None else dc.numpy())
         else:
-            dstate = None if dh is None else _np(dh)
+            dstate = None if dh is None else dh.numpy()
+        # Fresh numpy arrays for every gradient (the kernels write them all), handed to autograd as tensors
+        # sharing their memory: AccumulateGrad adopts them as .grad or adds them in.  (torch.empty buffers
+        # measured ~35 us slower at B = 1, H = 128: fresh pages.)
+        dx, dhx, g = _backward_np(ctx.tape, dy_np, dstate)
         need = ctx.needs_input_grad
-        shapes = dict(E.param_shapes(spec))
-        gt = {k: torch.empty(shapes[k], dtype=dt) for i, k in enumerate(keys) if need[8 + i]}
-        out = {k: t.numpy() for k, t in gt.items()}
-        dx, dhx, _ = E.backward(ctx.tape, dy_np, dstate, out=out)
-        dx_t = torch.from_numpy(dx) if need[5] else None
+        dx_t = _from_numpy(dx) if need[5] else None
         dh0 = dc0 = None
         if ctx.h0_given:
             if has_c:
-                dh0 = torch.from_numpy(dhx[0]) if need[6] else None
-                dc0 = torch.from_numpy(dhx[1]) if need[7] else None
+                dh0 = _from_numpy(dhx[0]) if need[6] else None
+                dc0 = _from_numpy(dhx[1]) if need[7] else None
             else:
-                dh0 = torch.from_numpy(dhx) if need[6] else None
-        return (None, None, None, None, None, dx_t, dh0, dc0) + tuple(gt.get(k) for k in keys)
+                dh0 = _from_numpy(dhx) if need[6] else None
+        keys = ctx.keys
+        return (None, None, None, None, None, dx_t, dh0, dc0) + tuple(
+            [_from_numpy(g[keys[i]]) if need[8 + i] else None for i in range(len(keys))])
 
 
 def run(spec, keys, params, x, h0, c0, lengths, mask_fn, views=None):
     """Forward of one module call.  x, h0, c0: CPU tensors in the layouts the spec expects (h0/c0 None for
     zeros; c0 only for LSTM); params: the tensors keyed by `keys`; lengths: None or an int ndarray (B,).
-    spec.dropout > 0 only in training mode (the caller's choice).  Returns (y, h_n) or (y, h_n, c_n)."""
-    sync_threads()
+    spec.dropout > 0 only in training mode (the caller's choice).  Returns (y, h_n) or (y, h_n, c_n).
+    Written for the per-call cost at B = 1 (docs/torch.md, Overhead): no generator, no extra layer."""
+    n = _get_threads()
+    if _rt.get_num_threads() != n:
+        _rt.set_num_threads(n)
     CALLS[0] += 1
-    needs_grad = torch.is_grad_enabled() and (
-        x.requires_grad or (h0 is not None and h0.requires_grad) or (c0 is not None and c0.requires_grad)
-        or any(p.requires_grad for p in params))
+    needs_grad = False
+    if _grad_enabled():
+        needs_grad = x.requires_grad or (h0 is not None and h0.requires_grad) or (
+            c0 is not None and c0.requires_grad)
+        if not needs_grad:
+            for p in params:
+                if p.requires_grad:
+                    needs_grad = True
+                    break
     dropout = spec.dropout > 0 and spec.num_layers > 1
     if needs_grad:
         return _RNNFunction.apply(spec, keys, lengths, mask_fn if dropout else None, views, x, h0, c0, *params)
-    has_c = spec.cell_name == "lstm"
+    lstm = spec.cell_name == "lstm"
     pd = views if views is not None else {k: _np_param(p) for k, p in zip(keys, params)}
-    y, state, _ = E.forward(spec, pd, _np(x), _hx_np(has_c, h0, c0), lengths, train=dropout,
-                            mask_fn=mask_fn if dropout else None)
-    return (torch.from_numpy(y),) + _state_tensors(has_c, state)
+    hx = None if h0 is None else ((h0.detach().numpy(), c0.detach().numpy()) if lstm else h0.detach().numpy())
+    y, state, _ = _run_np(spec, pd, x.detach().numpy(), hx, lengths, dropout, mask_fn if dropout else None)
+    if lstm:
+        return _from_numpy(y), _from_numpy(state[0]), _from_numpy(state[1])
+    return _from_numpy(y), _from_numpy(state)
+
+
+_get_threads = torch.get_num_threads
+_grad_enabled = torch.is_grad_enabled
+_from_numpy = torch.from_numpy

@@ -57,10 +57,43 @@ def _tensor_reason(t, what, dtype=None):
     return None
 
 
+_tracing_state = torch._C._get_tracing_state
+_any_autocast = torch._C._is_any_autocast_enabled
+_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+_STRIDED = torch.strided
+try:  # what torch.onnx.is_in_onnx_export() reads, without its two imports per call (3 us)
+    from torch.onnx._internal.exporter import _flags as _onnx_flags
+    from torch.onnx._internal.torchscript_exporter._globals import GLOBALS as _onnx_globals
+
+    def _onnx_exporting():
+        return _onnx_globals.in_onnx_export or _onnx_flags._is_onnx_exporting
+    _onnx_exporting()
+except Exception:  # pragma: no cover - another torch layout
+    _onnx_exporting = torch.onnx.is_in_onnx_export
+
+
+def _plain_eager():
+    """No tracing, compiling, export or autocast around this call: the fast paths' first check."""
+    return not (_tracing_state() is not None or torch.compiler.is_compiling() or _any_autocast()
+                or _onnx_exporting())
+
+
+def _fast_params(self, fast):
+    """Whether the Parameters are the ones recorded in `fast` (none replaced, as functional_call or an
+    assignment would) with their memory where it was (.to(), .data = ... move it; in-place updates keep it)."""
+    ws0, ptrs, names = fast[0], fast[1], fast[2]
+    ps = self._parameters
+    for i in range(len(ws0)):
+        w = ws0[i]
+        if ps.get(names[i]) is not w or w.data_ptr() != ptrs[i]:
+            return False
+    return True
+
+
 def _global_reason():
     if torch._C._get_tracing_state() is not None:
         return "torch.jit.trace"
-    if torch.onnx.is_in_onnx_export():
+    if _onnx_exporting():
         return "torch.onnx.export"
     if torch._C._is_any_autocast_enabled() and torch.is_autocast_enabled("cpu"):
         return "autocast"
@@ -105,6 +138,14 @@ class _FastMixin:
             views = {k: w.detach().numpy() for k, w in zip(keys, ws)}
         self.__dict__["_fastrnn_pcache"] = (ptrs, keys, reason, views)
         return reason, views
+
+    def _fastrnn_record_fast(self, ws, names, dtype, views, keys, spec=None):
+        """After a call the kernels took on views of the Parameters: what the fast path checks next time
+        (the Parameters by name and their memory), its dtype, the views, the engine's keys (and a cell's
+        spec)."""
+        ws = tuple(ws)
+        self.__dict__["_fastrnn_fast"] = (ws, tuple([w.data_ptr() for w in ws]), tuple(names), dtype, views,
+                                          tuple(keys), spec)
 
     def __getstate__(self):
         state = super().__getstate__()
@@ -178,6 +219,60 @@ class _FastRNNBase(_FastMixin):
         return r, views
 
     def forward(self, input, hx=None):
+        fast = self.__dict__.get("_fastrnn_fast")
+        if fast is not None and type(input) is torch.Tensor:
+            out = self._fastrnn_fast_forward(fast, input, hx)
+            if out is not None:
+                return out
+        return self._fastrnn_forward(input, hx)
+
+    def _fastrnn_fast_forward(self, fast, x, hx):
+        """The common call, checked cheaply (a few us at B = 1): a plain CPU tensor of the recorded dtype, of
+        rank 2 or 3 with input_size features; hx None or batched plain tensors of the exact state shapes;
+        the Parameters as recorded; plain eager mode.  None: anything else, for the general path to decide
+        (fall back, or raise torch's error)."""
+        dt = fast[3]
+        if x.dtype is not dt or not x.is_cpu or x.layout is not _STRIDED or not _plain_eager() or _wrapped(x) \
+                or not _fast_params(self, fast):
+            return None
+        bf = self.batch_first
+        spec = self.__dict__["_fastrnn_specs"].get((dt, bf, self.training, self.dropout))
+        if spec is None:
+            return None
+        nd = x.dim()
+        if nd == 2 and hx is None:
+            x3 = x.unsqueeze(0 if bf else 1)
+        elif nd == 3:
+            x3 = x
+        else:
+            return None
+        if x3.shape[2] != self.input_size:
+            return None
+        lstm = spec.cell_name == "lstm"
+        h0 = c0 = None
+        if hx is not None:
+            hs, cs = spec.state_shapes(x3.shape[0 if bf else 1])
+            if lstm:
+                if type(hx) is not tuple or len(hx) != 2:
+                    return None
+                h0, c0 = hx
+                if type(c0) is not torch.Tensor or c0.dtype is not dt or not c0.is_cpu or c0.shape != cs \
+                        or _wrapped(c0):
+                    return None
+            else:
+                h0 = hx
+            if type(h0) is not torch.Tensor or h0.dtype is not dt or not h0.is_cpu or h0.shape != hs \
+                    or _wrapped(h0):
+                return None
+        mask_fn = torch_mask_fn(spec.dropout, dt) if spec.dropout > 0 else None
+        outs = _run(spec, fast[5], fast[0], x3, h0, c0, None, mask_fn, fast[4])
+        if nd == 2:
+            y = outs[0].squeeze(0 if bf else 1)
+            return (y, (outs[1].squeeze(1), outs[2].squeeze(1))) if lstm else (y, outs[1].squeeze(1))
+        return (outs[0], (outs[1], outs[2])) if lstm else (outs[0], outs[1])
+
+
+    def _fastrnn_forward(self, input, hx=None):
         ps, ws = self._parameters, self._flat_weights
         for n, w in zip(self._flat_weights_names, ws):
             if ps.get(n) is not w:  # a Parameter replaced or swapped out (functional_call): torch's refresh
@@ -246,6 +341,10 @@ class _FastRNNBase(_FastMixin):
             mask_fn = torch_mask_fn(spec.dropout, x.dtype) if spec.dropout > 0 else None
             outs = _run(spec, self._flat_weights_names, self._flat_weights, x, h0, c0,
                         None if lens is None else lens.numpy(), mask_fn, views)
+            if views is not None:
+                self.__dict__["_fastrnn_specs"][(x.dtype, batch_first, self.training, self.dropout)] = spec
+                names = tuple(self._flat_weights_names)
+                self._fastrnn_record_fast(self._flat_weights, names, x.dtype, views, names)
         y, hidden = outs[0], (tuple(outs[1:]) if lstm else outs[1])
         if isinstance(input, PackedSequence):
             ydata, _ = torch._VF._pack_padded_sequence(y, lens, False)
@@ -342,6 +441,42 @@ class _FastCellBase(_FastMixin):
         return True
 
     def forward(self, input, hx=None):
+        fast = self.__dict__.get("_fastrnn_fast")
+        if fast is not None and type(input) is torch.Tensor:
+            out = self._fastrnn_fast_forward(fast, input, hx)
+            if out is not None:
+                return out
+        return self._fastrnn_forward(input, hx)
+
+    def _fastrnn_fast_forward(self, fast, x, hx):
+        """The common call (a step of a Python loop at small B: every us counts), checked cheaply: a batched
+        plain CPU tensor of the recorded dtype and input_size, hx None or plain tensors of shape (B, H), the
+        Parameters as recorded, plain eager mode.  None: the general path decides."""
+        dt = fast[3]
+        if x.dtype is not dt or not x.is_cpu or x.layout is not _STRIDED or x.dim() != 2 \
+                or x.shape[1] != self.input_size or not _plain_eager() or _wrapped(x) or not _fast_params(self, fast):
+            return None
+        lstm = self._fastrnn_cell == "lstm"
+        h0 = c0 = None
+        if hx is not None:
+            want = (x.shape[0], self.hidden_size)
+            if lstm:
+                if type(hx) is not tuple or len(hx) != 2:
+                    return None
+                h, c = hx
+                if type(c) is not torch.Tensor or c.dtype is not dt or not c.is_cpu or c.shape != want \
+                        or _wrapped(c):
+                    return None
+                c0 = c.unsqueeze(0)
+            else:
+                h = hx
+            if type(h) is not torch.Tensor or h.dtype is not dt or not h.is_cpu or h.shape != want or _wrapped(h):
+                return None
+            h0 = h.unsqueeze(0)
+        outs = _run(fast[6], fast[5], fast[0], x.unsqueeze(0), h0, c0, None, None, fast[4])
+        return (outs[1][0], outs[2][0]) if lstm else outs[1][0]
+
+    def _fastrnn_forward(self, input, hx=None):
         reason, views = self._fastrnn_reason(input, hx)
         if reason is not None:
             self._fastrnn_fallback(reason)
@@ -377,8 +512,11 @@ class _FastCellBase(_FastMixin):
                                False, 0, getattr(self, "nonlinearity", "tanh"), x.dtype == torch.float64)
             outs = ops.rnn_call(key, lstm, weights, x3, h0, c0, None)
         else:
-            outs = _run(self._fastrnn_spec(x.dtype), tuple(_CELL_KEYS[n] for n in names), weights, x3, h0, c0,
-                        None, None, views)
+            spec = self._fastrnn_spec(x.dtype)
+            keys = tuple(_CELL_KEYS[n] for n in names)
+            outs = _run(spec, keys, weights, x3, h0, c0, None, None, views)
+            if views is not None:
+                self._fastrnn_record_fast(weights, names, x.dtype, views, keys, spec)
         if lstm:
             h, c = outs[1][0], outs[2][0]
             return (h, c) if batched else (h.squeeze(0), c.squeeze(0))
