@@ -8,7 +8,8 @@
 2. Training steps: Embedding + 2-layer LSTM or GRU (I = H) + Linear + cross-entropy + Adam, converted against
    torch.nn, same run, interleaved; and the bare 2-layer network's training step (forward + backward of the
    recurrent layers alone: fastrnn.nn against torch.nn), to report how much of the kernels' lead the
-   drop-in keeps (loop speedup / bare speedup).
+   drop-in keeps (loop speedup / bare speedup); and the converted step with the kernels on fastrnn's own
+   thread pool rather than torch's OpenMP threads (the oversubscription that sharing avoids).
 """
 import argparse
 import statistics
@@ -150,8 +151,25 @@ def training_steps(kind, T, B, H, reps):
     def bare_np():
         y, s, tape = nr.forward(xn, train=True)
         nr.backward(tape, dyn)
-    t_ref, t_fast, b_ref, b_np = _median_time([stepper(ref), stepper(fast), bare_torch, bare_np], reps)
+    # The converted step once more with the kernels on fastrnn's own thread pool instead of torch's OpenMP
+    # threads (fastrnn.runtime.use_openmp): what sharing torch's threads saves (docs/torch.md, Threads).
+    from fastrnn import runtime as rt
+    shared = rt.thread_pool()
+    fast_step = stepper(fast)
+
+    def on(pool, f):
+        def g():
+            rt.use_openmp(None if pool == "fastrnn" else pool)
+            f()
+        return g
+    try:
+        t_ref, t_fast, t_own, b_ref, b_np = _median_time(
+            [stepper(ref), on(shared, fast_step), on("fastrnn", fast_step), on(shared, bare_torch),
+             on(shared, bare_np)], reps)
+    finally:
+        rt.use_openmp(None if shared == "fastrnn" else shared)
     return {"cell": kind, "T": T, "B": B, "H": H, "torch_ms": t_ref * 1e3, "fastrnn_ms": t_fast * 1e3,
+            "own_pool_ms": t_own * 1e3, "pool": shared,
             "loop_speedup": t_ref / t_fast, "bare_torch_ms": b_ref * 1e3, "bare_fastrnn_ms": b_np * 1e3,
             "bare_speedup": b_ref / b_np, "kept": (t_ref / t_fast) / (b_ref / b_np)}
 
@@ -174,14 +192,17 @@ def run(shapes=None, reps=5, overhead_reps=2000, quick=False, out=print):
         f"(no work): forward {ov['torch_floor_forward_us']:.1f} us, forward+backward "
         f"{ov['torch_floor_train_us']:.1f} us, so the wrapper's own share of forward+backward is "
         f"{ov['train_overhead_above_floor_us']:.1f} us")
-    out("| cell | T, B, H | torch.nn step ms | converted step ms | loop speedup | bare speedup | kept |")
-    out("|---|---|---|---|---|---|---|")
+    out("| cell | T, B, H | torch.nn step ms | converted step ms | loop speedup | bare speedup | kept | "
+        "converted, own pool ms |")
+    out("|---|---|---|---|---|---|---|---|")
     rows = []
     for kind, T, B, H in shapes:
         r = training_steps(kind, T, B, H, reps)
         rows.append(r)
         out(f"| {kind} | {T}, {B}, {H} | {r['torch_ms']:.1f} | {r['fastrnn_ms']:.1f} | {r['loop_speedup']:.2f} | "
-            f"{r['bare_speedup']:.2f} | {r['kept']:.2f} |")
+            f"{r['bare_speedup']:.2f} | {r['kept']:.2f} | {r['own_pool_ms']:.1f} |")
+    out(f"(kernels on {rows[0]['pool'] if rows else '?'}; 'own pool': the same converted step with the kernels on "
+        f"fastrnn's own threads beside torch's)")
     return {"overhead": ov, "rows": rows}
 
 
