@@ -101,7 +101,8 @@ static inline int fr_claim(fr_claims_t *c, int set, int tid, int nth, int *own, 
 /* Run fn(ctx, tid, nthreads) for tid = 0 .. nthreads-1 on up to min(n, fr_get_num_threads()) threads, the
  * caller being tid 0, with denormals flushed on each; returns nthreads once all have returned.  If another
  * caller's region holds the pool, runs fn on the caller alone (nthreads = 1).  `bar` (or NULL) is
- * initialised for nthreads before any thread starts, so fn may wait on it. */
+ * initialised for nthreads before any thread starts, so fn may wait on it.  The threads are the pool's, or,
+ * after fr_set_omp (fastrnn.h), an OpenMP runtime's team of exactly nthreads (else the pool's). */
 int fr_parallel(int n, fr_task_fn fn, void *ctx, fr_barrier_t *bar);
 
 /* Flush denormals (FTZ + DAZ) for the calling thread; returns the mode to restore with fr_fpmode_leave. */

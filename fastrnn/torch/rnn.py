@@ -139,6 +139,15 @@ class _FastMixin:
         self.__dict__["_fastrnn_pcache"] = (ptrs, keys, reason, views)
         return reason, views
 
+    def forward(self, input, hx=None):
+        """The fast path when the call is the kind last taken (_fastrnn_fast_forward), else the general one."""
+        fast = self.__dict__.get("_fastrnn_fast")
+        if fast is not None and type(input) is torch.Tensor:
+            out = self._fastrnn_fast_forward(fast, input, hx)
+            if out is not None:
+                return out
+        return self._fastrnn_forward(input, hx)
+
     def _fastrnn_record_fast(self, ws, names, dtype, views, keys, spec=None):
         """After a call the kernels took on views of the Parameters: what the fast path checks next time
         (the Parameters by name and their memory), its dtype, the views, the engine's keys (and a cell's
@@ -217,14 +226,6 @@ class _FastRNNBase(_FastMixin):
         if r is None and self._fastrnn_cell == "rnn" and self.mode not in ("RNN_TANH", "RNN_RELU"):
             r = f"mode {self.mode}"
         return r, views
-
-    def forward(self, input, hx=None):
-        fast = self.__dict__.get("_fastrnn_fast")
-        if fast is not None and type(input) is torch.Tensor:
-            out = self._fastrnn_fast_forward(fast, input, hx)
-            if out is not None:
-                return out
-        return self._fastrnn_forward(input, hx)
 
     def _fastrnn_fast_forward(self, fast, x, hx):
         """The common call, checked cheaply (a few us at B = 1): a plain CPU tensor of the recorded dtype, of
@@ -439,14 +440,6 @@ class _FastCellBase(_FastMixin):
                 raise RuntimeError(f"hidden{i} has inconsistent hidden_size: got {h.size(1)}, expected "
                                    f"{self.hidden_size}")
         return True
-
-    def forward(self, input, hx=None):
-        fast = self.__dict__.get("_fastrnn_fast")
-        if fast is not None and type(input) is torch.Tensor:
-            out = self._fastrnn_fast_forward(fast, input, hx)
-            if out is not None:
-                return out
-        return self._fastrnn_forward(input, hx)
 
     def _fastrnn_fast_forward(self, fast, x, hx):
         """The common call (a step of a Python loop at small B: every us counts), checked cheaply: a batched
