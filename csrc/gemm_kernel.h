@@ -658,6 +658,84 @@ static void gk_naive(const gk_problem *g, int m0, int m1, int n0, int n1) {
     }
 }
 
+/* ---- thin products: no packing ------------------------------------------------------------------------
+ * Packing pays when each packed element is used many times: an MR x NR tile reads a packed A element NR
+ * times and a B element MR times.  A product with K <= GK_THIN_K (a rank-K update: dW = dG^T X of a
+ * call of T*B = 1 .. 4 rows) or M <= GK_THIN_M with op(B) = B (dx = dG W_ih of those rows) uses each
+ * element of the larger operand once or a few times, so packing it costs as much as the product (a
+ * 512 x 128 x 1 dW_ih and a 1 x 128 x 512 dx were each a pack of 256 KB; the tiles ran 1 of their 14 rows).
+ * Both are written here as passes over whole rows of B, which the compiler vectorises for the instance's
+ * ISA.  Sums are taken in k order, then C = alpha * sum + beta * C, as the microkernel does; C is not read
+ * when beta == 0.  Measurements: docs/tuning.md, Thin products. */
+#ifndef GK_THIN_K
+#define GK_THIN_K 4
+#endif
+#ifndef GK_THIN_M
+#define GK_THIN_M 4
+#endif
+#define GK_THIN_NB 256 /* columns of C per pass: the sums of GK_THIN_M rows stay in L1 (4 KB) */
+
+/* sum (GK_THIN_NB) -> C row segment c (n): c = alpha * sum + beta * c. */
+static inline void gk_thin_store(int n, const real *restrict sum, real alpha, real beta, real *restrict c) {
+    if (beta == 0)
+        for (int j = 0; j < n; j++) c[j] = alpha * sum[j];
+    else
+        for (int j = 0; j < n; j++) c[j] = alpha * sum[j] + beta * c[j];
+}
+
+/* Whether gk_thin takes problem g (K > 0, alpha != 0). */
+static inline int gk_is_thin(const gk_problem *g) {
+    return !g->trans_b && (g->K <= GK_THIN_K || g->M <= GK_THIN_M);
+}
+
+/* C = alpha op(A) B + beta C for a thin problem (gk_is_thin): B (K, ldb) is read row by row. */
+static void gk_thin(const gk_problem *g) {
+    real sum[GK_THIN_M][GK_THIN_NB] __attribute__((aligned(64)));
+    const int K = g->K;
+#define GK_OPA(i, k) (g->trans_a ? g->A[(size_t)(k) * g->lda + (i)] : g->A[(size_t)(i) * g->lda + (k)])
+    if (K <= GK_THIN_K) { /* each row of C: K passes over the K rows of B */
+        for (int i = 0; i < g->M; i++) {
+            real a[GK_THIN_K];
+            for (int k = 0; k < K; k++) a[k] = GK_OPA(i, k);
+            real *c = g->C + (size_t)i * g->ldc;
+            for (int j0 = 0; j0 < g->N; j0 += GK_THIN_NB) {
+                const int n = gk_min(GK_THIN_NB, g->N - j0);
+                real *restrict s = sum[0];
+                const real *restrict b = g->B + j0;
+                for (int j = 0; j < n; j++) s[j] = a[0] * b[j];
+                for (int k = 1; k < K; k++) {
+                    b = g->B + (size_t)k * g->ldb + j0;
+                    const real ak = a[k];
+                    for (int j = 0; j < n; j++) s[j] += ak * b[j];
+                }
+                gk_thin_store(n, s, g->alpha, g->beta, c + j0);
+            }
+        }
+        return;
+    }
+    /* M <= GK_THIN_M rows of C: one pass over B for all of them, GK_THIN_NB columns at a time */
+    const int M = g->M;
+    for (int j0 = 0; j0 < g->N; j0 += GK_THIN_NB) {
+        const int n = gk_min(GK_THIN_NB, g->N - j0);
+        for (int i = 0; i < M; i++) {
+            real *restrict s = sum[i];
+            const real ai = GK_OPA(i, 0);
+            const real *restrict b = g->B + j0;
+            for (int j = 0; j < n; j++) s[j] = ai * b[j];
+        }
+        for (int k = 1; k < K; k++) {
+            const real *restrict b = g->B + (size_t)k * g->ldb + j0;
+            for (int i = 0; i < M; i++) {
+                real *restrict s = sum[i];
+                const real ai = GK_OPA(i, k);
+                for (int j = 0; j < n; j++) s[j] += ai * b[j];
+            }
+        }
+        for (int i = 0; i < M; i++) gk_thin_store(n, sum[i], g->alpha, g->beta, g->C + (size_t)i * g->ldc + j0);
+    }
+#undef GK_OPA
+}
+
 /* Threads take chunks of C -- blocks of rows (when M >= N) or of columns, all of the other dimension --
  * from a shared position, so a thread whose core is shared with another process (common on these VMs: a
  * static split there ran no faster than one thread) simply takes fewer.  Guided sizes: each take is the
@@ -831,6 +909,10 @@ static void gk_gemm(int trans_a, int trans_b, int M, int N, int K, real alpha,
         }
     }
     /* one thread: the whole product as one chunk */
+    if (K > 0 && alpha != 0 && nthreads >= 0 && gk_is_thin(&g)) { /* (nthreads < 0: tests of the shared path) */
+        gk_thin(&g);
+        return;
+    }
     real *ap = NULL, *bp = NULL;
     if (K > 0 && alpha != 0) {
         ap = fr_alloc(gk_abuf_len(M, K), 0);
@@ -901,17 +983,27 @@ static void gk_jobs_task(void *arg, int tid, int nth) {
  * most GK_JOBS_MAX of them, and every product is below GK_PAR_FLOPS; else one after the other through
  * gk_gemm_cell (each split across the threads if large; the BLAS path when FASTRNN_GEMM=blas). */
 #define GK_JOBS_MAX 8
+/* Jobs of fewer flops in all than this run one after the other on the calling thread: handing a region to
+ * the pool costs a few microseconds, as much as the products of a call of a few rows (LSTM(128) at T*B = 1:
+ * three products of 0.13 MFLOP).  Measurements: docs/tuning.md, Thin products. */
+#ifndef GK_JOBS_MIN_FLOPS
+#define GK_JOBS_MIN_FLOPS 1.0e6
+#endif
 static void gk_gemm_jobs(const gk_job **jobs, int n) {
     const gk_job *list[GK_JOBS_MAX];
     int m = 0, small = 1;
+    double total = 0;
     for (int i = 0; i < n; i++) {
         if (jobs[i] == NULL) continue;
         if (m < GK_JOBS_MAX) list[m] = jobs[i];
         m++;
-        for (const gk_job *j = jobs[i]; j; j = j->then)
+        for (const gk_job *j = jobs[i]; j; j = j->then) {
             if (2.0 * j->M * j->N * j->K >= GK_PAR_FLOPS) small = 0;
+            total += 2.0 * j->M * j->N * j->K;
+        }
     }
-    if (m > 1 && m <= GK_JOBS_MAX && small && fr_get_num_threads() > 1 && fr_gemm_backend() != FR_GEMM_BLAS) {
+    if (m > 1 && m <= GK_JOBS_MAX && small && total >= GK_JOBS_MIN_FLOPS && fr_get_num_threads() > 1 &&
+        fr_gemm_backend() != FR_GEMM_BLAS) {
         for (int i = 1; i < m; i++) /* largest first: insertion sort of a few */
             for (int k = i; k > 0 && gk_job_flops(list[k]) > gk_job_flops(list[k - 1]); k--) {
                 const gk_job *t = list[k];

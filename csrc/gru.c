@@ -777,9 +777,9 @@ static int gru_backward(int T, int B, int I, int H, int reset_after, int reverse
     real *zero = fr_alloc((size_t)H, 1);                        /* (H) h0 when h0 is NULL */
     if (dg == NULL || (ra && dnr == NULL) || dh == NULL || zero == NULL) goto done;
     if (seq_db_init(&db, 4 * H, db_ih || db_hh) != FR_OK) goto done;
-    if (rec_pack_transposed(&tp, H, ra ? G3 : 2 * H, w_hh, H) != FR_OK) goto done;
+    if (rec_pack_transposed(&tp, H, ra ? G3 : 2 * H, w_hh, H, q.N) != FR_OK) goto done;
     if (ra) tp.K1 = 2 * H; /* the operand rows are [dg_rz | dnr]: the panels do not depend on K1 */
-    if (!ra && rec_pack_transposed(&tn, H, H, w_hh + 2 * (size_t)H * H, H) != FR_OK) goto done;
+    if (!ra && rec_pack_transposed(&tn, H, H, w_hh + 2 * (size_t)H * H, H, q.N) != FR_OK) goto done;
 
     seq_load_state(&q, H, dhn, dh);
     memset(&cx, 0, sizeof cx);

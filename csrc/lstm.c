@@ -725,14 +725,11 @@ static void lstm_bwd_task(void *arg, int tid, int nth) {
         for (int j = j0; j < j1; j++) {
             const int p0 = j * hp->NB, np = rec_block_units(hp, j);
             for (int c0 = 0; c0 < hp->K; c0 += kc) {
-                rec_pack chunk = *hp; /* the rows [c0, c0 + kc) of block j's panel, as a pack of one block */
-                chunk.K1 = chunk.K = hp->K - c0 < kc ? hp->K - c0 : kc;
-                chunk.nblk = 1;
-                chunk.panels = hp->panels + ((size_t)j * hp->K + c0) * hp->W;
+                const rec_pack chunk = rec_pack_rows(hp, j, c0, kc); /* the rows [c0, c0 + kc) of block j */
                 /* what this thread reads next follows in memory: the block's next chunk or the next block; the
                  * prefetch walks chunk.K rows of it, so not when they would pass the end of the panels (a
-                 * shorter last chunk of the last block) */
-                const real *next = j + 1 < j1 || c0 + kc < hp->K ? chunk.panels + (size_t)chunk.K * hp->W : NULL;
+                 * shorter last chunk of the last block); none in direct mode (no panels) */
+                const real *next = hp->panels && (j + 1 < j1 || c0 + kc < hp->K) ? chunk.panels + (size_t)chunk.K * hp->W : NULL;
                 if (next && next + (size_t)chunk.K * hp->W > hp->panels + (size_t)hp->nblk * hp->K * hp->W) next = NULL;
                 for (int i = 0, nt = rec_ntiles(n, MRh); i < nt; i++) {
                     const int k0 = rec_tile_start(n, nt, i), mr = rec_tile_start(n, nt, i + 1) - k0;
@@ -813,8 +810,8 @@ static int lstm_backward(int T, int B, int I, int H, int P, int reverse,
     if ((dh = fr_alloc((size_t)B * P, 0)) == NULL) goto done;
     if ((dc = fr_alloc((size_t)B * H, 0)) == NULL) goto done;
     if (proj && (dH = fr_alloc(N * (size_t)P, 0)) == NULL) goto done;
-    if (rec_pack_transposed(&hp, P, (int)H4, w_hh, P) != FR_OK) goto done;
-    if (proj && rec_pack_transposed(&rp, H, P, w_hr, H) != FR_OK) goto done;
+    if (rec_pack_transposed(&hp, P, (int)H4, w_hh, P, N) != FR_OK) goto done;
+    if (proj && rec_pack_transposed(&rp, H, P, w_hr, H, N) != FR_OK) goto done;
     /* bias gradients: both biases enter z the same way, so both are the column sums of dz, summed by the
      * step (each thread over its units; seq_db, seq.h) */
     if (seq_db_init(&db, (int)H4, db_ih || db_hh) != FR_OK) goto done;

@@ -41,11 +41,13 @@ typedef struct rec_pack {
      * where they are, one dot product per output.  Packing reads and writes all of W to save work on every
      * later pass over it; a call that passes over W once or twice (streaming step(), T = 1) does not earn
      * that back: LSTM(64, 128) at T = B = 1 spends 26 us packed, ~10 us direct. */
-    const real *w1, *w2; /* (G*H, ld1), (G*H, ld2) or NULL */
+    const real *w1, *w2; /* (G*H, ld1), (G*H, ld2) or NULL; rec_pack_transposed: w1 (K, ld1), w2 NULL */
     int ld1, ld2;
+    int trans;           /* rec_pack_transposed's: the tiles multiply by W^T (out[v] = sum_k a[k] W[k][u]) */
 } rec_pack;
 
-/* Operand rows per call (T * B) up to which rec_pack_init leaves the weights unpacked (direct mode). */
+/* Operand rows per call (T * B) up to which rec_pack_init and rec_pack_transposed leave the weights
+ * unpacked (direct mode). */
 #ifndef REC_DIRECT_ROWS
 #define REC_DIRECT_ROWS 4
 #endif
@@ -148,6 +150,7 @@ static int rec_pack_init(rec_pack *p, int G, int H,
     p->w2 = w2;
     p->ld1 = ld1;
     p->ld2 = ld2;
+    p->trans = 0;
     if (rows <= REC_DIRECT_ROWS) {
         p->panels = NULL;
         return FR_OK;
@@ -196,20 +199,29 @@ static void rec_pack_transposed_own(const rec_pack *p, int tid, int nth) {
 /* Packs W^T for the backward product dh_{t-1} = dG_t W: W is (K, H) row-major (torch's weight_hh, K = G*H
  * gate rows, H = its input width P), and the panels are those of the (H, K) matrix W^T with G = 1: block j
  * covers output units [j*NB, j*NB + NB), panel_j[k][v] = W[k][j*NB + v] (0 past H).  Only allocates them,
- * as rec_pack_init does: the backward's region packs them (rec_pack_transposed_own).  FR_ENOMEM on failure. */
+ * as rec_pack_init does: the backward's region packs them (rec_pack_transposed_own).  A backward of at most
+ * REC_DIRECT_ROWS rows (`rows`, T * B) passes over W once or a few times: no panels then (direct mode,
+ * rec_tile_direct_t reads W in place; packing LSTM(128)'s 256 KB W_hh was ~20% of its backward at
+ * T = B = 1).  FR_ENOMEM on failure. */
 static int rec_pack_transposed(rec_pack *p, int H, int K,
-                               const real *w, int ldw) /* (K, ldw >= H) */
+                               const real *w, int ldw, /* (K, ldw >= H) */
+                               size_t rows)            /* operand rows the call will multiply (T * B) */
 {
     p->G = 1;
     p->H = H;
     p->K1 = K;
     p->K = K;
-    p->w1 = w; /* for the packing only: with panels, the tiles do not read w1 */
+    p->w1 = w; /* for the packing, and the tiles of direct mode */
     p->ld1 = ldw;
     p->w2 = NULL;
+    p->trans = 1;
     p->NB = rec_units_per_block(1);
     p->W = p->NB;
     p->nblk = (H + p->NB - 1) / p->NB;
+    if (rows <= REC_DIRECT_ROWS) {
+        p->panels = NULL;
+        return FR_OK;
+    }
     const size_t n = (size_t)p->nblk * K * p->W;
     p->panels = fr_alloc(n, 0);
     return p->panels == NULL ? FR_ENOMEM : FR_OK;
@@ -275,6 +287,42 @@ static inline void rec_dot4(const real *a, /* (n) */
     }
 }
 
+#if FR_AVX512
+/* o[i] = a1 . w1_i + a2 . w2_i for the 8 weight rows w1_i = w1 + i*ld1 (n1 elements), w2_i = w2 + i*ld2 (n2;
+ * w2 may be NULL when n2 is 0): the AVX-512 rec_dot4, with both segments in the same 8 accumulators and one
+ * reduction of them at the end (the dot4s' two reductions per row and half-width loads were most of
+ * LSTM(128)'s single step). */
+static inline void rec_dot8_z(const real *a1, const real *w1, size_t ld1, int n1,
+                              const real *a2, const real *w2, size_t ld2, int n2,
+                              real *o) /* (8) out */
+{
+    __m512 s[8];
+    for (int i = 0; i < 8; i++) s[i] = _mm512_setzero_ps();
+    for (int seg = 0; seg < 2; seg++) {
+        const real *a = seg ? a2 : a1, *w = seg ? w2 : w1;
+        const size_t ld = seg ? ld2 : ld1;
+        const int n = seg ? n2 : n1;
+        int k = 0;
+        for (; k + 16 <= n; k += 16) {
+            const __m512 av = _mm512_loadu_ps(a + k);
+            for (int i = 0; i < 8; i++) s[i] = _mm512_fmadd_ps(av, _mm512_loadu_ps(w + i * ld + k), s[i]);
+        }
+        if (k < n) {
+            const __mmask16 m = gk_mask16(n - k);
+            const __m512 av = _mm512_maskz_loadu_ps(m, a + k);
+            for (int i = 0; i < 8; i++) s[i] = _mm512_fmadd_ps(av, _mm512_maskz_loadu_ps(m, w + i * ld + k), s[i]);
+        }
+    }
+    /* 8 x 16 lanes -> 8 sums: halves, then hadd twice (row i's quarters in lane i and 4 + i), then the two
+     * 128-bit lanes */
+    __m256 t[8];
+    for (int i = 0; i < 8; i++) t[i] = _mm256_add_ps(_mm512_castps512_ps256(s[i]), _mm512_extractf32x8_ps(s[i], 1));
+    const __m256 v0 = _mm256_hadd_ps(_mm256_hadd_ps(t[0], t[1]), _mm256_hadd_ps(t[2], t[3]));
+    const __m256 v1 = _mm256_hadd_ps(_mm256_hadd_ps(t[4], t[5]), _mm256_hadd_ps(t[6], t[7]));
+    _mm256_storeu_ps(o, _mm256_add_ps(_mm256_blend_ps(v0, v1, 0xF0), _mm256_permute2f128_ps(v0, v1, 0x21)));
+}
+#endif
+
 /* rec_tile in direct mode: out[r][g*NB + v] = a1[r] . W1[g*H + u] + a2[r] . W2[g*H + u], u = j*NB + v;
  * 0 past H, as the zero-padded panels give.  Four weight rows at a time, each read once for the mr
  * operand rows. */
@@ -289,6 +337,16 @@ static void rec_tile_direct(const rec_pack *p, int j, int mr,
     for (int g = 0; g < p->G; g++)
         for (int v = 0; v < nu; v += 4) {
             const size_t row = (size_t)g * p->H + (size_t)j * p->NB + v;
+#if FR_AVX512
+            if (v % 8 == 0 && v + 8 <= nu) { /* 8 units at once, then skip the next 4 */
+                for (int r = 0; r < mr; r++)
+                    rec_dot8_z(a1[r], p->w1 + row * p->ld1, (size_t)p->ld1, p->K1, K2 ? a2[r] : NULL,
+                               K2 ? p->w2 + row * p->ld2 : NULL, (size_t)p->ld2, K2,
+                               out + (size_t)r * p->W + g * p->NB + v);
+                v += 4;
+                continue;
+            }
+#endif
             for (int r = 0; r < mr; r++) {
                 real o[4] = {0, 0, 0, 0};
                 if (v + 4 <= nu) {
@@ -306,6 +364,75 @@ static void rec_tile_direct(const rec_pack *p, int j, int mr,
         }
 }
 
+/* rec_tile in direct mode for rec_pack_transposed's W (K, ld1): out[r][v] = sum_k a(r, k) W[k][j*NB + v],
+ * a(r, k) = a1[r][k] for k < K1, else a2[r][k - K1]; 0 past H, as the zero-padded panels give.  Row by row,
+ * the block's NB units in registers with even and odd k in separate accumulators (one chain would wait on
+ * the FMA latency every k); each row reads W's block once, straight down its K rows. */
+static void rec_tile_direct_t(const rec_pack *p, int j, int mr,
+                              const real *const *a1, /* (mr) rows of K1 */
+                              const real *const *a2, /* (mr) rows of K - K1, or unused */
+                              real *out)             /* (mr, W) */
+{
+    const int K = p->K, K1 = p->K1, W = p->W, nu = rec_block_units(p, j);
+    const size_t ld = (size_t)p->ld1;
+    const real *w = p->w1 + (size_t)j * p->NB; /* (K, ld) at the block's first unit */
+    for (int r = 0; r < mr; r++) {
+        real *o = out + (size_t)r * W;
+#if FR_AVX512
+        if (W == 32 && nu == 32) {
+            __m512 e0 = _mm512_setzero_ps(), e1 = e0, d0 = e0, d1 = e0;
+            int k = 0;
+            for (; k + 1 < K; k += 2) {
+                const real *w0 = w + (size_t)k * ld, *wk = w0 + ld;
+                const __m512 x0 = _mm512_set1_ps(k < K1 ? a1[r][k] : a2[r][k - K1]);
+                const __m512 x1 = _mm512_set1_ps(k + 1 < K1 ? a1[r][k + 1] : a2[r][k + 1 - K1]);
+                e0 = _mm512_fmadd_ps(x0, _mm512_loadu_ps(w0), e0);
+                e1 = _mm512_fmadd_ps(x0, _mm512_loadu_ps(w0 + 16), e1);
+                d0 = _mm512_fmadd_ps(x1, _mm512_loadu_ps(wk), d0);
+                d1 = _mm512_fmadd_ps(x1, _mm512_loadu_ps(wk + 16), d1);
+            }
+            if (k < K) {
+                const __m512 x0 = _mm512_set1_ps(k < K1 ? a1[r][k] : a2[r][k - K1]);
+                e0 = _mm512_fmadd_ps(x0, _mm512_loadu_ps(w + (size_t)k * ld), e0);
+                e1 = _mm512_fmadd_ps(x0, _mm512_loadu_ps(w + (size_t)k * ld + 16), e1);
+            }
+            _mm512_storeu_ps(o, _mm512_add_ps(e0, d0));
+            _mm512_storeu_ps(o + 16, _mm512_add_ps(e1, d1));
+            continue;
+        }
+#endif
+#if FR_SIMD
+        if (W == 32 && nu == 32) {
+            __m256 e[4], d[4];
+            for (int q = 0; q < 4; q++) e[q] = d[q] = _mm256_setzero_ps();
+            int k = 0;
+            for (; k + 1 < K; k += 2) {
+                const real *w0 = w + (size_t)k * ld, *wk = w0 + ld;
+                const __m256 x0 = _mm256_set1_ps(k < K1 ? a1[r][k] : a2[r][k - K1]);
+                const __m256 x1 = _mm256_set1_ps(k + 1 < K1 ? a1[r][k + 1] : a2[r][k + 1 - K1]);
+                for (int q = 0; q < 4; q++) {
+                    e[q] = _mm256_fmadd_ps(x0, _mm256_loadu_ps(w0 + 8 * q), e[q]);
+                    d[q] = _mm256_fmadd_ps(x1, _mm256_loadu_ps(wk + 8 * q), d[q]);
+                }
+            }
+            if (k < K) {
+                const __m256 x0 = _mm256_set1_ps(k < K1 ? a1[r][k] : a2[r][k - K1]);
+                for (int q = 0; q < 4; q++) e[q] = _mm256_fmadd_ps(x0, _mm256_loadu_ps(w + (size_t)k * ld + 8 * q), e[q]);
+            }
+            for (int q = 0; q < 4; q++) _mm256_storeu_ps(o + 8 * q, _mm256_add_ps(e[q], d[q]));
+            continue;
+        }
+#endif
+        /* any width, a partial block, float64: plain loops (the inner one vectorises) */
+        for (int v = 0; v < W; v++) o[v] = 0;
+        for (int k = 0; k < K; k++) {
+            const real ak = k < K1 ? a1[r][k] : a2[r][k - K1];
+            const real *wk = w + (size_t)k * ld;
+            for (int v = 0; v < nu; v++) o[v] += ak * wk[v];
+        }
+    }
+}
+
 /* out (mr, W) = [a1 rows | a2 rows] @ panel of block j, mr <= rec_tile_rows(p); a2 is only read when the
  * pack has a second segment.  pf: another panel of p (rec_next_panel) to prefetch into L2 as this one is
  * read, or NULL.  Only the AVX-512 tiles of at least 4 rows act on it (csrc/gen/gen_tiles.py, PF_MR). */
@@ -316,7 +443,7 @@ static void rec_tile_pf(const rec_pack *p, int j, int mr,
                         const real *pf)        /* (K, W) or NULL */
 {
     if (p->panels == NULL) {
-        rec_tile_direct(p, j, mr, a1, a2, out);
+        (p->trans ? rec_tile_direct_t : rec_tile_direct)(p, j, mr, a1, a2, out);
         return;
     }
     const real *panel = p->panels + (size_t)j * p->K * p->W; /* (K, W) */
@@ -365,6 +492,19 @@ static void rec_tile_pf(const rec_pack *p, int j, int mr,
 
 static void rec_tile(const rec_pack *p, int j, int mr, const real *const *a1, const real *const *a2, real *out) {
     rec_tile_pf(p, j, mr, a1, a2, out, NULL);
+}
+
+/* The rows [c0, c0 + kc) of block j of p, as a pack of one block (whose block 0 they are): the panel's rows,
+ * or in direct mode (rec_pack_transposed) W's rows at the block's units.  For a product taken in chunks
+ * of K (lstm.c's backward). */
+static inline rec_pack rec_pack_rows(const rec_pack *p, int j, int c0, int kc) {
+    rec_pack c = *p;
+    c.K1 = c.K = p->K - c0 < kc ? p->K - c0 : kc;
+    c.nblk = 1;
+    c.H = rec_block_units(p, j);
+    if (p->panels) c.panels = p->panels + ((size_t)j * p->K + c0) * p->W;
+    else c.w1 = p->w1 + (size_t)c0 * p->ld1 + (size_t)j * p->NB;
+    return c;
 }
 
 /* The panel of block j + 1 when the same thread runs it next (j + 1 < j1), for the first tile of block j

@@ -402,7 +402,7 @@ static int rnn_backward(int T, int B, int I, int H, int relu, int reverse,
     real *dh = fr_alloc((size_t)B * H, 0); /* (B, H) dh_n in, dh0 out, slot order */
     if (dg == NULL || dh == NULL) goto done;
     if (seq_db_init(&db, H, 1) != FR_OK) goto done;
-    if (rec_pack_transposed(&tp, H, H, w_hh, H) != FR_OK) goto done;
+    if (rec_pack_transposed(&tp, H, H, w_hh, H, q.N) != FR_OK) goto done;
 
     seq_load_state(&q, H, dhn, dh);
     memset(&cx, 0, sizeof cx);

@@ -86,6 +86,20 @@ def test_gemm_blocks_and_threads(isa, dtype, ta, tb, nthreads):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("ta,tb", list(itertools.product([0, 1], [0, 1])))
+@pytest.mark.parametrize("alpha,beta,pad", [(1.0, 0.0, 0), (1.0, 1.0, 3), (-0.5, 2.0, 5)])
+def test_gemm_thin(isa, dtype, ta, tb, alpha, beta, pad):
+    """The thin products without packing (gk_thin: K <= 4, or M <= 4 with op(B) = B) and just past them
+    (K, M = 5: packed), C's columns across GK_THIN_NB = 256 (255, 256, 257, 600), 1 thread and 2."""
+    for M, N, K in itertools.product([1, 3, 4, 5, 70], [1, 17, 255, 256, 257, 600], [1, 2, 4, 5, 300]):
+        if M > 5 and K > 5:
+            continue  # not thin
+        for nthreads in (1, 2):
+            _check(isa, dtype, ta, tb, M, N, K, alpha=alpha, beta=beta, pad=pad, nthreads=nthreads,
+                   seed=M * 1000 + N + K)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("nthreads", [1, 2, -2])
 def test_gemm_large(isa, dtype, nthreads):
     """The cells' typical product dW = dG^T X across several NC blocks (f64 NC 1536) and the automatic

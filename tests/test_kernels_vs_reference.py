@@ -107,6 +107,36 @@ def test_no_bias(isa, dtype, variant):
 LARGER = [(5, 1, 24, 128), (3, 1, 16, 256), (4, 33, 20, 40), (3, 64, 16, 96)]
 
 
+# ---- calls of T*B <= 4 rows: nothing packed (recurrent.h's direct mode, forward and backward; gemm_kernel.h's
+# thin products for the weight gradients and dx) -----------------------------------------------------------
+# Boundaries: T*B 1 and 4 (direct, thin: K and M <= GK_THIN_K / GK_THIN_M = 4) against 5 (packed, the GEMM);
+# full blocks of units and a partial last one (AVX-512 W_hh^T blocks of 32 units: H 40, 64 + 7; the LSTM's
+# blocks of 8: the 8-row dot of the forward), K not a multiple of the vector width (I 19, 33, H 31, 71),
+# I past GK_THIN_NB = 256 columns of a thin product (300); 1 and 2 threads.
+SMALL_CALLS = [(1, 1, 40, 40), (1, 1, 19, 71), (1, 2, 300, 40), (2, 2, 33, 64), (4, 1, 16, 31), (1, 4, 17, 70),
+               (1, 5, 33, 40), (5, 1, 300, 40)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("shape", SMALL_CALLS, ids=["T{}_B{}_I{}_H{}".format(*s) for s in SMALL_CALLS])
+def test_small_calls_unpacked(isa, dtype, variant, shape, threads):
+    T, B, I, H = shape
+    check(Case.variant(variant, T=T, B=B, I=I, H=H, with_hx=B != 2), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
+@pytest.mark.parametrize("variant", ["rnn_tanh", "lstm", "lstm_proj", "gru", "gru_reset_before"])
+def test_small_calls_options(isa, dtype, variant, threads):
+    """The unpacked paths with two layers, both directions, lengths (N = 3 rows of a T*B = 4 call) and a
+    projection (W_hr^T read in place too: proj_size 33 and 3)."""
+    proj = {"proj_size": 33} if variant == "lstm_proj" else {}
+    check(Case.variant(variant, T=2, B=2, I=20, H=40, lengths=(2, 1), bidirectional=True, num_layers=2, **proj),
+          dtype)
+    check(Case.variant(variant, T=1, B=1, I=9, H=48, bidirectional=True, **proj), dtype)
+    check(Case.variant(variant, T=4, B=1, I=36, H=40, num_layers=2, with_hx=False), dtype)
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
 @pytest.mark.parametrize("variant", ["rnn_tanh", "lstm", "lstm_proj", "gru", "gru_reset_before"])
 @pytest.mark.parametrize("shape", LARGER, ids=["T{}_B{}_I{}_H{}".format(*s) for s in LARGER])

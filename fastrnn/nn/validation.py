@@ -11,6 +11,8 @@ def shape_str(shape):
 
 def as_float_array(name, a, dtype):
     """`a` as an ndarray of `dtype`: floats cast, ints and bools converted, anything else a TypeError."""
+    if type(a) is np.ndarray and a.dtype == dtype:  # already one: what the rest would return (step() is latency-bound)
+        return a
     if hasattr(a, "detach") and hasattr(a, "cpu"):  # a torch tensor, possibly requiring grad
         a = a.detach().cpu().numpy()
     try:
@@ -75,6 +77,10 @@ MAX_BYTES = 2**62
 def check_kernel_sizes(spec, T, B):
     """ValueError unless every size the kernels compute in C ints fits one (T, B from x's shape)."""
     G, H, P, D, I = spec.cell.G, spec.hidden_size, spec.P, spec.D, spec.input_size
+    # The largest per-call arrays (outputs, tape, gradients of the gates) are ~T*B*(G*H + 2H + 2P) elements.
+    nbytes = T * B * (G * H + 2 * H + 2 * D * P + I) * spec.dtype.itemsize
+    if max(T, B, T * B, I, G * H, D * P, G * H * max(I, D * P)) <= INT_MAX and nbytes <= MAX_BYTES:
+        return  # every size fits: the common case, without building the messages' table below
     sizes = (("T (time steps)", T), ("B (batch)", B), ("T*B (rows)", T * B), ("input_size", I),
              ("G*hidden_size (gate rows)", G * H), ("num_directions*P (output features)", D * P),
              ("G*hidden_size*input_size (weight elements)", G * H * max(I, D * P)))
@@ -82,8 +88,6 @@ def check_kernel_sizes(spec, T, B):
         if v > INT_MAX:
             raise ValueError(f"{name} = {v}: the kernels index it with 32-bit ints; expected at most "
                              f"{INT_MAX} (split the batch or the sequence)")
-    # The largest per-call arrays (outputs, tape, gradients of the gates) are ~T*B*(G*H + 2H + 2P) elements.
-    nbytes = T * B * (G * H + 2 * H + 2 * D * P + I) * spec.dtype.itemsize
     if nbytes > MAX_BYTES:
         raise ValueError(f"T={T}, B={B}: the call's arrays would need ~{nbytes:.3e} bytes, more than can be "
                          f"addressed (2^62)")
