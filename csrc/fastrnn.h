@@ -19,6 +19,12 @@
  * lengths   NULL (every sequence has T steps) or (B) ints with 1 <= lengths[b] <= T.  Sequence b takes
  *           steps 0 .. lengths[b]-1 only; the reverse direction starts at its own step lengths[b]-1.
  *           y at padded steps is written 0, dy there is ignored, h_n is the state after the last valid step.
+ * rmask     recurrent dropout (Keras's recurrent_dropout, docs/keras.md): NULL, or masks the recurrent
+ *           product reads h_{t-1} through, batch order, fixed over the steps: the RNN's (B, H); the LSTM's
+ *           (4, B, P), one per gate i, f, g, o (gate q's pre-activation takes (h_{t-1} * mask_q) W_hh,q^T).
+ *           The forward applies it whenever given, training or not (a checkpointed training forward runs
+ *           without a tape); backward takes the forward's.  NULL is exactly the unmasked kernel.  The GRU
+ *           has none yet.
  * h0, c0    may be NULL for zeros.  dh_n, dc_n may be NULL for zeros.
  * tape      training forward writes what backward needs into it: tape_len(...) elements, layout private to
  *           the kernel.  NULL for inference (then nothing is kept).
@@ -103,6 +109,7 @@ int fr_omp_enabled(void);
         size_t (*rnn_tape_len)(int T, int B, int H);                                                     \
         int (*rnn_forward)(int T, int B, int I, int H, int relu, int reverse,                            \
                            const int *lengths, /* (B) or NULL */                                         \
+                           const real *rmask,  /* (B, H) or NULL */                                      \
                            const real *x,      /* (T, B, I) */                                           \
                            const real *h0,     /* (B, H) or NULL */                                      \
                            const real *w_ih,   /* (H, I) */                                              \
@@ -114,6 +121,7 @@ int fr_omp_enabled(void);
                            real *tape);        /* (rnn_tape_len) out, or NULL for inference */           \
         int (*rnn_backward)(int T, int B, int I, int H, int relu, int reverse,                           \
                             const int *lengths,   /* (B) or NULL */                                      \
+                            const real *rmask,    /* (B, H) or NULL */                                   \
                             const real *x,        /* (T, B, I) */                                        \
                             const real *h0,       /* (B, H) or NULL */                                   \
                             const real *w_ih,     /* (H, I) */                                           \
@@ -134,6 +142,7 @@ int fr_omp_enabled(void);
         size_t (*lstm_tape_len)(int T, int B, int H, int P);                                             \
         int (*lstm_forward)(int T, int B, int I, int H, int P, int reverse,                              \
                             const int *lengths, /* (B) or NULL */                                        \
+                            const real *rmask,  /* (4, B, P) or NULL */                                  \
                             const real *x,      /* (T, B, I) */                                          \
                             const real *h0,     /* (B, P) or NULL */                                     \
                             const real *c0,     /* (B, H) or NULL */                                     \
@@ -148,6 +157,7 @@ int fr_omp_enabled(void);
                             real *tape);        /* (lstm_tape_len) out, or NULL for inference */         \
         int (*lstm_backward)(int T, int B, int I, int H, int P, int reverse,                             \
                              const int *lengths,   /* (B) or NULL */                                     \
+                             const real *rmask,    /* (4, B, P) or NULL */                               \
                              const real *x,        /* (T, B, I) */                                       \
                              const real *h0,       /* (B, P) or NULL */                                  \
                              const real *c0,       /* (B, H) or NULL */                                  \

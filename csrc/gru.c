@@ -814,7 +814,7 @@ static int gru_backward(int T, int B, int I, int H, int reset_after, int reverse
      * the recurrent-side n column dn_rec and its own operand: H_prev with reset_after (dn_rec = dnr), else
      * r*h_{t-1} from the tape's aux (dn_rec = dn_pre, dg's n column). */
     const seq_rec_tail tail = {H, ra ? dnr : dg + 2 * (size_t)H, ra ? H : G3, ra ? NULL : aux};
-    if (seq_weight_grads(&q, T, B, reverse, G3, I, H, (size_t)H + (size_t)I, dg, x, y, ldy, h0, w_ih, &tail, dx,
+    if (seq_weight_grads(&q, T, B, reverse, G3, I, H, (size_t)H + (size_t)I, dg, x, y, ldy, h0, NULL, 0, w_ih, &tail, dx,
                          dx_accumulate, dw_ih, dw_hh) != FR_OK)
         goto done;
     /* db_ih = colsum [dr, dz, dn_pre], db_hh = colsum [dr, dz, dn_rec] (dn_rec = dn_pre without reset_after) */

@@ -42,7 +42,11 @@
  * With small weights and enough rows (lstm_rowsplit) the threads split the rows instead: no barrier.
  * Split by units, a step of enough work (rec_steal) hands its blocks out by claims (fr_claim): a thread
  * runs its own range, then takes the last blocks of another's; the projection (split) is then followed by
- * a barrier, since a thread may run units another projected. */
+ * a barrier, since a thread may run units another projected.
+ * Recurrent dropout (rmask, docs/keras.md): gate q's product reads h_{t-1} * mask_q, Keras's one mask per
+ * gate.  A masked call always splits (x W_ih^T by GEMM: the masks concern h only) and each thread makes
+ * its own masked copies of the step's rows of h_{t-1}, one per gate (4 n P multiplies, next to the step's
+ * 4 n P H / nth multiply-adds), which rec_tile_gates multiplies gate by gate. */
 
 typedef struct lstm_fwd_ctx {
     const fr_seq *pl;
@@ -52,6 +56,9 @@ typedef struct lstm_fwd_ctx {
     int split;               /* the step adds a row of x W_ih^T, projected at the start of the region */
     int rowsplit;            /* threads split the rows, not the units (lstm_rowsplit; fused only) */
     int steal;               /* by units, threads take each other's last blocks of a step (rec_steal) */
+    const real *rmask;       /* (4, B, P) recurrent dropout masks, gates i, f, g, o, batch order, or NULL */
+    real *hm;                /* (nthreads, 4, B, P) per thread: h_{t-1} * mask_q; rmask only */
+    const real **hq[FR_MAX_THREADS]; /* per thread: (4, B) rows of hm, the gates' operands; rmask only */
     const real *w_ih;        /* (4H, I), split */
     const real *w_hh;        /* (4H, P) */
     real *hh;                /* (B, 4H) h_{t-1} W_hh^T of a single-step call (lstm_single_step), else NULL */
@@ -249,6 +256,17 @@ static void lstm_fwd_task(void *arg, int tid, int nth) {
             hr[k] = hp + (size_t)k * P;
             yr[k] = cx->y + row * cx->ldy;
         }
+        const real *const *hq[4] = {NULL, NULL, NULL, NULL}; /* the gates' masked rows (rmask) */
+        if (cx->rmask)
+            for (int q = 0; q < 4; q++) {
+                const real **rq = cx->hq[tid] + (size_t)q * B;
+                real *mq = cx->hm + ((size_t)tid * 4 + q) * B * P; /* (B, P) */
+                for (int k = ka; k < kb; k++) {
+                    rec_mask_row(P, hr[k], cx->rmask + ((size_t)q * B + seq_batch(pl, k)) * P, mq + (size_t)k * P);
+                    rq[k] = mq + (size_t)k * P;
+                }
+                hq[q] = rq;
+            }
         if (cx->hh) /* the single step: this thread's units of h_{t-1} W_hh^T by GEMM (no steal) */
             seq_project_units(hp, (size_t)n, P, cx->w_hh, 4, H, NULL, j0 * wp->NB,
                               j1 * wp->NB < H ? j1 * wp->NB : H, cx->hh);
@@ -264,7 +282,10 @@ static void lstm_fwd_task(void *arg, int tid, int nth) {
                 const int j = j0 + 2 * ((s & 1) ? np - 1 - q : q), u0 = j * 8;
                 for (int h = 0; h < 2; h++) {
                     real *t = tile + (size_t)h * wp->W;
-                    if (split) {
+                    if (cx->rmask) {
+                        rec_tile_gates(wp, j + h, 1, hq, t, NULL);
+                        rec_add_gates(4, H, 8, u0 + 8 * h, 8, xw + (r0 - lo) * H4, t);
+                    } else if (split) {
                         rec_tile(wp, j + h, 1, hr, NULL, t);
                         rec_add_gates(4, H, 8, u0 + 8 * h, 8, xw + (r0 - lo) * H4, t);
                     } else {
@@ -296,7 +317,10 @@ static void lstm_fwd_task(void *arg, int tid, int nth) {
                     real *t = tile + (size_t)b * REC_MR_MAX * REC_W_MAX;
                     const real *pf = i == 0 && own ? rec_next_panel(wp, jb, end) : NULL;
                     if (split) {
-                        if (cx->hh) /* the GEMM's columns of the block's units */
+                        if (cx->rmask) {
+                            const real *const *hqk[4] = {hq[0] + k0, hq[1] + k0, hq[2] + k0, hq[3] + k0};
+                            rec_tile_gates(wp, jb, mr, hqk, t, pf);
+                        } else if (cx->hh) /* the GEMM's columns of the block's units */
                             for (int r = 0; r < mr; r++)
                                 rec_put_tile(4, H, wp->NB, ub, nub, cx->hh + (size_t)(k0 + r) * H4,
                                              t + (size_t)r * wp->W);
@@ -422,6 +446,7 @@ static size_t lstm_tape_len(int T, int B, int H, int P) {
 
 static int lstm_forward(int T, int B, int I, int H, int P, int reverse,
                         const int *lengths, /* (B) or NULL */
+                        const real *rmask,  /* (4, B, P) recurrent dropout masks, or NULL */
                         const real *x,      /* (T, B, I) */
                         const real *h0,     /* (B, P) or NULL */
                         const real *c0,     /* (B, H) or NULL */
@@ -450,6 +475,8 @@ static int lstm_forward(int T, int B, int I, int H, int P, int reverse,
     real *xg = NULL;   /* (chunk rows, I) x rows of a chunk: split with lengths */
     rec_pack rp = {0}; /* W_hr packed in blocks of P outputs (projection only) */
     real *hh = NULL;   /* (B, 4H) h0 W_hh^T: a single step (lstm_single_step) */
+    real *hm = NULL;   /* (nthreads, 4, B, P) masked copies of h_{t-1}: rmask only */
+    const real **hqp = NULL; /* (nthreads, 4B) their row pointers */
     const real **rowptrs = NULL; /* (nthreads, 3B) */
     int rc = FR_ENOMEM;
 
@@ -460,9 +487,9 @@ static int lstm_forward(int T, int B, int I, int H, int P, int reverse,
     if (h == NULL || h2 == NULL || c == NULL) goto done;
     /* Split (x W_ih^T by GEMM per chunk of steps, then W_hh alone per step) or fused ([W_ih | W_hh] per
      * step, in one region). */
-    const int split = lstm_split(TB, pl.S, B, I, H, P);
+    const int split = rmask || lstm_split(TB, pl.S, B, I, H, P); /* masked: the step's product is W_hh's alone */
     int chunk = pl.S > 0 ? pl.S : 1;
-    const int single = lstm_single_step(&pl, split);
+    const int single = !rmask && lstm_single_step(&pl, split);
     if (split) {
         if (rec_pack_init(&wp, 4, H, w_hh, P, P, NULL, 0, 0, single ? 0 : TB) != FR_OK) goto done;
         if (single && (hh = fr_alloc((size_t)B * H4, 0)) == NULL) goto done;
@@ -518,6 +545,13 @@ static int lstm_forward(int T, int B, int I, int H, int P, int reverse,
     cx.steal = !cx.rowsplit && !single && rec_steal(nth, B, &wp);
     if ((rowptrs = (const real **)malloc(sizeof(real *) * (3 * (size_t)B * nth + 1))) == NULL) goto done;
     for (int t = 0; t < nth; t++) cx.rows[t] = rowptrs + 3 * (size_t)B * t;
+    if (rmask) {
+        if ((hm = fr_alloc((size_t)nth * 4 * B * P, 0)) == NULL) goto done;
+        if ((hqp = (const real **)malloc(sizeof(real *) * (4 * (size_t)B * nth + 1))) == NULL) goto done;
+        for (int t = 0; t < nth; t++) cx.hq[t] = hqp + 4 * (size_t)B * t;
+        cx.rmask = rmask;
+        cx.hm = hm;
+    }
     seq_run_chunks(&pl, chunk, x, I, xg, &cx.s_begin, &cx.s_end, nth, lstm_fwd_task, &cx, &cx.bar);
     if (fr_region_stopped(&cx.bar)) {
         rc = FR_EINTR;
@@ -536,6 +570,8 @@ static int lstm_forward(int T, int B, int I, int H, int P, int reverse,
 
 done:
     free(rowptrs);
+    free(hqp);
+    fr_free(hm);
     fr_free(h);
     fr_free(h2);
     fr_free(c);
@@ -563,13 +599,17 @@ done:
  * only the part of dh the same thread wrote: one barrier per step.  With projection phase 1 reads all of
  * dh_t, so a second barrier closes phase 2.  No thread writes what another reads in the same phase: dz
  * rows of step s are read in phase 2 of s, written in phase 1 of s only; dc, db, and (without projection)
- * dh are split by units. */
+ * dh are split by units.
+ * Recurrent dropout (rmask): h_{t-1} reached gate q only as h_{t-1} * mask_q, so dh_{t-1} =
+ * sum_q mask_q * (dz_q W_hh,q) + dy_{t-1}: phase 2's chunks of K = 4H then end at the gates' boundaries,
+ * and each chunk's product enters dh multiplied by its gate's mask. */
 
 typedef struct lstm_bwd_ctx {
     const fr_seq *pl;
     int H, P;
     const rec_pack *hp;  /* W_hh^T packed: G = 1 over the P outputs, K = 4H */
     const rec_pack *rp;  /* W_hr packed: G = 1 over the H units, K = P; NULL without projection */
+    const real *rmask;   /* (4, B, P) the forward's recurrent dropout masks, batch order, or NULL */
     const real *tg;      /* (N, 4H) tape: activated gates */
     const real *tc;      /* (N, H) tape: c */
     const real *c0;      /* (B, H) batch order, or NULL */
@@ -724,12 +764,20 @@ static void lstm_bwd_task(void *arg, int tid, int nth) {
         }
         for (int j = j0; j < j1; j++) {
             const int p0 = j * hp->NB, np = rec_block_units(hp, j);
-            for (int c0 = 0; c0 < hp->K; c0 += kc) {
-                const rec_pack chunk = rec_pack_rows(hp, j, c0, kc); /* the rows [c0, c0 + kc) of block j */
+            for (int c0 = 0, ck = 0; c0 < hp->K; c0 += ck) {
+                rec_pack chunk = rec_pack_rows(hp, j, c0, kc); /* the rows [c0, c0 + kc) of block j */
+                const real *mq = NULL; /* (B, P) the mask of the chunk's gate (rmask) */
+                if (cx->rmask) {       /* the chunk ends at its gate's last row */
+                    const int q = c0 / H, end = (q + 1) * H;
+                    if (c0 + chunk.K > end) chunk.K1 = chunk.K = end - c0;
+                    mq = cx->rmask + (size_t)q * pl->B * P;
+                }
+                ck = chunk.K;
                 /* what this thread reads next follows in memory: the block's next chunk or the next block; the
                  * prefetch walks chunk.K rows of it, so not when they would pass the end of the panels (a
                  * shorter last chunk of the last block); none in direct mode (no panels) */
-                const real *next = hp->panels && (j + 1 < j1 || c0 + kc < hp->K) ? chunk.panels + (size_t)chunk.K * hp->W : NULL;
+                const real *next = hp->panels && (j + 1 < j1 || c0 + chunk.K < hp->K)
+                                       ? chunk.panels + (size_t)chunk.K * hp->W : NULL;
                 if (next && next + (size_t)chunk.K * hp->W > hp->panels + (size_t)hp->nblk * hp->K * hp->W) next = NULL;
                 for (int i = 0, nt = rec_ntiles(n, MRh); i < nt; i++) {
                     const int k0 = rec_tile_start(n, nt, i), mr = rec_tile_start(n, nt, i + 1) - k0;
@@ -739,7 +787,13 @@ static void lstm_bwd_task(void *arg, int tid, int nth) {
                         const int k = k0 + r;
                         const real *t = tile + (size_t)r * hp->W;
                         real *e = dh + (size_t)k * P + p0;
-                        if (c0 > 0) {
+                        if (mq) { /* this gate's part of dh_{t-1}, through its mask */
+                            const real *m = mq + (size_t)seq_batch(pl, k) * P + p0;
+                            const real *d = c0 == 0 && s > 0 ? lstm_dy_row(cx, s - 1, k) + p0 : NULL;
+                            if (c0 > 0) for (int v = 0; v < np; v++) e[v] += m[v] * t[v];
+                            else if (d) for (int v = 0; v < np; v++) e[v] = m[v] * t[v] + d[v];
+                            else for (int v = 0; v < np; v++) e[v] = m[v] * t[v];
+                        } else if (c0 > 0) {
                             for (int v = 0; v < np; v++) e[v] += t[v];
                         } else if (s > 0) {
                             const real *d = lstm_dy_row(cx, s - 1, k) + p0;
@@ -766,6 +820,7 @@ static void lstm_bwd_task(void *arg, int tid, int nth) {
 
 static int lstm_backward(int T, int B, int I, int H, int P, int reverse,
                          const int *lengths,     /* (B) or NULL */
+                         const real *rmask,      /* (4, B, P) the forward's recurrent dropout masks, or NULL */
                          const real *x,          /* (T, B, I) */
                          const real *h0,         /* (B, P) or NULL */
                          const real *c0,         /* (B, H) or NULL */
@@ -822,6 +877,7 @@ static int lstm_backward(int T, int B, int I, int H, int P, int reverse,
     cx.P = P;
     cx.hp = &hp;
     cx.rp = proj ? &rp : NULL;
+    cx.rmask = rmask;
     cx.tg = tg;
     cx.tc = tc;
     cx.c0 = c0;
@@ -872,8 +928,8 @@ static int lstm_backward(int T, int B, int I, int H, int P, int reverse,
     if (proj && dw_hr) fr_gemm(1, 0, P, H, (int)N, 1, dH, P, tm, H, 0, dw_hr, H);
 
     /* dW_ih, dW_hh and dx as large GEMMs over all rows (seq.h; chunks of gathered rows with lengths) */
-    if (seq_weight_grads(&pl, T, B, reverse, (int)H4, I, P, (size_t)(I > P ? I : P), dz, x, y, ldy, h0, w_ih,
-                         NULL, dx, dx_accumulate, dw_ih, dw_hh) != FR_OK)
+    if (seq_weight_grads(&pl, T, B, reverse, (int)H4, I, P, (size_t)(I > P ? I : P), dz, x, y, ldy, h0, rmask, 4,
+                         w_ih, NULL, dx, dx_accumulate, dw_ih, dw_hh) != FR_OK)
         goto done;
     rc = FR_OK;
 

@@ -246,6 +246,13 @@ static int rec_pack_transposed(rec_pack *p, int H, int K,
 #include "gen/tiles_avx512.h"
 #endif
 
+/* Recurrent dropout (docs/keras.md, recurrent_dropout): dst (n) = src * mask, a row of h_{t-1} as the
+ * recurrent product reads it (forward), or a row of dh_{t-1} that reached h_{t-1} through that product
+ * (backward).  dst may be src. */
+static inline void rec_mask_row(int n, const real *src, const real *mask, real *dst) {
+    for (int i = 0; i < n; i++) dst[i] = src[i] * mask[i];
+}
+
 /* Rows of one tile: as many as keep the accumulators in registers. */
 static inline int rec_tile_rows(const rec_pack *p) {
 #if FR_AVX512
@@ -505,6 +512,26 @@ static inline rec_pack rec_pack_rows(const rec_pack *p, int j, int c0, int kc) {
     if (p->panels) c.panels = p->panels + ((size_t)j * p->K + c0) * p->W;
     else c.w1 = p->w1 + (size_t)c0 * p->ld1 + (size_t)j * p->NB;
     return c;
+}
+
+/* rec_tile_pf of a pack without a second segment (K1 = K: W_hh alone, the split step) when each gate reads
+ * its own operand rows: out[r][g*NB + v] = ag[g][r] . W[g*H + u].  Keras's recurrent dropout draws one mask
+ * per gate of the LSTM (docs/keras.md), so gate g's product reads h_{t-1} * mask_g; the tiles take one
+ * operand for a whole panel row, so this passes the block's panel once per gate and keeps that gate's
+ * columns: G times the multiply-adds of the product, paid only by a masked call. */
+static void rec_tile_gates(const rec_pack *p, int j, int mr,
+                           const real *const *const *ag, /* (G) per gate: (mr) operand rows of K */
+                           real *out,                    /* (mr, W) */
+                           const real *pf)               /* (K, W) or NULL, as rec_tile_pf */
+{
+    real tmp[REC_MR_MAX * REC_W_MAX] __attribute__((aligned(64))); /* (mr, W) another gate's pass */
+    const int W = p->W, NB = p->NB;
+    rec_tile_pf(p, j, mr, ag[0], NULL, out, pf);
+    for (int g = 1; g < p->G; g++) {
+        rec_tile_pf(p, j, mr, ag[g], NULL, tmp, NULL);
+        for (int r = 0; r < mr; r++)
+            memcpy(out + (size_t)r * W + g * NB, tmp + (size_t)r * W + g * NB, (size_t)NB * sizeof(real));
+    }
 }
 
 /* The panel of block j + 1 when the same thread runs it next (j + 1 < j1), for the first tile of block j

@@ -55,6 +55,8 @@ typedef struct rnn_fwd_ctx {
     const real *x;      /* (T, B, I) */
     const rec_pack *wp; /* packed [W_ih | W_hh] (G = 1, K = I + H), or W_hh alone (K = H) when split */
     int split;          /* the step adds a row of xw (rnn_split) */
+    const real *rmask;  /* (B, H) recurrent dropout mask, batch order, or NULL */
+    real *hm;           /* (nthreads, B, H) per thread: h_{t-1} * rmask, the product's operand; rmask only */
     const real *w_ih;   /* (H, I), split */
     const real *xs;     /* (rows of the region's steps, I) x gathered (lengths), or NULL: x's own rows */
     real *xw;           /* (rows of the region's steps, H) x W_ih^T, projected at the start of the region */
@@ -139,6 +141,12 @@ static void rnn_fwd_task(void *arg, int tid, int nth) {
             hr[k] = hp + (size_t)k * H;
             yr[k] = cx->y + row * cx->ldy;
         }
+        if (cx->rmask) /* recurrent dropout: the product reads this thread's masked copy of h_{t-1} */
+            for (int k = 0; k < n; k++) {
+                real *hk = cx->hm + ((size_t)tid * B + k) * H; /* (H) */
+                rec_mask_row(H, hr[k], cx->rmask + (size_t)seq_batch(q, k) * H, hk);
+                hr[k] = hk;
+            }
         /* blocks outside, rows inside: a block's panel stays in cache while every row passes it */
         const int steal = cx->steal && n > 1;
         for (int j = j0, own = 1, end = j1;
@@ -167,6 +175,7 @@ static int rnn_split(size_t rows, int B, int I, int H) {
 
 static int rnn_forward(int T, int B, int I, int H, int relu, int reverse,
                        const int *lengths, /* (B) or NULL */
+                       const real *rmask,  /* (B, H) recurrent dropout mask, or NULL */
                        const real *x,      /* (T, B, I) */
                        const real *h0,     /* (B, H) or NULL */
                        const real *w_ih,   /* (H, I) */
@@ -188,6 +197,7 @@ static int rnn_forward(int T, int B, int I, int H, int relu, int reverse,
     const real **rowptrs = NULL;   /* (nthreads, 3B) */
     real *bias = NULL;             /* (nblk * NB) */
     real *acc = NULL;              /* (nthreads, B, W) */
+    real *hm = NULL;               /* (nthreads, B, H) masked h_{t-1}: rmask only */
     real *h = fr_alloc((size_t)B * H, 0);  /* (B, H) state, slot order */
     real *h2 = fr_alloc((size_t)B * H, 0); /* (B, H) the other state buffer */
     if (h == NULL || h2 == NULL) goto done;
@@ -215,6 +225,7 @@ static int rnn_forward(int T, int B, int I, int H, int relu, int reverse,
     cx.x = x;
     cx.wp = &wp;
     cx.split = split;
+    cx.rmask = rmask;
     cx.w_ih = w_ih;
     cx.xs = xg;
     cx.xw = xw;
@@ -227,8 +238,10 @@ static int rnn_forward(int T, int B, int I, int H, int relu, int reverse,
     cx.steal = rec_steal(nth, B, &wp);
     if ((rowptrs = (const real **)malloc(sizeof(real *) * (3 * (size_t)B * nth + 1))) == NULL) goto done;
     if ((acc = fr_alloc((size_t)nth * B * wp.W, 0)) == NULL) goto done;
+    if (rmask && (hm = fr_alloc((size_t)nth * B * H, 0)) == NULL) goto done;
     for (int t = 0; t < nth; t++) cx.rows[t] = rowptrs + 3 * (size_t)B * t;
     cx.acc = acc;
+    cx.hm = hm;
     seq_run_chunks(&q, chunk, x, I, xg, &cx.s_begin, &cx.s_end, nth, rnn_fwd_task, &cx, &cx.bar);
     if (fr_region_stopped(&cx.bar)) {
         rc = FR_EINTR;
@@ -247,6 +260,7 @@ static int rnn_forward(int T, int B, int I, int H, int relu, int reverse,
 done:
     free(rowptrs);
     fr_free(acc);
+    fr_free(hm);
     fr_free(bias);
     fr_free(h);
     fr_free(h2);
@@ -273,6 +287,7 @@ typedef struct rnn_bwd_ctx {
     const fr_seq *q;
     int H, relu;
     const rec_pack *tp; /* packed W_hh^T: G = 1 over H outputs, K = H */
+    const real *rmask;  /* (B, H) recurrent dropout mask, batch order, or NULL */
     const real *y;      /* (T, B, ldy) */
     int ldy;
     const real *dy;     /* (T, B, lddy) */
@@ -357,6 +372,10 @@ static void rnn_bwd_task(void *arg, int tid, int nth) {
              (j = rec_next_block(&cx->claims, steal, s & 1, tid, nth, j, j1, &own, &end)) >= 0; j++) {
             const int u0 = j * NB, nu = rec_block_units(tp, j);
             rnn_block_product(tp, j, n, gr, NULL, acc, own ? rec_next_panel(tp, j, end) : NULL); /* dh_{t-1} */
+            if (cx->rmask) /* recurrent dropout: h_{t-1} reached the product only through its mask */
+                for (int k = 0; k < n; k++)
+                    rec_mask_row(nu, acc + (size_t)k * W, cx->rmask + (size_t)seq_batch(q, k) * H + u0,
+                                 acc + (size_t)k * W);
             for (int k = 0; k < n; k++) {
                 const real *a = acc + (size_t)k * W;
                 if (s > 0)
@@ -374,6 +393,7 @@ static void rnn_bwd_task(void *arg, int tid, int nth) {
 
 static int rnn_backward(int T, int B, int I, int H, int relu, int reverse,
                         const int *lengths,       /* (B) or NULL */
+                        const real *rmask,        /* (B, H) the forward's recurrent dropout mask, or NULL */
                         const real *x,            /* (T, B, I) */
                         const real *h0,           /* (B, H) or NULL */
                         const real *w_ih,         /* (H, I) */
@@ -410,6 +430,7 @@ static int rnn_backward(int T, int B, int I, int H, int relu, int reverse,
     cx.H = H;
     cx.relu = relu;
     cx.tp = &tp;
+    cx.rmask = rmask;
     cx.y = y;
     cx.ldy = ldy;
     cx.dy = dy;
@@ -431,8 +452,8 @@ static int rnn_backward(int T, int B, int I, int H, int relu, int reverse,
     if (dh0) seq_store_state(&q, H, dh, dh0);
 
     /* dW_ih, dW_hh and dx as large GEMMs over all rows (seq.h; chunks of gathered rows with lengths) */
-    if (seq_weight_grads(&q, T, B, reverse, H, I, H, (size_t)H + (size_t)I, dg, x, y, ldy, h0, w_ih, NULL, dx,
-                         dx_accumulate, dw_ih, dw_hh) != FR_OK)
+    if (seq_weight_grads(&q, T, B, reverse, H, I, H, (size_t)H + (size_t)I, dg, x, y, ldy, h0, rmask, 1, w_ih,
+                         NULL, dx, dx_accumulate, dw_ih, dw_hh) != FR_OK)
         goto done;
     /* b_ih and b_hh enter the pre-activation the same way: equal gradients, summed in the loop */
     seq_db_store(&db, 0, H, db_ih);

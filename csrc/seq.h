@@ -284,6 +284,29 @@ static void seq_gather_prev(const fr_seq *q, int s0, int s1,
     }
 }
 
+/* seq_gather_prev with a recurrent dropout mask: dst = h_{t-1} * mask[b] row by row, the operand gate g's
+ * rows of dW_hh multiply when the forward's product read h_{t-1} * mask_g (docs/keras.md, recurrent_dropout). */
+static void seq_gather_prev_masked(const fr_seq *q, int s0, int s1,
+                                   const real *y, int ldy, /* (T, B, ldy) */
+                                   const real *h0,         /* (B, H) or NULL */
+                                   const real *mask,       /* (B, H) batch order */
+                                   int H, real *dst) {     /* (rows, H) out */
+    size_t lo, hi;
+    seq_rows(q, s0, s1, &lo, &hi);
+    for (int s = s0; s < s1; s++) {
+        int n = seq_active(q, s);
+        real *d = dst + (seq_row(q, s) - lo) * (size_t)H; /* (n, H) */
+        for (int j = 0; j < n; j++) {
+            int b = seq_batch(q, j);
+            const real *p = seq_prev(q, s, b, y, ldy, h0, H, NULL); /* (H) or NULL: zeros */
+            if (p)
+                rec_mask_row(H, p, mask + (size_t)b * H, d + (size_t)j * H);
+            else
+                memset(d + (size_t)j * H, 0, sizeof(real) * (size_t)H);
+        }
+    }
+}
+
 /* Initial state in slot order: hs[j] = h0[perm[j]], or zeros. */
 static void seq_load_state(const fr_seq *q, int H, const real *h0 /* (B, H) or NULL */,
                                real *hs /* (B, H) slots */) {
@@ -366,7 +389,11 @@ static void seq_db_store(const seq_db *d, int c0, int n, real *out) {
  * and dx scattered a chunk of steps at a time (bounded memory: seq_chunk(q, width) steps, `width` the
  * cell's choice), each chunk still one GEMM per product over many rows, side by side when small; the first
  * chunk overwrites, the others add.  dx, dw_ih, dw_hh may be NULL (not computed).  FR_ENOMEM when the
- * chunk buffers cannot be allocated. */
+ * chunk buffers cannot be allocated.
+ * Recurrent dropout (rmask, (rG, B, P): one mask per gate block of GH / rG rows, docs/keras.md): the forward
+ * multiplied gate g's rows of W_hh by h_{t-1} * mask_g, so dW_hh's rows of gate g are dZ_g^T (H_prev *
+ * mask_g), one product per gate over a masked gather; the masked call always takes the chunked path (the
+ * unmasked call is unchanged).  Not combined with a tail. */
 typedef struct seq_rec_tail {
     int rows;      /* the last rows of dW_hh (GH of them in all) */
     const real *dz; /* (N, ldz >= rows) their dL/d(recurrent pre-activation) */
@@ -379,6 +406,7 @@ static int seq_weight_grads(const fr_seq *q, int T, int B, int reverse, int GH, 
                             const real *x,           /* (T, B, I) */
                             const real *y, int ldy,  /* (T, B, ldy >= P): h_t of every step */
                             const real *h0,          /* (B, P) or NULL */
+                            const real *rmask, int rG, /* (rG, B, P) recurrent dropout masks, or NULL */
                             const real *w_ih,        /* (GH, I) */
                             const seq_rec_tail *tail, /* or NULL: all of dW_hh is dZ^T H_prev */
                             real *dx, int dx_accumulate, /* (T, B, I) out, or NULL */
@@ -387,7 +415,7 @@ static int seq_weight_grads(const fr_seq *q, int T, int B, int reverse, int GH, 
 {
     const int G2 = tail ? tail->rows : 0, G1 = GH - G2; /* dW_hh's rows by dZ, by the tail */
     real *dw_t = dw_hh ? dw_hh + (size_t)G1 * P : NULL;   /* (G2, P) the tail's rows */
-    if (q->perm == NULL) {
+    if (q->perm == NULL && rmask == NULL) {
         const int N = (int)q->N, K = T > 1 ? (T - 1) * B : 0;
         const size_t first = (size_t)fr_time_index(0, T, reverse) * B; /* row of the first step's slot 0 */
         const real *yp = reverse ? y + (size_t)B * ldy : y;             /* h_{t-1} of the rows below */
@@ -414,6 +442,7 @@ static int seq_weight_grads(const fr_seq *q, int T, int B, int reverse, int GH, 
     const int chunk = seq_chunk(q, width);
     const size_t cap = (size_t)chunk * B;
     const int need_h = dw_hh && (G1 > 0 || (tail && tail->a == NULL)); /* a product reads H_prev */
+    const int gh = rmask ? GH / rG : 0; /* rows of dW_hh per mask */
     real *xg = NULL; /* (chunk rows, I) x rows of a chunk, then its dx rows */
     real *hg = NULL; /* (chunk rows, P) h_{t-1} rows of a chunk */
     if ((dw_ih || dx) && (xg = fr_alloc(cap * (size_t)I, 0)) == NULL) return FR_ENOMEM;
@@ -434,7 +463,7 @@ static int seq_weight_grads(const fr_seq *q, int T, int B, int reverse, int GH, 
         const real *dzc = dz + lo * GH;    /* (m, GH) */
         const real beta = s0 > 0 ? 1 : 0;  /* the first chunk overwrites, the others add */
         if (dw_ih) seq_gather(q, s0, s1, x, I, I, xg);
-        if (need_h) seq_gather_prev(q, s0, s1, y, ldy, h0, P, hg);
+        if (need_h && !rmask) seq_gather_prev(q, s0, s1, y, ldy, h0, P, hg);
         /* dx's product into xg after dW_ih's has read it: chained behind it */
         const gk_job j_dx = {0, 0, m, I, GH, (real)1, dzc, GH, w_ih, I, (real)0, xg, I, NULL};
         const gk_job j_ih = {1, 0, GH, I, m, (real)1, dzc, GH, xg, I, beta, dw_ih, I, dx ? &j_dx : NULL};
@@ -443,9 +472,17 @@ static int seq_weight_grads(const fr_seq *q, int T, int B, int reverse, int GH, 
         if (tail)
             j_t = (gk_job){1, 0, G2, P, m, (real)1, tail->dz + lo * tail->ldz, tail->ldz,
                            tail->a ? tail->a + lo * P : hg, P, beta, dw_t, P, NULL};
-        const gk_job *jobs[4] = {dw_ih ? &j_ih : dx ? &j_dx : NULL, dw_hh ? &j_hh : NULL,
+        const gk_job *jobs[4] = {dw_ih ? &j_ih : dx ? &j_dx : NULL, dw_hh && !rmask ? &j_hh : NULL,
                                  dw_hh && tail ? &j_t : NULL, NULL};
         fr_gemm_jobs(jobs, 4);
+        if (dw_hh && rmask)
+            for (int g = 0; g < rG; g++) { /* gate g's rows: dZ_g^T (H_prev * mask_g) */
+                seq_gather_prev_masked(q, s0, s1, y, ldy, h0, rmask + (size_t)g * B * P, P, hg);
+                const gk_job j_g = {1, 0, gh, P, m, (real)1, dzc + (size_t)g * gh, GH, hg, P, beta,
+                                    dw_hh + (size_t)g * gh * P, P, NULL};
+                const gk_job *jg[1] = {&j_g};
+                fr_gemm_jobs(jg, 1);
+            }
         if (dx) seq_scatter(q, s0, s1, xg, dx, I, I, dx_accumulate);
     }
     fr_free(xg);

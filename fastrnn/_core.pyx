@@ -206,19 +206,19 @@ def gru_tape_len(int T, int B, int H, bint f64):
 # ---- RNN -------------------------------------------------------------------------------------------------------
 cdef int _rnn_forward(real *k, int T, int B, int I, int H, bint relu, bint reverse, const int *lp, tuple a,
                       int ldy) except? -99:
-    # a = (x, h0, w_ih, w_hh, b_ih, b_hh, y, hn, tape)
-    cdef real *p[9]
+    # a = (x, h0, w_ih, w_hh, b_ih, b_hh, y, hn, tape, rmask)
+    cdef real *p[10]
     cdef int i, rc
     cdef unsigned mode
-    for i in range(9):
+    for i in range(10):
         p[i] = _ptr(a[i], k)
     with nogil:
         mode = fr_fpmode_enter()  # denormals flushed for the whole call, whatever the threads
         if real is float:
-            rc = fr_kernels_f32().rnn_forward(T, B, I, H, relu, reverse, lp, p[0], p[1], p[2], p[3], p[4], p[5],
+            rc = fr_kernels_f32().rnn_forward(T, B, I, H, relu, reverse, lp, p[9], p[0], p[1], p[2], p[3], p[4], p[5],
                                               p[6], ldy, p[7], p[8])
         else:
-            rc = fr_kernels_f64().rnn_forward(T, B, I, H, relu, reverse, lp, p[0], p[1], p[2], p[3], p[4], p[5],
+            rc = fr_kernels_f64().rnn_forward(T, B, I, H, relu, reverse, lp, p[9], p[0], p[1], p[2], p[3], p[4], p[5],
                                               p[6], ldy, p[7], p[8])
         fr_fpmode_leave(mode)
     return rc
@@ -226,20 +226,20 @@ cdef int _rnn_forward(real *k, int T, int B, int I, int H, bint relu, bint rever
 
 cdef int _rnn_backward(real *k, int T, int B, int I, int H, bint relu, bint reverse, const int *lp, tuple a,
                        int ldy, int lddy, bint dx_acc) except? -99:
-    # a = (x, h0, w_ih, w_hh, y, tape, dy, dhn, dx, dh0, dw_ih, dw_hh, db_ih, db_hh)
-    cdef real *p[14]
+    # a = (x, h0, w_ih, w_hh, y, tape, dy, dhn, dx, dh0, dw_ih, dw_hh, db_ih, db_hh, rmask)
+    cdef real *p[15]
     cdef int i, rc
     cdef unsigned mode
-    for i in range(14):
+    for i in range(15):
         p[i] = _ptr(a[i], k)
     with nogil:
         mode = fr_fpmode_enter()
         if real is float:
-            rc = fr_kernels_f32().rnn_backward(T, B, I, H, relu, reverse, lp, p[0], p[1], p[2], p[3], p[4], ldy,
+            rc = fr_kernels_f32().rnn_backward(T, B, I, H, relu, reverse, lp, p[14], p[0], p[1], p[2], p[3], p[4], ldy,
                                                p[5], p[6], lddy, p[7], p[8], dx_acc, p[9], p[10], p[11], p[12],
                                                p[13])
         else:
-            rc = fr_kernels_f64().rnn_backward(T, B, I, H, relu, reverse, lp, p[0], p[1], p[2], p[3], p[4], ldy,
+            rc = fr_kernels_f64().rnn_backward(T, B, I, H, relu, reverse, lp, p[14], p[0], p[1], p[2], p[3], p[4], ldy,
                                                p[5], p[6], lddy, p[7], p[8], dx_acc, p[9], p[10], p[11], p[12],
                                                p[13])
         fr_fpmode_leave(mode)
@@ -247,26 +247,27 @@ cdef int _rnn_backward(real *k, int T, int B, int I, int H, bint relu, bint reve
 
 
 def rnn_forward(int T, int B, int I, int H, bint relu, bint reverse, lengths, x, h0, w_ih, w_hh, b_ih, b_hh,
-                y, int ldy, hn, tape):
+                y, int ldy, hn, tape, rmask=None):
     """One RNN (layer, direction) over the whole sequence (csrc/fastrnn.h, rnn_forward); y may be a strided
-    view (row stride ldy) into a bidirectional output; tape is None for inference."""
+    view (row stride ldy) into a bidirectional output; tape is None for inference; rmask the (B, H)
+    recurrent dropout mask or None."""
     cdef float *f = NULL
     cdef double *d = NULL
     cdef const int *lp = _iptr(lengths)
-    a = (x, h0, w_ih, w_hh, b_ih, b_hh, y, hn, tape)
+    a = (x, h0, w_ih, w_hh, b_ih, b_hh, y, hn, tape, rmask)
     cdef bint armed = _arm(_flops(T, B, I, H, 1, H, 1.0))
     _done(armed, _rnn_forward(d, T, B, I, H, relu, reverse, lp, a, ldy) if _f64(x) else
            _rnn_forward(f, T, B, I, H, relu, reverse, lp, a, ldy))
 
 
 def rnn_backward(int T, int B, int I, int H, bint relu, bint reverse, lengths, x, h0, w_ih, w_hh, y, int ldy,
-                 tape, dy, int lddy, dhn, dx, bint dx_accumulate, dh0, dw_ih, dw_hh, db_ih, db_hh):
+                 tape, dy, int lddy, dhn, dx, bint dx_accumulate, dh0, dw_ih, dw_hh, db_ih, db_hh, rmask=None):
     """BPTT of one RNN (layer, direction) (csrc/fastrnn.h, rnn_backward): gradients written into the arrays
     given (dx added into when dx_accumulate)."""
     cdef float *f = NULL
     cdef double *d = NULL
     cdef const int *lp = _iptr(lengths)
-    a = (x, h0, w_ih, w_hh, y, tape, dy, dhn, dx, dh0, dw_ih, dw_hh, db_ih, db_hh)
+    a = (x, h0, w_ih, w_hh, y, tape, dy, dhn, dx, dh0, dw_ih, dw_hh, db_ih, db_hh, rmask)
     cdef bint armed = _arm(_flops(T, B, I, H, 1, H, 2.0))
     _done(armed, _rnn_backward(d, T, B, I, H, relu, reverse, lp, a, ldy, lddy, dx_accumulate) if _f64(x) else
            _rnn_backward(f, T, B, I, H, relu, reverse, lp, a, ldy, lddy, dx_accumulate))
@@ -275,19 +276,19 @@ def rnn_backward(int T, int B, int I, int H, bint relu, bint reverse, lengths, x
 # ---- LSTM ------------------------------------------------------------------------------------------------------
 cdef int _lstm_forward(real *k, int T, int B, int I, int H, int P, bint reverse, const int *lp, tuple a,
                        int ldy) except? -99:
-    # a = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, hn, cn, tape)
-    cdef real *p[12]
+    # a = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, hn, cn, tape, rmask)
+    cdef real *p[13]
     cdef int i, rc
     cdef unsigned mode
-    for i in range(12):
+    for i in range(13):
         p[i] = _ptr(a[i], k)
     with nogil:
         mode = fr_fpmode_enter()
         if real is float:
-            rc = fr_kernels_f32().lstm_forward(T, B, I, H, P, reverse, lp, p[0], p[1], p[2], p[3], p[4], p[5],
+            rc = fr_kernels_f32().lstm_forward(T, B, I, H, P, reverse, lp, p[12], p[0], p[1], p[2], p[3], p[4], p[5],
                                                p[6], p[7], p[8], ldy, p[9], p[10], p[11])
         else:
-            rc = fr_kernels_f64().lstm_forward(T, B, I, H, P, reverse, lp, p[0], p[1], p[2], p[3], p[4], p[5],
+            rc = fr_kernels_f64().lstm_forward(T, B, I, H, P, reverse, lp, p[12], p[0], p[1], p[2], p[3], p[4], p[5],
                                                p[6], p[7], p[8], ldy, p[9], p[10], p[11])
         fr_fpmode_leave(mode)
     return rc
@@ -295,20 +296,21 @@ cdef int _lstm_forward(real *k, int T, int B, int I, int H, int P, bint reverse,
 
 cdef int _lstm_backward(real *k, int T, int B, int I, int H, int P, bint reverse, const int *lp, tuple a,
                         int ldy, int lddy, bint dx_acc) except? -99:
-    # a = (x, h0, c0, w_ih, w_hh, w_hr, y, tape, dy, dhn, dcn, dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr)
-    cdef real *p[19]
+    # a = (x, h0, c0, w_ih, w_hh, w_hr, y, tape, dy, dhn, dcn, dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr,
+    #      rmask)
+    cdef real *p[20]
     cdef int i, rc
     cdef unsigned mode
-    for i in range(19):
+    for i in range(20):
         p[i] = _ptr(a[i], k)
     with nogil:
         mode = fr_fpmode_enter()
         if real is float:
-            rc = fr_kernels_f32().lstm_backward(T, B, I, H, P, reverse, lp, p[0], p[1], p[2], p[3], p[4], p[5],
+            rc = fr_kernels_f32().lstm_backward(T, B, I, H, P, reverse, lp, p[19], p[0], p[1], p[2], p[3], p[4], p[5],
                                                 p[6], ldy, p[7], p[8], lddy, p[9], p[10], p[11], dx_acc, p[12],
                                                 p[13], p[14], p[15], p[16], p[17], p[18])
         else:
-            rc = fr_kernels_f64().lstm_backward(T, B, I, H, P, reverse, lp, p[0], p[1], p[2], p[3], p[4], p[5],
+            rc = fr_kernels_f64().lstm_backward(T, B, I, H, P, reverse, lp, p[19], p[0], p[1], p[2], p[3], p[4], p[5],
                                                 p[6], ldy, p[7], p[8], lddy, p[9], p[10], p[11], dx_acc, p[12],
                                                 p[13], p[14], p[15], p[16], p[17], p[18])
         fr_fpmode_leave(mode)
@@ -316,13 +318,13 @@ cdef int _lstm_backward(real *k, int T, int B, int I, int H, int P, bint reverse
 
 
 def lstm_forward(int T, int B, int I, int H, int P, bint reverse, lengths, x, h0, c0, w_ih, w_hh, b_ih, b_hh,
-                 w_hr, y, int ldy, hn, cn, tape):
+                 w_hr, y, int ldy, hn, cn, tape, rmask=None):
     """One LSTM (layer, direction) over the whole sequence (csrc/fastrnn.h, lstm_forward); P = H and
-    w_hr None without projection."""
+    w_hr None without projection; rmask the (4, B, P) recurrent dropout masks or None."""
     cdef float *f = NULL
     cdef double *d = NULL
     cdef const int *lp = _iptr(lengths)
-    a = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, hn, cn, tape)
+    a = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, hn, cn, tape, rmask)
     cdef bint armed = _arm(_flops(T, B, I, H, 4, P, 1.0))
     _done(armed, _lstm_forward(d, T, B, I, H, P, reverse, lp, a, ldy) if _f64(x) else
            _lstm_forward(f, T, B, I, H, P, reverse, lp, a, ldy))
@@ -330,12 +332,13 @@ def lstm_forward(int T, int B, int I, int H, int P, bint reverse, lengths, x, h0
 
 def lstm_backward(int T, int B, int I, int H, int P, bint reverse, lengths, x, h0, c0, w_ih, w_hh, w_hr, y,
                   int ldy, tape, dy, int lddy, dhn, dcn, dx, bint dx_accumulate, dh0, dc0, dw_ih, dw_hh, db_ih,
-                  db_hh, dw_hr):
+                  db_hh, dw_hr, rmask=None):
     """BPTT of one LSTM (layer, direction) (csrc/fastrnn.h, lstm_backward)."""
     cdef float *f = NULL
     cdef double *d = NULL
     cdef const int *lp = _iptr(lengths)
-    a = (x, h0, c0, w_ih, w_hh, w_hr, y, tape, dy, dhn, dcn, dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr)
+    a = (x, h0, c0, w_ih, w_hh, w_hr, y, tape, dy, dhn, dcn, dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr,
+         rmask)
     cdef bint armed = _arm(_flops(T, B, I, H, 4, P, 2.0))
     _done(armed, _lstm_backward(d, T, B, I, H, P, reverse, lp, a, ldy, lddy, dx_accumulate) if _f64(x) else
            _lstm_backward(f, T, B, I, H, P, reverse, lp, a, ldy, lddy, dx_accumulate))

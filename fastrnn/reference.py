@@ -26,6 +26,11 @@ state is the state after its last valid step, and the reverse direction starts a
 Dropout between layers is driven by explicit masks: a list of L-1 arrays, mask k shaped like the
 time-major output of layer k (T, B, D*P) with values 0 or 1/(1-p); the input of layer k+1 is
 y_k * masks[k].
+
+Recurrent dropout (Keras's recurrent_dropout, docs/keras.md) is driven by explicit masks too: `rmasks`, a
+list of L*D entries (row k*D + d), each None or the masks of that layer and direction, fixed over time:
+RNN (B, P), one mask on h_{t-1} in the recurrent product; LSTM (4, B, P), one per gate i, f, g, o, gate q's
+recurrent product reading h_{t-1} * rmask[q].  (The GRU has none yet.)
 """
 
 import numpy as np
@@ -79,8 +84,28 @@ def _direction_params(params, sfx, cell, H):
 # with grads the contributions of this step to dw_ih, dw_hh, db_ih, db_hh (and dw_hr).
 
 
-def rnn_step_forward(p, x_t, h, nonlinearity):
-    a = x_t @ p["w_ih"].T + p["b_ih"] + h @ p["w_hh"].T + p["b_hh"]
+def rec_forward(w_hh, h, rm):
+    """The recurrent product h W_hh^T of one step: with recurrent dropout masks rm (G, B, P), gate block q
+    of the result is (h * rm[q]) W_hh,q^T; rm None is no mask."""
+    if rm is None:
+        return h @ w_hh.T
+    G = rm.shape[0]
+    return np.concatenate([(h * rm[q]) @ w_q.T for q, w_q in enumerate(np.split(w_hh, G, axis=0))], axis=1)
+
+
+def rec_backward(w_hh, h, rm, da):
+    """(dL/dh, dL/dW_hh) through rec_forward, da = dL/d(the product) (B, G*H)."""
+    if rm is None:
+        return da @ w_hh, da.T @ h
+    G = rm.shape[0]
+    w_q, da_q = np.split(w_hh, G, axis=0), np.split(da, G, axis=1)
+    dh = sum((da_q[q] @ w_q[q]) * rm[q] for q in range(G))
+    dw = np.concatenate([da_q[q].T @ (h * rm[q]) for q in range(G)], axis=0)
+    return dh, dw
+
+
+def rnn_step_forward(p, x_t, h, nonlinearity, rm=None):
+    a = x_t @ p["w_ih"].T + p["b_ih"] + rec_forward(p["w_hh"], h, rm) + p["b_hh"]
     if nonlinearity == "tanh":
         h_new = np.tanh(a)
     elif nonlinearity == "relu":
@@ -90,17 +115,18 @@ def rnn_step_forward(p, x_t, h, nonlinearity):
     return h_new, None, dict(a=a, h_new=h_new)
 
 
-def rnn_step_backward(p, x_t, h, saved, dh_new, nonlinearity):
+def rnn_step_backward(p, x_t, h, saved, dh_new, nonlinearity, rm=None):
     if nonlinearity == "tanh":
         da = dh_new * (1.0 - saved["h_new"] ** 2)
     else:
         da = dh_new * (saved["a"] > 0)
-    grads = dict(w_ih=da.T @ x_t, w_hh=da.T @ h, b_ih=da.sum(0), b_hh=da.sum(0))
-    return da @ p["w_ih"], da @ p["w_hh"], None, grads
+    dh, dw_hh = rec_backward(p["w_hh"], h, rm, da)
+    grads = dict(w_ih=da.T @ x_t, w_hh=dw_hh, b_ih=da.sum(0), b_hh=da.sum(0))
+    return da @ p["w_ih"], dh, None, grads
 
 
-def lstm_step_forward(p, x_t, h, c):
-    a = x_t @ p["w_ih"].T + p["b_ih"] + h @ p["w_hh"].T + p["b_hh"]
+def lstm_step_forward(p, x_t, h, c, rm=None):
+    a = x_t @ p["w_ih"].T + p["b_ih"] + rec_forward(p["w_hh"], h, rm) + p["b_hh"]
     a_i, a_f, a_g, a_o = np.split(a, 4, axis=1)
     i, f, g, o = sigmoid(a_i), sigmoid(a_f), np.tanh(a_g), sigmoid(a_o)
     c_new = f * c + i * g
@@ -110,7 +136,7 @@ def lstm_step_forward(p, x_t, h, c):
     return h_new, c_new, dict(i=i, f=f, g=g, o=o, tanh_c=tanh_c, m=m)
 
 
-def lstm_step_backward(p, x_t, h, c, saved, dh_new, dc_new):
+def lstm_step_backward(p, x_t, h, c, saved, dh_new, dc_new, rm=None):
     i, f, g, o, tanh_c, m = (saved[k] for k in ("i", "f", "g", "o", "tanh_c", "m"))
     grads = {}
     if p["w_hr"] is None:
@@ -124,8 +150,9 @@ def lstm_step_backward(p, x_t, h, c, saved, dh_new, dc_new):
     dc_prev = dc * f
     da = np.concatenate([di * i * (1.0 - i), df * f * (1.0 - f), dg * (1.0 - g ** 2),
                          do * o * (1.0 - o)], axis=1)
-    grads.update(w_ih=da.T @ x_t, w_hh=da.T @ h, b_ih=da.sum(0), b_hh=da.sum(0))
-    return da @ p["w_ih"], da @ p["w_hh"], dc_prev, grads
+    dh, dw_hh = rec_backward(p["w_hh"], h, rm, da)
+    grads.update(w_ih=da.T @ x_t, w_hh=dw_hh, b_ih=da.sum(0), b_hh=da.sum(0))
+    return da @ p["w_ih"], dh, dc_prev, grads
 
 
 def gru_step_forward(p, x_t, h, reset_after):
@@ -188,7 +215,7 @@ def _time_index(s, lengths, reverse):
     return np.where(active, t, 0), active
 
 
-def direction_forward(cell, p, x, h0, c0, reverse, lengths, nonlinearity="tanh", reset_after=True):
+def direction_forward(cell, p, x, h0, c0, reverse, lengths, nonlinearity="tanh", reset_after=True, rm=None):
     T, B, _ = x.shape
     P = p["w_hh"].shape[1]
     batch = np.arange(B)
@@ -199,12 +226,12 @@ def direction_forward(cell, p, x, h0, c0, reverse, lengths, nonlinearity="tanh",
         t, active = _time_index(s, lengths, reverse)
         x_t = x[t, batch]                         # inactive rows read a dummy row; their results are dropped
         if cell == "rnn":
-            h_new, c_new, saved = rnn_step_forward(p, x_t, h, nonlinearity)
+            h_new, c_new, saved = rnn_step_forward(p, x_t, h, nonlinearity, rm)
         elif cell == "lstm":
-            h_new, c_new, saved = lstm_step_forward(p, x_t, h, c)
+            h_new, c_new, saved = lstm_step_forward(p, x_t, h, c, rm)
         else:
             h_new, c_new, saved = gru_step_forward(p, x_t, h, reset_after)
-        steps.append(dict(t=t, active=active, x_t=x_t, h=h, c=c, saved=saved))
+        steps.append(dict(t=t, active=active, x_t=x_t, h=h, c=c, saved=saved, rm=rm))
         y[t[active], batch[active]] = h_new[active]
         keep = active[:, None]
         h = np.where(keep, h_new, h)              # finished sequences keep their last valid state
@@ -230,11 +257,11 @@ def direction_backward(cell, p, steps, x_shape, dy, dh_n, dc_n, nonlinearity="ta
         dh_new = np.where(keep, dh + dy[t, batch], 0.0)     # inactive rows contribute nothing
         if cell == "rnn":
             dx_t, dh_prev, dc_prev, g = rnn_step_backward(p, st["x_t"], st["h"], st["saved"], dh_new,
-                                                          nonlinearity)
+                                                          nonlinearity, st["rm"])
         elif cell == "lstm":
             dc_new = np.where(keep, dc, 0.0)
             dx_t, dh_prev, dc_prev, g = lstm_step_backward(p, st["x_t"], st["h"], st["c"], st["saved"],
-                                                           dh_new, dc_new)
+                                                           dh_new, dc_new, st["rm"])
         else:
             dx_t, dh_prev, dc_prev, g = gru_step_backward(p, st["x_t"], st["h"], st["saved"], dh_new,
                                                           reset_after)
@@ -250,8 +277,8 @@ def direction_backward(cell, p, steps, x_shape, dy, dh_n, dc_n, nonlinearity="ta
 # ---- the whole network -----------------------------------------------------------------------------------
 
 def ref_forward(cell, params, x, hx=None, *, num_layers=1, bidirectional=False, nonlinearity="tanh",
-                reset_after=True, proj_size=0, lengths=None, masks=None):
-    """Forward pass.  x (T, B, I); hx None, h0, or (h0, c0) for LSTM.
+                reset_after=True, proj_size=0, lengths=None, masks=None, rmasks=None):
+    """Forward pass.  x (T, B, I); hx None, h0, or (h0, c0) for LSTM; rmasks: see the module docstring.
 
     Returns (y, state, cache): y (T, B, D*P); state h_n or (h_n, c_n); cache for ref_backward.
     """
@@ -275,6 +302,16 @@ def ref_forward(cell, params, x, hx=None, *, num_layers=1, bidirectional=False, 
         masks = [np.asarray(m, dtype=np.float64) for m in masks]
         if len(masks) != L - 1 or any(m.shape != (T, B, D * P) for m in masks):
             raise ValueError("masks: a list of L-1 arrays shaped (T, B, D*P)")
+    if rmasks is not None:
+        if cell == "gru":
+            raise ValueError("rmasks: the GRU has no recurrent dropout yet")
+        if len(rmasks) != L * D:
+            raise ValueError(f"rmasks: a list of L*D = {L * D} entries")
+        # internally always (G_m, B, P): the RNN's single mask as one block
+        rmasks = [None if m is None else np.asarray(m, dtype=np.float64).reshape(-1, B, P) for m in rmasks]
+        want = 1 if cell == "rnn" else 4
+        if any(m is not None and m.shape[0] != want for m in rmasks):
+            raise ValueError(f"rmasks: each entry None or {'(B, P)' if want == 1 else '(4, B, P)'}")
 
     if hx is None:
         h0 = np.zeros((L * D, B, P))
@@ -299,7 +336,8 @@ def ref_forward(cell, params, x, hx=None, *, num_layers=1, bidirectional=False, 
             y_d, h_d, c_d, steps = direction_forward(cell, p, inp, h0[row],
                                                      None if c0 is None else c0[row], reverse=(d == 1),
                                                      lengths=lengths, nonlinearity=nonlinearity,
-                                                     reset_after=reset_after)
+                                                     reset_after=reset_after,
+                                                     rm=None if rmasks is None else rmasks[row])
             outs.append(y_d)
             h_n[row] = h_d
             if c_n is not None:

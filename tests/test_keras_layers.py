@@ -137,7 +137,7 @@ def test_bad_layer_arguments():
     with pytest.raises(ValueError, match="activation"):
         L.SimpleRNN(3, activation="gelu")
     with pytest.raises(ValueError, match="recurrent_dropout is not supported yet"):
-        L.LSTM(3, recurrent_dropout=0.2)
+        L.GRU(3, recurrent_dropout=0.2)
     with pytest.raises(ValueError, match="kernel_initializer"):
         L.Dense(3, kernel_initializer="nope")
     with pytest.raises(TypeError, match="units"):
@@ -234,3 +234,156 @@ def test_loss_values_match_textbook():
     assert h == pytest.approx(np.mean([0.5 * 0.04, 0.5 * 2.0 - 0.125]))
     with pytest.raises(ValueError, match="unknown loss"):
         losses.get("mean_squared_eror")
+
+
+# ---- recurrent_dropout (docs/keras.md): Keras 3's formula with a given mask, finite differences, Keras itself
+
+def ref_rnn_recdrop(cell, x, ws, rmask, go_backwards=False):
+    """Keras 3's SimpleRNNCell / LSTMCell (implementation 1, which recurrent_dropout forces) with recurrent
+    dropout masks given: SimpleRNN `prev_output * rec_dp_mask` before the recurrent matmul; LSTM
+    `h_tm1_q = h_tm1 * rec_dp_mask[q]` for the gates q = i, f, c, o, each in its own recurrent matmul."""
+    k, rk = ws[0], ws[1]
+    b = ws[2] if len(ws) > 2 else 0
+    B, T, _ = x.shape
+    U = rk.shape[0]
+    h, c = np.zeros((B, U)), np.zeros((B, U))
+    if go_backwards:
+        x = x[:, ::-1]
+    outs = []
+    for t in range(T):
+        xt = x[:, t]
+        if cell == "rnn":
+            h = np.tanh(xt @ k + b + (h * rmask) @ rk)
+        else:
+            ki, rki, bi = np.split(k, 4, axis=1), np.split(rk, 4, axis=1), np.split(np.broadcast_to(b, (4 * U,)), 4)
+            z = [xt @ ki[q] + bi[q] + (h * rmask[q]) @ rki[q] for q in range(4)]
+            c = sig(z[1]) * c + sig(z[0]) * np.tanh(z[2])
+            h = sig(z[3]) * np.tanh(c)
+        outs.append(h)
+    return np.stack(outs, 1), h, c
+
+
+def _fixed_mask(layer, mask):
+    layer._recurrent_mask = lambda B: mask.astype(layer.dtype)
+
+
+@pytest.mark.parametrize("cell,cls", [("rnn", L.SimpleRNN), ("lstm", L.LSTM)])
+@pytest.mark.parametrize("go_backwards", [False, True])
+def test_recurrent_dropout_matches_keras_formula(cell, cls, go_backwards):
+    rng = np.random.default_rng(7)
+    B, T, F, U = 4, 6, 3, 5
+    x = rng.standard_normal((B, T, F))
+    layer = cls(U, return_sequences=True, return_state=True, recurrent_dropout=0.4, go_backwards=go_backwards,
+                dtype="float64", seed=1)
+    layer(x)
+    ws = [w + 0.1 * rng.standard_normal(w.shape) for w in layer.get_weights()]
+    layer.set_weights(ws)
+    shape = (B, U) if cell == "rnn" else (4, B, U)
+    mask = (rng.random(shape) < 0.6) / 0.6
+    _fixed_mask(layer, mask)
+    out = layer(x, training=True)
+    ys, h, c = ref_rnn_recdrop(cell, x, ws, mask, go_backwards)
+    np.testing.assert_allclose(out[0], ys, atol=1e-10)
+    np.testing.assert_allclose(out[1], h, atol=1e-10)
+    if cell == "lstm":
+        np.testing.assert_allclose(out[2], c, atol=1e-10)
+    # inference never applies it: the plain recurrence
+    out = layer(x)
+    ys0, _, _ = ref_rnn(cell, x, ws, go_backwards=go_backwards)
+    np.testing.assert_allclose(out[0], ys0, atol=1e-10)
+    assert np.abs(ys0 - ys).max() > 1e-3
+
+
+def test_recurrent_dropout_masks_per_batch_seeded_and_training_only():
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((6, 5, 3))
+    a, b = L.LSTM(4, recurrent_dropout=0.5, seed=3), L.LSTM(4, recurrent_dropout=0.5, seed=3)
+    ya1, ya2 = a(x, training=True), a(x, training=True)
+    yb1 = b(x, training=True)
+    np.testing.assert_array_equal(ya1, yb1)       # the same seed, the same masks
+    assert np.abs(ya1 - ya2).max() > 1e-6         # a new mask per call (per batch)
+    np.testing.assert_array_equal(a(x), a(x))     # inference: no mask
+    np.testing.assert_array_equal(a(x), a(x, training=False))
+
+
+def test_recurrent_dropout_unsupported_combinations():
+    with pytest.raises(ValueError, match="GRU"):
+        L.GRU(3, recurrent_dropout=0.2)
+    with pytest.raises(ValueError, match="dropout together with recurrent_dropout"):
+        L.LSTM(3, dropout=0.1, recurrent_dropout=0.2)
+    L.SimpleRNN(3, dropout=0.1, recurrent_dropout=0.2)  # SimpleRNN: one mask each in Keras too
+
+
+def _grad_check_fixed(model, x, y, loss, n=25, seed=0):
+    """_grad_check with the training forward on both sides (the layers' recurrent masks fixed)."""
+    model.compile(optimizer="sgd", loss=loss)
+    model.build((None,) + x.shape[1:])
+    yp, mask, caches = model._forward(x, True)
+    _, g, _ = model._loss_and_grad(y, yp, mask, None)
+    model._backward(caches, g)
+    ana = model._flat_g.copy()
+    w = model._flat_w
+    rng = np.random.default_rng(seed)
+    eps = 1e-6
+    for i in rng.choice(w.size, size=min(n, w.size), replace=False):
+        old = w[i]
+        w[i] = old + eps
+        yp1, m1, _ = model._forward(x, True)
+        lp = model._loss_and_grad(y, yp1, m1, None)[0]
+        w[i] = old - eps
+        yp2, m2, _ = model._forward(x, True)
+        lm = model._loss_and_grad(y, yp2, m2, None)[0]
+        w[i] = old
+        num = (lp - lm) / (2 * eps)
+        assert abs(num - ana[i]) <= 1e-6 + 1e-4 * abs(num), (i, num, ana[i])
+
+
+@pytest.mark.parametrize("cell", [L.LSTM, L.SimpleRNN])
+def test_gradcheck_recurrent_dropout_bidirectional_masked(cell):
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((3, 5, 2))
+    x[1, 3:] = 0
+    x[2, 1:] = 0
+    y = rng.random((3, 2))
+    bi = L.Bidirectional(cell(3, recurrent_dropout=0.5, dtype=D), merge_mode="concat")
+    m = Sequential([L.Masking(0.0, dtype=D), bi, L.Dense(2, activation="sigmoid", dtype=D)])
+    m.build((None, 5, 2))
+    for k, layer in enumerate((bi.forward_layer, bi.backward_layer)):
+        shape = (3, 3) if cell is L.SimpleRNN else (4, 3, 3)
+        _fixed_mask(layer, (np.random.default_rng(k).random(shape) < 0.5) / 0.5)
+    _grad_check_fixed(m, x, y, "binary_crossentropy", n=40)
+
+
+def test_recurrent_dropout_model_learns():
+    """A small task with recurrent_dropout=0.2: the sum of the sequence's first feature's sign."""
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((512, 8, 2))
+    y = (x[:, :, 0].sum(1) > 0).astype(float)[:, None]
+    L.set_random_seed(0)
+    m = Sequential([L.LSTM(16, recurrent_dropout=0.2, input_shape=(8, 2)), L.Dense(1, activation="sigmoid")])
+    m.compile(optimizer="adam", loss="binary_crossentropy", metrics=["accuracy"])
+    before = m.evaluate(x, y, verbose=0)
+    m.fit(x, y, epochs=15, batch_size=32, verbose=0)
+    after = m.evaluate(x, y, verbose=0)
+    assert after[0] < 0.5 * before[0] and after[1] > 0.85, (before, after)
+
+
+@pytest.mark.parametrize("cell", ["SimpleRNN", "LSTM"])
+def test_recurrent_dropout_against_keras_itself(cell):
+    """The same weights and an injected recurrent mask into Keras's own cell (skipped without keras)."""
+    keras = pytest.importorskip("keras")
+    rng = np.random.default_rng(11)
+    B, T, F, U = 3, 5, 2, 4
+    x = rng.standard_normal((B, T, F)).astype("float32")
+    kl = getattr(keras.layers, cell)(U, return_sequences=True, recurrent_dropout=0.5, seed=0)
+    kl(x)
+    ws = [w + 0.1 * rng.standard_normal(w.shape).astype("float32") for w in kl.get_weights()]
+    kl.set_weights(ws)
+    masks = [((rng.random((B, U)) < 0.5) / 0.5).astype("float32") for _ in range(1 if cell == "SimpleRNN" else 4)]
+    kl.cell._recurrent_dropout_mask = masks[0] if cell == "SimpleRNN" else list(masks)
+    want = np.asarray(kl(x, training=True))
+    ours = getattr(L, cell)(U, return_sequences=True, recurrent_dropout=0.5)
+    ours(x)
+    ours.set_weights(ws)
+    _fixed_mask(ours, masks[0] if cell == "SimpleRNN" else np.stack(masks))
+    np.testing.assert_allclose(ours(x, training=True), want, atol=2e-5)

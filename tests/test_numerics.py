@@ -69,10 +69,12 @@ def _packed_reference(case, params, data):
     return out
 
 
-def _rnn_step_backward_select(p, x_t, h, saved, dh_new, nonlinearity):
+def _rnn_step_backward_select(p, x_t, h, saved, dh_new, nonlinearity, rm=None):
     """The reference's RNN step backward with relu's derivative applied as a select, da = dh where a > 0
     else 0 (torch's threshold_backward and fastrnn's kernel), instead of the product dh * (a > 0): the two
-    differ only when dh is not finite where relu is inactive (NaN * 0 = NaN against 0)."""
+    differ only when dh is not finite where relu is inactive (NaN * 0 = NaN against 0).  No recurrent
+    dropout masks here (rm None)."""
+    assert rm is None
     if nonlinearity != "relu":
         return _REF_RNN_STEP_BACKWARD(p, x_t, h, saved, dh_new, nonlinearity)
     da = np.where(saved["a"] > 0, dh_new, 0.0)

@@ -27,9 +27,9 @@ def param_shapes(spec):
     return spec.param_shapes()
 
 
-def forward(spec, params, x, hx=None, lengths=None, train=False):
+def forward(spec, params, x, hx=None, lengths=None, train=False, rmasks=None):
     # The layer owns `params` (built from spec.param_shapes()): run() skips re-checking them per call.
-    return _F.run(spec, params, x, hx, lengths, bool(train), None)
+    return _F.run(spec, params, x, hx, lengths, bool(train), None, None, rmasks)
 
 
 def backward(tape, dy, dstate=None, out=None):

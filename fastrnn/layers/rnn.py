@@ -80,9 +80,15 @@ class _RNNLayer(Layer):
         self.bias_regularizer = get_regularizer(bias_regularizer, "bias_regularizer")
         self.dropout = check_rate("dropout", dropout)
         self.recurrent_dropout = check_rate("recurrent_dropout", recurrent_dropout)
-        if self.recurrent_dropout > 0:
-            raise ValueError(f"{cls}: recurrent_dropout is not supported yet (it needs a mask inside the fused "
-                             f"kernels); expected 0.0, got {recurrent_dropout}")
+        if self.recurrent_dropout > 0 and self._cell == "gru":
+            raise ValueError(f"{cls}: recurrent_dropout is not supported yet for the GRU (the RNN's and the "
+                             f"LSTM's kernels have it); expected 0.0, got {recurrent_dropout}")
+        if self.recurrent_dropout > 0 and self.dropout > 0 and self._cell == "lstm":
+            # Keras 3 switches the cell to implementation 1 with recurrent_dropout, which then draws one input
+            # mask per gate (dropout_mask_count = 4): not the single input mask the layer applies to x
+            raise ValueError(f"{cls}: dropout together with recurrent_dropout is not supported yet (Keras then "
+                             f"draws one input mask per gate); expected one of them 0.0, got dropout={dropout}, "
+                             f"recurrent_dropout={recurrent_dropout}")
         self.seed = seed
         self._rng = new_rng(seed)
         self.return_sequences = bool(return_sequences)
@@ -285,7 +291,8 @@ class _RNNLayer(Layer):
             keep = 1.0 - self.dropout  # one mask per sequence, the same at every step (Keras's)
             dmask = (self._rng.random((B, x.shape[2])) < keep).astype(self.dtype) / self.dtype.type(keep)
             xt *= dmask
-        y, state, tape = E.forward(self.spec, self.params, xt, hx, lengths, train=training)
+        rmasks = [self._recurrent_mask(B)] if training and self.recurrent_dropout > 0 else None
+        y, state, tape = E.forward(self.spec, self.params, xt, hx, lengths, train=training, rmasks=rmasks)
         if self._cell == "lstm":
             h, c = state[0][0], state[1][0]
             st = [h, c]
@@ -306,6 +313,14 @@ class _RNNLayer(Layer):
             cache = _RNNCache()
             cache.tape, cache.lengths, cache.zero, cache.dmask, cache.T, cache.B = tape, lengths, zero, dmask, T, B
         return y, st, cache
+
+    def _recurrent_mask(self, B):
+        """Keras's recurrent dropout masks for a batch of B sequences, drawn once per call (per batch) and
+        the same at every step, 0 or 1/(1-rate): SimpleRNN one (B, U) on h_{t-1}; LSTM one per gate, (4, B, U)
+        in the kernels' gate order i, f, g, o = Keras's i, f, c, o (docs/keras.md)."""
+        keep = 1.0 - self.recurrent_dropout
+        shape = (B, self.units) if self._cell == "rnn" else (4, B, self.units)
+        return (self._rng.random(shape) < keep).astype(self.dtype) / self.dtype.type(keep)
 
     def _core_backward(self, cache, dy_tm, dstate):
         """dy_tm (T, B, U) time-major (ignored at masked steps), dstate [dh (B, U) or None, (dc)] -> dx (B, T, F)."""

@@ -28,6 +28,12 @@ class Cell:
     tape_len: Callable          # (T, B, H, P, f64) -> elements of one (layer, direction) tape
     forward: Callable           # see the module docstring
     backward: Callable
+    rmask_gates: int = 0        # recurrent dropout masks per (layer, direction): RNN 1 (B, H), LSTM 4
+                                # (4, B, P), one per gate (Keras's); 0: not supported (GRU, not yet)
+
+    def rmask_shape(self, B, P):
+        """The kernels' recurrent dropout operand of one (layer, direction): (B, P) or (G, B, P)."""
+        return (B, P) if self.rmask_gates == 1 else (self.rmask_gates, B, P)
 
     @property
     def G(self):
@@ -39,35 +45,42 @@ class Cell:
         return len(self.state) > 1
 
 
-def _rnn_forward(spec, T, B, I, reverse, lengths, x, h0, c0, p, y, ldy, hn, cn, tape):
+def _rnn_forward(spec, T, B, I, reverse, lengths, x, h0, c0, p, y, ldy, hn, cn, tape, rmask=None):
     _core.rnn_forward(T, B, I, spec.hidden_size, spec.nonlinearity == "relu", reverse, lengths, x, h0,
-                      p[0], p[1], p[2], p[3], y, ldy, hn, tape)
+                      p[0], p[1], p[2], p[3], y, ldy, hn, tape, rmask)
 
 
 def _rnn_backward(spec, T, B, I, reverse, lengths, x, h0, c0, p, y, ldy, tape, dy, lddy, dhn, dcn, dx, dx_acc,
-                  dh0, dc0, g):
+                  dh0, dc0, g, rmask=None):
     _core.rnn_backward(T, B, I, spec.hidden_size, spec.nonlinearity == "relu", reverse, lengths, x, h0,
-                       p[0], p[1], y, ldy, tape, dy, lddy, dhn, dx, dx_acc, dh0, g[0], g[1], g[2], g[3])
+                       p[0], p[1], y, ldy, tape, dy, lddy, dhn, dx, dx_acc, dh0, g[0], g[1], g[2], g[3], rmask)
 
 
-def _lstm_forward(spec, T, B, I, reverse, lengths, x, h0, c0, p, y, ldy, hn, cn, tape):
+def _lstm_forward(spec, T, B, I, reverse, lengths, x, h0, c0, p, y, ldy, hn, cn, tape, rmask=None):
     _core.lstm_forward(T, B, I, spec.hidden_size, spec.P, reverse, lengths, x, h0, c0, p[0], p[1], p[2], p[3],
-                       p[4], y, ldy, hn, cn, tape)
+                       p[4], y, ldy, hn, cn, tape, rmask)
 
 
 def _lstm_backward(spec, T, B, I, reverse, lengths, x, h0, c0, p, y, ldy, tape, dy, lddy, dhn, dcn, dx, dx_acc,
-                   dh0, dc0, g):
+                   dh0, dc0, g, rmask=None):
     _core.lstm_backward(T, B, I, spec.hidden_size, spec.P, reverse, lengths, x, h0, c0, p[0], p[1], p[4], y,
-                        ldy, tape, dy, lddy, dhn, dcn, dx, dx_acc, dh0, dc0, g[0], g[1], g[2], g[3], g[4])
+                        ldy, tape, dy, lddy, dhn, dcn, dx, dx_acc, dh0, dc0, g[0], g[1], g[2], g[3], g[4], rmask)
 
 
-def _gru_forward(spec, T, B, I, reverse, lengths, x, h0, c0, p, y, ldy, hn, cn, tape):
+def _no_rmask(rmask):
+    if rmask is not None:  # functional.check_rmasks refuses them first
+        raise ValueError("rmasks: recurrent dropout is not supported yet for the GRU")
+
+
+def _gru_forward(spec, T, B, I, reverse, lengths, x, h0, c0, p, y, ldy, hn, cn, tape, rmask=None):
+    _no_rmask(rmask)
     _core.gru_forward(T, B, I, spec.hidden_size, spec.reset_after, reverse, lengths, x, h0, p[0], p[1], p[2],
                       p[3], y, ldy, hn, tape)
 
 
 def _gru_backward(spec, T, B, I, reverse, lengths, x, h0, c0, p, y, ldy, tape, dy, lddy, dhn, dcn, dx, dx_acc,
-                  dh0, dc0, g):
+                  dh0, dc0, g, rmask=None):
+    _no_rmask(rmask)
     _core.gru_backward(T, B, I, spec.hidden_size, spec.reset_after, reverse, lengths, x, h0, p[0], p[1], y,
                        ldy, tape, dy, lddy, dhn, dx, dx_acc, dh0, g[0], g[1], g[2], g[3])
 
@@ -75,11 +88,11 @@ def _gru_backward(spec, T, B, I, reverse, lengths, x, h0, c0, p, y, ldy, tape, d
 RNN_CELL = Cell("rnn", "RNN", gates=("h",), state=("h",), projection=False,
                 option=lambda spec: int(spec.nonlinearity == "relu"),
                 tape_len=lambda T, B, H, P, f64: _core.rnn_tape_len(T, B, H, f64),
-                forward=_rnn_forward, backward=_rnn_backward)
+                forward=_rnn_forward, backward=_rnn_backward, rmask_gates=1)
 LSTM_CELL = Cell("lstm", "LSTM", gates=("i", "f", "g", "o"), state=("h", "c"), projection=True,
                  option=lambda spec: 0,
                  tape_len=lambda T, B, H, P, f64: _core.lstm_tape_len(T, B, H, P, f64),
-                 forward=_lstm_forward, backward=_lstm_backward)
+                 forward=_lstm_forward, backward=_lstm_backward, rmask_gates=4)
 GRU_CELL = Cell("gru", "GRU", gates=("r", "z", "n"), state=("h",), projection=False,
                 option=lambda spec: int(spec.reset_after),
                 tape_len=lambda T, B, H, P, f64: _core.gru_tape_len(T, B, H, f64),

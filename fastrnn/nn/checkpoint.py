@@ -12,6 +12,9 @@ lengths are clip(lengths - t0, 1, t1 - t0).  The kernels' rules then give exactl
 the forward direction's state of a sequence that ends inside the chunk is its final state, and the reverse
 direction starts each sequence at its own last step min(lengths, t1) - 1 from the state carried from the
 chunk after it (or h0 when the sequence ends before t1).
+
+Recurrent dropout masks (rm: one per sequence, fixed over the steps) go to every chunk's forward -- the
+recorded one and the recomputed one -- and its backward, the chunk's sequences' rows of them.
 """
 import numpy as np
 
@@ -50,7 +53,12 @@ def _take(a, idx):
     return a if idx is None or a is None else np.ascontiguousarray(a[idx])
 
 
-def forward_direction(spec, cell, k, inp, lens, reverse, h0, c0, p, out_d, ldy, hn, cn):
+def _take_rm(rm, idx):
+    """The rows of sequences idx of recurrent dropout masks (B, P) or (G, B, P)."""
+    return rm if idx is None or rm is None else np.ascontiguousarray(rm[..., idx, :])
+
+
+def forward_direction(spec, cell, k, inp, lens, reverse, h0, c0, p, out_d, ldy, hn, cn, rm=None):
     """Inference-kernel forward of one (layer, direction) in chunks of k steps, writing out_d (T, B, ·) (a
     strided view) and hn / cn; returns the chunk records backward needs."""
     T, B, I = inp.shape
@@ -72,7 +80,7 @@ def forward_direction(spec, cell, k, inp, lens, reverse, h0, c0, p, out_d, ldy, 
             hs_out, cs_out = np.empty((n, P), dt), (np.empty((n, H), dt) if has_c else None)
             y = np.empty((t1 - t0, n, P), dt)
         cell.forward(spec, t1 - t0, n, I, reverse, loc, xh, hs, cs, p, y, P if idx is not None else ldy,
-                     hs_out, cs_out, None)
+                     hs_out, cs_out, None, _take_rm(rm, idx))
         if idx is not None:
             out_d[t0:t1, idx] = y
             h[idx] = hs_out
@@ -85,7 +93,8 @@ def forward_direction(spec, cell, k, inp, lens, reverse, h0, c0, p, out_d, ldy, 
     return records
 
 
-def backward_direction(spec, cell, records, inp, reverse, p, dy_d, dhn, dcn, din, dx_acc, dh0, dc0, grads):
+def backward_direction(spec, cell, records, inp, reverse, p, dy_d, dhn, dcn, din, dx_acc, dh0, dc0, grads,
+                       rm=None):
     """BPTT of one (layer, direction) from its chunk records: re-runs each chunk's training forward, then
     its backward; adds into the parameter gradients `grads` (zeroed here first) and writes (or, dx_acc, adds)
     din, and writes dh0 / dc0."""
@@ -111,13 +120,14 @@ def backward_direction(spec, cell, records, inp, reverse, p, dy_d, dhn, dcn, din
         tape = np.empty(cell.tape_len(S, n, H, P, f64), dt)
         hn_tmp = np.empty((n, P), dt)
         cn_tmp = np.empty((n, H), dt) if has_c else None
-        cell.forward(spec, S, n, I, reverse, r.lens, xh, r.h0, r.c0, p, y, P, hn_tmp, cn_tmp, tape)
+        rmc = _take_rm(rm, idx)  # the same masks as the recorded forward
+        cell.forward(spec, S, n, I, reverse, r.lens, xh, r.h0, r.c0, p, y, P, hn_tmp, cn_tmp, tape, rmc)
         dyc = np.ascontiguousarray(dy_d[t0:t1] if idx is None else dy_d[t0:t1][:, idx])
         dxc = np.empty((S, n, I), dt)
         dh0c = np.empty((n, P), dt)
         dc0c = np.empty((n, H), dt) if has_c else None
         cell.backward(spec, S, n, I, reverse, r.lens, xh, r.h0, r.c0, p, y, P, tape, dyc, P,
-                      _take(dh, idx), _take(dc, idx) if has_c else None, dxc, False, dh0c, dc0c, tmp)
+                      _take(dh, idx), _take(dc, idx) if has_c else None, dxc, False, dh0c, dc0c, tmp, rmc)
         for g, t in zip(grads, tmp):
             if g is not None:
                 g += t

@@ -1,6 +1,6 @@
 """The functional core of the numpy layers: forward and backward of a LayerSpec over given parameter arrays.
 
-    y, state, tape = forward(spec, params, x, hx=None, lengths=None, train=False, mask_fn=None)
+    y, state, tape = forward(spec, params, x, hx=None, lengths=None, train=False, mask_fn=None, rmasks=None)
     dx, dhx, grads = backward(tape, dy, dstate=None, out=None)
 
 `params` maps state_dict keys to C-contiguous arrays of spec.dtype (spec.param_shapes()); they are read in
@@ -136,15 +136,47 @@ def _default_mask_fn(spec):
     return lambda k, shape: (rng.random(shape) < keep).astype(spec.dtype) / spec.dtype.type(keep)
 
 
+def check_rmasks(spec, rmasks, B, train):
+    """The recurrent dropout masks of forward(..., rmasks=) checked: None, or a list of L*D entries (row k*D + d),
+    each None or a C-contiguous ndarray of spec.dtype shaped spec.cell.rmask_shape(B, P) -- RNN (B, P), LSTM
+    (4, B, P), one mask per gate i, f, g, o (Keras's recurrent_dropout, docs/keras.md) -- fixed over the
+    steps.  TypeError / ValueError otherwise, before any C code runs."""
+    if rmasks is None:
+        return None
+    cell, L, D, P = spec.cell, spec.num_layers, spec.D, spec.P
+    if cell.rmask_gates == 0:
+        raise ValueError(f"rmasks: recurrent dropout is not supported yet for the {cell.torch_name}")
+    if not train:
+        raise ValueError("rmasks: recurrent dropout masks are for a training forward (train=True)")
+    if not isinstance(rmasks, (list, tuple)):
+        raise TypeError(f"rmasks: expected a list of {L * D} arrays (or None entries), got {type(rmasks).__name__}")
+    if len(rmasks) != L * D:
+        raise ValueError(f"rmasks: expected {L * D} entries (one per layer and direction), got {len(rmasks)}")
+    shape = cell.rmask_shape(B, P)
+    out = []
+    for j, m in enumerate(rmasks):
+        if m is None:
+            out.append(None)
+            continue
+        if type(m) is not np.ndarray:
+            raise TypeError(f"rmasks[{j}]: expected an ndarray of {spec.dtype}, got {type(m).__name__}")
+        if m.dtype != spec.dtype:
+            raise TypeError(f"rmasks[{j}]: expected dtype {spec.dtype}, got {m.dtype}")
+        check_shape(f"rmasks[{j}]", m, shape)
+        out.append(np.ascontiguousarray(m))
+    return out if any(m is not None for m in out) else None
+
+
 # ---- forward ----------------------------------------------------------------------------------------------
-def forward(spec, params, x, hx=None, lengths=None, train=False, mask_fn=None, checkpoint=None):
+def forward(spec, params, x, hx=None, lengths=None, train=False, mask_fn=None, checkpoint=None, rmasks=None):
     """(y, state, tape): the layers and directions of `spec` over x with `params`; tape is None unless train.
     See the module docstring; the shapes and the lengths rule are README.md's (The numpy API).
     checkpoint=k (training only): keep the state every k steps instead of the whole tape, and recompute
-    the rest in backward (fastrnn/nn/checkpoint.py)."""
+    the rest in backward (fastrnn/nn/checkpoint.py).  rmasks (training only): recurrent dropout masks
+    (check_rmasks), kept on the tape for backward."""
     _check_spec(spec)
     check_params(spec, params)
-    return run(spec, params, x, hx, lengths, bool(train), mask_fn, checkpoint)
+    return run(spec, params, x, hx, lengths, bool(train), mask_fn, checkpoint, rmasks)
 
 
 def check_checkpoint(checkpoint, train):
@@ -160,18 +192,20 @@ def check_checkpoint(checkpoint, train):
     return int(checkpoint)
 
 
-def run(spec, params, x, hx, lengths, train, mask_fn, checkpoint=None):
+def run(spec, params, x, hx, lengths, train, mask_fn, checkpoint=None, rmasks=None):
     """forward() without the checks of spec and params (the modules validate those once, not per call)."""
     k = check_checkpoint(checkpoint, train) if checkpoint is not None else None
     xt, batched = prep_x(spec, x)
+    rm = check_rmasks(spec, rmasks, xt.shape[1], train) if rmasks is not None else None
     if train and (xt is x or not xt.flags.owndata):
         xt = xt.copy()  # the tape keeps x: the caller may reuse its buffer before calling backward
-    y, state, tape = run_time_major(spec, params, xt, batched, hx, lengths, train, mask_fn, k)
+    y, state, tape = run_time_major(spec, params, xt, batched, hx, lengths, train, mask_fn, k, rm)
     return to_api_layout(spec, y, batched), state, tape
 
 
-def run_time_major(spec, params, xt, batched, hx, lengths, train, mask_fn, checkpoint=None):
-    """The layers and directions over time-major contiguous xt (T, B, I); y comes back time-major."""
+def run_time_major(spec, params, xt, batched, hx, lengths, train, mask_fn, checkpoint=None, rmasks=None):
+    """The layers and directions over time-major contiguous xt (T, B, I); y comes back time-major.  rmasks:
+    check_rmasks's list (training only), or None."""
     T, B, _ = xt.shape
     cell = spec.cell
     state = prep_state(spec, "hx", hx, B, batched, allow_none_parts=False)
@@ -188,6 +222,7 @@ def run_time_major(spec, params, xt, batched, hx, lengths, train, mask_fn, check
         c0 = None if c0 is None else c0.copy()
         tape = Tape(spec, params, T, B, batched, lens)
         tape.h0, tape.c0 = h0, c0
+        tape.rmasks = rmasks
         if checkpoint is not None and checkpoint >= T:
             checkpoint = None  # one chunk: the plain tape is the same memory
         tape.checkpoint = checkpoint
@@ -202,16 +237,17 @@ def run_time_major(spec, params, xt, batched, hx, lengths, train, mask_fn, check
             kw = spec._keys[k][d]
             p = (params[kw[0]], params[kw[1]], get(kw[2]), get(kw[3]), get(kw[4]))  # get(None) is None
             j = k * D + d
+            rm = rmasks[j] if rmasks is not None else None  # (training only)
             if train and checkpoint is not None:
                 tape.chunks.append(ckpt.forward_direction(
                     spec, cell, checkpoint, inp, lens, d or spec.go_backwards, None if h0 is None else h0[j],
                     None if c0 is None else c0[j], p, out[:, :, d * P:d * P + P], D * P, hn[j],
-                    None if cn is None else cn[j]))
+                    None if cn is None else cn[j], rm))
                 continue
             kt = np.empty(tape_len, dt) if train and checkpoint is None else None
             cell.forward(spec, T, B, inp.shape[2], d or spec.go_backwards, lens, inp,
                          None if h0 is None else h0[j], None if c0 is None else c0[j], p,
-                         out[:, :, d * P:], D * P, hn[j], None if cn is None else cn[j], kt)
+                         out[:, :, d * P:], D * P, hn[j], None if cn is None else cn[j], kt, rm)
             if train:
                 tape.tapes.append(kt)
         if train:
@@ -273,17 +309,18 @@ def backward(tape, dy, dstate=None, out=None):
             p = (params[kw[0]], params[kw[1]], params.get(kw[2]), params.get(kw[3]), params.get(kw[4]))
             g = (grads[kw[0]], grads[kw[1]], grads.get(kw[2]), grads.get(kw[3]), grads.get(kw[4]))
             j = k * D + d
+            rm = tape.rmasks[j] if tape.rmasks is not None else None
             if tape.checkpoint is not None:
                 ckpt.backward_direction(spec, cell, tape.chunks[j], inp, d or spec.go_backwards, p,
                                         dout[:, :, d * P:d * P + P], None if dhn is None else dhn[j],
                                         None if dcn is None else dcn[j], din, d, dh0[j],
-                                        None if dc0 is None else dc0[j], g)
+                                        None if dc0 is None else dc0[j], g, rm)
                 continue
             cell.backward(spec, T, B, inp.shape[2], d or spec.go_backwards, tape.lengths, inp,
                           None if h0 is None else h0[j], None if c0 is None else c0[j], p,
                           outk[:, :, d * P:], D * P, tape.tapes[j], dout[:, :, d * P:], D * P,
                           None if dhn is None else dhn[j], None if dcn is None else dcn[j], din, d, dh0[j],
-                          None if dc0 is None else dc0[j], g)
+                          None if dc0 is None else dc0[j], g, rm)
         if k > 0 and tape.masks:
             din *= tape.masks[k - 1]
         dout = din

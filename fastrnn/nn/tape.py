@@ -9,13 +9,14 @@ class Tape:
     fastrnn.nn.functional.backward).
 
     `masks` is the list of the dropout masks applied between layers (empty without dropout): each is
-    time-major (T, B, D*P) with entries 0 or 1/(1-dropout).  `spec` and `params` are the configuration and
+    time-major (T, B, D*P) with entries 0 or 1/(1-dropout).  `rmasks` holds the recurrent dropout masks of
+    each (layer, direction) (row k*D + d; None entries, or no list, without them).  `spec` and `params` are the configuration and
     the parameter arrays the forward ran with; backward reads the same arrays (so they must not be modified
     in between).
     """
 
     __slots__ = ("spec", "params", "_owner", "_version", "T", "B", "batched", "lengths", "inputs", "outputs",
-                 "tapes", "h0", "c0", "masks", "checkpoint", "chunks", "__weakref__")
+                 "tapes", "h0", "c0", "masks", "rmasks", "checkpoint", "chunks", "__weakref__")
 
     def __init__(self, spec, params, T, B, batched, lengths):
         self.spec, self.params = spec, params
@@ -23,6 +24,7 @@ class Tape:
         self.T, self.B, self.batched, self.lengths = T, B, batched, lengths
         self.inputs, self.outputs, self.tapes, self.masks = [], [], [], []
         self.h0 = self.c0 = None
+        self.rmasks = None  # forward(..., rmasks=): the checked list of L*D entries
         self.checkpoint = None  # k of forward(..., checkpoint=k): then chunks[j] replaces tapes[j]
         self.chunks = []
 

@@ -142,9 +142,9 @@ static size_t n_b(const cfg_t *c) { return (size_t)G_of(c->cell) * c->H; }
         const int *len = c->has_len ? c->lengths : NULL;                                                      \
         int rc;                                                                                               \
         if (c->cell == 0)                                                                                     \
-            rc = k->rnn_forward(T, B, I, H, c->relu, c->reverse, len, x, h0, wi, wh, bi, bh, yy, ldy, hh, tape); \
+            rc = k->rnn_forward(T, B, I, H, c->relu, c->reverse, len, NULL, x, h0, wi, wh, bi, bh, yy, ldy, hh, tape); \
         else if (c->cell == 1)                                                                                \
-            rc = k->lstm_forward(T, B, I, H, P, c->reverse, len, x, h0, c0, wi, wh, bi, bh, wr, yy, ldy, hh, cc, \
+            rc = k->lstm_forward(T, B, I, H, P, c->reverse, len, NULL, x, h0, c0, wi, wh, bi, bh, wr, yy, ldy, hh, cc, \
                                  tape);                                                                       \
         else                                                                                                  \
             rc = k->gru_forward(T, B, I, H, c->reset_after, c->reverse, len, x, h0, wi, wh, bi, bh, yy, ldy, hh, \
@@ -263,10 +263,10 @@ static void grad_check(const cfg_t *c, const inputs_t *in) {
     int rc;
     (void)bi;
     if (c->cell == 0)
-        rc = k->rnn_backward(T, B, I, H, c->relu, c->reverse, len, in->x, h0, in->w_ih, in->w_hh, yk, P, tape, R, P,
+        rc = k->rnn_backward(T, B, I, H, c->relu, c->reverse, len, NULL, in->x, h0, in->w_ih, in->w_hh, yk, P, tape, R, P,
                              Rh, dx, 0, dh0, dwi, dwh, c->has_bias ? dbi : NULL, c->has_bias ? dbh : NULL);
     else if (c->cell == 1)
-        rc = k->lstm_backward(T, B, I, H, P, c->reverse, len, in->x, h0, c0, in->w_ih, in->w_hh, wr, yk, P, tape, R,
+        rc = k->lstm_backward(T, B, I, H, P, c->reverse, len, NULL, in->x, h0, c0, in->w_ih, in->w_hh, wr, yk, P, tape, R,
                               P, Rh, Rc, dx, 0, dh0, dc0, dwi, dwh, c->has_bias ? dbi : NULL,
                               c->has_bias ? dbh : NULL, wr ? dwr : NULL);
     else
