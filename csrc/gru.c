@@ -520,7 +520,7 @@ static int gru_forward(int T, int B, int I, int H, int reset_after, int reverse,
     cx.hh = hh;
     cx.y = y;
     cx.ldy = ldy;
-    const int nth = rec_threads_for(B, 3, H, I + H, hp.nblk);
+    const int nth = rec_threads_for(T, B, 3, H, I + H, hp.nblk);
     cx.steal = reset_after && gm && !single && rec_steal(nth, B, &hp);
     const size_t per = (gm ? 0 : crows) + 2 * (size_t)B; /* row pointers per thread */
     const size_t tbn = gru_group_rows(B) * (size_t)hp.W;
@@ -800,7 +800,7 @@ static int gru_backward(int T, int B, int I, int H, int reset_after, int reverse
     cx.dg = dg;
     cx.dnr = dnr;
     cx.db = db.acc;
-    const int nth = rec_threads_for(B, 3, H, H, tp.nblk);
+    const int nth = rec_threads_for(T, B, 3, H, H, tp.nblk);
     if ((rowptrs = (const real **)malloc(sizeof(real *) * (3 * (size_t)B * nth + 1))) == NULL) goto done;
     for (int t = 0; t < nth; t++) cx.rows[t] = rowptrs + (size_t)3 * B * t;
     fr_parallel(nth, gru_bwd_task, &cx, &cx.bar);

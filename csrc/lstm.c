@@ -540,7 +540,7 @@ static int lstm_forward(int T, int B, int I, int H, int P, int reverse,
     cx.tm = tape && proj ? cx.tc + TB * (size_t)H : NULL;
     cx.y = y;
     cx.ldy = ldy;
-    const int nth = rec_threads_for(B, 4, H, I + P, wp.nblk);
+    const int nth = rec_threads_for(T, B, 4, H, I + P, wp.nblk);
     cx.rowsplit = !split && lstm_rowsplit(B, nth, I, H, P);
     cx.steal = !cx.rowsplit && !single && rec_steal(nth, B, &wp);
     if ((rowptrs = (const real **)malloc(sizeof(real *) * (3 * (size_t)B * nth + 1))) == NULL) goto done;
@@ -910,7 +910,7 @@ static int lstm_backward(int T, int B, int I, int H, int P, int reverse,
     {
         int nblk = hp.nblk;
         if (proj && rp.nblk < nblk) nblk = rp.nblk;
-        int nth = rec_threads_for(B, 4, H, P + (proj ? P / 4 : 0), nblk);
+        int nth = rec_threads_for(T, B, 4, H, P + (proj ? P / 4 : 0), nblk);
         fr_parallel(nth < 1 ? 1 : nth, lstm_bwd_task, &cx, &cx.bar);
     }
     if (fr_region_stopped(&cx.bar)) {

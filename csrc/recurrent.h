@@ -675,15 +675,20 @@ static inline int rec_split(int B, size_t weight_bytes) {
 }
 
 
-/* Threads worth using for a step of n rows: a barrier costs a cache-line round trip between cores (about
+/* Threads worth using for T steps of n rows: a barrier costs a cache-line round trip between cores (about
  * 1 us on this project's 2-vCPU VMs, 0.1-0.2 us on bare metal), so a step must carry enough multiply-adds
- * to pay for it.  Measurements: docs/tuning.md, Threads per step. */
+ * to pay for it; and starting the region's other threads (waking the pool, or an OpenMP team) costs tens of
+ * us once, so the whole call must too: a single step of LSTM(128) at B = 1 (131K multiply-adds) took
+ * 0.24 ms on 2 threads against 0.04 ms on one.  Measurements: docs/tuning.md, Threads per step. */
 #ifndef REC_FMA_PER_THREAD
 #define REC_FMA_PER_THREAD 40000.0
 #endif
-static inline int rec_threads_for(int n, int G, int H, int K, int nblk) {
+#ifndef REC_FMA_PER_REGION
+#define REC_FMA_PER_REGION 1.0e6
+#endif
+static inline int rec_threads_for(int T, int n, int G, int H, int K, int nblk) {
     double fma = (double)n * G * H * K;
-    int nt = fma >= REC_FMA_PER_THREAD ? fr_get_num_threads() : 1;
+    int nt = fma >= REC_FMA_PER_THREAD && fma * T >= REC_FMA_PER_REGION ? fr_get_num_threads() : 1;
     return nt > nblk ? nblk : nt;
 }
 

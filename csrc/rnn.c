@@ -234,7 +234,7 @@ static int rnn_forward(int T, int B, int I, int H, int relu, int reverse,
     cx.hbuf[1] = h2;
     cx.y = y;
     cx.ldy = ldy;
-    const int nth = rec_threads_for(B, 1, H, I + H, wp.nblk);
+    const int nth = rec_threads_for(T, B, 1, H, I + H, wp.nblk);
     cx.steal = rec_steal(nth, B, &wp);
     if ((rowptrs = (const real **)malloc(sizeof(real *) * (3 * (size_t)B * nth + 1))) == NULL) goto done;
     if ((acc = fr_alloc((size_t)nth * B * wp.W, 0)) == NULL) goto done;
@@ -438,7 +438,7 @@ static int rnn_backward(int T, int B, int I, int H, int relu, int reverse,
     cx.dg = dg;
     cx.dh = dh;
     cx.db = db.acc;
-    const int nth = rec_threads_for(B, 1, H, H, tp.nblk);
+    const int nth = rec_threads_for(T, B, 1, H, H, tp.nblk);
     cx.steal = rec_steal(nth, B, &tp);
     if ((rowptrs = (const real **)malloc(sizeof(real *) * 3 * (size_t)(B > 0 ? B : 1) * nth)) == NULL) goto done;
     if ((acc = fr_alloc((size_t)nth * B * tp.W, 0)) == NULL) goto done;
