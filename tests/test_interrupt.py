@@ -96,11 +96,15 @@ FRONT_ENDS = textwrap.dedent(r"""
         rng = np.random.default_rng(0)
         X = rng.standard_normal((256, 400, 256)).astype(np.float32)
         y = rng.standard_normal((256, 1)).astype(np.float32)
+        from fastrnn.callbacks import LambdaCallback
         model = Sequential([LSTM(512, input_shape=(400, 256)), Dense(1)])
         model.compile(optimizer="adam", loss="mse")
-        threading.Thread(target=fire, daemon=True).start()
+        # SIGINT 0.5 s into the second batch: the model is built and has trained (a fixed delay from the
+        # start could land before the first batch on a loaded machine)
+        start = LambdaCallback(on_train_batch_end=lambda b, logs: b == 0 and threading.Thread(
+            target=fire, daemon=True).start())
         try:
-            model.fit(X, y, batch_size=128, epochs=5, verbose=0)
+            model.fit(X, y, batch_size=128, epochs=5, verbose=0, callbacks=[start])
             print("NOT INTERRUPTED"); sys.exit(3)
         except KeyboardInterrupt:
             latency = time.perf_counter() - fire.t

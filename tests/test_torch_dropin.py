@@ -391,6 +391,12 @@ def test_fast_path_never_goes_stale(kind):
     for _ in range(2):
         same(x)                                      # the second call takes the fast path
     assert fast.__dict__.get("_fastrnn_fast") is not None
+    with torch.no_grad():                            # a cell's no-autograd step goes straight to its kernel
+        same(x)
+        if cell:
+            h = torch.randn(x.shape[0], 4)
+            same(x, (h, torch.randn_like(h)) if kind == "LSTMCell" else h)
+            same(x.t().contiguous().t())             # not C-contiguous: the general step
     # Parameters' memory moved (.data =), then replaced by assignment
     for m in (ref, fast):
         name = "weight_hh" if cell else "weight_hh_l0"

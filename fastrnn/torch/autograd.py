@@ -14,7 +14,7 @@ from .. import runtime as _rt
 from ..nn.functional import backward as _backward_np, run as _run_np
 from . import _engine as E
 
-__all__ = ["run", "sync_threads", "share_torch_threads", "torch_mask_fn"]
+__all__ = ["run", "infer_step", "sync_threads", "share_torch_threads", "torch_mask_fn"]
 
 CALLS = [0]  # calls of the kernels through run() (a test hook: which path ran)
 
@@ -169,6 +169,31 @@ def run(spec, keys, params, x, h0, c0, lengths, mask_fn, views=None):
     if lstm:
         return _from_numpy(y), _from_numpy(state[0]), _from_numpy(state[1])
     return _from_numpy(y), _from_numpy(state)
+
+
+def infer_step(spec, keys, views, x, h, c):
+    """One step of a cell (a one-layer spec) without autograd, straight to the cell's kernel: what
+    LSTMCell(x, (h, c)) costs at B = 1 is mostly per-call Python, so this skips functional.run's general
+    argument handling.  x: (B, I), h / c: (B, H) or None, plain C-contiguous CPU tensors of the spec's dtype
+    (the module's fast path checked them); views: the Parameters' numpy views by `keys`.  Returns h'[, c']."""
+    n = _get_threads()
+    if _rt.get_num_threads() != n:
+        _rt.set_num_threads(n)
+    CALLS[0] += 1
+    B, H, dt = x.shape[0], spec.hidden_size, spec.dtype
+    lstm = spec.cell_name == "lstm"
+    y = np.empty((1, B, H), dt)
+    hn = np.empty((1, B, H), dt)
+    cn = np.empty((1, B, H), dt) if lstm else None
+    h0 = None if h is None else h.detach().numpy()[None]
+    c0 = None if c is None else c.detach().numpy()[None]
+    p = (views[keys[0]], views[keys[1]], views.get(keys[2]) if len(keys) > 2 else None,
+         views.get(keys[3]) if len(keys) > 3 else None, None)
+    spec.cell.forward(spec, 1, B, spec.input_size, 0, None, x.detach().numpy()[None], h0, c0, p, y, H, hn, cn,
+                      None)
+    if lstm:
+        return _from_numpy(hn[0]), _from_numpy(cn[0])
+    return _from_numpy(hn[0])
 
 
 _get_threads = torch.get_num_threads

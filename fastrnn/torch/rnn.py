@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
 from . import _engine as E
-from .autograd import run as _run, torch_mask_fn
+from .autograd import infer_step as _infer_step, run as _run, torch_mask_fn
 
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "FastRNNWarning"]
 
@@ -57,6 +57,7 @@ def _tensor_reason(t, what, dtype=None):
     return None
 
 
+_grad_enabled = torch.is_grad_enabled
 _tracing_state = torch._C._get_tracing_state
 _any_autocast = torch._C._is_any_autocast_enabled
 _wrapped = torch._C._functorch.is_functorch_wrapped_tensor
@@ -451,6 +452,7 @@ class _FastCellBase(_FastMixin):
             return None
         lstm = self._fastrnn_cell == "lstm"
         h0 = c0 = None
+        h = c = None
         if hx is not None:
             want = (x.shape[0], self.hidden_size)
             if lstm:
@@ -466,6 +468,11 @@ class _FastCellBase(_FastMixin):
             if type(h) is not torch.Tensor or h.dtype is not dt or not h.is_cpu or h.shape != want or _wrapped(h):
                 return None
             h0 = h.unsqueeze(0)
+        if not _grad_enabled() or not (x.requires_grad or (h is not None and h.requires_grad) or (
+                c is not None and c.requires_grad) or any([w.requires_grad for w in fast[0]])):
+            # no autograd: straight to the kernel when every operand is C-contiguous (the kernels' layout)
+            if x.is_contiguous() and (h is None or h.is_contiguous()) and (c is None or c.is_contiguous()):
+                return _infer_step(fast[6], fast[5], fast[4], x, h, c)
         outs = _run(fast[6], fast[5], fast[0], x.unsqueeze(0), h0, c0, None, None, fast[4])
         return (outs[1][0], outs[2][0]) if lstm else outs[1][0]
 
