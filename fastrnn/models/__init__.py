@@ -603,12 +603,13 @@ def _read_archive(filepath, kind, allow_model=False):
 
 
 def load_model(filepath, compile=True):
-    """Load a model saved by model.save (.fastrnn).  Keras's own `.keras` files are not read yet: load the
-    weights into an equal Sequential with set_weights (Keras's layout, docs/keras.md)."""
+    """Load a model saved by model.save (.fastrnn), or a Sequential model Keras 3 saved (.keras: read by
+    fastrnn.models.keras_format, needs h5py -- `pip install "fastrnn[keras]"`).  A damaged, truncated or
+    foreign file, or a Keras layer or option fastrnn does not have, is a ValueError naming the file."""
     path = os.fspath(filepath)
-    if path.endswith(".keras"):
-        raise ValueError(f"{path}: reading Keras's .keras files is not supported yet; build the same Sequential "
-                         f"in fastrnn and load the Keras model's get_weights() with set_weights()")
+    from . import keras_format
+    if keras_format.is_keras_file(path):
+        return keras_format.load_keras_model(path, compile=compile)
     doc, weights = _read_archive(path, FORMAT)
     try:
         model = Sequential.from_config(doc["model"])
