@@ -331,7 +331,7 @@ def _convert_model(config):
 def _weights(h5, converted):
     """[[arrays] per converted layer] from model.weights.h5, checked against the config's layer names."""
     h5py = _import_h5py()
-    counts = {}
+    counts, used = {}, set()
     out = []
     for c in converted:
         base = _GROUP[c.keras_class]
@@ -362,7 +362,17 @@ def _weights(h5, converted):
                     raise _Refused(f"{_WEIGHTS}: {path}/{k} has dtype {ds.attrs.get('dtype', ds.dtype)}; fastrnn "
                                    f"loads float weights")
                 arrays.append(np.asarray(ds[()]))
+                used.add(ds.name)
         out.append(arrays)
+    # a variable of the layers that no fastrnn weight takes (a Keras feature this reader does not know)
+    layers = h5.get("layers")
+    if isinstance(layers, h5py.Group):
+        left = []
+        layers.visititems(lambda k, o: left.append(o.name) if isinstance(o, h5py.Dataset) and o.name not in used
+                          else None)
+        if left:
+            raise _Refused(f"{_WEIGHTS}: variables fastrnn's layers have no place for: {', '.join(left[:5])}"
+                           f"{' ...' if len(left) > 5 else ''}")
     return out
 
 
