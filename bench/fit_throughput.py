@@ -8,7 +8,7 @@ Per cell, each engine builds `RNN(units)` + `Dense(1)` with Adam (learning rate 
 by one epoch on a slice (4 batches and the final partial batch: Keras traces its train function, and once more
 for the last batch's shape, there); then the timed epochs of the engines are interleaved (fastrnn, torch,
 Keras, fastrnn, ...), so that a change of the machine's load hits them alike, and the best of --repeat epochs
-is kept.  One epoch is:
+is kept (--pause seconds idle before each timed epoch).  One epoch is:
 
     fastrnn   model.fit(X, y, batch_size=32, epochs=1, verbose=0, shuffle=True)
     Keras 3   model.fit(X, y, batch_size=32, epochs=1, verbose=0, shuffle=True)   (TensorFlow backend)
@@ -138,6 +138,7 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeat", type=int, default=2)
+    p.add_argument("--pause", type=float, default=0.5, help="seconds idle before each timed epoch")
     p.add_argument("--cells", nargs="+", default=["lstm", "gru", "rnn"], choices=["lstm", "gru", "rnn"])
     a = p.parse_args(argv)
     threads = set_threads(a.threads)
@@ -166,6 +167,7 @@ def main(argv=None):
         best = {k: float("inf") for k, fn in engines.items() if fn is not None}
         for _ in range(a.repeat):
             for k in best:
+                time.sleep(a.pause)  # the previous engine's spinning threads (libgomp, Eigen) go to sleep
                 best[k] = min(best[k], _timed(engines[k]))
         sps = {k: a.n / v for k, v in best.items()}
         fit, kern = sps["fastrnn"], sps["kernels"]
