@@ -393,8 +393,8 @@ def _optimizer(v):
     if isinstance(v, str):
         return v
     if not isinstance(v, dict) or v.get("class_name") not in _OPT_CLASSES:
-        raise _Refused(f"optimizer {v.get('class_name') if isinstance(v, dict) else v!r} (fastrnn has "
-                       f"{sorted(_OPT_CLASSES)})")
+        raise _Refused(f"optimizer {v.get('class_name') if isinstance(v, dict) else v!r} is not supported "
+                       f"(fastrnn has {sorted(_OPT_CLASSES)})")
     cfg = dict(v.get("config") or {})
     if not cfg.get("use_ema"):  # meaningful only with use_ema
         cfg.pop("ema_momentum", None)
@@ -414,12 +414,13 @@ def _loss(v):
             return v["config"]
         cfg = dict(v.get("config") or {})
         if cfg.get("axis", -1) != -1:
-            raise _Refused(f"loss {v.get('class_name')}(axis={cfg['axis']}) (fastrnn reduces over the last axis)")
+            raise _Refused(f"loss {v.get('class_name')}(axis={cfg['axis']}) is not supported (fastrnn reduces "
+                           f"over the last axis)")
         cfg.pop("axis", None)
         if cfg.get("dtype") in (None, "float32", "float64"):
             cfg.pop("dtype", None)
         return {"class_name": v.get("class_name"), "config": cfg}
-    raise _Refused(f"loss {v!r}")
+    raise _Refused(f"loss {v!r} is not supported")
 
 
 def _compile_args(cc):
@@ -428,16 +429,13 @@ def _compile_args(cc):
         return None
     for k in ("loss_weights", "weighted_metrics"):
         if cc.get(k) is not None:
-            raise _Refused(f"{k}={cc[k]!r}")
+            raise _Refused(f"{k}={cc[k]!r} is not supported")
     metrics = cc.get("metrics") or []
     if not isinstance(metrics, list) or not all(isinstance(m, str) for m in metrics):
-        raise _Refused(f"metrics {metrics!r} (fastrnn takes metric names)")
+        raise _Refused(f"metrics {metrics!r} are not supported (fastrnn takes metric names)")
     args = {"optimizer": _optimizer(cc.get("optimizer", "rmsprop")), "loss": _loss(cc["loss"]), "metrics": metrics}
-    try:  # fastrnn's own checks of the values
-        args["optimizer"] = _optimizers.get(args["optimizer"])
-        args["loss"] = _losses.get(args["loss"])
-    except (ValueError, TypeError, KeyError) as e:
-        raise _Refused(f"{type(e).__name__}: {e}") from None
+    args["optimizer"] = _optimizers.get(args["optimizer"])  # fastrnn's own checks of the values
+    args["loss"] = _losses.get(args["loss"])
     return args
 
 
@@ -471,11 +469,11 @@ def load_keras_model(filepath, compile=True):
         if compile:
             try:
                 args = _compile_args(config.get("compile_config"))
-            except _Refused as e:
-                raise _Refused(f"compile settings: {e} is not supported by fastrnn; load_model(..., "
-                               f"compile=False) loads the model without them") from None
-            if args is not None:
-                model.compile(**args)
+                if args is not None:
+                    model.compile(**args)
+            except (ValueError, TypeError, KeyError) as e:
+                raise _Refused(f"compile settings: {e}; load_model(..., compile=False) loads the model without "
+                               f"them") from None
     except _Refused as e:
         raise ValueError(f"{path}: {e}") from None
     return model
