@@ -411,3 +411,15 @@ def test_reader_imports_no_peer_library():
 def test_is_keras_file():
     assert keras_format.is_keras_file(fixture("lstm_dense"))
     assert not keras_format.is_keras_file(os.path.join(FIX, "lstm_dense_x.npy"))
+
+
+def test_malformed_config(tmp_path):
+    def edit(cfg):
+        cfg["config"]["layers"][0]["config"]["batch_shape"] = 7
+    with pytest.raises(ValueError, match=r"b\.keras: not a valid Keras model file \(TypeError"):
+        fastrnn.load_model(rewrite(fixture("lstm_dense"), tmp_path / "b.keras", edit))
+
+    def no_layers(cfg):
+        del cfg["config"]["layers"]
+    with pytest.raises(ValueError, match=r"l\.keras: config.json: a Sequential without a list of layers"):
+        fastrnn.load_model(rewrite(fixture("lstm_dense"), tmp_path / "l.keras", no_layers))

@@ -145,7 +145,7 @@ def _initializer(v, where):
     for k, val in (v.get("config") or {}).items():
         if k in _INIT_IGNORED or (k in ("input_axes", "output_axes") and val is None):
             continue
-        if k not in want or not np.isclose(float(val), want[k], rtol=1e-6, atol=0):
+        if k not in want or not isinstance(val, (int, float)) or not np.isclose(val, want[k], rtol=1e-6, atol=0):
             raise _Refused(f"{where}: {cls}({k}={val!r}) is not supported (fastrnn's {_INITIALIZERS[cls]!r} is "
                            f"{cls}({', '.join(f'{a}={b}' for a, b in want.items())}))")
     return _INITIALIZERS[cls]
@@ -445,35 +445,40 @@ def load_keras_model(filepath, compile=True):
     """A fastrnn Sequential from a .keras file Keras 3 saved: the architecture, the weights, and with
     compile=True the optimizer, loss and metrics when fastrnn has them (a setting it lacks is a ValueError;
     compile=False loads the model uncompiled).  Needs h5py (`pip install "fastrnn[keras]"`)."""
-    from . import Sequential  # the package imports this module lazily, on load_model
     path = os.fspath(filepath)
     try:
-        config, _, weight_bytes = _read_archive(path)
-        name, shape, converted, trainable = _convert_model(config)
-        with _open_h5(weight_bytes) as h5:
-            weights = _weights(h5, converted)
-        if not trainable:  # keras's model.trainable = False freezes every layer
-            for c in converted:
-                c.layer.trainable = False
-        model = Sequential([Input(shape)] + [c.layer for c in converted], name=name)
-        try:
-            model.build()
-        except (ValueError, TypeError) as e:
-            raise _Refused(f"the layers do not fit together in fastrnn ({e})") from None
-        for c, w in zip(converted, weights):
-            try:
-                c.layer.set_weights(w)
-            except (ValueError, TypeError) as e:
-                raise _Refused(f"layer {c.keras_name!r} ({c.keras_class}): the saved weights do not fit ({e})") \
-                    from None
-        if compile:
-            try:
-                args = _compile_args(config.get("compile_config"))
-                if args is not None:
-                    model.compile(**args)
-            except (ValueError, TypeError, KeyError) as e:
-                raise _Refused(f"compile settings: {e}; load_model(..., compile=False) loads the model without "
-                               f"them") from None
+        return _load(path, compile)
     except _Refused as e:
         raise ValueError(f"{path}: {e}") from None
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, OSError) as e:  # malformed JSON or HDF5
+        raise ValueError(f"{path}: not a valid Keras model file ({type(e).__name__}: {e})") from None
+
+
+def _load(path, compile):
+    from . import Sequential  # the package imports this module lazily, on load_model
+    config, _, weight_bytes = _read_archive(path)
+    name, shape, converted, trainable = _convert_model(config)
+    with _open_h5(weight_bytes) as h5:
+        weights = _weights(h5, converted)
+    if not trainable:  # keras's model.trainable = False freezes every layer
+        for c in converted:
+            c.layer.trainable = False
+    model = Sequential([Input(shape)] + [c.layer for c in converted], name=name)
+    try:
+        model.build()
+    except (ValueError, TypeError) as e:
+        raise _Refused(f"the layers do not fit together in fastrnn ({e})") from None
+    for c, w in zip(converted, weights):
+        try:
+            c.layer.set_weights(w)
+        except (ValueError, TypeError) as e:
+            raise _Refused(f"layer {c.keras_name!r} ({c.keras_class}): the saved weights do not fit ({e})") from None
+    if compile:
+        try:
+            args = _compile_args(config.get("compile_config"))
+            if args is not None:
+                model.compile(**args)
+        except (ValueError, TypeError, KeyError) as e:
+            raise _Refused(f"compile settings: {e}; load_model(..., compile=False) loads the model without "
+                           f"them") from None
     return model
