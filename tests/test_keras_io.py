@@ -423,3 +423,23 @@ def test_malformed_config(tmp_path):
         del cfg["config"]["layers"]
     with pytest.raises(ValueError, match=r"l\.keras: config.json: a Sequential without a list of layers"):
         fastrnn.load_model(rewrite(fixture("lstm_dense"), tmp_path / "l.keras", no_layers))
+
+
+@needs_h5py
+def test_recurrent_dropout_goes_to_the_layer(tmp_path):
+    """Passed through; the layer decides (LSTM / SimpleRNN have it, the GRU refuses it for now)."""
+    m = fastrnn.load_model(rewrite(fixture("lstm_dense"), tmp_path / "l.keras", _lstm("recurrent_dropout", 0.25)))
+    assert m.layers[0].recurrent_dropout == 0.25
+    x, y = data("lstm_dense")
+    np.testing.assert_allclose(m.predict(x), y, rtol=RTOL, atol=ATOL)  # inference: no mask
+
+    def gru(cfg):
+        layer_cfg(cfg, "GRU")["recurrent_dropout"] = 0.25
+    try:
+        fastrnn.layers.GRU(3, recurrent_dropout=0.25)
+    except ValueError as e:  # not in the GRU yet: the loader says so, naming the layer
+        with pytest.raises(ValueError, match=r"layer 'gru' \(GRU\): .*recurrent_dropout"):
+            fastrnn.load_model(rewrite(fixture("masked_gru_v1"), tmp_path / "g.keras", gru))
+    else:
+        assert fastrnn.load_model(rewrite(fixture("masked_gru_v1"), tmp_path / "g.keras", gru)).layers[1] \
+            .recurrent_dropout == 0.25
