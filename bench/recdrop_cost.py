@@ -1,7 +1,7 @@
 """The cost of recurrent dropout masks (Keras's recurrent_dropout, docs/keras.md) on a training step, in ONE
 process and one build: median of paired ratios t_masked / t_plain (above 1: the mask costs that factor).
 
-    python bench/recdrop_cost.py [--cells lstm,rnn] [--shapes 100,16,64,128 50,64,512,512] [--threads 2]
+    python bench/recdrop_cost.py [--cells lstm,rnn,gru,gru_reset_before] [--shapes 100,16,64,128 50,64,512,512] [--threads 2]
                                  [--pairs 15] [--rate 0.2]
 
 A training step is fastrnn.nn.functional.forward(train=True) then backward, float32, one layer, with and
@@ -20,7 +20,8 @@ from fastrnn.nn import functional as F
 
 
 def make(cell, T, B, I, H, rate, masked):
-    spec = LayerSpec(cell, I, H, dtype=np.float32)
+    kw = dict(reset_after=False) if cell == "gru_reset_before" else {}
+    spec = LayerSpec(cell.split("_")[0], I, H, dtype=np.float32, **kw)
     rng = np.random.default_rng(0)
     params = {k: (rng.standard_normal(s) * 0.1).astype(np.float32) for k, s in spec.param_shapes()}
     x = rng.standard_normal((T, B, I)).astype(np.float32)

@@ -23,8 +23,10 @@
  *           product reads h_{t-1} through, batch order, fixed over the steps: the RNN's (B, H); the LSTM's
  *           (4, B, P), one per gate i, f, g, o (gate q's pre-activation takes (h_{t-1} * mask_q) W_hh,q^T).
  *           The forward applies it whenever given, training or not (a checkpointed training forward runs
- *           without a tape); backward takes the forward's.  NULL is exactly the unmasked kernel.  The GRU
- *           has none yet.
+ *           without a tape); backward takes the forward's.  NULL is exactly the unmasked kernel.  The GRU's
+ *           (3, B, H), one per gate r, z, n (its kernel order): gate q's recurrent product reads
+ *           h_{t-1} * mask_q (reset_after = 0: n's reads r * (h_{t-1} * mask_n)); the carry z * h_{t-1}
+ *           reads the unmasked h_{t-1}.
  * h0, c0    may be NULL for zeros.  dh_n, dc_n may be NULL for zeros.
  * tape      training forward writes what backward needs into it: tape_len(...) elements, layout private to
  *           the kernel.  NULL for inference (then nothing is kept).
@@ -184,6 +186,7 @@ int fr_omp_enabled(void);
         size_t (*gru_tape_len)(int T, int B, int H);                                                     \
         int (*gru_forward)(int T, int B, int I, int H, int reset_after, int reverse,                     \
                            const int *lengths, /* (B) or NULL */                                         \
+                           const real *rmask,  /* (3, B, H) or NULL */                                   \
                            const real *x,      /* (T, B, I) */                                           \
                            const real *h0,     /* (B, H) or NULL */                                      \
                            const real *w_ih,   /* (3H, I) */                                             \
@@ -195,6 +198,7 @@ int fr_omp_enabled(void);
                            real *tape);        /* (gru_tape_len) out, or NULL for inference */           \
         int (*gru_backward)(int T, int B, int I, int H, int reset_after, int reverse,                    \
                             const int *lengths,   /* (B) or NULL */                                      \
+                            const real *rmask,    /* (3, B, H) or NULL */                                  \
                             const real *x,        /* (T, B, I) */                                        \
                             const real *h0,       /* (B, H) or NULL */                                   \
                             const real *w_ih,     /* (3H, I) */                                          \

@@ -43,6 +43,15 @@
  * products with the packed W_hh^T (rec_pack_transposed: blocks of output units; a thread's units in phase A
  * are the output units it owns in the products, so the carried dh needs no barrier between steps).  The
  * weight gradients and dx are large GEMMs after the loop.
+ *
+ * ---- Recurrent dropout (rmask (3, B, H), gates r, z, n, batch order; docs/keras.md) ---------------------
+ * Keras 3's GRU with recurrent_dropout: gate g's recurrent product reads h_{t-1} * mask_g (reset_after = 0:
+ * n's operand is r * (h_{t-1} * mask_n)); the carry z * h_{t-1} reads the unmasked h_{t-1}.  The forward: each
+ * thread makes masked copies of the step's rows of h_{t-1}, one per gate, which rec_tile_gates multiplies
+ * gate by gate (G passes over the panels); no single step by GEMM.  The tape's aux is then the masked
+ * product (reset_after) or r * h_{t-1} * mask_n.  Backward: each gate's product with W_hh^T is taken on its
+ * own rows of the transposed pack (rec_pack_rows) and enters dh_{t-1} times that gate's mask; dW_hh per gate
+ * against the masked H_prev (seq_weight_grads; reset_after = 0's dW_hn reads the tape's aux).
  */
 
 static size_t gru_tape_len(int T, int B, int H) { return (size_t)T * (size_t)B * 4 * (size_t)H; }
@@ -294,6 +303,9 @@ typedef struct gru_fwd_ctx {
     real *rh;                /* (B, H) r*h of a step: reset_after = 0 inference */
     const real *w_hh;        /* (3H, H) */
     real *hh;                /* (B, 3H) h_{t-1} W_hh^T of a single-step call (gru_single_step), else NULL */
+    const real *rmask;       /* (3, B, H) recurrent dropout masks, gates r, z, n, batch order, or NULL */
+    real *hm;                /* (nthreads, 3, B, H) per thread: h_{t-1} * mask_g; rmask only */
+    const real **hq[FR_MAX_THREADS]; /* per thread: (3, B) rows of hm, the gates' operands; rmask only */
     real *y;                 /* (T, B, ldy) */
     int ldy;
     const real **rows[FR_MAX_THREADS]; /* per thread: ((xp ? chunk rows : 0) + 2B) row pointers */
@@ -363,6 +375,17 @@ static void gru_fwd_task(void *arg, int tid, int nth) {
                 hr[k] = hprev + (size_t)k * H;
                 yr[k] = cx->y + ((size_t)seq_time(q, s, b) * B + b) * cx->ldy;
             }
+            const real *const *hq[3] = {NULL, NULL, NULL}; /* the gates' masked rows of h_{t-1} (rmask) */
+            if (cx->rmask)
+                for (int g = 0; g < 3; g++) {
+                    const real **rq = cx->hq[tid] + (size_t)g * B;
+                    real *mq = cx->hm + ((size_t)tid * 3 + g) * B * H; /* (B, H) */
+                    for (int k = 0; k < n; k++) {
+                        rec_mask_row(H, hr[k], cx->rmask + ((size_t)g * B + seq_batch(q, k)) * H, mq + (size_t)k * H);
+                        rq[k] = mq + (size_t)k * H;
+                    }
+                    hq[g] = rq;
+                }
             if (cx->hh) /* the single step: this thread's units of h_{t-1} W_hh^T by GEMM (no steal) */
                 seq_project_units(hprev, (size_t)n, H, cx->w_hh, 3, H, NULL, j0 * NB, j1 * NB < H ? j1 * NB : H,
                                   cx->hh);
@@ -388,8 +411,14 @@ static void gru_fwd_task(void *arg, int tid, int nth) {
                     }
                     for (int i = 0, nt = rec_ntiles(n, MR); i < nt; i++) {
                         const int k0 = rec_tile_start(n, nt, i), mr = rec_tile_start(n, nt, i + 1) - k0;
-                        rec_tile_pf(hp, j, mr, hr + k0, NULL, tb + ((size_t)(j - ja) * n + k0) * hp->W,
-                                    i == 0 && own && !rev ? rec_next_panel(hp, j, end) : NULL);
+                        real *tj = tb + ((size_t)(j - ja) * n + k0) * hp->W;
+                        const real *pf = i == 0 && own && !rev ? rec_next_panel(hp, j, end) : NULL;
+                        if (cx->rmask) { /* gate by gate, each on its own masked rows */
+                            const real *const *hqk[3] = {hq[0] + k0, hq[1] + k0, hq[2] + k0};
+                            rec_tile_gates(hp, j, mr, hqk, tj, pf);
+                        } else {
+                            rec_tile_pf(hp, j, mr, hr + k0, NULL, tj, pf);
+                        }
                     }
                 }
                 if (ra)
@@ -399,7 +428,7 @@ static void gru_fwd_task(void *arg, int tid, int nth) {
                     for (int j = ja; j < jb; j++)
                         for (int k = 0; k < n; k++)
                             gru_cell_rz(H, NB, j * NB, rec_block_units(hp, j), tb + ((size_t)(j - ja) * n + k) * hp->W,
-                                        hprev + (size_t)k * H, xs + (size_t)k * G3,
+                                        cx->rmask ? hq[2][k] : hprev + (size_t)k * H, xs + (size_t)k * G3,
                                         cx->ta ? cx->ta + (r0 + k) * H : cx->rh + (size_t)k * H);
             }
             if (fr_barrier_wait_stop(&cx->bar, tid)) return; /* interrupted (threads.h): all stop here */
@@ -448,6 +477,7 @@ static int gru_single_step(const fr_seq *q, int ra) {
 
 static int gru_forward(int T, int B, int I, int H, int reset_after, int reverse,
                        const int *lengths, /* (B) or NULL */
+                       const real *rmask,  /* (3, B, H) recurrent dropout masks, or NULL */
                        const real *x,      /* (T, B, I) */
                        const real *h0,     /* (B, H) or NULL */
                        const real *w_ih,   /* (3H, I) */
@@ -465,6 +495,8 @@ static int gru_forward(int T, int B, int I, int H, int reset_after, int reverse,
     gru_fwd_ctx cx;
     rec_pack xp = {0}, hp = {0}, np = {0};
     real *hh = NULL; /* (B, 3H) h0 W_hh^T: a single step (gru_single_step) */
+    real *hm = NULL; /* (nthreads, 3, B, H) masked copies of h_{t-1}: rmask only */
+    const real **hqp = NULL; /* (nthreads, 3B) their row pointers */
     const real **rowptrs = NULL;
     real *tbufs = NULL;
     int rc = FR_ENOMEM;
@@ -485,7 +517,7 @@ static int gru_forward(int T, int B, int I, int H, int reset_after, int reverse,
         goto done;
     if ((gm && gather && xg == NULL) || (!gm && rec_pack_init(&xp, 3, H, w_ih, I, I, NULL, 0, 0, (size_t)T * B) != FR_OK))
         goto done;
-    const int single = gru_single_step(&q, ra);
+    const int single = !rmask && gru_single_step(&q, ra); /* masked: the gates' products apart */
     if (rec_pack_init(&hp, ra ? 3 : 2, H, w_hh, H, H, NULL, 0, 0, single ? 0 : (size_t)T * B) != FR_OK) goto done;
     if (single && (hh = fr_alloc((size_t)B * G3, 0)) == NULL) goto done;
     if (!ra && rec_pack_init(&np, 1, H, w_hh + 2 * (size_t)H * H, H, H, NULL, 0, 0, (size_t)T * B) != FR_OK) goto done;
@@ -530,6 +562,13 @@ static int gru_forward(int T, int B, int I, int H, int reset_after, int reverse,
         cx.rows[t] = rowptrs + per * t;
         cx.tbuf[t] = tbufs + tbn * t;
     }
+    if (rmask) {
+        if ((hm = fr_alloc((size_t)nth * 3 * B * H, 0)) == NULL) goto done;
+        if ((hqp = (const real **)malloc(sizeof(real *) * (3 * (size_t)B * nth + 1))) == NULL) goto done;
+        for (int t = 0; t < nth; t++) cx.hq[t] = hqp + 3 * (size_t)B * t;
+        cx.rmask = rmask;
+        cx.hm = hm;
+    }
     /* GEMM projection: one region per chunk; tiles: one region for all steps, chunked inside */
     seq_run_chunks(&q, gm ? chunk : q.S, x, I, xg, &cx.s_begin, &cx.s_end, nth, gru_fwd_task, &cx, &cx.bar);
     if (fr_region_stopped(&cx.bar)) {
@@ -547,6 +586,8 @@ static int gru_forward(int T, int B, int I, int H, int reset_after, int reverse,
 
 done:
     free(rowptrs);
+    free(hqp);
+    fr_free(hm);
     fr_free(tbufs);
     fr_free(bias);
     fr_free(h);
@@ -601,6 +642,7 @@ typedef struct gru_bwd_ctx {
     const rec_pack *tp;      /* W_hh^T (K = 3H, K1 = 2H: the operand is [dg_rz | dnr]) with reset_after,
                                 else W_h{r,z}^T (K = 2H) */
     const rec_pack *tn;      /* W_hn^T (K = H), reset_after = 0 only */
+    const real *rmask;       /* (3, B, H) the forward's recurrent dropout masks, batch order, or NULL */
     real *dh;                /* (B, H) dL/dh carried, slot order */
     real *dg;                /* (N, 3H) input-side dG: dr_pre, dz_pre, dn_pre */
     real *dnr;               /* (N, H) dn_rec = dn_pre r, reset_after only */
@@ -675,6 +717,32 @@ static void gru_bwd_product(const rec_pack *p, int j, int j1, int n, const real 
     }
 }
 
+/* Recurrent dropout: dh rows += mask_g * (tiles of gate g's operand rows @ rows [g H, (g + 1) H) of block j of
+ * the transposed pack p) for gates g < G: the operand a[k] + g H for g < 2, an[k] for g = 2. */
+static void gru_bwd_product_masked(const fr_seq *q, const rec_pack *p, int j, int G, int n,
+                                   const real *const *a,  /* (n) rows of dg (3H) */
+                                   const real *const *an, /* (n) rows of dn_rec (G = 3), or unused */
+                                   const real *mask,      /* (3, B, H) batch order */
+                                   real *dh, int H, real *tile) /* dh (n, H) */
+{
+    const int MR = rec_tile_rows(p), u0 = j * p->NB, nu = rec_block_units(p, j);
+    const real *op[REC_MR_MAX];
+    for (int g = 0; g < G; g++) {
+        const rec_pack c = rec_pack_rows(p, j, g * H, H); /* gate g's rows of block j */
+        for (int i = 0, nt = rec_ntiles(n, MR); i < nt; i++) {
+            const int k0 = rec_tile_start(n, nt, i), mr = rec_tile_start(n, nt, i + 1) - k0;
+            for (int r = 0; r < mr; r++) op[r] = g < 2 ? a[k0 + r] + (size_t)g * H : an[k0 + r];
+            rec_tile_pf(&c, 0, mr, op, NULL, tile, NULL);
+            for (int r = 0; r < mr; r++) {
+                real *d = dh + (size_t)(k0 + r) * H + u0;
+                const real *m = mask + ((size_t)g * q->B + seq_batch(q, k0 + r)) * H + u0;
+                const real *t = tile + (size_t)r * p->W;
+                for (int v = 0; v < nu; v++) d[v] += m[v] * t[v];
+            }
+        }
+    }
+}
+
 static void gru_bwd_task(void *arg, int tid, int nth) {
     gru_bwd_ctx *cx = (gru_bwd_ctx *)arg;
     const fr_seq *q = cx->q;
@@ -710,7 +778,9 @@ static void gru_bwd_task(void *arg, int tid, int nth) {
                 ar[k] = cx->dg + (row + k) * G3;
                 nr[k] = cx->dnr + (row + k) * H;
             }
-            for (int j = j0; j < j1; j++) gru_bwd_product(tp, j, j1, n, ar, nr, cx->dh, H, tile);
+            for (int j = j0; j < j1; j++)
+                if (cx->rmask) gru_bwd_product_masked(q, tp, j, 3, n, ar, nr, cx->rmask, cx->dh, H, tile);
+                else gru_bwd_product(tp, j, j1, n, ar, nr, cx->dh, H, tile);
             continue;
         }
         /* B1: drh = dn W_hn for own units, then dr_pre and the direct path drh * r into dh */
@@ -728,9 +798,17 @@ static void gru_bwd_task(void *arg, int tid, int nth) {
                     const real *hp = hr[k] + v0;
                     real *gr = cx->dg + (row + k) * G3 + v0;
                     real *dhk = cx->dh + k * H + v0;
-                    for (int v = 0; v < nu; v++) {
-                        gr[v] = drh[v] * hp[v] * (rv[v] * ((real)1 - rv[v]));
-                        dhk[v] += drh[v] * rv[v];
+                    if (cx->rmask) { /* the operand was r * (h_{t-1} * mask_n) */
+                        const real *mn = cx->rmask + ((size_t)2 * B + seq_batch(q, (int)k)) * H + v0;
+                        for (int v = 0; v < nu; v++) {
+                            gr[v] = drh[v] * hp[v] * mn[v] * (rv[v] * ((real)1 - rv[v]));
+                            dhk[v] += drh[v] * rv[v] * mn[v];
+                        }
+                    } else {
+                        for (int v = 0; v < nu; v++) {
+                            gr[v] = drh[v] * hp[v] * (rv[v] * ((real)1 - rv[v]));
+                            dhk[v] += drh[v] * rv[v];
+                        }
                     }
                     if (cx->db) seq_db_row(nu, gr, cx->db + v0); /* dr's bias sums (this phase's units) */
                 }
@@ -739,12 +817,15 @@ static void gru_bwd_task(void *arg, int tid, int nth) {
         fr_barrier_wait(&cx->bar, tid);
         /* B2: dh += [dr, dz] W_h{r,z} for own units */
         for (int k = 0; k < n; k++) ar[k] = cx->dg + (row + k) * G3;
-        for (int j = j0; j < j1; j++) gru_bwd_product(tp, j, j1, n, ar, NULL, cx->dh, H, tile);
+        for (int j = j0; j < j1; j++)
+            if (cx->rmask) gru_bwd_product_masked(q, tp, j, 2, n, ar, NULL, cx->rmask, cx->dh, H, tile);
+            else gru_bwd_product(tp, j, j1, n, ar, NULL, cx->dh, H, tile);
     }
 }
 
 static int gru_backward(int T, int B, int I, int H, int reset_after, int reverse,
                         const int *lengths,       /* (B) or NULL */
+                        const real *rmask,        /* (3, B, H) the forward's recurrent dropout masks, or NULL */
                         const real *x,            /* (T, B, I) */
                         const real *h0,           /* (B, H) or NULL */
                         const real *w_ih,         /* (3H, I) */
@@ -796,6 +877,7 @@ static int gru_backward(int T, int B, int I, int H, int reset_after, int reverse
     cx.lddy = lddy;
     cx.tp = &tp;
     cx.tn = ra ? NULL : &tn;
+    cx.rmask = rmask;
     cx.dh = dh;
     cx.dg = dg;
     cx.dnr = dnr;
@@ -812,9 +894,12 @@ static int gru_backward(int T, int B, int I, int H, int reset_after, int reverse
 
     /* Weight gradients and dx as large GEMMs over all rows (seq.h): dW_h{r,z} by dg_rz and H_prev, dW_hn by
      * the recurrent-side n column dn_rec and its own operand: H_prev with reset_after (dn_rec = dnr), else
-     * r*h_{t-1} from the tape's aux (dn_rec = dn_pre, dg's n column). */
-    const seq_rec_tail tail = {H, ra ? dnr : dg + 2 * (size_t)H, ra ? H : G3, ra ? NULL : aux};
-    if (seq_weight_grads(&q, T, B, reverse, G3, I, H, (size_t)H + (size_t)I, dg, x, y, ldy, h0, NULL, 0, w_ih, &tail, dx,
+     * r*h_{t-1} from the tape's aux (dn_rec = dn_pre, dg's n column).
+     * Masked (rmask): dW_h{r,z} against H_prev * mask_{r,z}; dW_hn against H_prev * mask_n (reset_after) or
+     * the tape's aux, which is then r * h_{t-1} * mask_n. */
+    const seq_rec_tail tail = {H, ra ? dnr : dg + 2 * (size_t)H, ra ? H : G3, ra ? NULL : aux,
+                               ra && rmask ? rmask + (size_t)2 * B * H : NULL};
+    if (seq_weight_grads(&q, T, B, reverse, G3, I, H, (size_t)H + (size_t)I, dg, x, y, ldy, h0, rmask, 2, w_ih, &tail, dx,
                          dx_accumulate, dw_ih, dw_hh) != FR_OK)
         goto done;
     /* db_ih = colsum [dr, dz, dn_pre], db_hh = colsum [dr, dz, dn_rec] (dn_rec = dn_pre without reset_after) */

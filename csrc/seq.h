@@ -392,13 +392,15 @@ static void seq_db_store(const seq_db *d, int c0, int n, real *out) {
  * chunk buffers cannot be allocated.
  * Recurrent dropout (rmask, (rG, B, P): one mask per gate block of GH / rG rows, docs/keras.md): the forward
  * multiplied gate g's rows of W_hh by h_{t-1} * mask_g, so dW_hh's rows of gate g are dZ_g^T (H_prev *
- * mask_g), one product per gate over a masked gather; the masked call always takes the chunked path (the
- * unmasked call is unchanged).  Not combined with a tail. */
+ * mask_g), one product per gate over a masked gather, gh = G1 / rG rows each; the masked call always takes
+ * the chunked path (the unmasked call is unchanged).  A tail reading H_prev takes its own mask (tail->mask). */
 typedef struct seq_rec_tail {
     int rows;      /* the last rows of dW_hh (GH of them in all) */
     const real *dz; /* (N, ldz >= rows) their dL/d(recurrent pre-activation) */
     int ldz;
     const real *a; /* (N, P) their right-hand operand in row space, or NULL: H_prev */
+    const real *mask; /* (B, P) batch order, with a NULL only: the operand is H_prev * mask (recurrent
+                         dropout, the GRU's n gate), or NULL */
 } seq_rec_tail;
 
 static int seq_weight_grads(const fr_seq *q, int T, int B, int reverse, int GH, int I, int P, size_t width,
@@ -415,7 +417,8 @@ static int seq_weight_grads(const fr_seq *q, int T, int B, int reverse, int GH, 
 {
     const int G2 = tail ? tail->rows : 0, G1 = GH - G2; /* dW_hh's rows by dZ, by the tail */
     real *dw_t = dw_hh ? dw_hh + (size_t)G1 * P : NULL;   /* (G2, P) the tail's rows */
-    if (q->perm == NULL && rmask == NULL) {
+    const int tmask = tail && tail->a == NULL && tail->mask; /* the tail reads a masked H_prev */
+    if (q->perm == NULL && rmask == NULL && !tmask) {
         const int N = (int)q->N, K = T > 1 ? (T - 1) * B : 0;
         const size_t first = (size_t)fr_time_index(0, T, reverse) * B; /* row of the first step's slot 0 */
         const real *yp = reverse ? y + (size_t)B * ldy : y;             /* h_{t-1} of the rows below */
@@ -442,7 +445,7 @@ static int seq_weight_grads(const fr_seq *q, int T, int B, int reverse, int GH, 
     const int chunk = seq_chunk(q, width);
     const size_t cap = (size_t)chunk * B;
     const int need_h = dw_hh && (G1 > 0 || (tail && tail->a == NULL)); /* a product reads H_prev */
-    const int gh = rmask ? GH / rG : 0; /* rows of dW_hh per mask */
+    const int gh = rmask ? G1 / rG : 0; /* rows of dW_hh per mask (the tail has its own) */
     real *xg = NULL; /* (chunk rows, I) x rows of a chunk, then its dx rows */
     real *hg = NULL; /* (chunk rows, P) h_{t-1} rows of a chunk */
     if ((dw_ih || dx) && (xg = fr_alloc(cap * (size_t)I, 0)) == NULL) return FR_ENOMEM;
@@ -463,7 +466,7 @@ static int seq_weight_grads(const fr_seq *q, int T, int B, int reverse, int GH, 
         const real *dzc = dz + lo * GH;    /* (m, GH) */
         const real beta = s0 > 0 ? 1 : 0;  /* the first chunk overwrites, the others add */
         if (dw_ih) seq_gather(q, s0, s1, x, I, I, xg);
-        if (need_h && !rmask) seq_gather_prev(q, s0, s1, y, ldy, h0, P, hg);
+        if (need_h && !rmask && !tmask) seq_gather_prev(q, s0, s1, y, ldy, h0, P, hg);
         /* dx's product into xg after dW_ih's has read it: chained behind it */
         const gk_job j_dx = {0, 0, m, I, GH, (real)1, dzc, GH, w_ih, I, (real)0, xg, I, NULL};
         const gk_job j_ih = {1, 0, GH, I, m, (real)1, dzc, GH, xg, I, beta, dw_ih, I, dx ? &j_dx : NULL};
@@ -473,7 +476,7 @@ static int seq_weight_grads(const fr_seq *q, int T, int B, int reverse, int GH, 
             j_t = (gk_job){1, 0, G2, P, m, (real)1, tail->dz + lo * tail->ldz, tail->ldz,
                            tail->a ? tail->a + lo * P : hg, P, beta, dw_t, P, NULL};
         const gk_job *jobs[4] = {dw_ih ? &j_ih : dx ? &j_dx : NULL, dw_hh && !rmask ? &j_hh : NULL,
-                                 dw_hh && tail ? &j_t : NULL, NULL};
+                                 dw_hh && tail && !tmask ? &j_t : NULL, NULL};
         fr_gemm_jobs(jobs, 4);
         if (dw_hh && rmask)
             for (int g = 0; g < rG; g++) { /* gate g's rows: dZ_g^T (H_prev * mask_g) */
@@ -483,6 +486,11 @@ static int seq_weight_grads(const fr_seq *q, int T, int B, int reverse, int GH, 
                 const gk_job *jg[1] = {&j_g};
                 fr_gemm_jobs(jg, 1);
             }
+        if (dw_hh && tmask) { /* the tail's rows: dZ_t^T (H_prev * tail->mask) */
+            seq_gather_prev_masked(q, s0, s1, y, ldy, h0, tail->mask, P, hg);
+            const gk_job *jt[1] = {&j_t};
+            fr_gemm_jobs(jt, 1);
+        }
         if (dx) seq_scatter(q, s0, s1, xg, dx, I, I, dx_accumulate);
     }
     fr_free(xg);

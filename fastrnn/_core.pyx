@@ -347,19 +347,19 @@ def lstm_backward(int T, int B, int I, int H, int P, bint reverse, lengths, x, h
 # ---- GRU -------------------------------------------------------------------------------------------------------
 cdef int _gru_forward(real *k, int T, int B, int I, int H, bint reset_after, bint reverse, const int *lp,
                       tuple a, int ldy) except? -99:
-    # a = (x, h0, w_ih, w_hh, b_ih, b_hh, y, hn, tape)
-    cdef real *p[9]
+    # a = (x, h0, w_ih, w_hh, b_ih, b_hh, y, hn, tape, rmask)
+    cdef real *p[10]
     cdef int i, rc
     cdef unsigned mode
-    for i in range(9):
+    for i in range(10):
         p[i] = _ptr(a[i], k)
     with nogil:
         mode = fr_fpmode_enter()
         if real is float:
-            rc = fr_kernels_f32().gru_forward(T, B, I, H, reset_after, reverse, lp, p[0], p[1], p[2], p[3], p[4],
+            rc = fr_kernels_f32().gru_forward(T, B, I, H, reset_after, reverse, lp, p[9], p[0], p[1], p[2], p[3], p[4],
                                               p[5], p[6], ldy, p[7], p[8])
         else:
-            rc = fr_kernels_f64().gru_forward(T, B, I, H, reset_after, reverse, lp, p[0], p[1], p[2], p[3], p[4],
+            rc = fr_kernels_f64().gru_forward(T, B, I, H, reset_after, reverse, lp, p[9], p[0], p[1], p[2], p[3], p[4],
                                               p[5], p[6], ldy, p[7], p[8])
         fr_fpmode_leave(mode)
     return rc
@@ -367,20 +367,20 @@ cdef int _gru_forward(real *k, int T, int B, int I, int H, bint reset_after, bin
 
 cdef int _gru_backward(real *k, int T, int B, int I, int H, bint reset_after, bint reverse, const int *lp,
                        tuple a, int ldy, int lddy, bint dx_acc) except? -99:
-    # a = (x, h0, w_ih, w_hh, y, tape, dy, dhn, dx, dh0, dw_ih, dw_hh, db_ih, db_hh)
-    cdef real *p[14]
+    # a = (x, h0, w_ih, w_hh, y, tape, dy, dhn, dx, dh0, dw_ih, dw_hh, db_ih, db_hh, rmask)
+    cdef real *p[15]
     cdef int i, rc
     cdef unsigned mode
-    for i in range(14):
+    for i in range(15):
         p[i] = _ptr(a[i], k)
     with nogil:
         mode = fr_fpmode_enter()
         if real is float:
-            rc = fr_kernels_f32().gru_backward(T, B, I, H, reset_after, reverse, lp, p[0], p[1], p[2], p[3], p[4],
+            rc = fr_kernels_f32().gru_backward(T, B, I, H, reset_after, reverse, lp, p[14], p[0], p[1], p[2], p[3], p[4],
                                                ldy, p[5], p[6], lddy, p[7], p[8], dx_acc, p[9], p[10], p[11],
                                                p[12], p[13])
         else:
-            rc = fr_kernels_f64().gru_backward(T, B, I, H, reset_after, reverse, lp, p[0], p[1], p[2], p[3], p[4],
+            rc = fr_kernels_f64().gru_backward(T, B, I, H, reset_after, reverse, lp, p[14], p[0], p[1], p[2], p[3], p[4],
                                                ldy, p[5], p[6], lddy, p[7], p[8], dx_acc, p[9], p[10], p[11],
                                                p[12], p[13])
         fr_fpmode_leave(mode)
@@ -388,24 +388,26 @@ cdef int _gru_backward(real *k, int T, int B, int I, int H, bint reset_after, bi
 
 
 def gru_forward(int T, int B, int I, int H, bint reset_after, bint reverse, lengths, x, h0, w_ih, w_hh, b_ih,
-                b_hh, y, int ldy, hn, tape):
-    """One GRU (layer, direction) over the whole sequence (csrc/fastrnn.h, gru_forward)."""
+                b_hh, y, int ldy, hn, tape, rmask=None):
+    """One GRU (layer, direction) over the whole sequence (csrc/fastrnn.h, gru_forward); rmask the (3, B, H)
+    recurrent dropout masks (gates r, z, n) or None."""
     cdef float *f = NULL
     cdef double *d = NULL
     cdef const int *lp = _iptr(lengths)
-    a = (x, h0, w_ih, w_hh, b_ih, b_hh, y, hn, tape)
+    a = (x, h0, w_ih, w_hh, b_ih, b_hh, y, hn, tape, rmask)
     cdef bint armed = _arm(_flops(T, B, I, H, 3, H, 1.0))
     _done(armed, _gru_forward(d, T, B, I, H, reset_after, reverse, lp, a, ldy) if _f64(x) else
            _gru_forward(f, T, B, I, H, reset_after, reverse, lp, a, ldy))
 
 
 def gru_backward(int T, int B, int I, int H, bint reset_after, bint reverse, lengths, x, h0, w_ih, w_hh, y,
-                 int ldy, tape, dy, int lddy, dhn, dx, bint dx_accumulate, dh0, dw_ih, dw_hh, db_ih, db_hh):
+                 int ldy, tape, dy, int lddy, dhn, dx, bint dx_accumulate, dh0, dw_ih, dw_hh, db_ih, db_hh,
+                 rmask=None):
     """BPTT of one GRU (layer, direction) (csrc/fastrnn.h, gru_backward)."""
     cdef float *f = NULL
     cdef double *d = NULL
     cdef const int *lp = _iptr(lengths)
-    a = (x, h0, w_ih, w_hh, y, tape, dy, dhn, dx, dh0, dw_ih, dw_hh, db_ih, db_hh)
+    a = (x, h0, w_ih, w_hh, y, tape, dy, dhn, dx, dh0, dw_ih, dw_hh, db_ih, db_hh, rmask)
     cdef bint armed = _arm(_flops(T, B, I, H, 3, H, 2.0))
     _done(armed, _gru_backward(d, T, B, I, H, reset_after, reverse, lp, a, ldy, lddy, dx_accumulate) if _f64(x) else
            _gru_backward(f, T, B, I, H, reset_after, reverse, lp, a, ldy, lddy, dx_accumulate))

@@ -30,7 +30,9 @@ y_k * masks[k].
 Recurrent dropout (Keras's recurrent_dropout, docs/keras.md) is driven by explicit masks too: `rmasks`, a
 list of L*D entries (row k*D + d), each None or the masks of that layer and direction, fixed over time:
 RNN (B, P), one mask on h_{t-1} in the recurrent product; LSTM (4, B, P), one per gate i, f, g, o, gate q's
-recurrent product reading h_{t-1} * rmask[q].  (The GRU has none yet.)
+recurrent product reading h_{t-1} * rmask[q]; GRU (3, B, H), one per gate r, z, n (Keras 3: gate q's
+recurrent product reads h_{t-1} * rmask[q], with reset_after=False n's reads r * (h_{t-1} * rmask[2]); the
+carry z * h_{t-1} reads the unmasked h_{t-1}).
 """
 
 import numpy as np
@@ -155,28 +157,30 @@ def lstm_step_backward(p, x_t, h, c, saved, dh_new, dc_new, rm=None):
     return da @ p["w_ih"], dh, dc_prev, grads
 
 
-def gru_step_forward(p, x_t, h, reset_after):
+def gru_step_forward(p, x_t, h, reset_after, rm=None):
     H = h.shape[1]
     gi = x_t @ p["w_ih"].T + p["b_ih"]                       # (B, 3H): input parts of r, z, n
     w_hr_z, w_hn = p["w_hh"][:2 * H], p["w_hh"][2 * H:]
     b_hr_z, b_hn = p["b_hh"][:2 * H], p["b_hh"][2 * H:]
-    gh_rz = h @ w_hr_z.T + b_hr_z
+    hn = h if rm is None else h * rm[2]                      # n's operand (recurrent dropout: masked)
+    gh_rz = rec_forward(w_hr_z, h, None if rm is None else rm[:2]) + b_hr_z
     r = sigmoid(gi[:, :H] + gh_rz[:, :H])
     z = sigmoid(gi[:, H:2 * H] + gh_rz[:, H:])
     if reset_after:                                          # torch: r * (h W_hn^T + b_hn)
-        gh_n = h @ w_hn.T + b_hn
+        gh_n = hn @ w_hn.T + b_hn
         n = np.tanh(gi[:, 2 * H:] + r * gh_n)
         saved = dict(r=r, z=z, n=n, gh_n=gh_n)
     else:                                                    # Cho et al.: (r * h) W_hn^T + b_hn
-        rh = r * h
+        rh = r * hn
         n = np.tanh(gi[:, 2 * H:] + rh @ w_hn.T + b_hn)
         saved = dict(r=r, z=z, n=n, rh=rh)
     h_new = (1.0 - z) * n + z * h
     return h_new, None, saved
 
 
-def gru_step_backward(p, x_t, h, saved, dh_new, reset_after):
+def gru_step_backward(p, x_t, h, saved, dh_new, reset_after, rm=None):
     H = h.shape[1]
+    mn = 1.0 if rm is None else rm[2]                        # n's mask on h_{t-1}
     r, z, n = saved["r"], saved["z"], saved["n"]
     w_hr_z, w_hn = p["w_hh"][:2 * H], p["w_hh"][2 * H:]
     dn = dh_new * (1.0 - z)
@@ -186,21 +190,22 @@ def gru_step_backward(p, x_t, h, saved, dh_new, reset_after):
     if reset_after:
         dr = da_n * saved["gh_n"]
         dgh_n = da_n * r                        # gradient of h W_hn^T + b_hn
-        dh_prev = dh_prev + dgh_n @ w_hn
-        dw_hn = dgh_n.T @ h
+        dh_prev = dh_prev + (dgh_n @ w_hn) * mn
+        dw_hn = dgh_n.T @ (h * mn)
     else:
-        drh = da_n @ w_hn                       # gradient of r*h
-        dr = drh * h
-        dh_prev = dh_prev + drh * r
+        drh = da_n @ w_hn                       # gradient of r*h (r * h * mask_n when masked)
+        dr = drh * h * mn
+        dh_prev = dh_prev + drh * r * mn
         dgh_n = da_n                            # gradient of (r*h) W_hn^T + b_hn
         dw_hn = da_n.T @ saved["rh"]
     da_r = dr * r * (1.0 - r)
     da_z = dz * z * (1.0 - z)
     dgi = np.concatenate([da_r, da_z, da_n], axis=1)
     dgh_rz = np.concatenate([da_r, da_z], axis=1)
-    dh_prev = dh_prev + dgh_rz @ w_hr_z
+    dh_rz, dw_rz = rec_backward(w_hr_z, h, None if rm is None else rm[:2], dgh_rz)
+    dh_prev = dh_prev + dh_rz
     grads = dict(w_ih=dgi.T @ x_t,
-                 w_hh=np.concatenate([dgh_rz.T @ h, dw_hn], axis=0),
+                 w_hh=np.concatenate([dw_rz, dw_hn], axis=0),
                  b_ih=dgi.sum(0),
                  b_hh=np.concatenate([dgh_rz.sum(0), dgh_n.sum(0)]))
     return dgi @ p["w_ih"], dh_prev, None, grads
@@ -230,7 +235,7 @@ def direction_forward(cell, p, x, h0, c0, reverse, lengths, nonlinearity="tanh",
         elif cell == "lstm":
             h_new, c_new, saved = lstm_step_forward(p, x_t, h, c, rm)
         else:
-            h_new, c_new, saved = gru_step_forward(p, x_t, h, reset_after)
+            h_new, c_new, saved = gru_step_forward(p, x_t, h, reset_after, rm)
         steps.append(dict(t=t, active=active, x_t=x_t, h=h, c=c, saved=saved, rm=rm))
         y[t[active], batch[active]] = h_new[active]
         keep = active[:, None]
@@ -264,7 +269,7 @@ def direction_backward(cell, p, steps, x_shape, dy, dh_n, dc_n, nonlinearity="ta
                                                            dh_new, dc_new, st["rm"])
         else:
             dx_t, dh_prev, dc_prev, g = gru_step_backward(p, st["x_t"], st["h"], st["saved"], dh_new,
-                                                          reset_after)
+                                                          reset_after, st["rm"])
         for k, v in g.items():
             grads[k] += v
         dx[t[active], batch[active]] += dx_t[active]
@@ -303,15 +308,13 @@ def ref_forward(cell, params, x, hx=None, *, num_layers=1, bidirectional=False, 
         if len(masks) != L - 1 or any(m.shape != (T, B, D * P) for m in masks):
             raise ValueError("masks: a list of L-1 arrays shaped (T, B, D*P)")
     if rmasks is not None:
-        if cell == "gru":
-            raise ValueError("rmasks: the GRU has no recurrent dropout yet")
         if len(rmasks) != L * D:
             raise ValueError(f"rmasks: a list of L*D = {L * D} entries")
         # internally always (G_m, B, P): the RNN's single mask as one block
         rmasks = [None if m is None else np.asarray(m, dtype=np.float64).reshape(-1, B, P) for m in rmasks]
-        want = 1 if cell == "rnn" else 4
+        want = {"rnn": 1, "gru": 3, "lstm": 4}[cell]
         if any(m is not None and m.shape[0] != want for m in rmasks):
-            raise ValueError(f"rmasks: each entry None or {'(B, P)' if want == 1 else '(4, B, P)'}")
+            raise ValueError(f"rmasks: each entry None or {'(B, P)' if want == 1 else f'({want}, B, P)'}")
 
     if hx is None:
         h0 = np.zeros((L * D, B, P))

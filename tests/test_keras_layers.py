@@ -136,8 +136,8 @@ def test_bad_layer_arguments():
         L.GRU(3, recurrent_activation="hard_sigmoid")
     with pytest.raises(ValueError, match="activation"):
         L.SimpleRNN(3, activation="gelu")
-    with pytest.raises(ValueError, match="recurrent_dropout is not supported yet"):
-        L.GRU(3, recurrent_dropout=0.2)
+    with pytest.raises(ValueError, match="dropout together with recurrent_dropout"):
+        L.GRU(3, dropout=0.1, recurrent_dropout=0.2)
     with pytest.raises(ValueError, match="kernel_initializer"):
         L.Dense(3, kernel_initializer="nope")
     with pytest.raises(TypeError, match="units"):
@@ -263,8 +263,81 @@ def ref_rnn_recdrop(cell, x, ws, rmask, go_backwards=False):
     return np.stack(outs, 1), h, c
 
 
+def ref_gru_recdrop(x, ws, rmask, reset_after=True, go_backwards=False):
+    """Keras 3's GRUCell, implementation 1 (which recurrent_dropout forces), with the masks rmask (3, B, U) in
+    Keras's order z, r, h: h_tm1_q = h_tm1 * rec_dp_mask[q] in gate q's recurrent matmul (reset_after=False:
+    matmul(r * h_tm1_h, ...)), the carry h = z * h_tm1 + (1 - z) * hh on the unmasked h_tm1."""
+    k, rk = ws[0], ws[1]
+    B, T, _ = x.shape
+    U = rk.shape[0]
+    if len(ws) > 2:
+        bi, br = (ws[2][0], ws[2][1]) if reset_after else (ws[2], np.zeros(3 * U))
+    else:
+        bi = br = np.zeros(3 * U)
+    ks, rks, bis, brs = (np.split(a, 3, axis=-1) for a in (k, rk, bi, br))
+    h = np.zeros((B, U))
+    if go_backwards:
+        x = x[:, ::-1]
+    outs = []
+    for t in range(T):
+        xt = x[:, t]
+        xz, xr, xh = (xt @ ks[q] + bis[q] for q in range(3))
+        z = sig(xz + (h * rmask[0]) @ rks[0] + brs[0])
+        r = sig(xr + (h * rmask[1]) @ rks[1] + brs[1])
+        if reset_after:
+            hh = np.tanh(xh + r * ((h * rmask[2]) @ rks[2] + brs[2]))
+        else:
+            hh = np.tanh(xh + (r * (h * rmask[2])) @ rks[2])
+        h = z * h + (1 - z) * hh
+        outs.append(h)
+    return np.stack(outs, 1), h
+
+
 def _fixed_mask(layer, mask):
     layer._recurrent_mask = lambda B: mask.astype(layer.dtype)
+
+
+def _fixed_keras_mask(layer, mask):
+    """The layer's masks fixed in Keras's gate order (the layer reorders them for the kernels)."""
+    layer._draw_recurrent_mask = lambda B: mask.astype(layer.dtype)
+
+
+@pytest.mark.parametrize("reset_after", [True, False])
+@pytest.mark.parametrize("go_backwards", [False, True])
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_gru_recurrent_dropout_matches_keras_formula(reset_after, go_backwards, use_bias):
+    rng = np.random.default_rng(17)
+    B, T, F, U = 4, 6, 3, 5
+    x = rng.standard_normal((B, T, F))
+    layer = L.GRU(U, return_sequences=True, return_state=True, recurrent_dropout=0.4, go_backwards=go_backwards,
+                  reset_after=reset_after, use_bias=use_bias, dtype="float64", seed=1)
+    layer(x)
+    ws = [w + 0.1 * rng.standard_normal(w.shape) for w in layer.get_weights()]
+    layer.set_weights(ws)
+    mask = (rng.random((3, B, U)) < 0.6) / 0.6
+    _fixed_keras_mask(layer, mask)
+    out = layer(x, training=True)
+    ys, h = ref_gru_recdrop(x, ws, mask, reset_after, go_backwards)
+    np.testing.assert_allclose(out[0], ys, atol=1e-10)
+    np.testing.assert_allclose(out[1], h, atol=1e-10)
+    # the gate order matters: z's and r's masks swapped give another result
+    assert np.abs(ref_gru_recdrop(x, ws, mask[[1, 0, 2]], reset_after, go_backwards)[0] - ys).max() > 1e-3
+    # inference never applies it
+    out = layer(x)
+    ys0, _ = ref_gru_recdrop(x, ws, np.ones((3, B, U)), reset_after, go_backwards)
+    np.testing.assert_allclose(out[0], ys0, atol=1e-10)
+    assert np.abs(ys0 - ys).max() > 1e-3
+
+
+def test_gru_recurrent_dropout_masks_per_batch_seeded_and_training_only():
+    rng = np.random.default_rng(18)
+    x = rng.standard_normal((6, 5, 3))
+    a, b = L.GRU(4, recurrent_dropout=0.5, seed=3), L.GRU(4, recurrent_dropout=0.5, seed=3)
+    ya1, ya2 = a(x, training=True), a(x, training=True)
+    yb1 = b(x, training=True)
+    np.testing.assert_array_equal(ya1, yb1)
+    assert np.abs(ya1 - ya2).max() > 1e-6
+    np.testing.assert_array_equal(a(x), a(x, training=False))
 
 
 @pytest.mark.parametrize("cell,cls", [("rnn", L.SimpleRNN), ("lstm", L.LSTM)])
@@ -307,10 +380,11 @@ def test_recurrent_dropout_masks_per_batch_seeded_and_training_only():
 
 
 def test_recurrent_dropout_unsupported_combinations():
-    with pytest.raises(ValueError, match="GRU"):
-        L.GRU(3, recurrent_dropout=0.2)
-    with pytest.raises(ValueError, match="dropout together with recurrent_dropout"):
-        L.LSTM(3, dropout=0.1, recurrent_dropout=0.2)
+    L.GRU(3, recurrent_dropout=0.2)
+    L.GRU(3, recurrent_dropout=0.2, reset_after=False)
+    for cls in (L.LSTM, L.GRU):  # Keras then draws one input mask per gate
+        with pytest.raises(ValueError, match="dropout together with recurrent_dropout"):
+            cls(3, dropout=0.1, recurrent_dropout=0.2)
     L.SimpleRNN(3, dropout=0.1, recurrent_dropout=0.2)  # SimpleRNN: one mask each in Keras too
 
 
@@ -338,7 +412,7 @@ def _grad_check_fixed(model, x, y, loss, n=25, seed=0):
         assert abs(num - ana[i]) <= 1e-6 + 1e-4 * abs(num), (i, num, ana[i])
 
 
-@pytest.mark.parametrize("cell", [L.LSTM, L.SimpleRNN])
+@pytest.mark.parametrize("cell", [L.LSTM, L.SimpleRNN, L.GRU])
 def test_gradcheck_recurrent_dropout_bidirectional_masked(cell):
     rng = np.random.default_rng(9)
     x = rng.standard_normal((3, 5, 2))
@@ -349,18 +423,19 @@ def test_gradcheck_recurrent_dropout_bidirectional_masked(cell):
     m = Sequential([L.Masking(0.0, dtype=D), bi, L.Dense(2, activation="sigmoid", dtype=D)])
     m.build((None, 5, 2))
     for k, layer in enumerate((bi.forward_layer, bi.backward_layer)):
-        shape = (3, 3) if cell is L.SimpleRNN else (4, 3, 3)
+        shape = (3, 3) if cell is L.SimpleRNN else (3 if cell is L.GRU else 4, 3, 3)
         _fixed_mask(layer, (np.random.default_rng(k).random(shape) < 0.5) / 0.5)
     _grad_check_fixed(m, x, y, "binary_crossentropy", n=40)
 
 
-def test_recurrent_dropout_model_learns():
+@pytest.mark.parametrize("cell", [L.LSTM, L.GRU])
+def test_recurrent_dropout_model_learns(cell):
     """A small task with recurrent_dropout=0.2: the sum of the sequence's first feature's sign."""
     rng = np.random.default_rng(10)
     x = rng.standard_normal((512, 8, 2))
     y = (x[:, :, 0].sum(1) > 0).astype(float)[:, None]
     L.set_random_seed(0)
-    m = Sequential([L.LSTM(16, recurrent_dropout=0.2, input_shape=(8, 2)), L.Dense(1, activation="sigmoid")])
+    m = Sequential([cell(16, recurrent_dropout=0.2, input_shape=(8, 2)), L.Dense(1, activation="sigmoid")])
     m.compile(optimizer="adam", loss="binary_crossentropy", metrics=["accuracy"])
     before = m.evaluate(x, y, verbose=0)
     m.fit(x, y, epochs=15, batch_size=32, verbose=0)
@@ -368,22 +443,25 @@ def test_recurrent_dropout_model_learns():
     assert after[0] < 0.5 * before[0] and after[1] > 0.85, (before, after)
 
 
-@pytest.mark.parametrize("cell", ["SimpleRNN", "LSTM"])
+@pytest.mark.parametrize("cell", ["SimpleRNN", "LSTM", "GRU", "GRU_reset_before"])
 def test_recurrent_dropout_against_keras_itself(cell):
     """The same weights and an injected recurrent mask into Keras's own cell (skipped without keras)."""
     keras = pytest.importorskip("keras")
     rng = np.random.default_rng(11)
     B, T, F, U = 3, 5, 2, 4
     x = rng.standard_normal((B, T, F)).astype("float32")
-    kl = getattr(keras.layers, cell)(U, return_sequences=True, recurrent_dropout=0.5, seed=0)
+    kw = dict(reset_after=False) if cell == "GRU_reset_before" else {}
+    cell = cell.split("_")[0]
+    kl = getattr(keras.layers, cell)(U, return_sequences=True, recurrent_dropout=0.5, seed=0, **kw)
     kl(x)
     ws = [w + 0.1 * rng.standard_normal(w.shape).astype("float32") for w in kl.get_weights()]
     kl.set_weights(ws)
-    masks = [((rng.random((B, U)) < 0.5) / 0.5).astype("float32") for _ in range(1 if cell == "SimpleRNN" else 4)]
+    masks = [((rng.random((B, U)) < 0.5) / 0.5).astype("float32")
+             for _ in range({"SimpleRNN": 1, "LSTM": 4, "GRU": 3}[cell])]
     kl.cell._recurrent_dropout_mask = masks[0] if cell == "SimpleRNN" else list(masks)
     want = np.asarray(kl(x, training=True))
-    ours = getattr(L, cell)(U, return_sequences=True, recurrent_dropout=0.5)
+    ours = getattr(L, cell)(U, return_sequences=True, recurrent_dropout=0.5, **kw)
     ours(x)
     ours.set_weights(ws)
-    _fixed_mask(ours, masks[0] if cell == "SimpleRNN" else np.stack(masks))
+    _fixed_keras_mask(ours, masks[0] if cell == "SimpleRNN" else np.stack(masks))
     np.testing.assert_allclose(ours(x, training=True), want, atol=2e-5)

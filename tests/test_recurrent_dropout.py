@@ -1,5 +1,5 @@
 """Recurrent dropout masks in the kernels (Keras's recurrent_dropout: docs/keras.md; csrc/fastrnn.h, rmask):
-the RNN's (B, P) mask and the LSTM's (4, B, P), one per gate, through fastrnn.nn.functional's rmasks=.
+the RNN's (B, P) mask, the LSTM's (4, B, P) and the GRU's (3, B, H), one per gate, through fastrnn.nn.functional's rmasks=.
 Kernels against the float64 reference on every ISA and dtype, backward against finite differences with a
 fixed mask, checkpoint recomputation, all-ones masks, and bad masks refused before any C code runs."""
 
@@ -15,7 +15,7 @@ from helpers import (FD_RTOL, FD_STEP, Case, assert_close, assert_grads_close, a
 
 DTYPES = [np.float32, np.float64]
 DT_IDS = ["f32", "f64"]
-MASKED = ["rnn_tanh", "rnn_relu", "lstm", "lstm_proj"]
+MASKED = ["rnn_tanh", "rnn_relu", "lstm", "lstm_proj", "gru", "gru_reset_before"]
 REC = "recurrent dropout vs reference"
 
 
@@ -25,13 +25,15 @@ def spec_of(case, dtype):
         kw["nonlinearity"] = case.nonlinearity
     if case.cell == "lstm" and case.proj_size:
         kw["proj_size"] = case.proj_size
+    if case.cell == "gru":
+        kw["reset_after"] = case.reset_after
     return LayerSpec(case.cell, case.I, case.H, **kw)
 
 
 def random_rmasks(case, dtype, rate=0.4, seed=5):
     """One mask per (layer, direction): entries 0 or 1/(1-rate), in the kernels' shape."""
     rng = np.random.default_rng(seed)
-    shape = (case.B, case.P) if case.cell == "rnn" else (4, case.B, case.P)
+    shape = (case.B, case.P) if case.cell == "rnn" else ({"lstm": 4, "gru": 3}[case.cell], case.B, case.P)
     keep = 1.0 - rate
     return [((rng.random(shape) < keep) / keep).astype(dtype) for _ in range(case.num_layers * case.D)]
 
@@ -232,20 +234,21 @@ def _setup(cell="lstm", dtype=np.float32, **kw):
     return spec, params, x
 
 
-@pytest.mark.parametrize("cell,shape", [("rnn", (3, 6)), ("lstm", (4, 3, 6))])
+@pytest.mark.parametrize("cell,shape", [("rnn", (3, 6)), ("lstm", (4, 3, 6)), ("gru", (3, 3, 6))])
 def test_bad_masks(cell, shape, monkeypatch):
     spec, params, x = _setup(cell)
     from fastrnn import _core
 
     def no_kernel(*a, **k):
         raise AssertionError("a kernel ran")
-    for name in ("rnn_forward", "lstm_forward"):
+    for name in ("rnn_forward", "lstm_forward", "gru_forward"):
         monkeypatch.setattr(_core, name, no_kernel)
     good = np.ones(shape, np.float32)
     bad_shape = np.ones(shape[:-1] + (7,), np.float32)
     cases = [
         (ValueError, [bad_shape]),
         (ValueError, [np.ones((3,) + shape, np.float32)]),
+        (ValueError, [np.ones((2,) + shape[-2:], np.float32)]),  # too few gates (LSTM, GRU) or a 3-D RNN mask
         (ValueError, [good, good]),                           # one layer, one direction: one entry
         (TypeError, [good.astype(np.float64)]),               # dtype of the layer
         (TypeError, [good.tolist()]),                         # not an ndarray
@@ -258,7 +261,18 @@ def test_bad_masks(cell, shape, monkeypatch):
         F.forward(spec, params, x, train=False, rmasks=[good])
 
 
-def test_gru_masks_refused():
-    spec, params, x = _setup("gru")
-    with pytest.raises(ValueError, match="not supported yet"):
-        F.forward(spec, params, x, train=True, rmasks=[np.ones((3, 3, 6), np.float32)])
+def test_gru_mask_order_per_gate():
+    """The GRU's masks are per gate r, z, n (the kernels' order): zeroing one gate's mask changes the output,
+    and each gate's mask alone matches the reference's (not another gate's)."""
+    case = Case.variant("gru", T=4, B=3, I=5, H=8)
+    dt = np.float64
+    params = random_params(case, dt)
+    data = random_data(case, dt, seed=1)
+    for g in range(3):
+        m = np.ones((3, case.B, case.H))
+        m[g] = 0
+        got = run_fastrnn(case, dt, params, data, [m])
+        want = run_reference(case, params, data, [m])
+        compare(case, dt, got, want)
+        other = m[[1, 0, 2]] if g < 2 else m[[2, 1, 0]]
+        assert np.abs(run_reference(case, params, data, [other])["y"] - got["y"]).max() > 1e-3

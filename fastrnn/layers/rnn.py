@@ -80,12 +80,9 @@ class _RNNLayer(Layer):
         self.bias_regularizer = get_regularizer(bias_regularizer, "bias_regularizer")
         self.dropout = check_rate("dropout", dropout)
         self.recurrent_dropout = check_rate("recurrent_dropout", recurrent_dropout)
-        if self.recurrent_dropout > 0 and self._cell == "gru":
-            raise ValueError(f"{cls}: recurrent_dropout is not supported yet for the GRU (the RNN's and the "
-                             f"LSTM's kernels have it); expected 0.0, got {recurrent_dropout}")
-        if self.recurrent_dropout > 0 and self.dropout > 0 and self._cell == "lstm":
+        if self.recurrent_dropout > 0 and self.dropout > 0 and self._cell in ("lstm", "gru"):
             # Keras 3 switches the cell to implementation 1 with recurrent_dropout, which then draws one input
-            # mask per gate (dropout_mask_count = 4): not the single input mask the layer applies to x
+            # mask per gate (dropout_mask_count = 4, GRU 3): not the single input mask the layer applies to x
             raise ValueError(f"{cls}: dropout together with recurrent_dropout is not supported yet (Keras then "
                              f"draws one input mask per gate); expected one of them 0.0, got dropout={dropout}, "
                              f"recurrent_dropout={recurrent_dropout}")
@@ -317,9 +314,18 @@ class _RNNLayer(Layer):
     def _recurrent_mask(self, B):
         """Keras's recurrent dropout masks for a batch of B sequences, drawn once per call (per batch) and
         the same at every step, 0 or 1/(1-rate): SimpleRNN one (B, U) on h_{t-1}; LSTM one per gate, (4, B, U)
-        in the kernels' gate order i, f, g, o = Keras's i, f, c, o (docs/keras.md)."""
+        in the kernels' gate order i, f, g, o = Keras's i, f, c, o; GRU one per gate, drawn in Keras's order
+        z, r, h and handed to the kernels in theirs, r, z, n (docs/keras.md)."""
+        m = self._draw_recurrent_mask(B)
+        if self._cell == "gru":  # Keras's block k is the kernels' block _perm[k]
+            m = np.ascontiguousarray(m[np.argsort(self._perm)])
+        return m
+
+    def _draw_recurrent_mask(self, B):
+        """The masks of _recurrent_mask in Keras's gate order (SimpleRNN (B, U), LSTM (4, B, U) i, f, c, o, GRU
+        (3, B, U) z, r, h), from the layer's seeded generator."""
         keep = 1.0 - self.recurrent_dropout
-        shape = (B, self.units) if self._cell == "rnn" else (4, B, self.units)
+        shape = (B, self.units) if self._cell == "rnn" else (self._G, B, self.units)
         return (self._rng.random(shape) < keep).astype(self.dtype) / self.dtype.type(keep)
 
     def _core_backward(self, cache, dy_tm, dstate):

@@ -29,7 +29,7 @@ class Cell:
     forward: Callable           # see the module docstring
     backward: Callable
     rmask_gates: int = 0        # recurrent dropout masks per (layer, direction): RNN 1 (B, H), LSTM 4
-                                # (4, B, P), one per gate (Keras's); 0: not supported (GRU, not yet)
+                                # (4, B, P), GRU 3 (3, B, H), one per gate (Keras's); 0: not supported
 
     def rmask_shape(self, B, P):
         """The kernels' recurrent dropout operand of one (layer, direction): (B, P) or (G, B, P)."""
@@ -67,22 +67,15 @@ def _lstm_backward(spec, T, B, I, reverse, lengths, x, h0, c0, p, y, ldy, tape, 
                         ldy, tape, dy, lddy, dhn, dcn, dx, dx_acc, dh0, dc0, g[0], g[1], g[2], g[3], g[4], rmask)
 
 
-def _no_rmask(rmask):
-    if rmask is not None:  # functional.check_rmasks refuses them first
-        raise ValueError("rmasks: recurrent dropout is not supported yet for the GRU")
-
-
 def _gru_forward(spec, T, B, I, reverse, lengths, x, h0, c0, p, y, ldy, hn, cn, tape, rmask=None):
-    _no_rmask(rmask)
     _core.gru_forward(T, B, I, spec.hidden_size, spec.reset_after, reverse, lengths, x, h0, p[0], p[1], p[2],
-                      p[3], y, ldy, hn, tape)
+                      p[3], y, ldy, hn, tape, rmask)
 
 
 def _gru_backward(spec, T, B, I, reverse, lengths, x, h0, c0, p, y, ldy, tape, dy, lddy, dhn, dcn, dx, dx_acc,
                   dh0, dc0, g, rmask=None):
-    _no_rmask(rmask)
     _core.gru_backward(T, B, I, spec.hidden_size, spec.reset_after, reverse, lengths, x, h0, p[0], p[1], y,
-                       ldy, tape, dy, lddy, dhn, dx, dx_acc, dh0, g[0], g[1], g[2], g[3])
+                       ldy, tape, dy, lddy, dhn, dx, dx_acc, dh0, g[0], g[1], g[2], g[3], rmask)
 
 
 RNN_CELL = Cell("rnn", "RNN", gates=("h",), state=("h",), projection=False,
@@ -96,7 +89,7 @@ LSTM_CELL = Cell("lstm", "LSTM", gates=("i", "f", "g", "o"), state=("h", "c"), p
 GRU_CELL = Cell("gru", "GRU", gates=("r", "z", "n"), state=("h",), projection=False,
                 option=lambda spec: int(spec.reset_after),
                 tape_len=lambda T, B, H, P, f64: _core.gru_tape_len(T, B, H, f64),
-                forward=_gru_forward, backward=_gru_backward)
+                forward=_gru_forward, backward=_gru_backward, rmask_gates=3)
 
 CELLS = {c.name: c for c in (RNN_CELL, LSTM_CELL, GRU_CELL)}
 

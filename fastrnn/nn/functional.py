@@ -139,7 +139,8 @@ def _default_mask_fn(spec):
 def check_rmasks(spec, rmasks, B, train):
     """The recurrent dropout masks of forward(..., rmasks=) checked: None, or a list of L*D entries (row k*D + d),
     each None or a C-contiguous ndarray of spec.dtype shaped spec.cell.rmask_shape(B, P) -- RNN (B, P), LSTM
-    (4, B, P), one mask per gate i, f, g, o (Keras's recurrent_dropout, docs/keras.md) -- fixed over the
+    (4, B, P), one mask per gate i, f, g, o, GRU (3, B, H), one per gate r, z, n (Keras's recurrent_dropout,
+    docs/keras.md) -- fixed over the
     steps.  TypeError / ValueError otherwise, before any C code runs."""
     if rmasks is None:
         return None

@@ -147,7 +147,7 @@ static size_t n_b(const cfg_t *c) { return (size_t)G_of(c->cell) * c->H; }
             rc = k->lstm_forward(T, B, I, H, P, c->reverse, len, NULL, x, h0, c0, wi, wh, bi, bh, wr, yy, ldy, hh, cc, \
                                  tape);                                                                       \
         else                                                                                                  \
-            rc = k->gru_forward(T, B, I, H, c->reset_after, c->reverse, len, x, h0, wi, wh, bi, bh, yy, ldy, hh, \
+            rc = k->gru_forward(T, B, I, H, c->reset_after, c->reverse, len, NULL, x, h0, wi, wh, bi, bh, yy, ldy, hh, \
                                 tape);                                                                        \
         for (size_t i = 0; i < ny; i++) y[i] = (double)yy[i];                                                 \
         for (size_t i = 0; i < (size_t)B * P; i++) hn[i] = (double)hh[i];                                     \
@@ -270,7 +270,7 @@ static void grad_check(const cfg_t *c, const inputs_t *in) {
                               P, Rh, Rc, dx, 0, dh0, dc0, dwi, dwh, c->has_bias ? dbi : NULL,
                               c->has_bias ? dbh : NULL, wr ? dwr : NULL);
     else
-        rc = k->gru_backward(T, B, I, H, c->reset_after, c->reverse, len, in->x, h0, in->w_ih, in->w_hh, yk, P, tape,
+        rc = k->gru_backward(T, B, I, H, c->reset_after, c->reverse, len, NULL, in->x, h0, in->w_ih, in->w_hh, yk, P, tape,
                              R, P, Rh, dx, 0, dh0, dwi, dwh, c->has_bias ? dbi : NULL, c->has_bias ? dbh : NULL);
     checks++;
     if (rc != FR_OK) {
