@@ -9,7 +9,9 @@ without `rmasks=` (the same inputs), the two alternated in ABBA order; quote the
 machines are shared).
 """
 import argparse
+import os
 import statistics
+import sys
 import time
 
 import numpy as np
@@ -17,6 +19,9 @@ import numpy as np
 import fastrnn
 from fastrnn.nn import LayerSpec
 from fastrnn.nn import functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from ab_compare import timed  # noqa: E402
 
 
 def make(cell, T, B, I, H, rate, masked):
@@ -33,13 +38,6 @@ def make(cell, T, B, I, H, rate, masked):
         y, _, tape = F.forward(spec, params, x, train=True, rmasks=rm)
         F.backward(tape, dy)
     return run
-
-
-def timed(run, n):
-    t = time.perf_counter()
-    for _ in range(n):
-        run()
-    return (time.perf_counter() - t) / n
 
 
 def main():

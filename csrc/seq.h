@@ -263,11 +263,14 @@ static inline const real *seq_prev(const fr_seq *q, int s, int b,
     return y + ((size_t)seq_time(q, s - 1, b) * q->B + b) * (size_t)ldy;
 }
 
-/* dst (rows of steps s0 .. s1-1, H): h_{t-1} of every row, the right-hand operand of dW_hh = dG^T H_prev. */
+/* dst (rows of steps s0 .. s1-1, H): h_{t-1} of every row, the right-hand operand of dW_hh = dG^T H_prev; with a
+ * recurrent dropout mask, h_{t-1} * mask[b] row by row: the operand gate g's rows of dW_hh multiply when the
+ * forward's product read h_{t-1} * mask_g (docs/keras.md, recurrent_dropout). */
 static void seq_gather_prev(const fr_seq *q, int s0, int s1,
-                                const real *y, int ldy, /* (T, B, ldy) */
-                                const real *h0,         /* (B, H) or NULL */
-                                int H, real *dst) {     /* (rows, H) out */
+                            const real *y, int ldy, /* (T, B, ldy) */
+                            const real *h0,         /* (B, H) or NULL */
+                            const real *mask,       /* (B, H) batch order, or NULL */
+                            int H, real *dst) {     /* (rows, H) out */
     size_t lo, hi;
     seq_rows(q, s0, s1, &lo, &hi);
     for (int s = s0; s < s1; s++) {
@@ -276,33 +279,12 @@ static void seq_gather_prev(const fr_seq *q, int s0, int s1,
         for (int j = 0; j < n; j++) {
             int b = seq_batch(q, j);
             const real *p = seq_prev(q, s, b, y, ldy, h0, H, NULL); /* (H) or NULL: zeros */
-            if (p)
-                memcpy(d + (size_t)j * H, p, sizeof(real) * (size_t)H);
-            else
+            if (!p)
                 memset(d + (size_t)j * H, 0, sizeof(real) * (size_t)H);
-        }
-    }
-}
-
-/* seq_gather_prev with a recurrent dropout mask: dst = h_{t-1} * mask[b] row by row, the operand gate g's
- * rows of dW_hh multiply when the forward's product read h_{t-1} * mask_g (docs/keras.md, recurrent_dropout). */
-static void seq_gather_prev_masked(const fr_seq *q, int s0, int s1,
-                                   const real *y, int ldy, /* (T, B, ldy) */
-                                   const real *h0,         /* (B, H) or NULL */
-                                   const real *mask,       /* (B, H) batch order */
-                                   int H, real *dst) {     /* (rows, H) out */
-    size_t lo, hi;
-    seq_rows(q, s0, s1, &lo, &hi);
-    for (int s = s0; s < s1; s++) {
-        int n = seq_active(q, s);
-        real *d = dst + (seq_row(q, s) - lo) * (size_t)H; /* (n, H) */
-        for (int j = 0; j < n; j++) {
-            int b = seq_batch(q, j);
-            const real *p = seq_prev(q, s, b, y, ldy, h0, H, NULL); /* (H) or NULL: zeros */
-            if (p)
+            else if (mask)
                 rec_mask_row(H, p, mask + (size_t)b * H, d + (size_t)j * H);
             else
-                memset(d + (size_t)j * H, 0, sizeof(real) * (size_t)H);
+                memcpy(d + (size_t)j * H, p, sizeof(real) * (size_t)H);
         }
     }
 }
@@ -466,7 +448,7 @@ static int seq_weight_grads(const fr_seq *q, int T, int B, int reverse, int GH, 
         const real *dzc = dz + lo * GH;    /* (m, GH) */
         const real beta = s0 > 0 ? 1 : 0;  /* the first chunk overwrites, the others add */
         if (dw_ih) seq_gather(q, s0, s1, x, I, I, xg);
-        if (need_h && !rmask && !tmask) seq_gather_prev(q, s0, s1, y, ldy, h0, P, hg);
+        if (need_h && !rmask && !tmask) seq_gather_prev(q, s0, s1, y, ldy, h0, NULL, P, hg);
         /* dx's product into xg after dW_ih's has read it: chained behind it */
         const gk_job j_dx = {0, 0, m, I, GH, (real)1, dzc, GH, w_ih, I, (real)0, xg, I, NULL};
         const gk_job j_ih = {1, 0, GH, I, m, (real)1, dzc, GH, xg, I, beta, dw_ih, I, dx ? &j_dx : NULL};
@@ -480,14 +462,14 @@ static int seq_weight_grads(const fr_seq *q, int T, int B, int reverse, int GH, 
         fr_gemm_jobs(jobs, 4);
         if (dw_hh && rmask)
             for (int g = 0; g < rG; g++) { /* gate g's rows: dZ_g^T (H_prev * mask_g) */
-                seq_gather_prev_masked(q, s0, s1, y, ldy, h0, rmask + (size_t)g * B * P, P, hg);
+                seq_gather_prev(q, s0, s1, y, ldy, h0, rmask + (size_t)g * B * P, P, hg);
                 const gk_job j_g = {1, 0, gh, P, m, (real)1, dzc + (size_t)g * gh, GH, hg, P, beta,
                                     dw_hh + (size_t)g * gh * P, P, NULL};
                 const gk_job *jg[1] = {&j_g};
                 fr_gemm_jobs(jg, 1);
             }
         if (dw_hh && tmask) { /* the tail's rows: dZ_t^T (H_prev * tail->mask) */
-            seq_gather_prev_masked(q, s0, s1, y, ldy, h0, tail->mask, P, hg);
+            seq_gather_prev(q, s0, s1, y, ldy, h0, tail->mask, P, hg);
             const gk_job *jt[1] = {&j_t};
             fr_gemm_jobs(jt, 1);
         }

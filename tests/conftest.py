@@ -1,4 +1,4 @@
-"""pytest configuration: import path, markers, the ISA fixture, and the end-of-run error summary."""
+"""pytest configuration: import path, markers, the ISA and thread-count fixtures, and the end-of-run error summary."""
 
 import os
 import sys
@@ -31,6 +31,16 @@ def poisoned_workspace():
     previous = fastrnn._core._set_workspace_poison(True)
     yield
     fastrnn._core._set_workspace_poison(previous)
+
+
+@pytest.fixture(params=[1, 2])
+def threads(request):
+    """Run the test with the kernels on 1 and on 2 threads, restoring the count afterwards."""
+    import fastrnn
+    previous = fastrnn.get_num_threads()
+    fastrnn.set_num_threads(request.param)
+    yield request.param
+    fastrnn.set_num_threads(previous)
 
 
 @pytest.fixture(params=ISAS)

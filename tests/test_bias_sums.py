@@ -21,12 +21,6 @@ VARIANTS = {
 }
 
 
-@pytest.fixture(params=[1, 2])
-def threads(request):
-    previous = fastrnn.get_num_threads()
-    fastrnn.set_num_threads(request.param)
-    yield request.param
-    fastrnn.set_num_threads(previous)
 
 
 def _grads(cls, kw, dtype, state, x, dy, lengths):

@@ -63,13 +63,6 @@ def check(case, dtype, seed=0):
 
 # ---- single layer, one direction: every cell, varied shapes ------------------------------------------------
 
-@pytest.fixture(params=[1, 2])
-def threads(request):
-    """Run the test with the kernels on 1 and on 2 threads, restoring the count afterwards."""
-    previous = fastrnn.get_num_threads()
-    fastrnn.set_num_threads(request.param)
-    yield request.param
-    fastrnn.set_num_threads(previous)
 
 
 SHAPES = [  # (T, B, I, H)

@@ -82,12 +82,6 @@ def check(case, dtype, seed=0, rate=0.4, checkpoint=None):
     return got
 
 
-@pytest.fixture(params=[1, 2])
-def threads(request):
-    previous = fastrnn.get_num_threads()
-    fastrnn.set_num_threads(request.param)
-    yield request.param
-    fastrnn.set_num_threads(previous)
 
 
 SHAPES = [  # (T, B, I, H): direct mode (T*B <= 4), tails past the SIMD widths, partial blocks, many rows

@@ -79,6 +79,11 @@ def _plain_eager():
                 or _onnx_exporting())
 
 
+def _plain_state(t, dt, shape):
+    """Whether t is a state tensor the fast paths take as is: a plain CPU tensor of dtype dt and this shape."""
+    return type(t) is torch.Tensor and t.dtype is dt and t.is_cpu and t.shape == shape and not _wrapped(t)
+
+
 def _fast_params(self, fast):
     """Whether the Parameters are the ones recorded in `fast` (none replaced, as functional_call or an
     assignment would) with their memory where it was (.to(), .data = ... move it; in-place updates keep it)."""
@@ -258,13 +263,11 @@ class _FastRNNBase(_FastMixin):
                 if type(hx) is not tuple or len(hx) != 2:
                     return None
                 h0, c0 = hx
-                if type(c0) is not torch.Tensor or c0.dtype is not dt or not c0.is_cpu or c0.shape != cs \
-                        or _wrapped(c0):
+                if not _plain_state(c0, dt, cs):
                     return None
             else:
                 h0 = hx
-            if type(h0) is not torch.Tensor or h0.dtype is not dt or not h0.is_cpu or h0.shape != hs \
-                    or _wrapped(h0):
+            if not _plain_state(h0, dt, hs):
                 return None
         mask_fn = torch_mask_fn(spec.dropout, dt) if spec.dropout > 0 else None
         outs = _run(spec, fast[5], fast[0], x3, h0, c0, None, mask_fn, fast[4])
@@ -459,13 +462,12 @@ class _FastCellBase(_FastMixin):
                 if type(hx) is not tuple or len(hx) != 2:
                     return None
                 h, c = hx
-                if type(c) is not torch.Tensor or c.dtype is not dt or not c.is_cpu or c.shape != want \
-                        or _wrapped(c):
+                if not _plain_state(c, dt, want):
                     return None
                 c0 = c.unsqueeze(0)
             else:
                 h = hx
-            if type(h) is not torch.Tensor or h.dtype is not dt or not h.is_cpu or h.shape != want or _wrapped(h):
+            if not _plain_state(h, dt, want):
                 return None
             h0 = h.unsqueeze(0)
         if not _grad_enabled() or not (x.requires_grad or (h is not None and h.requires_grad) or (
