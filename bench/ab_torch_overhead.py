@@ -74,7 +74,8 @@ def main():
 
     y_old, _ = mods["old"](x)
     y_new, _ = mods["new"](x)
-    assert torch.equal(y_old, y_new), "the two builds disagree"
+    # the builds' kernels may sum in another order (a small-call path): equal to float32 rounding
+    assert torch.allclose(y_old, y_new, rtol=1e-5, atol=1e-6), "the two builds disagree"
     print(f"# LSTM({H}, {H}), T = 1, B = 1, {a.threads} thread(s), torch {torch.__version__}, "
           f"pools: old {old.runtime.thread_pool()}, new {new.runtime.thread_pool()}")
     for mode, make, npf, ref_f in (("inference", inf, np_inf, inf(ref)), ("forward+backward", train, np_train,
