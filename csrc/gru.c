@@ -648,7 +648,9 @@ typedef struct gru_bwd_ctx {
     real *dnr;               /* (N, H) dn_rec = dn_pre r, reset_after only */
     double *db;              /* (4H) column sums (seq_db, seq.h) of dr, dz, dn_pre, dn_rec, or NULL */
     const real **rows[FR_MAX_THREADS]; /* per thread: (3B) row pointers of a step */
+    atomic_int *done;        /* the lowest step whose dg (and dnr) rows are complete (seq_backward), or NULL */
     fr_barrier_t bar;
+    atomic_int done_at;      /* what done points to */
 } gru_bwd_ctx;
 
 /* Phase A on V##_W units u .. of one row: g's parts r, z, n are dL/d of the pre-activations; their bias
@@ -774,6 +776,7 @@ static void gru_bwd_task(void *arg, int tid, int nth) {
         }
         if (fr_barrier_wait_stop(&cx->bar, tid)) return; /* interrupted (threads.h): every thread stops here */
         if (ra) {
+            if (cx->done) atomic_store_explicit(cx->done, s, memory_order_release); /* (one thread: all of dg_t) */
             for (int k = 0; k < n; k++) {
                 ar[k] = cx->dg + (row + k) * G3;
                 nr[k] = cx->dnr + (row + k) * H;
@@ -815,6 +818,7 @@ static void gru_bwd_task(void *arg, int tid, int nth) {
             }
         }
         fr_barrier_wait(&cx->bar, tid);
+        if (cx->done) atomic_store_explicit(cx->done, s, memory_order_release); /* (one thread: all of dg_t) */
         /* B2: dh += [dr, dz] W_h{r,z} for own units */
         for (int k = 0; k < n; k++) ar[k] = cx->dg + (row + k) * G3;
         for (int j = j0; j < j1; j++)
@@ -883,25 +887,24 @@ static int gru_backward(int T, int B, int I, int H, int reset_after, int reverse
     cx.dnr = dnr;
     cx.db = db.acc;
     const int nth = rec_threads_for(T, B, 3, H, H, tp.nblk);
-    if ((rowptrs = (const real **)malloc(sizeof(real *) * (3 * (size_t)B * nth + 1))) == NULL) goto done;
-    for (int t = 0; t < nth; t++) cx.rows[t] = rowptrs + (size_t)3 * B * t;
-    fr_parallel(nth, gru_bwd_task, &cx, &cx.bar);
-    if (fr_region_stopped(&cx.bar)) {
-        rc = FR_EINTR;
-        goto done;
-    }
-    if (dh0) seq_store_state(&q, H, dh, dh0);
+    const int mode = seq_overlap_mode(&q, (double)B * 3 * H * H, nth);
+    const int nloop = mode ? 1 : nth; /* the loop's threads */
+    if (mode) cx.done = &cx.done_at;
+    if ((rowptrs = (const real **)malloc(sizeof(real *) * (3 * (size_t)B * nloop + 1))) == NULL) goto done;
+    for (int t = 0; t < nloop; t++) cx.rows[t] = rowptrs + (size_t)3 * B * t;
 
-    /* Weight gradients and dx as large GEMMs over all rows (seq.h): dW_h{r,z} by dg_rz and H_prev, dW_hn by
-     * the recurrent-side n column dn_rec and its own operand: H_prev with reset_after (dn_rec = dnr), else
-     * r*h_{t-1} from the tape's aux (dn_rec = dn_pre, dg's n column).
+    /* The loop, then the weight gradients and dx as large GEMMs over all rows (seq.h), or both side by side
+     * (seq_backward): dW_h{r,z} by dg_rz and H_prev, dW_hn by the recurrent-side n column dn_rec and its own
+     * operand: H_prev with reset_after (dn_rec = dnr), else r*h_{t-1} from the tape's aux (dn_rec = dn_pre,
+     * dg's n column).
      * Masked (rmask): dW_h{r,z} against H_prev * mask_{r,z}; dW_hn against H_prev * mask_n (reset_after) or
      * the tape's aux, which is then r * h_{t-1} * mask_n. */
     const seq_rec_tail tail = {H, ra ? dnr : dg + 2 * (size_t)H, ra ? H : G3, ra ? NULL : aux,
                                ra && rmask ? rmask + (size_t)2 * B * H : NULL};
-    if (seq_weight_grads(&q, T, B, reverse, G3, I, H, (size_t)H + (size_t)I, dg, x, y, ldy, h0, rmask, 2, w_ih, &tail, dx,
-                         dx_accumulate, dw_ih, dw_hh) != FR_OK)
-        goto done;
+    const seq_wg wg = {&q, T, B, reverse, G3, I, H, (size_t)H + (size_t)I, dg, x, y, ldy, h0, rmask, 2, w_ih,
+                       &tail, dx, dx_accumulate, dw_ih, dw_hh};
+    if ((rc = seq_backward(&wg, mode, nth, gru_bwd_task, &cx, &cx.bar, cx.done)) != FR_OK) goto done;
+    if (dh0) seq_store_state(&q, H, dh, dh0);
     /* db_ih = colsum [dr, dz, dn_pre], db_hh = colsum [dr, dz, dn_rec] (dn_rec = dn_pre without reset_after) */
     seq_db_store(&db, 0, G3, db_ih);
     seq_db_store(&db, 0, 2 * H, db_hh);

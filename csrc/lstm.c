@@ -620,7 +620,9 @@ typedef struct lstm_bwd_ctx {
     real *dc;            /* (B, H) sorted rows: the dL/dc carry */
     real *dH;            /* (N, P) every row's dL/dh, projection only (dW_hr = dH^T M after the loop) */
     double *db;          /* (4H) sums of dz over the rows (seq_db, seq.h), or NULL */
+    atomic_int *done;    /* the lowest step whose dz is complete (seq_backward's overlap), or NULL */
     fr_barrier_t bar;
+    atomic_int done_at;  /* what done points to */
 } lstm_bwd_ctx;
 
 /* dz and the c carry on V##_W units u .. of one row (v .. of dm), and the bias gradient db += dz, in double
@@ -751,6 +753,7 @@ static void lstm_bwd_task(void *arg, int tid, int nth) {
         }
 #undef LSTM_CP
         if (fr_barrier_wait_stop(&cx->bar, tid)) return; /* interrupted (threads.h): every thread stops here */
+        if (cx->done) atomic_store_explicit(cx->done, s, memory_order_release); /* (one thread: all of dz_t) */
         /* ---- phase 2: dh_{t-1} = dz_t W_hh + dy_{t-1} for this thread's output blocks.  K = 4H is taken
          * in chunks of kc so that a chunk of the block's panel and of the n dz rows stay in L2 while every
          * row tile passes them (a whole panel of a large H would stream from L3 once per tile). */
@@ -907,16 +910,17 @@ static int lstm_backward(int T, int B, int I, int H, int P, int reverse,
         else memset(dc + (size_t)k * H, 0, (size_t)H * sizeof(real));
     }
 
-    {
-        int nblk = hp.nblk;
-        if (proj && rp.nblk < nblk) nblk = rp.nblk;
-        int nth = rec_threads_for(T, B, 4, H, P + (proj ? P / 4 : 0), nblk);
-        fr_parallel(nth < 1 ? 1 : nth, lstm_bwd_task, &cx, &cx.bar);
-    }
-    if (fr_region_stopped(&cx.bar)) {
-        rc = FR_EINTR;
-        goto done;
-    }
+    /* the loop, then dW_ih, dW_hh and dx as large GEMMs over all rows (seq.h; chunks of gathered rows with
+     * lengths), or both side by side (seq_backward) */
+    int nblk = hp.nblk;
+    if (proj && rp.nblk < nblk) nblk = rp.nblk;
+    const int K = P + (proj ? P / 4 : 0);
+    const int nth = rec_threads_for(T, B, 4, H, K, nblk);
+    const int mode = seq_overlap_mode(&pl, (double)B * 4 * H * K, nth);
+    if (mode) cx.done = &cx.done_at;
+    const seq_wg wg = {&pl, T, B, reverse, (int)H4, I, P, (size_t)(I > P ? I : P), dz, x, y, ldy, h0, rmask, 4,
+                       w_ih, NULL, dx, dx_accumulate, dw_ih, dw_hh};
+    if ((rc = seq_backward(&wg, mode, nth, lstm_bwd_task, &cx, &cx.bar, cx.done)) != FR_OK) goto done;
 
     for (int k = 0; k < B; k++) {
         int b = seq_batch(&pl, k);
@@ -926,11 +930,6 @@ static int lstm_backward(int T, int B, int I, int H, int P, int reverse,
     seq_db_store(&db, 0, (int)H4, db_ih);
     seq_db_store(&db, 0, (int)H4, db_hh);
     if (proj && dw_hr) fr_gemm(1, 0, P, H, (int)N, 1, dH, P, tm, H, 0, dw_hr, H);
-
-    /* dW_ih, dW_hh and dx as large GEMMs over all rows (seq.h; chunks of gathered rows with lengths) */
-    if (seq_weight_grads(&pl, T, B, reverse, (int)H4, I, P, (size_t)(I > P ? I : P), dz, x, y, ldy, h0, rmask, 4,
-                         w_ih, NULL, dx, dx_accumulate, dw_ih, dw_hh) != FR_OK)
-        goto done;
     rc = FR_OK;
 
 done:

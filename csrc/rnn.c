@@ -298,8 +298,10 @@ typedef struct rnn_bwd_ctx {
     double *db;         /* (H) column sums of dG: the bias gradient; a step's units, each by one thread */
     const real **rows[FR_MAX_THREADS]; /* per thread: (3B) dG_t rows, y and dy rows of the step before */
     int steal;          /* threads take each other's last blocks of a step (fr_claim; steps of 2+ rows) */
+    atomic_int *done;   /* the lowest step whose dG rows are complete (seq_backward), or NULL */
     fr_barrier_t bar;
     fr_claims_t claims; /* steal: the blocks of a step */
+    atomic_int done_at; /* what done points to */
 } rnn_bwd_ctx;
 
 /* rnn_bwd_V on nu units. */
@@ -360,6 +362,7 @@ static void rnn_bwd_task(void *arg, int tid, int nth) {
         rec_claims_fill(&cx->claims, (q->S - 1) & 1, tid, nth, tp->nblk, j0, j1);
     for (int s = q->S - 1; s >= 0; s--) {
         if (fr_barrier_wait_stop(&cx->bar, tid)) return; /* dG_t complete; or interrupted (threads.h) */
+        if (cx->done) atomic_store_explicit(cx->done, s, memory_order_release); /* (one thread) */
         if (cx->steal) /* step s - 1's claims (fr_claims_t): no one takes from them before the next barrier */
             rec_claims_fill(&cx->claims, (s - 1) & 1, tid, nth, tp->nblk, j0, j1);
         const int n = seq_active(q, s), np = s > 0 ? seq_active(q, s - 1) : 0;
@@ -439,22 +442,22 @@ static int rnn_backward(int T, int B, int I, int H, int relu, int reverse,
     cx.dh = dh;
     cx.db = db.acc;
     const int nth = rec_threads_for(T, B, 1, H, H, tp.nblk);
-    cx.steal = rec_steal(nth, B, &tp);
-    if ((rowptrs = (const real **)malloc(sizeof(real *) * 3 * (size_t)(B > 0 ? B : 1) * nth)) == NULL) goto done;
-    if ((acc = fr_alloc((size_t)nth * B * tp.W, 0)) == NULL) goto done;
-    for (int t = 0; t < nth; t++) cx.rows[t] = rowptrs + (size_t)3 * B * t;
+    const int mode = seq_overlap_mode(&q, (double)B * H * H, nth);
+    const int nloop = mode ? 1 : nth; /* the loop's threads */
+    if (mode) cx.done = &cx.done_at;
+    cx.steal = rec_steal(nloop, B, &tp);
+    if ((rowptrs = (const real **)malloc(sizeof(real *) * 3 * (size_t)(B > 0 ? B : 1) * nloop)) == NULL) goto done;
+    if ((acc = fr_alloc((size_t)nloop * B * tp.W, 0)) == NULL) goto done;
+    for (int t = 0; t < nloop; t++) cx.rows[t] = rowptrs + (size_t)3 * B * t;
     cx.acc = acc;
-    fr_parallel(nth, rnn_bwd_task, &cx, &cx.bar);
-    if (fr_region_stopped(&cx.bar)) {
-        rc = FR_EINTR;
-        goto done;
-    }
+
+    /* the loop, then dW_ih, dW_hh and dx as large GEMMs over all rows (seq.h; chunks of gathered rows with
+     * lengths), or both side by side (seq_backward) */
+    const seq_wg wg = {&q, T, B, reverse, H, I, H, (size_t)H + (size_t)I, dg, x, y, ldy, h0, rmask, 1, w_ih, NULL,
+                       dx, dx_accumulate, dw_ih, dw_hh};
+    if ((rc = seq_backward(&wg, mode, nth, rnn_bwd_task, &cx, &cx.bar, cx.done)) != FR_OK) goto done;
     if (dh0) seq_store_state(&q, H, dh, dh0);
 
-    /* dW_ih, dW_hh and dx as large GEMMs over all rows (seq.h; chunks of gathered rows with lengths) */
-    if (seq_weight_grads(&q, T, B, reverse, H, I, H, (size_t)H + (size_t)I, dg, x, y, ldy, h0, rmask, 1, w_ih,
-                         NULL, dx, dx_accumulate, dw_ih, dw_hh) != FR_OK)
-        goto done;
     /* b_ih and b_hh enter the pre-activation the same way: equal gradients, summed in the loop */
     seq_db_store(&db, 0, H, db_ih);
     seq_db_store(&db, 0, H, db_hh);

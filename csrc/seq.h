@@ -385,18 +385,97 @@ typedef struct seq_rec_tail {
                          dropout, the GRU's n gate), or NULL */
 } seq_rec_tail;
 
-static int seq_weight_grads(const fr_seq *q, int T, int B, int reverse, int GH, int I, int P, size_t width,
-                            const real *dz,          /* (N, GH) */
-                            const real *x,           /* (T, B, I) */
-                            const real *y, int ldy,  /* (T, B, ldy >= P): h_t of every step */
-                            const real *h0,          /* (B, P) or NULL */
-                            const real *rmask, int rG, /* (rG, B, P) recurrent dropout masks, or NULL */
-                            const real *w_ih,        /* (GH, I) */
-                            const seq_rec_tail *tail, /* or NULL: all of dW_hh is dZ^T H_prev */
-                            real *dx, int dx_accumulate, /* (T, B, I) out, or NULL */
-                            real *dw_ih,             /* (GH, I) out, or NULL */
-                            real *dw_hh)             /* (GH, P) out, or NULL */
-{
+/* The operands of a layer direction's weight gradients (seq_weight_grads, seq_backward). */
+typedef struct seq_wg {
+    const fr_seq *q;
+    int T, B, reverse, GH, I, P;
+    size_t width;              /* chunk buffer elements a row of row space (seq_chunk) */
+    const real *dz;            /* (N, GH) */
+    const real *x;             /* (T, B, I) */
+    const real *y;             /* (T, B, ldy >= P): h_t of every step */
+    int ldy;
+    const real *h0;            /* (B, P) or NULL */
+    const real *rmask;         /* (rG, B, P) recurrent dropout masks, or NULL */
+    int rG;
+    const real *w_ih;          /* (GH, I) */
+    const seq_rec_tail *tail;  /* or NULL: all of dW_hh is dZ^T H_prev */
+    real *dx;                  /* (T, B, I) out, or NULL */
+    int dx_accumulate;
+    real *dw_ih;               /* (GH, I) out, or NULL */
+    real *dw_hh;               /* (GH, P) out, or NULL */
+} seq_wg;
+
+/* The products of a job list one after the other on the calling thread (a thread of a parallel region). */
+static void seq_jobs_here(const gk_job *const *jobs, int n) {
+    for (int i = 0; i < n; i++)
+        for (const gk_job *j = jobs[i]; j; j = j->then)
+            gk_gemm_here(j->trans_a, j->trans_b, j->M, j->N, j->K, j->alpha, j->A, j->lda, j->B, j->ldb, j->beta,
+                         j->C, j->ldc);
+}
+
+/* The gradients' share of the rows of steps s0 .. s1-1 (seq_rows), gathered into xg (rows, I) and
+ * hg (rows, P): dW_ih and dW_hh get beta * themselves + the share; with `with_dx`, dx's rows too (scattered,
+ * xg then holding them).  `here`: every product on the calling thread, else fr_gemm_jobs (side by side). */
+static void seq_wg_piece(const seq_wg *w, int s0, int s1, real beta, int with_dx, int here, real *xg, real *hg) {
+    const fr_seq *q = w->q;
+    const int GH = w->GH, I = w->I, P = w->P;
+    const seq_rec_tail *tail = w->tail;
+    const int G2 = tail ? tail->rows : 0, G1 = GH - G2; /* dW_hh's rows by dZ, by the tail */
+    real *dw_t = w->dw_hh ? w->dw_hh + (size_t)G1 * P : NULL; /* (G2, P) the tail's rows */
+    const int tmask = tail && tail->a == NULL && tail->mask;    /* the tail reads a masked H_prev */
+    const int need_h = w->dw_hh && (G1 > 0 || (tail && tail->a == NULL)); /* a product reads H_prev */
+    const int gh = w->rmask ? G1 / w->rG : 0; /* rows of dW_hh per mask (the tail has its own) */
+    real *dx = with_dx ? w->dx : NULL;
+    size_t lo, hi;
+    seq_rows(q, s0, s1, &lo, &hi);
+    const int m = (int)(hi - lo);
+    const real *dzc = w->dz + lo * GH; /* (m, GH) */
+    if (w->dw_ih || dx) seq_gather(q, s0, s1, w->x, I, I, xg);
+    if (need_h && !w->rmask && !tmask) seq_gather_prev(q, s0, s1, w->y, w->ldy, w->h0, NULL, P, hg);
+    /* dx's product into xg after dW_ih's has read it: chained behind it */
+    const gk_job j_dx = {0, 0, m, I, GH, (real)1, dzc, GH, w->w_ih, I, (real)0, xg, I, NULL};
+    const gk_job j_ih = {1, 0, GH, I, m, (real)1, dzc, GH, xg, I, beta, w->dw_ih, I, dx ? &j_dx : NULL};
+    const gk_job j_hh = {1, 0, G1, P, m, (real)1, dzc, GH, hg, P, beta, w->dw_hh, P, NULL};
+    gk_job j_t = {0};
+    if (tail)
+        j_t = (gk_job){1, 0, G2, P, m, (real)1, tail->dz + lo * tail->ldz, tail->ldz,
+                       tail->a ? tail->a + lo * P : hg, P, beta, dw_t, P, NULL};
+    const gk_job *jobs[3] = {w->dw_ih ? &j_ih : dx ? &j_dx : NULL, w->dw_hh && !w->rmask ? &j_hh : NULL,
+                             w->dw_hh && tail && !tmask ? &j_t : NULL};
+    if (here) seq_jobs_here(jobs, 3);
+    else fr_gemm_jobs(jobs, 3);
+    if (w->dw_hh && w->rmask)
+        for (int g = 0; g < w->rG; g++) { /* gate g's rows: dZ_g^T (H_prev * mask_g) */
+            seq_gather_prev(q, s0, s1, w->y, w->ldy, w->h0, w->rmask + (size_t)g * w->B * P, P, hg);
+            const gk_job j_g = {1, 0, gh, P, m, (real)1, dzc + (size_t)g * gh, GH, hg, P, beta,
+                                w->dw_hh + (size_t)g * gh * P, P, NULL};
+            const gk_job *jg[1] = {&j_g};
+            if (here) seq_jobs_here(jg, 1);
+            else fr_gemm_jobs(jg, 1);
+        }
+    if (w->dw_hh && tmask) { /* the tail's rows: dZ_t^T (H_prev * tail->mask) */
+        seq_gather_prev(q, s0, s1, w->y, w->ldy, w->h0, tail->mask, P, hg);
+        const gk_job *jt[1] = {&j_t};
+        if (here) seq_jobs_here(jt, 1);
+        else fr_gemm_jobs(jt, 1);
+    }
+    if (dx) seq_scatter(q, s0, s1, xg, dx, I, I, w->dx_accumulate);
+}
+
+/* Nothing of the gradients is computed by a sequence of no steps: they are zeros (dx's padding rows are
+ * zeroed in every case that overwrites dx). */
+static void seq_wg_empty(const seq_wg *w) {
+    if (w->dw_ih) memset(w->dw_ih, 0, sizeof(real) * (size_t)w->GH * w->I);
+    if (w->dw_hh) memset(w->dw_hh, 0, sizeof(real) * (size_t)w->GH * w->P);
+}
+
+static int seq_weight_grads(const seq_wg *w) {
+    const fr_seq *q = w->q;
+    const int T = w->T, B = w->B, reverse = w->reverse, GH = w->GH, I = w->I, P = w->P;
+    const real *dz = w->dz, *x = w->x, *y = w->y, *h0 = w->h0, *rmask = w->rmask, *w_ih = w->w_ih;
+    const int ldy = w->ldy, dx_accumulate = w->dx_accumulate;
+    const seq_rec_tail *tail = w->tail;
+    real *dx = w->dx, *dw_ih = w->dw_ih, *dw_hh = w->dw_hh;
     const int G2 = tail ? tail->rows : 0, G1 = GH - G2; /* dW_hh's rows by dZ, by the tail */
     real *dw_t = dw_hh ? dw_hh + (size_t)G1 * P : NULL;   /* (G2, P) the tail's rows */
     const int tmask = tail && tail->a == NULL && tail->mask; /* the tail reads a masked H_prev */
@@ -424,60 +503,142 @@ static int seq_weight_grads(const fr_seq *q, int T, int B, int reverse, int GH, 
         fr_gemm_jobs(jobs, 4);
         return FR_OK;
     }
-    const int chunk = seq_chunk(q, width);
+    const int chunk = seq_chunk(q, w->width);
     const size_t cap = (size_t)chunk * B;
-    const int need_h = dw_hh && (G1 > 0 || (tail && tail->a == NULL)); /* a product reads H_prev */
-    const int gh = rmask ? G1 / rG : 0; /* rows of dW_hh per mask (the tail has its own) */
     real *xg = NULL; /* (chunk rows, I) x rows of a chunk, then its dx rows */
     real *hg = NULL; /* (chunk rows, P) h_{t-1} rows of a chunk */
     if ((dw_ih || dx) && (xg = fr_alloc(cap * (size_t)I, 0)) == NULL) return FR_ENOMEM;
-    if (need_h && (hg = fr_alloc(cap * (size_t)P, 0)) == NULL) {
+    if (dw_hh && (hg = fr_alloc(cap * (size_t)P, 0)) == NULL) {
         fr_free(xg);
         return FR_ENOMEM;
     }
-    if (q->S <= 0) { /* no chunk overwrites them */
-        if (dw_ih) memset(dw_ih, 0, sizeof(real) * (size_t)GH * I);
-        if (dw_hh) memset(dw_hh, 0, sizeof(real) * (size_t)GH * P);
-    }
+    if (q->S <= 0) seq_wg_empty(w); /* no chunk overwrites them */
     if (dx && !dx_accumulate) seq_zero_padding(q, dx, I, I); /* valid rows are written by the scatter */
+    for (int s0 = 0; s0 < q->S; s0 += chunk)
+        seq_wg_piece(w, s0, s0 + chunk < q->S ? s0 + chunk : q->S, s0 > 0 ? 1 : 0, 1, 0, xg, hg);
+    fr_free(xg);
+    fr_free(hg);
+    return FR_OK;
+}
+
+/* ---- the backward's time loop and its weight gradients side by side -------------------------------------
+ * When a step is small (at most SEQ_OVERLAP_STEP_FMA multiply-adds in its recurrent product), splitting it
+ * across threads costs a barrier round trip per step that its work does not pay for, while the weight
+ * gradients after the loop (dW_ih = dZ^T X, dW_hh = dZ^T H_prev: as many multiply-adds as the loop's own
+ * products, and more) are large, efficient GEMMs.  Then the loop runs on one thread, which publishes
+ * (`done`: the lowest step whose dZ rows are complete) as it goes, while a second thread reduces dW_ih and
+ * dW_hh over pieces of steps from the last step down as soon as they are complete (seq_wg_piece on the
+ * piece's gathered rows, beta 0 for the first piece), and the loop's thread then computes dx (rows, no
+ * reduction).  The loop's products and the reductions are then about equal in size, so both threads stay
+ * busy without a barrier per step.
+ * The order of the reduction (pieces from the top, each one product) depends only on the shape: with one
+ * thread, or when the call is too small for a second one (rec_threads_for), the same pieces run in the same
+ * order after the loop, so the results are the same bits at every thread count.  Measurements:
+ * docs/tuning.md, Overlapped backward. */
+#ifndef SEQ_OVERLAP_STEP_FMA
+#define SEQ_OVERLAP_STEP_FMA 2.0e6
+#endif
+#define SEQ_OVERLAP_PIECES 8      /* pieces of the steps (so the reduction trails the loop by one piece) */
+#define SEQ_OVERLAP_MIN_ROWS 256  /* rows a piece at least (each is a GEMM with K = its rows) */
+
+/* 0: the loop on nth threads, then seq_weight_grads; 1: the ordered reduction after a one-thread loop;
+ * 2: the same, side by side on two threads.  step_fma: the multiply-adds of one step's recurrent product
+ * (B * G * H * K); nth: rec_threads_for's count for the call. */
+static int seq_overlap_mode(const fr_seq *q, double step_fma, int nth) {
+    if (q->S < 2 || step_fma > SEQ_OVERLAP_STEP_FMA || fr_gemm_backend() == FR_GEMM_BLAS) return 0;
+    return nth >= 2 ? 2 : 1;
+}
+
+typedef struct seq_bwd_run {
+    const seq_wg *w;
+    fr_task_fn task;   /* the cell's backward loop, run as thread 0 of 1 */
+    void *cx;
+    fr_barrier_t *bar; /* the loop's (one thread: stops only) */
+    atomic_int *done;  /* the lowest step whose dZ is complete; -1 once the loop has returned */
+    int piece;         /* steps a piece */
+    real *xg, *hg;     /* (piece rows, I), (piece rows, P): the reduction's gathers */
+    real *dxg;         /* (chunk rows, I): dx's rows with lengths, or NULL */
+} seq_bwd_run;
+
+/* The ordered reduction: the pieces from the top, each once its steps are complete (wait: by the loop's
+ * `done`; else the loop has returned). */
+static void seq_wg_pieces(const seq_bwd_run *r, int wait) {
+    const fr_seq *q = r->w->q;
+    for (int s0 = (q->S - 1) / r->piece * r->piece, first = 1; s0 >= 0; s0 -= r->piece, first = 0) {
+        if (wait) fr_wait_at_most(r->done, s0);
+        if (fr_region_stopped(r->bar)) return; /* the loop was interrupted: nothing more is needed */
+        seq_wg_piece(r->w, s0, s0 + r->piece < q->S ? s0 + r->piece : q->S, first ? 0 : 1, 0, 1, r->xg, r->hg);
+    }
+}
+
+/* dx = dZ W_ih on the calling thread: in place over all rows without lengths; else chunks of rows into dxg,
+ * scattered. */
+static void seq_wg_dx(const seq_bwd_run *r) {
+    const seq_wg *w = r->w;
+    const fr_seq *q = w->q;
+    if (!w->dx) return;
+    if (q->perm == NULL) {
+        gk_gemm_here(0, 0, (int)q->N, w->I, w->GH, (real)1, w->dz, w->GH, w->w_ih, w->I,
+                     w->dx_accumulate ? (real)1 : (real)0, w->dx, w->I);
+        return;
+    }
+    if (!w->dx_accumulate) seq_zero_padding(q, w->dx, w->I, w->I);
+    const int chunk = seq_chunk(q, w->width);
     for (int s0 = 0; s0 < q->S; s0 += chunk) {
         const int s1 = s0 + chunk < q->S ? s0 + chunk : q->S;
         size_t lo, hi;
         seq_rows(q, s0, s1, &lo, &hi);
-        const int m = (int)(hi - lo);
-        const real *dzc = dz + lo * GH;    /* (m, GH) */
-        const real beta = s0 > 0 ? 1 : 0;  /* the first chunk overwrites, the others add */
-        if (dw_ih) seq_gather(q, s0, s1, x, I, I, xg);
-        if (need_h && !rmask && !tmask) seq_gather_prev(q, s0, s1, y, ldy, h0, NULL, P, hg);
-        /* dx's product into xg after dW_ih's has read it: chained behind it */
-        const gk_job j_dx = {0, 0, m, I, GH, (real)1, dzc, GH, w_ih, I, (real)0, xg, I, NULL};
-        const gk_job j_ih = {1, 0, GH, I, m, (real)1, dzc, GH, xg, I, beta, dw_ih, I, dx ? &j_dx : NULL};
-        const gk_job j_hh = {1, 0, G1, P, m, (real)1, dzc, GH, hg, P, beta, dw_hh, P, NULL};
-        gk_job j_t = {0};
-        if (tail)
-            j_t = (gk_job){1, 0, G2, P, m, (real)1, tail->dz + lo * tail->ldz, tail->ldz,
-                           tail->a ? tail->a + lo * P : hg, P, beta, dw_t, P, NULL};
-        const gk_job *jobs[4] = {dw_ih ? &j_ih : dx ? &j_dx : NULL, dw_hh && !rmask ? &j_hh : NULL,
-                                 dw_hh && tail && !tmask ? &j_t : NULL, NULL};
-        fr_gemm_jobs(jobs, 4);
-        if (dw_hh && rmask)
-            for (int g = 0; g < rG; g++) { /* gate g's rows: dZ_g^T (H_prev * mask_g) */
-                seq_gather_prev(q, s0, s1, y, ldy, h0, rmask + (size_t)g * B * P, P, hg);
-                const gk_job j_g = {1, 0, gh, P, m, (real)1, dzc + (size_t)g * gh, GH, hg, P, beta,
-                                    dw_hh + (size_t)g * gh * P, P, NULL};
-                const gk_job *jg[1] = {&j_g};
-                fr_gemm_jobs(jg, 1);
-            }
-        if (dw_hh && tmask) { /* the tail's rows: dZ_t^T (H_prev * tail->mask) */
-            seq_gather_prev(q, s0, s1, y, ldy, h0, tail->mask, P, hg);
-            const gk_job *jt[1] = {&j_t};
-            fr_gemm_jobs(jt, 1);
-        }
-        if (dx) seq_scatter(q, s0, s1, xg, dx, I, I, dx_accumulate);
+        gk_gemm_here(0, 0, (int)(hi - lo), w->I, w->GH, (real)1, w->dz + lo * w->GH, w->GH, w->w_ih, w->I,
+                     (real)0, r->dxg, w->I);
+        seq_scatter(q, s0, s1, r->dxg, w->dx, w->I, w->I, w->dx_accumulate);
     }
-    fr_free(xg);
-    fr_free(hg);
-    return FR_OK;
+}
+
+static void seq_bwd_task(void *arg, int tid, int nth) {
+    seq_bwd_run *r = (seq_bwd_run *)arg;
+    if (tid == 0) {
+        r->task(r->cx, 0, 1);
+        atomic_store_explicit(r->done, -1, memory_order_release);
+        if (fr_region_stopped(r->bar)) return;
+        if (nth < 2) seq_wg_pieces(r, 0); /* a region of one thread (the pool was busy) */
+        seq_wg_dx(r);
+    } else if (tid == 1) {
+        seq_wg_pieces(r, 1);
+    }
+}
+
+/* The cell's backward loop `task` (on cx, whose barrier is bar and whose published step is *done) and the
+ * weight gradients w, as seq_overlap_mode says (mode 0: nth threads for the loop).  FR_EINTR when the loop
+ * was interrupted, FR_ENOMEM when buffers could not be allocated (before the loop runs). */
+static int seq_backward(const seq_wg *w, int mode, int nth, fr_task_fn task, void *cx, fr_barrier_t *bar,
+                        atomic_int *done) {
+    if (mode == 0) {
+        fr_parallel(nth < 1 ? 1 : nth, task, cx, bar);
+        if (fr_region_stopped(bar)) return FR_EINTR;
+        return seq_weight_grads(w);
+    }
+    const fr_seq *q = w->q;
+    int piece = (q->S + SEQ_OVERLAP_PIECES - 1) / SEQ_OVERLAP_PIECES;
+    const int least = (SEQ_OVERLAP_MIN_ROWS + (q->B > 0 ? q->B : 1) - 1) / (q->B > 0 ? q->B : 1);
+    const int cap = seq_chunk(q, w->width);
+    if (piece < least) piece = least;
+    if (piece > cap) piece = cap;
+    const size_t rows = (size_t)piece * (size_t)q->B;
+    seq_bwd_run r = {w, task, cx, bar, done, piece, NULL, NULL, NULL};
+    int rc = FR_ENOMEM;
+    if ((w->dw_ih && (r.xg = fr_alloc(rows * (size_t)w->I, 0)) == NULL) ||
+        (w->dw_hh && (r.hg = fr_alloc(rows * (size_t)w->P, 0)) == NULL) ||
+        (w->dx && q->perm && (r.dxg = fr_alloc((size_t)cap * q->B * (size_t)w->I, 0)) == NULL))
+        goto out;
+    atomic_init(done, q->S);
+    fr_barrier_init(bar, 1); /* the loop runs alone: its waits return at once, its stops are its own */
+    fr_parallel(mode == 2 ? 2 : 1, seq_bwd_task, &r, NULL);
+    rc = fr_region_stopped(bar) ? FR_EINTR : FR_OK;
+out:
+    fr_free(r.xg);
+    fr_free(r.hg);
+    fr_free(r.dxg);
+    return rc;
 }
 
 #endif /* FR_SEQ_INSTANCE */

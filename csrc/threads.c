@@ -134,6 +134,19 @@ void fr_barrier_wait(fr_barrier_t *b, int tid) {
     }
 }
 
+/* Waits until *v <= target (acquire): the spin-then-yield of the barrier, for one thread trailing another
+ * through a sequence of steps (seq.h, seq_backward). */
+void fr_wait_at_most(atomic_int *v, int target) {
+    unsigned spins = 0;
+    while (atomic_load_explicit(v, memory_order_acquire) > target) {
+        fr_pause();
+        if (++spins > FR_SPINS_BEFORE_YIELD) {
+            sched_yield();
+            spins = 0;
+        }
+    }
+}
+
 /* ---- thread count ---------------------------------------------------------------------------------------- */
 static int usable_cpus(void) {
 #ifdef CPU_COUNT

@@ -40,6 +40,7 @@ void fr_barrier_wait(fr_barrier_t *b, int tid);
  * when it sees the flag, and every thread stops once past that epoch.  Loops without barriers (threads
  * working on their own rows) ask fr_stop_requested(b) instead; each thread then stops on its own. */
 int fr_barrier_wait_stop(fr_barrier_t *b, int tid);
+void fr_wait_at_most(atomic_int *v, int target); /* until *v <= target (acquire), spinning then yielding */
 static inline int fr_stop_requested(const fr_barrier_t *b);
 int fr_interrupt_arm(void);     /* 0 when armed; -1 when SIGINT is ignored or not ours to take (then not armed) */
 int fr_interrupt_disarm(void);  /* 1 when SIGINT came while armed */

@@ -140,6 +140,25 @@ def test_larger_shapes_and_threads(isa, dtype, variant, shape, threads):
     check(Case.variant(variant, T=T, B=B, I=I, H=H, **proj), dtype)
 
 
+# Steps of 40K .. 2M multiply-adds (every cell) over 1M in all: on 2 threads the backward's loop runs on one
+# thread beside the weight gradients' reduction on the other, in pieces of steps from the top (seq.h,
+# seq_backward); on 1 thread the same pieces after the loop.  Several pieces (T = 60 at B = 5), lengths,
+# both directions, 2 layers (dx accumulated into the layer below), no hx.
+OVERLAP = [(40, 16, 8, 70), (60, 5, 33, 130)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
+@pytest.mark.parametrize("variant", ["rnn_tanh", "lstm", "lstm_proj", "gru", "gru_reset_before"])
+@pytest.mark.parametrize("shape", OVERLAP, ids=["T{}_B{}_I{}_H{}".format(*s) for s in OVERLAP])
+def test_backward_overlapped(isa, dtype, variant, shape, threads):
+    T, B, I, H = shape
+    proj = dict(proj_size=37) if variant == "lstm_proj" else {}
+    rng = np.random.default_rng(T + B)
+    check(Case.variant(variant, T=T, B=B, I=I, H=H, **proj), dtype)
+    check(Case.variant(variant, T=T, B=B, I=I, H=H, lengths=random_lengths(rng, T, B), bidirectional=True,
+                       num_layers=2, with_hx=False, **proj), dtype)
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
 @pytest.mark.parametrize("variant", ["gru", "gru_reset_before", "lstm", "lstm_proj"])
 @pytest.mark.parametrize("B", [16, 23, 32])

@@ -289,6 +289,38 @@ def test_bitwise_reproducible_for_a_thread_count_and_close_across_counts(cell):
         fastrnn.set_isa(old_isa)
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("lengths", [False, True], ids=["full", "lengths"])
+def test_backward_is_bitwise_the_same_on_1_and_2_threads(cell, lengths):
+    """Steps of 40K .. 2M multiply-adds: the weight gradients are reduced in pieces of steps in an order
+    fixed by the shape (seq.h, seq_backward: beside the loop on 2 threads, after it on 1), so the backward of
+    one tape gives the same bits on 1 and 2 threads, every ISA path."""
+    old_t, old_isa = fastrnn.get_num_threads(), fastrnn.get_isa()
+    isas = ["portable"] + (["avx2"] if fastrnn.cpu_has_avx2() else []) + \
+        (["avx512"] if fastrnn.cpu_has_avx512() else [])
+    layer = _layer(cell, I=16, H=72, num_layers=2, bidirectional=True)
+    x, ln = _inputs(layer, T=45, B=12)
+    ln = ln if lengths else None
+    dy = np.random.default_rng(5).standard_normal((45, 12, 144)).astype(layer.dtype)
+    try:
+        for isa in isas:
+            fastrnn.set_isa(isa)
+            fastrnn.set_num_threads(2)
+            _, _, tape = layer.forward(x, lengths=ln, train=True)
+            got = {}
+            for n in (2, 1, 2):
+                fastrnn.set_num_threads(n)
+                dx, dhx, grads = layer.backward(tape, dy)
+                res = [dx] + list(dhx if isinstance(dhx, tuple) else (dhx,)) + [grads[k] for k in sorted(grads)]
+                if n in got:
+                    _assert_bitwise(res, got[n], f"{isa}, {n} threads, repeated")
+                got[n] = res
+            _assert_bitwise(got[1], got[2], f"{isa}: backward on 1 vs 2 threads")
+    finally:
+        fastrnn.set_num_threads(old_t)
+        fastrnn.set_isa(old_isa)
+
+
 def test_functional_core_shared_params_from_threads(threads2):
     """The functional core over one params dict from many threads (what an optimizer's workers share)."""
     spec = LayerSpec("gru", 16, 24, num_layers=2, dtype=np.float64)
