@@ -18,6 +18,8 @@ recorded one and the recomputed one -- and its backward, the chunk's sequences' 
 """
 import numpy as np
 
+from . import buffers
+
 __all__ = ["forward_direction", "backward_direction"]
 
 
@@ -78,7 +80,7 @@ def forward_direction(spec, cell, k, inp, lens, reverse, h0, c0, p, out_d, ldy, 
             hs_out, cs_out, y = h, c, out_d[t0:t1]
         else:
             hs_out, cs_out = np.empty((n, P), dt), (np.empty((n, H), dt) if has_c else None)
-            y = np.empty((t1 - t0, n, P), dt)
+            y = buffers.empty((t1 - t0, n, P), dt)
         cell.forward(spec, t1 - t0, n, I, reverse, loc, xh, hs, cs, p, y, P if idx is not None else ldy,
                      hs_out, cs_out, None, _take_rm(rm, idx))
         if idx is not None:
@@ -116,14 +118,14 @@ def backward_direction(spec, cell, records, inp, reverse, p, dy_d, dhn, dcn, din
         S = t1 - t0
         n = B if idx is None else idx.size
         xh = inp[t0:t1] if idx is None else np.ascontiguousarray(inp[t0:t1][:, idx])
-        y = np.empty((S, n, P), dt)
-        tape = np.empty(cell.tape_len(S, n, H, P, f64), dt)
+        y = buffers.empty((S, n, P), dt)
+        tape = buffers.empty(cell.tape_len(S, n, H, P, f64), dt)
         hn_tmp = np.empty((n, P), dt)
         cn_tmp = np.empty((n, H), dt) if has_c else None
         rmc = _take_rm(rm, idx)  # the same masks as the recorded forward
         cell.forward(spec, S, n, I, reverse, r.lens, xh, r.h0, r.c0, p, y, P, hn_tmp, cn_tmp, tape, rmc)
         dyc = np.ascontiguousarray(dy_d[t0:t1] if idx is None else dy_d[t0:t1][:, idx])
-        dxc = np.empty((S, n, I), dt)
+        dxc = buffers.empty((S, n, I), dt)
         dh0c = np.empty((n, P), dt)
         dc0c = np.empty((n, H), dt) if has_c else None
         cell.backward(spec, S, n, I, reverse, r.lens, xh, r.h0, r.c0, p, y, P, tape, dyc, P,

@@ -11,6 +11,7 @@ loop is in C).  fastrnn.nn.modules wraps this in torch.nn-like classes that own 
 """
 import numpy as np
 
+from . import buffers
 from . import checkpoint as ckpt
 from .spec import LayerSpec
 from .tape import Tape
@@ -233,7 +234,7 @@ def run_time_major(spec, params, xt, batched, hx, lengths, train, mask_fn, check
     inp = xt
     get = params.get
     for k in range(L):
-        out = np.empty((T, B, D * P), dt)
+        out = buffers.empty((T, B, D * P), dt)
         for d in range(D):
             kw = spec._keys[k][d]
             p = (params[kw[0]], params[kw[1]], get(kw[2]), get(kw[3]), get(kw[4]))  # get(None) is None
@@ -245,7 +246,7 @@ def run_time_major(spec, params, xt, batched, hx, lengths, train, mask_fn, check
                     None if c0 is None else c0[j], p, out[:, :, d * P:d * P + P], D * P, hn[j],
                     None if cn is None else cn[j], rm))
                 continue
-            kt = np.empty(tape_len, dt) if train and checkpoint is None else None
+            kt = buffers.empty(tape_len, dt) if train and checkpoint is None else None
             cell.forward(spec, T, B, inp.shape[2], d or spec.go_backwards, lens, inp,
                          None if h0 is None else h0[j], None if c0 is None else c0[j], p,
                          out[:, :, d * P:], D * P, hn[j], None if cn is None else cn[j], kt, rm)
@@ -292,7 +293,7 @@ def backward(tape, dy, dstate=None, out=None):
             check_kernel_array(f"out[{name!r}]", out[name], shape, dt, writeable=True)
             grads[name] = out[name]
         else:
-            grads[name] = np.empty(shape, dt)
+            grads[name] = buffers.empty(shape, dt)
     if out is not None:
         extra = [k for k in out.keys() if k not in grads]
         if extra:
@@ -304,7 +305,7 @@ def backward(tape, dy, dstate=None, out=None):
     dout = dy_t
     for k in reversed(range(L)):
         inp, outk = tape.inputs[k], tape.outputs[k]
-        din = np.empty_like(inp)
+        din = buffers.empty_like(inp)
         for d in range(D):
             kw = spec._keys[k][d]
             p = (params[kw[0]], params[kw[1]], params.get(kw[2]), params.get(kw[3]), params.get(kw[4]))
