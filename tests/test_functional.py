@@ -151,3 +151,25 @@ def test_layer_spec_validation_and_shapes():
         LayerSpec("rnn", 4, 8.0)
     with pytest.raises(TypeError, match="dtype"):
         LayerSpec("rnn", 4, 8, dtype=np.float16)
+
+
+@pytest.mark.parametrize("cell,kw", [("rnn", {}), ("lstm", {"num_layers": 2, "bidirectional": True}),
+                                     ("gru", {"batch_first": True}), ("lstm", {"checkpoint": 2})])
+@pytest.mark.parametrize("dt", [np.float32, F64])
+def test_backward_without_dx_gives_the_same_gradients(cell, kw, dt):
+    """need_dx=False skips the input's gradient and leaves every other gradient as it was."""
+    kw = dict(kw)
+    ck = kw.pop("checkpoint", None)
+    cls = {"rnn": fastrnn.RNN, "lstm": fastrnn.LSTM, "gru": fastrnn.GRU}[cell]
+    layer = cls(5, 7, dtype=dt, seed=3, **kw)
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((4, 6, 5) if kw.get("batch_first") else (6, 4, 5)).astype(dt)
+    lengths = np.array([6, 3, 5, 1])
+    y, _, tape = F.forward(layer.spec, layer.state_dict(), x, lengths=lengths, train=True, checkpoint=ck)
+    dy = rng.standard_normal(y.shape).astype(dt)
+    dx0, dh0, g0 = F.backward(tape, dy)
+    dx1, dh1, g1 = F.backward(tape, dy, need_dx=False)
+    assert dx0 is not None and dx1 is None
+    np.testing.assert_array_equal(dh0, dh1)
+    for k in g0:
+        np.testing.assert_array_equal(g0[k], g1[k], err_msg=k)

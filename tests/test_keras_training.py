@@ -352,3 +352,37 @@ def test_rnn_input_dropout_one_mask_per_sequence():
     ref.set_weights(layer.get_weights())
     np.testing.assert_allclose(y, ref(x * m[:, None, :]))
     np.testing.assert_allclose(layer(x), ref(x))  # inference: no dropout
+
+
+def test_no_input_gradient_for_the_first_trainable_layer(monkeypatch):
+    """Sequential's backward does not compute the gradient of the model's input: the first layer with
+    trainable weights is asked for no dx (the layers before it are not run backward); a stack of two RNN
+    layers still passes dx from the second to the first; the weight gradients are unchanged."""
+    from fastrnn.layers import _engine as E
+    seen = []
+    real = E.backward
+
+    def spy(*a, **k):
+        seen.append(k.get("need_dx", True))
+        return real(*a, **k)
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((8, 5, 3))
+    x[2, 3:] = 0
+    y = rng.standard_normal((8, 1))
+    m = Sequential([L.Masking(0.0), L.LSTM(4, return_sequences=True, dtype="float64"),
+                    L.GRU(3, dtype="float64"), L.Dense(1, dtype="float64")])
+    m.compile(optimizer="sgd", loss="mse")
+    m.build((None, 5, 3))
+    yp, mask, caches = m._forward(x, True)
+    _, g, _ = m._loss_and_grad(y, yp, mask, None)
+    monkeypatch.setattr(E, "backward", spy)
+    m._backward(caches, g)
+    assert seen == [True, False]  # the GRU's dx feeds the LSTM; the LSTM's would go nowhere
+    fast = m._flat_g.copy()
+    for l in m.layers:  # the same gradients when every layer computes its dx
+        l._need_dx = True
+    m._flat_g[...] = 0
+    for l, c in zip(reversed(m.layers), reversed(caches)):
+        g = l.backward(c, g)
+    np.testing.assert_allclose(m._flat_g, fast, rtol=1e-12, atol=0)

@@ -32,5 +32,5 @@ def forward(spec, params, x, hx=None, lengths=None, train=False, rmasks=None):
     return _F.run(spec, params, x, hx, lengths, bool(train), None, None, rmasks)
 
 
-def backward(tape, dy, dstate=None, out=None):
-    return _F.backward(tape, dy, dstate=dstate, out=out)
+def backward(tape, dy, dstate=None, out=None, need_dx=True):
+    return _F.backward(tape, dy, dstate=dstate, out=out, need_dx=need_dx)

@@ -41,6 +41,9 @@ class Layer:
 
     supports_masking = False
     _arg_names = ()  # constructor arguments saved in get_config
+    # False when nothing upstream needs this layer's input gradient (Sequential sets it: the first layer
+    # with trainable weights and those before it); a layer that honours it returns None from backward.
+    _need_dx = True
 
     def __init__(self, name=None, dtype=None, input_shape=None, trainable=True, input_dim=None,
                  batch_input_shape=None, **kwargs):
@@ -291,6 +294,8 @@ class Dense(Layer):
             np.matmul(x2.T, dz, out=self.grads["kernel"])
             if self.use_bias:
                 dz.sum(axis=0, out=self.grads["bias"])
+        if not self._need_dx:
+            return None
         return (dz @ self.params["kernel"].T).reshape(xshape)
 
     def regularization_loss(self):

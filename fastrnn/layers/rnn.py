@@ -328,6 +328,14 @@ class _RNNLayer(Layer):
         shape = (B, self.units) if self._cell == "rnn" else (self._G, B, self.units)
         return (self._rng.random(shape) < keep).astype(self.dtype) / self.dtype.type(keep)
 
+    def _zeros_dy(self, T, B, U):
+        """A (T, B, U) array of zeros, kept between batches of one shape: the kernels only read dy, and
+        _core_backward zeroes masked columns of it (which stay zeros)."""
+        z = getattr(self, "_dy0", None)
+        if z is None or z.shape != (T, B, U) or z.dtype != self.dtype:
+            z = self._dy0 = np.zeros((T, B, U), self.dtype)
+        return z
+
     def _core_backward(self, cache, dy_tm, dstate):
         """dy_tm (T, B, U) time-major (ignored at masked steps), dstate [dh (B, U) or None, (dc)] -> dx (B, T, F)."""
         zero = cache.zero
@@ -342,7 +350,9 @@ class _RNNLayer(Layer):
             ds = None if dstate[0] is None else np.ascontiguousarray(dstate[0][None], dtype=self.dtype)
         out = dict(self.grads)
         out.update(self._scratch)
-        dx, _, _ = E.backward(cache.tape, dy_tm, ds, out=out)
+        dx, _, _ = E.backward(cache.tape, dy_tm, ds, out=out, need_dx=self._need_dx)
+        if dx is None:
+            return None
         if cache.dmask is not None:
             dx *= cache.dmask
         return dx.transpose(1, 0, 2)
@@ -388,8 +398,8 @@ class _RNNLayer(Layer):
                     dy_tm[pad] = 0
                     dy_tm[lengths - 1, np.arange(B)] += extra
             dh = None
-        else:
-            dy_tm = np.zeros((T, B, U), self.dtype)
+        else:  # the output is the last state: its gradient goes in as dh_n, over a dy of zeros
+            dy_tm = self._zeros_dy(T, B, U)
             dh = np.asarray(dy, dtype=self.dtype)
         n = 2 if self._cell == "lstm" else 1
         ds = [dh] + [None] * (n - 1)

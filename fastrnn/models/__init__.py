@@ -227,10 +227,15 @@ class Sequential:
         return x, mask, caches
 
     def _backward(self, caches, dy):
-        for l, c in zip(reversed(self.layers), reversed(caches)):
+        # Nothing needs the input's gradient: the first layer with trainable weights computes none, and the
+        # layers before it are not run backward.
+        first = next((i for i, l in enumerate(self.layers) if l.trainable_items()), len(self.layers))
+        for i in range(len(self.layers) - 1, first - 1, -1):
             if dy is None:
                 break
-            dy = l.backward(c, dy)
+            l = self.layers[i]
+            l._need_dx = i > first
+            dy = l.backward(caches[i], dy)
 
     def __call__(self, x, training=False):
         x = _as_x(x, self.layers[0])

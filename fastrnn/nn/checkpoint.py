@@ -99,7 +99,7 @@ def backward_direction(spec, cell, records, inp, reverse, p, dy_d, dhn, dcn, din
                        rm=None):
     """BPTT of one (layer, direction) from its chunk records: re-runs each chunk's training forward, then
     its backward; adds into the parameter gradients `grads` (zeroed here first) and writes (or, dx_acc, adds)
-    din, and writes dh0 / dc0."""
+    din (None: not computed), and writes dh0 / dc0."""
     T, B, I = inp.shape
     dt = spec.dtype
     H, P = spec.hidden_size, spec.P
@@ -111,7 +111,7 @@ def backward_direction(spec, cell, records, inp, reverse, p, dy_d, dhn, dcn, din
         if g is not None:
             g[...] = 0
     tmp = [None if g is None else np.empty_like(g) for g in grads]
-    if not dx_acc:
+    if din is not None and not dx_acc:
         din[...] = 0
     for r in reversed(records):
         t0, t1, idx = r.t0, r.t1, r.idx
@@ -125,7 +125,7 @@ def backward_direction(spec, cell, records, inp, reverse, p, dy_d, dhn, dcn, din
         rmc = _take_rm(rm, idx)  # the same masks as the recorded forward
         cell.forward(spec, S, n, I, reverse, r.lens, xh, r.h0, r.c0, p, y, P, hn_tmp, cn_tmp, tape, rmc)
         dyc = np.ascontiguousarray(dy_d[t0:t1] if idx is None else dy_d[t0:t1][:, idx])
-        dxc = buffers.empty((S, n, I), dt)
+        dxc = buffers.empty((S, n, I), dt) if din is not None else None
         dh0c = np.empty((n, P), dt)
         dc0c = np.empty((n, H), dt) if has_c else None
         cell.backward(spec, S, n, I, reverse, r.lens, xh, r.h0, r.c0, p, y, P, tape, dyc, P,
@@ -134,12 +134,14 @@ def backward_direction(spec, cell, records, inp, reverse, p, dy_d, dhn, dcn, din
             if g is not None:
                 g += t
         if idx is None:
-            din[t0:t1] += dxc
+            if din is not None:
+                din[t0:t1] += dxc
             dh[...] = dh0c
             if has_c:
                 dc[...] = dc0c
         else:
-            din[t0:t1, idx] += dxc
+            if din is not None:
+                din[t0:t1, idx] += dxc
             dh[idx] = dh0c
             if has_c:
                 dc[idx] = dc0c

@@ -269,12 +269,14 @@ def run_time_major(spec, params, xt, batched, hx, lengths, train, mask_fn, check
 
 
 # ---- backward ---------------------------------------------------------------------------------------------
-def backward(tape, dy, dstate=None, out=None):
+def backward(tape, dy, dstate=None, out=None, need_dx=True):
     """(dx, dhx, grads): backpropagation through time from a training forward's tape.
 
     dy is shaped like y; dstate like the returned state ((dh_n, dc_n) for LSTM, either may be None), or
     None.  dx is like x, dhx like the state (zeros-shaped when hx was None), grads a dict keyed like
-    state_dict(): the arrays of `out` where given (written in place), fresh arrays for the other keys."""
+    state_dict(): the arrays of `out` where given (written in place), fresh arrays for the other keys.
+    need_dx=False: dx is not computed (None is returned in its place; the kernels skip dZ W_ih of the first
+    layer), for a caller that has no use for the input's gradient."""
     if not isinstance(tape, Tape):
         raise TypeError(f"tape: expected the Tape returned by forward(..., train=True), "
                         f"got {type(tape).__name__}")
@@ -305,7 +307,7 @@ def backward(tape, dy, dstate=None, out=None):
     dout = dy_t
     for k in reversed(range(L)):
         inp, outk = tape.inputs[k], tape.outputs[k]
-        din = buffers.empty_like(inp)
+        din = buffers.empty_like(inp) if need_dx or k > 0 else None
         for d in range(D):
             kw = spec._keys[k][d]
             p = (params[kw[0]], params[kw[1]], params.get(kw[2]), params.get(kw[3]), params.get(kw[4]))
@@ -326,5 +328,5 @@ def backward(tape, dy, dstate=None, out=None):
         if k > 0 and tape.masks:
             din *= tape.masks[k - 1]
         dout = din
-    dx = to_api_layout(spec, dout, batched)
+    dx = to_api_layout(spec, dout, batched) if dout is not None else None
     return dx, pack_state(spec, dh0, dc0, batched), grads
