@@ -14,7 +14,7 @@ from setuptools import Extension, setup
 here = os.path.dirname(os.path.abspath(__file__))
 os.chdir(here)
 
-sources = ["fastrnn/_core.pyx", "csrc/gemm.c", "csrc/dispatch.c", "csrc/threads.c", "csrc/workspace.c"] + sorted(glob.glob("csrc/isa/*.c"))
+sources = ["fastrnn/_core.pyx", "csrc/gemm.c", "csrc/dispatch.c", "csrc/threads.c", "csrc/workspace.c", "csrc/optim.c"] + sorted(glob.glob("csrc/isa/*.c"))
 depends = sorted(glob.glob("csrc/**/*.h", recursive=True) + glob.glob("csrc/*.c")) + ["fastrnn/_core.pxd"]
 
 # FASTRNN_SANITIZE=address,undefined (any -fsanitize list) builds an instrumented extension for .ci/sanitize

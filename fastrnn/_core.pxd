@@ -68,3 +68,9 @@ cdef extern from "fastrnn.h" nogil:
         void (*gemm)(int trans_a, int trans_b, int M, int N, int K, double alpha, const double *A, int lda, const double *B, int ldb, double beta, double *C, int ldc, int nthreads) noexcept nogil
     const fr_kernels_f32_t *fr_kernels_f32()
     const fr_kernels_f64_t *fr_kernels_f64()
+
+cdef extern from "optim.h" nogil:
+    void fr_adam_f32(size_t n, float *w, const float *g, float *m, float *v, float *vh, float c1, float c2,
+                     float alpha, float eps)
+    void fr_adam_f64(size_t n, double *w, const double *g, double *m, double *v, double *vh, double c1, double c2,
+                     double alpha, double eps)

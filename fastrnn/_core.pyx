@@ -477,3 +477,40 @@ def gemm(bint trans_a, bint trans_b, alpha, cnp.ndarray A, cnp.ndarray B, beta, 
                                   <float>be, <float *>pc, ldc, nthreads)
     else:
         raise TypeError("gemm: expected float32 or float64 arrays")
+
+
+# ---- fused optimizer updates (csrc/optim.c) ----------------------------------------------------------------
+cdef inline bint _flat_like(cnp.ndarray a, int t, Py_ssize_t n, bint write):
+    return (cnp.PyArray_TYPE(a) == t and a.ndim == 1 and a.shape[0] == n and cnp.PyArray_IS_C_CONTIGUOUS(a)
+            and (not write or a.flags.writeable))
+
+
+def adam_update(cnp.ndarray w, cnp.ndarray g, cnp.ndarray m, cnp.ndarray v, vh, double c1, double c2,
+                double alpha, double eps):
+    """One Adam step in place (csrc/optim.h, fr_adam_*) over 1-D contiguous float32 / float64 arrays of one
+    dtype and size (vh: the amsgrad maximum, or None).  Returns False, touching nothing, when the arrays are
+    not of that form (the caller then takes numpy's form)."""
+    cdef int t = cnp.PyArray_TYPE(w)
+    cdef Py_ssize_t n = w.shape[0] if w.ndim == 1 else -1
+    if t != cnp.NPY_FLOAT32 and t != cnp.NPY_FLOAT64:
+        return False
+    if not (_flat_like(w, t, n, True) and _flat_like(g, t, n, False) and _flat_like(m, t, n, True)
+            and _flat_like(v, t, n, True)):
+        return False
+    if vh is not None and not (type(vh) is cnp.ndarray and _flat_like(<cnp.ndarray>vh, t, n, True)):
+        return False
+    cdef void *pw = cnp.PyArray_DATA(w)
+    cdef void *pg = cnp.PyArray_DATA(g)
+    cdef void *pm = cnp.PyArray_DATA(m)
+    cdef void *pv = cnp.PyArray_DATA(v)
+    cdef void *ph = NULL if vh is None else cnp.PyArray_DATA(<cnp.ndarray>vh)
+    cdef size_t nn = <size_t>n
+    if t == cnp.NPY_FLOAT32:
+        with nogil:
+            fr_adam_f32(nn, <float *>pw, <const float *>pg, <float *>pm, <float *>pv, <float *>ph, <float>c1,
+                        <float>c2, <float>alpha, <float>eps)
+    else:
+        with nogil:
+            fr_adam_f64(nn, <double *>pw, <const double *>pg, <double *>pm, <double *>pv, <double *>ph, c1, c2,
+                        alpha, eps)
+    return True

@@ -53,6 +53,37 @@ def _step(opt, w, g):
     return w
 
 
+@pytest.mark.parametrize("amsgrad", [False, True])
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+def test_fused_adam_is_the_numpy_form_bit_for_bit(dt, amsgrad):
+    """Adam's C loop (csrc/optim.c) against its numpy form, over steps with large, tiny, NaN and Inf
+    gradients, with weight decay and a schedule; a strided or float16 vector takes the numpy form."""
+    from fastrnn.nn import updates
+    rng = np.random.default_rng(0)
+    w0 = rng.standard_normal(1001).astype(dt)
+    out = []
+    for fused in (True, False):
+        o = O.AdamW(O.ExponentialDecay(0.01, 3, 0.9), weight_decay=0.01, amsgrad=amsgrad)
+        o._fused = fused
+        w = w0.copy()
+        r = np.random.default_rng(1)
+        with np.errstate(all="ignore"):
+            for s in range(12):
+                g = r.standard_normal(w.size).astype(dt) * (30 if s % 3 else 1e-4)
+                if s == 7:
+                    g[3], g[4], g[5] = np.nan, np.inf, -np.inf
+                o.apply(w, g)
+        out.append(w)
+    np.testing.assert_array_equal(out[0], out[1])
+    assert np.isnan(out[0][3]) and np.isfinite(out[0][10])
+    a = np.zeros(8, dt)
+    assert not updates.adam(a[::2], a[::2].copy(), a[1::2], a[1::2].copy(), None, 0.1, 0.001, 0.01, 1e-7)
+    h = np.zeros(4, np.float16)
+    assert not updates.adam(h, h.copy(), h.copy(), h.copy(), None, 0.1, 0.001, 0.01, 1e-7)
+    assert not updates.adam(np.zeros(4, dt), np.zeros(3, dt), np.zeros(4, dt), np.zeros(4, dt), None, 0.1, 0.001,
+                            0.01, 1e-7)
+
+
 def test_optimizers_textbook_updates():
     w0 = np.array([1.0, -2.0, 0.5])
     g = np.array([0.1, -0.3, 2.0])
@@ -88,6 +119,18 @@ def test_optimizers_textbook_updates():
         m = 0.9 * m + 0.1 * g
         v = 0.999 * v + 0.001 * g * g
         w_ref = w_ref - 0.01 * np.sqrt(1 - 0.999 ** t) / (1 - 0.9 ** t) * m / (np.sqrt(v) + 1e-7)
+    np.testing.assert_allclose(w, w_ref)
+    # amsgrad: the step uses the running maximum of v
+    opt = O.Adam(0.01, amsgrad=True)
+    w = w0.copy()
+    m = v = vh = np.zeros(3)
+    w_ref = w0.copy()
+    for t, gt in ((1, g), (2, 0.1 * g)):
+        opt.apply(w, gt.copy())
+        m = 0.9 * m + 0.1 * gt
+        v = 0.999 * v + 0.001 * gt * gt
+        vh = np.maximum(vh, v)
+        w_ref = w_ref - 0.01 * np.sqrt(1 - 0.999 ** t) / (1 - 0.9 ** t) * m / (np.sqrt(vh) + 1e-7)
     np.testing.assert_allclose(w, w_ref)
     # AdamW: decoupled decay first
     aw = _step(O.AdamW(0.01, weight_decay=0.1), w0, g)

@@ -10,6 +10,8 @@ import math
 
 import numpy as np
 
+from ..nn import updates
+
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "ExponentialDecay", "CosineDecay",
            "LearningRateSchedule", "get"]
 
@@ -190,6 +192,7 @@ class SGD(Optimizer):
 class Adam(Optimizer):
     """Keras 3's Adam (epsilon outside the square root, bias correction folded into the step size)."""
     _slots = 2
+    _fused = True  # one C loop (fastrnn.nn.updates.adam); False: numpy's form (the same bits, for tests)
 
     def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, amsgrad=False, **kwargs):
         super().__init__(learning_rate, **kwargs)
@@ -205,6 +208,9 @@ class Adam(Optimizer):
         m, v = self._state[0], self._state[1]
         b1, b2 = self.beta_1, self.beta_2
         alpha = lr * math.sqrt(1 - b2 ** t) / (1 - b1 ** t)
+        if self._fused and updates.adam(w, g, m, v, self._state[2] if self.amsgrad else None, 1 - b1, 1 - b2,
+                                        alpha, self.epsilon):
+            return
         m += (g - m) * (1 - b1)
         v += (g * g - v) * (1 - b2)
         if self.amsgrad:
