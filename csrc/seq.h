@@ -538,8 +538,12 @@ static int seq_weight_grads(const seq_wg *w) {
 #ifndef SEQ_OVERLAP_STEP_FMA
 #define SEQ_OVERLAP_STEP_FMA 2.0e6
 #endif
+#ifndef SEQ_OVERLAP_PIECES
 #define SEQ_OVERLAP_PIECES 8      /* pieces of the steps (so the reduction trails the loop by one piece) */
+#endif
+#ifndef SEQ_OVERLAP_MIN_ROWS
 #define SEQ_OVERLAP_MIN_ROWS 256  /* rows a piece at least (each is a GEMM with K = its rows) */
+#endif
 
 /* 0: the loop on nth threads, then seq_weight_grads; 1: the ordered reduction after a one-thread loop;
  * 2: the same, side by side on two threads.  step_fma: the multiply-adds of one step's recurrent product
