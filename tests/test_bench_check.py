@@ -262,3 +262,20 @@ def test_python_m_fastrnn():
                        cwd=tempfile.gettempdir(),
                        timeout=300)
     assert r.returncode == 0 and r.stdout.startswith("fastrnn "), (r.stdout, r.stderr)
+
+
+def test_sgemm_peak_counts_blas_only_at_the_threads_asked(monkeypatch):
+    """Without threadpoolctl numpy's BLAS runs on every CPU: a 1-thread peak then counts fastrnn's own GEMM
+    only (which runs on the threads asked), unless the environment limits the BLAS."""
+    from fastrnn.bench import timing
+    monkeypatch.setattr(peers, "_threadpoolctl", lambda: None)
+    for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setattr(timing, "load_average", lambda: (0.0, 4))
+    assert not timing._blas_limited(1) and not timing._blas_limited(3) and timing._blas_limited(4)
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
+    assert timing._blas_limited(1)
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS")
+    monkeypatch.setattr(timing, "_PEAKS", {})
+    res = timing.sgemm_peak(1, sizes=(96,), trials=1)
+    assert res["blas_counted"] is False and res["gflops"] == res["fastrnn"] > 0
