@@ -62,6 +62,16 @@ static inline void fr_pause(void) {
  * Yielding lets it run; when nothing else is runnable the yield returns at once, for a syscall's cost. */
 #define FR_SPINS_BEFORE_YIELD 2000u
 
+/* One round of a spin-wait: a pause, and a yield every FR_SPINS_BEFORE_YIELD rounds (spins: the caller's
+ * count, from 0). */
+static inline void fr_backoff(unsigned *spins) {
+    fr_pause();
+    if (++*spins > FR_SPINS_BEFORE_YIELD) {
+        sched_yield();
+        *spins = 0;
+    }
+}
+
 /* ---- interrupts (threads.h) -------------------------------------------------------------------------------- */
 volatile int fr_interrupt_flag = 0;
 static _Thread_local int t_armed = 0;
@@ -124,27 +134,15 @@ void fr_barrier_wait(fr_barrier_t *b, int tid) {
     atomic_store_explicit(&b->slot[tid].epoch, e, memory_order_release);
     for (int i = 0; i < b->n; i++) {
         unsigned spins = 0;
-        while (atomic_load_explicit(&b->slot[i].epoch, memory_order_acquire) < e) {
-            fr_pause();
-            if (++spins > FR_SPINS_BEFORE_YIELD) {
-                sched_yield();
-                spins = 0;
-            }
-        }
+        while (atomic_load_explicit(&b->slot[i].epoch, memory_order_acquire) < e) fr_backoff(&spins);
     }
 }
 
-/* Waits until *v <= target (acquire): the spin-then-yield of the barrier, for one thread trailing another
+/* Waits until *v <= target (acquire), by fr_backoff as the barrier does, for one thread trailing another
  * through a sequence of steps (seq.h, seq_backward). */
 void fr_wait_at_most(atomic_int *v, int target) {
     unsigned spins = 0;
-    while (atomic_load_explicit(v, memory_order_acquire) > target) {
-        fr_pause();
-        if (++spins > FR_SPINS_BEFORE_YIELD) {
-            sched_yield();
-            spins = 0;
-        }
-    }
+    while (atomic_load_explicit(v, memory_order_acquire) > target) fr_backoff(&spins);
 }
 
 /* ---- thread count ---------------------------------------------------------------------------------------- */
@@ -352,13 +350,7 @@ int fr_parallel(int n, fr_task_fn fn, void *ctx, fr_barrier_t *bar) {
 
     /* Every worker, taking part or not, reports once per region: then none still reads fn/ctx. */
     unsigned spins = 0;
-    while (atomic_load_explicit(&g_pool.done, memory_order_acquire) < g_pool.nworkers) {
-        fr_pause();
-        if (++spins > FR_SPINS_BEFORE_YIELD) {
-            sched_yield();
-            spins = 0;
-        }
-    }
+    while (atomic_load_explicit(&g_pool.done, memory_order_acquire) < g_pool.nworkers) fr_backoff(&spins);
     pthread_mutex_unlock(&g_pool.busy);
     return n;
 }
