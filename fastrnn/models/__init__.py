@@ -388,7 +388,7 @@ class Sequential:
                 tot += loss * n
                 seen += n
                 for m in ms:
-                    m.update_state(yb if y_pred.shape[:yb.ndim] == yb.shape or True else yb, y_pred, w)
+                    m.update_state(yb, y_pred, w)
                 logs = {"loss": tot / seen}
                 logs.update({m.name: m.result() for m in ms})
                 logs["size"] = n
