@@ -21,7 +21,9 @@ depends = sorted(glob.glob("csrc/**/*.h", recursive=True) + glob.glob("csrc/*.c"
 # (docs/reliability.md): -O1 -g with frame pointers for readable reports; run it with the sanitizer runtime
 # preloaded (LD_PRELOAD=$(gcc -print-file-name=libasan.so)), as Python itself is not instrumented.
 sanitize = os.environ.get("FASTRNN_SANITIZE", "").strip()
-opt_args = ["-O3"]
+# FASTRNN_OPT overrides the optimisation flags (FASTRNN_OPT=-O0: a quick build for checks that do not run the
+# kernels for speed, as tests/test_packaging.py's wheel; never for timing).
+opt_args = os.environ.get("FASTRNN_OPT", "-O3").split()
 san_args = []
 if sanitize:
     opt_args = ["-O1", "-g", "-fno-omit-frame-pointer"]
