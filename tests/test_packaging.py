@@ -42,7 +42,7 @@ def wheel(tmp_path_factory):
     # -O0: this wheel is checked for its contents and imported, never timed; the -O3 build of the kernels
     # takes about 100 s of CI's time, -O0 a fraction of it.
     env = dict(os.environ, FASTRNN_OPT="-O0")
-    env.pop("FASTRNN_SANITIZE", None)
+    env.pop("FASTRNN_SANITIZE", None)  # an instrumented wheel would not import without the sanitizer runtime
     r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
                         str(out), str(src)], capture_output=True, text=True, timeout=900, env=env)
     if r.returncode != 0 and "No module named" in r.stderr and ("Cython" in r.stderr or "setuptools" in r.stderr):
