@@ -27,7 +27,7 @@
 #ifndef FR_WS_CACHE_BYTES
 #define FR_WS_CACHE_BYTES ((size_t)256 << 20)
 #endif
-#define FR_WS_SLOTS 16
+#define FR_WS_SLOTS 32
 #define FR_WS_HEAD 64 /* the header keeps the payload 64-byte aligned */
 
 static struct {

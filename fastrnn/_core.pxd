@@ -4,6 +4,8 @@
 # fastrnn.h (a wrong member order would call the wrong kernel; tests/test_kernels_vs_reference.py catches it).
 
 cdef extern from "workspace.h" nogil:
+    void *fr_ws_alloc(size_t bytes)
+    void fr_ws_free(void *p)
     size_t fr_ws_release()
     size_t fr_ws_cached()
     int fr_ws_set_poison(int on)

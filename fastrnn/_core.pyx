@@ -88,6 +88,54 @@ def workspace_bytes():
     return fr_ws_cached()
 
 
+cdef extern from "Python.h":
+    int PyTraceMalloc_Track(unsigned int domain, size_t ptr, size_t size)
+    int PyTraceMalloc_Untrack(unsigned int domain, size_t ptr)
+
+cdef unsigned int _TRACE_DOMAIN = 389047  # numpy's tracemalloc domain: these blocks stand for its data buffers
+
+
+cdef class _Block:
+    """Memory of fr_ws_alloc that numpy arrays view (empty()): given back with fr_ws_free when the last of
+    them goes, so a large block returns to the workspace cache for the next call rather than to the kernel.
+    Reported to tracemalloc as numpy reports its own data buffers, so a leak of such arrays shows there."""
+    cdef void *p
+
+    def __dealloc__(self):
+        if self.p != NULL:
+            PyTraceMalloc_Untrack(_TRACE_DOMAIN, <size_t>self.p)
+            fr_ws_free(self.p)
+
+
+def empty(shape, dtype):
+    """An uninitialised C-contiguous ndarray of `shape` (a tuple of ints >= 0) and float `dtype` (an
+    np.dtype), 64-byte aligned, on workspace memory (csrc/workspace.c): what the kernels write (outputs,
+    tapes, gradients; fastrnn/nn/buffers.py).  A large block comes back from the cache warm rather than as
+    fresh pages to fault in and zero, and under _set_workspace_poison it is NaN-filled like the kernels'
+    own buffers."""
+    cdef cnp.npy_intp dims[8]
+    cdef int nd = len(shape)
+    cdef size_t n = 1
+    cdef int i
+    if nd > 8:
+        raise ValueError(f"empty: at most 8 dimensions, got {nd}")
+    for i in range(nd):
+        dims[i] = shape[i]
+        if dims[i] < 0:
+            raise ValueError(f"empty: negative dimension in {shape}")
+        n *= <size_t>dims[i]
+    cdef cnp.dtype dt = dtype
+    cdef void *p = fr_ws_alloc(n * <size_t>dt.itemsize)
+    if p == NULL:
+        raise MemoryError(f"fastrnn: cannot allocate {n * dt.itemsize} bytes for an array of shape {shape}")
+    cdef _Block blk = _Block.__new__(_Block)
+    blk.p = p
+    PyTraceMalloc_Track(_TRACE_DOMAIN, <size_t>p, n * <size_t>dt.itemsize)
+    arr = cnp.PyArray_SimpleNewFromData(nd, dims, dt.type_num, p)  # C order, writable, not owning p
+    cnp.set_array_base(arr, blk)
+    return arr
+
+
 def _set_workspace_poison(bint on):
     """Testing knob (not API): fill every work buffer with NaN bytes before a kernel gets it, so reading one
     before writing it shows in the results.  Returns the previous setting."""

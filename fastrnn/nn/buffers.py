@@ -1,31 +1,32 @@
-"""Arrays the kernels write (outputs, tapes, gradients), 64-byte aligned.
+"""Arrays the kernels write (outputs, tapes, gradients): 64-byte aligned, on workspace memory.
 
 numpy's allocator aligns to 16 bytes, and a large block comes from mmap 16 bytes past a page.  The kernels
 split each row's units between threads in blocks of 16 (AVX-512) or 8 floats, and write and read their
 units 8 or 16 at a time: on a 16-byte-aligned row a vector can straddle two cache lines, and a line at a
 blocks' border is written by both threads.  torch's allocator aligns to 64 bytes, so the drop-in's tensors
 already are.  Measured (docs/tuning.md, Aligned outputs and tapes): even to x1.1 on small 2-thread steps,
-within the noise elsewhere."""
+within the noise elsewhere.
+
+The memory comes from the kernels' workspace cache (_core.empty, csrc/workspace.c): when a large array is
+freed its block is kept for the next call, which then writes warm pages instead of faulting fresh ones in
+(docs/tuning.md, Outputs and tapes on workspace memory)."""
 import numpy as np
+
+from .. import _core
 
 ALIGN = 64  # bytes: a cache line, and one AVX-512 vector
 
+_dtype = np.dtype
+_empty = _core.empty
+
 
 def empty(shape, dtype):
-    """np.empty(shape, dtype), its data 64-byte aligned (a view of a slightly larger byte buffer)."""
-    dt = np.dtype(dtype)
-    shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
-    n = 1
-    for s in shape:
-        n *= s
-    nbytes = n * dt.itemsize
-    if nbytes < 4 * ALIGN:  # a state row or two: not worth a second object
-        return np.empty(shape, dt)
-    buf = np.empty(nbytes + ALIGN, np.uint8)
-    start = -buf.ctypes.data % ALIGN
-    return buf[start:start + nbytes].view(dt).reshape(shape)
+    """np.empty(shape, dtype), C-contiguous, its data 64-byte aligned, on workspace memory."""
+    if type(shape) is not tuple:
+        shape = (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(shape)
+    return _empty(shape, dtype if isinstance(dtype, _dtype) else _dtype(dtype))
 
 
 def empty_like(a):
     """empty(a.shape, a.dtype)."""
-    return empty(a.shape, a.dtype)
+    return _empty(a.shape, a.dtype)
