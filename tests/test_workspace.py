@@ -2,6 +2,7 @@
 reused without changing a result (the whole suite also runs with every buffer poisoned with NaN first:
 conftest.poisoned_workspace)."""
 import numpy as np
+import pytest
 
 import fastrnn
 
@@ -95,3 +96,30 @@ def test_cap_from_the_environment(tmp_path):
         assert out.returncode == 0, out.stderr
         peak, last = (int(v) for v in out.stdout.split())
         assert least <= last and peak <= most, (mb, out.stdout)
+
+
+def test_returned_arrays_come_from_the_cache_and_go_back_to_it():
+    """The outputs the numpy API returns are 64-byte aligned, writable, C-contiguous views of workspace
+    memory (nn/buffers.py): dropping one gives its block back to the cache, and the next call's output is
+    written into that same, already faulted-in block."""
+    from fastrnn import _core
+    a = _core.empty((3, 1000, 100), np.dtype(np.float64))
+    assert a.shape == (3, 1000, 100) and a.dtype == np.float64
+    assert a.flags.c_contiguous and a.flags.writeable and a.ctypes.data % 64 == 0
+    a[...] = 1.5
+    assert a.sum() == 1.5 * 300000
+    assert _core.empty((0, 4), np.dtype(np.float32)).shape == (0, 4)
+    with pytest.raises(ValueError, match="negative"):
+        _core.empty((2, -1), np.dtype(np.float32))
+    del a
+    fastrnn.release_workspace()
+    layer = fastrnn.RNN(8, 64, batch_first=True, seed=0)  # small weights: the output is the call's only large block
+    x = np.random.default_rng(0).standard_normal((32, 50, 8)).astype(np.float32)
+    y, _ = layer(x)
+    ref, ptr = y.copy(), y.ctypes.data
+    before = fastrnn.workspace_bytes()
+    del y
+    assert fastrnn.workspace_bytes() >= before + ref.nbytes
+    y2, _ = layer(x)
+    assert y2.ctypes.data == ptr
+    np.testing.assert_array_equal(y2, ref)

@@ -30,3 +30,18 @@ def empty(shape, dtype):
 def empty_like(a):
     """empty(a.shape, a.dtype)."""
     return _empty(a.shape, a.dtype)
+
+
+def contiguous(a):
+    """a itself when C-contiguous, else a C-contiguous copy on workspace memory (np.ascontiguousarray's
+    result, for the layout copies of batch-first inputs and outputs)."""
+    if a.flags.c_contiguous:
+        return a
+    return copy(a)
+
+
+def copy(a):
+    """A C-contiguous copy of a on workspace memory."""
+    out = _empty(a.shape, a.dtype)
+    np.copyto(out, a)
+    return out

@@ -43,7 +43,7 @@ def prep_x(spec, x):
     if xt.shape[0] == 0 or xt.shape[1] == 0:
         raise ValueError(f"x: expected at least one time step and one sequence, got {shape_str(x.shape)}")
     check_kernel_sizes(spec, xt.shape[0], xt.shape[1])  # before the copy below allocates anything
-    return np.ascontiguousarray(xt), batched
+    return buffers.contiguous(xt), batched
 
 
 def prep_state(spec, name, s, B, batched, allow_none_parts):
@@ -92,7 +92,7 @@ def to_api_layout(spec, y_tm, batched):
     """Time-major (T, B, F) -> the caller's layout (batch_first / unbatched)."""
     if not batched:
         return y_tm[:, 0, :]
-    return np.ascontiguousarray(y_tm.transpose(1, 0, 2)) if spec.batch_first else y_tm
+    return buffers.copy(y_tm.transpose(1, 0, 2)) if spec.batch_first else y_tm
 
 
 def from_api_layout(spec, name, a, T, B, batched, F):
@@ -103,7 +103,7 @@ def from_api_layout(spec, name, a, T, B, batched, F):
         return np.ascontiguousarray(a[:, None, :])
     if spec.batch_first:
         check_shape(name, a, (B, T, F))
-        return np.ascontiguousarray(a.transpose(1, 0, 2))
+        return buffers.contiguous(a.transpose(1, 0, 2))
     check_shape(name, a, (T, B, F))
     return np.ascontiguousarray(a)
 
@@ -199,8 +199,8 @@ def run(spec, params, x, hx, lengths, train, mask_fn, checkpoint=None, rmasks=No
     k = check_checkpoint(checkpoint, train) if checkpoint is not None else None
     xt, batched = prep_x(spec, x)
     rm = check_rmasks(spec, rmasks, xt.shape[1], train) if rmasks is not None else None
-    if train and (xt is x or not xt.flags.owndata):
-        xt = xt.copy()  # the tape keeps x: the caller may reuse its buffer before calling backward
+    if train and np.may_share_memory(xt, x):
+        xt = buffers.copy(xt)  # the tape keeps x: the caller may reuse its buffer before calling backward
     y, state, tape = run_time_major(spec, params, xt, batched, hx, lengths, train, mask_fn, k, rm)
     return to_api_layout(spec, y, batched), state, tape
 
