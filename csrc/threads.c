@@ -21,6 +21,7 @@
 #include <string.h>
 #include <stdatomic.h>
 #include <stdlib.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "threads.h"
@@ -195,16 +196,47 @@ static struct {
  * sleep through it. */
 static int g_start_generation[FR_MAX_THREADS];
 
+/* How long an idle worker spins for the next region before it sleeps on the condition variable: long
+ * enough to cover the Python between a training step's calls (fit's Dense, loss and optimizer between the
+ * forward and the backward, then batching: 0.05-0.2 ms), which a wake-up through the condition variable
+ * (tens of us on these VMs) would otherwise be paid for on every call.  4000 pauses (~0.1 ms) measured
+ * LSTM(64) fit x1.05-1.08 slower than ~1 ms (docs/tuning.md, Worker spin).  OpenMP runtimes spin a
+ * similar while (libgomp's GOMP_SPINCOUNT).  FASTRNN_SPIN_US in the environment sets it (0: sleep at once). */
+#ifndef FR_WORKER_SPIN_US
+#define FR_WORKER_SPIN_US 1000L
+#endif
+
+static long worker_spin_ns(void) {
+    const char *e = getenv("FASTRNN_SPIN_US");
+    long us = FR_WORKER_SPIN_US;
+    if (e && *e) {
+        char *end = NULL;
+        const long v = strtol(e, &end, 10);
+        if (end && *end == '\0' && v >= 0 && v <= 1000000) us = v;
+    }
+    return us * 1000L;
+}
+
+static long now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long)ts.tv_sec * 1000000000L + ts.tv_nsec;
+}
+
 static void *worker_main(void *arg) {
     int tid = (int)(size_t)arg;
     int seen = g_start_generation[tid];
+    const long spin_ns = worker_spin_ns();
     for (;;) {
-        /* Spin a little for the next region, then sleep. */
+        /* Spin for the next region a while (the clock read every 64 pauses), then sleep. */
         unsigned spins = 0;
         int gen;
-        while ((gen = atomic_load_explicit(&g_pool.generation, memory_order_acquire)) == seen &&
-               ++spins < 4000)
+        const long t0 = spin_ns > 0 ? now_ns() : 0;
+        while ((gen = atomic_load_explicit(&g_pool.generation, memory_order_acquire)) == seen) {
             fr_pause();
+            if ((++spins & 63u) == 0 && now_ns() - t0 >= spin_ns) break;
+            if (spin_ns == 0) break;
+        }
         if (gen == seen) {
             pthread_mutex_lock(&g_pool.lock);
             while ((gen = atomic_load_explicit(&g_pool.generation, memory_order_acquire)) == seen)

@@ -424,3 +424,37 @@ def test_use_openmp_bad_arguments():
         with pytest.raises(ValueError, match="GOMP_parallel"):
             fastrnn.runtime.use_openmp(libm)
     assert fastrnn.runtime.thread_pool() in ("fastrnn",) + tuple(fastrnn.runtime.loaded_openmp())
+
+
+@pytest.mark.parametrize("spin_us", ["0", None, "20000"])
+def test_idle_workers_spin_a_bounded_while_then_sleep(tmp_path, spin_us):
+    """After a call the pool's idle worker spins at most FASTRNN_SPIN_US (default 1 ms) and then sleeps:
+    over the next 0.5 s of idleness the process uses little CPU (a worker that never stopped spinning
+    would use ~0.5 s), and the results are the same bits whatever the spin."""
+    import subprocess
+    import sys
+    code = """
+import resource, time, numpy as np, fastrnn
+fastrnn.set_num_threads(2)
+layer = fastrnn.LSTM(24, 64, seed=3)
+x = np.random.default_rng(0).standard_normal((40, 32, 24)).astype(np.float32)
+y = layer(x)[0]
+def cpu():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+c0 = cpu(); time.sleep(0.5); idle = cpu() - c0
+print(repr(float(y.astype(np.float64).sum())), idle)
+"""
+    env = dict(os.environ)
+    env.pop("FASTRNN_SPIN_US", None)
+    if spin_us is not None:
+        env["FASTRNN_SPIN_US"] = spin_us
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    total, idle = r.stdout.split()
+    bound = 0.02 + (int(spin_us) * 1e-6 if spin_us else 0.001)
+    assert float(idle) < bound + 0.1, f"{idle} s of CPU over 0.5 s idle (spin {spin_us} us)"
+    ref = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=dict(env, FASTRNN_SPIN_US="0"),
+                         capture_output=True, text=True, timeout=120)
+    assert ref.stdout.split()[0] == total
