@@ -18,6 +18,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "workspace.h"
 
@@ -29,6 +30,8 @@
 #endif
 #define FR_WS_SLOTS 32
 #define FR_WS_HEAD 64 /* the header keeps the payload 64-byte aligned */
+#define FR_WS_HUGE ((size_t)2 << 20)      /* a huge page */
+#define FR_WS_HUGE_MIN ((size_t)4 << 20)  /* blocks from this size start on one and ask for them (numpy's) */
 
 static struct {
     pthread_mutex_t lock;
@@ -101,7 +104,15 @@ void *fr_ws_alloc(size_t bytes) {
         }
     }
     void *b = NULL;
-    if (bytes > SIZE_MAX - FR_WS_HEAD || posix_memalign(&b, 64, bytes + FR_WS_HEAD) != 0) return NULL;
+    if (bytes > SIZE_MAX - FR_WS_HEAD - FR_WS_HUGE) return NULL;
+    const int huge = bytes >= FR_WS_HUGE_MIN;
+    if (posix_memalign(&b, huge ? FR_WS_HUGE : 64, bytes + FR_WS_HEAD) != 0) return NULL;
+#ifdef MADV_HUGEPAGE
+    /* Transparent huge pages where the system leaves them to madvise (its default): fewer TLB misses over
+     * large panels, projections and outputs, as numpy's own large arrays get them (docs/tuning.md,
+     * Workspace cache).  Advice only: a refusal changes nothing. */
+    if (huge) madvise(b, (bytes + FR_WS_HEAD) & ~(FR_WS_HUGE - 1), MADV_HUGEPAGE);
+#endif
     *(size_t *)b = bytes;
     if (atomic_load(&g_poison)) memset((char *)b + FR_WS_HEAD, 0xFF, bytes);
     return (char *)b + FR_WS_HEAD;
