@@ -475,15 +475,11 @@ static int gru_single_step(const fr_seq *q, int ra) {
     return ra && rec_step_by_gemm(q->S, q->B);
 }
 
-/* The training forward's threads: one when each thread would own fewer than GRU_TRAIN_UNITS_PER_THREAD
- * units of a batch of more than GRU_TRAIN_SPLIT_MAX_B rows.  There the second thread's share of the
- * recurrent product is small while the step's tape writes (r, z, n, aux: 4H a row) and the exchange of
- * h_{t-1} between the threads are not, so two threads ran the step slower than one (docs/tuning.md,
+/* The training forward's threads: rec_narrow_threads's rule.  There the step's tape writes (r, z, n, aux: 4H a
+ * row) add to what the second thread does not repay: two threads ran it slower than one (docs/tuning.md,
  * GRU training forward threads).  Inference keeps rec_threads_for's count (even or faster there). */
-#define GRU_TRAIN_UNITS_PER_THREAD 64
-#define GRU_TRAIN_SPLIT_MAX_B 4
 static int gru_train_threads(int training, int B, int H, int nth) {
-    return training && nth > 1 && B > GRU_TRAIN_SPLIT_MAX_B && H < GRU_TRAIN_UNITS_PER_THREAD * nth ? 1 : nth;
+    return training ? rec_narrow_threads(B, H, nth) : nth;
 }
 
 static int gru_forward(int T, int B, int I, int H, int reset_after, int reverse,

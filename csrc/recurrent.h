@@ -692,4 +692,15 @@ static inline int rec_threads_for(int T, int n, int G, int H, int K, int nblk) {
     return nt > nblk ? nblk : nt;
 }
 
+/* One thread instead of nth for a forward whose threads would each own fewer than REC_UNITS_PER_THREAD units
+ * of a batch of more than REC_NARROW_MAX_B rows: there a second thread's share of the step's product is
+ * small while the barrier and the exchange of h_{t-1} each step are not, and one thread ran the step faster
+ * (the RNN's forward, the GRU's training forward: docs/tuning.md, GRU training forward threads and RNN
+ * forward threads; few rows gain from a second thread). */
+#define REC_UNITS_PER_THREAD 64
+#define REC_NARROW_MAX_B 4
+static inline int rec_narrow_threads(int B, int H, int nth) {
+    return nth > 1 && B > REC_NARROW_MAX_B && H < REC_UNITS_PER_THREAD * nth ? 1 : nth;
+}
+
 #endif /* FR_RECURRENT_INSTANCE */

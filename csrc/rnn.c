@@ -173,18 +173,10 @@ static int rnn_split(size_t rows, int B, int I, int H) {
     return rows > REC_DIRECT_ROWS && rec_split(B, (size_t)H * (size_t)(I + H) * sizeof(real)); /* [W_ih | W_hh] */
 }
 
-/* The forward's threads: one when each thread would own fewer than RNN_FWD_UNITS_PER_THREAD units of a
- * batch of more than RNN_FWD_SPLIT_MAX_B rows.  The step's recurrent product is only H * H multiply-adds a
- * row, so below that the second thread's share does not pay for the barrier and the exchange of h_{t-1}
- * each step: one thread ran B, T, I, H = 32, 50, 8, 64 x1.18-1.27 faster, 64, 50, 8, 64 x1.08-1.10, and
- * H = 128 evenly, H = 256 x1.21 slower (docs/tuning.md, RNN forward threads).  Training and inference
- * alike (the RNN has no tape); the backward keeps rec_threads_for's count (it gains from two threads). */
-#define RNN_FWD_UNITS_PER_THREAD 64
-#define RNN_FWD_SPLIT_MAX_B 4
-static int rnn_fwd_threads(int B, int H, int nth) {
-    return nth > 1 && B > RNN_FWD_SPLIT_MAX_B && H < RNN_FWD_UNITS_PER_THREAD * nth ? 1 : nth;
-}
-
+/* The forward's threads: rec_narrow_threads's rule (recurrent.h), for training and inference alike (the
+ * RNN has no tape).  The step's product is only H * H multiply-adds a row: one thread ran B, T, I, H =
+ * 32, 50, 8, 64 x1.18-1.27 faster, 64, 50, 8, 64 x1.08-1.10, H = 128 evenly, H = 256 x1.21 slower
+ * (docs/tuning.md, RNN forward threads).  The backward keeps rec_threads_for's count (it gains from two). */
 static int rnn_forward(int T, int B, int I, int H, int relu, int reverse,
                        const int *lengths, /* (B) or NULL */
                        const real *rmask,  /* (B, H) recurrent dropout mask, or NULL */
@@ -246,7 +238,7 @@ static int rnn_forward(int T, int B, int I, int H, int relu, int reverse,
     cx.hbuf[1] = h2;
     cx.y = y;
     cx.ldy = ldy;
-    const int nth = rnn_fwd_threads(B, H, rec_threads_for(T, B, 1, H, I + H, wp.nblk));
+    const int nth = rec_narrow_threads(B, H, rec_threads_for(T, B, 1, H, I + H, wp.nblk));
     cx.steal = rec_steal(nth, B, &wp);
     if ((rowptrs = (const real **)malloc(sizeof(real *) * (3 * (size_t)B * nth + 1))) == NULL) goto done;
     if ((acc = fr_alloc((size_t)nth * B * wp.W, 0)) == NULL) goto done;

@@ -229,13 +229,14 @@ static void *worker_main(void *arg) {
     const long spin_ns = worker_spin_ns();
     for (;;) {
         /* Spin for the next region a while (the clock read every 64 pauses), then sleep. */
-        unsigned spins = 0;
-        int gen;
-        const long t0 = spin_ns > 0 ? now_ns() : 0;
-        while ((gen = atomic_load_explicit(&g_pool.generation, memory_order_acquire)) == seen) {
-            fr_pause();
-            if ((++spins & 63u) == 0 && now_ns() - t0 >= spin_ns) break;
-            if (spin_ns == 0) break;
+        int gen = atomic_load_explicit(&g_pool.generation, memory_order_acquire);
+        if (gen == seen && spin_ns > 0) {
+            const long t0 = now_ns();
+            unsigned spins = 0;
+            while ((gen = atomic_load_explicit(&g_pool.generation, memory_order_acquire)) == seen) {
+                fr_pause();
+                if ((++spins & 63u) == 0 && now_ns() - t0 >= spin_ns) break;
+            }
         }
         if (gen == seen) {
             pthread_mutex_lock(&g_pool.lock);

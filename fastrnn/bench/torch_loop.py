@@ -83,8 +83,6 @@ def overhead(reps=2000, H=128):
         y, s, tape = nl.forward(xn, train=True)
         nl.backward(tape, dy)
 
-    leaves = [xg] + list(tl.parameters())
-
     def t_train():
         # as a training loop's zero_grad() (set_to_none): autograd adopts the gradients instead of adding them
         for p in leaves:
@@ -95,6 +93,7 @@ def overhead(reps=2000, H=128):
     # whose forward and backward do no work (fresh outputs and gradients of the right shapes, as the wrapper
     # hands autograd): what autograd itself costs a call, which no Python-level wrapper can go under.
     params = [p for p in tl.parameters()]
+    leaves = [xg] + params  # the graph's leaves, whose .grad the training calls reset
     y0, h0, c0 = [np.zeros((1, 1, H), np.float32) for _ in range(3)]
     shapes = [tuple(p.shape) for p in params]
 

@@ -14,8 +14,6 @@ import numpy as np
 
 from .. import _core
 
-ALIGN = 64  # bytes: a cache line, and one AVX-512 vector
-
 _dtype = np.dtype
 _empty = _core.empty
 
