@@ -263,9 +263,12 @@ def test_double_backward_is_a_clear_error():
     assert gx.shape == x.shape
 
 
-def test_modified_input_before_backward_is_caught():
+@pytest.mark.parametrize("x_grad", [True, False])
+def test_modified_input_before_backward_is_caught(x_grad):
+    # The tape keeps the input's own memory (no copy), so a change in between must be an error, as in torch.nn,
+    # also when only the Parameters need gradients (x saved for its version counter alone)
     lstm = ft.LSTM(3, 4)
-    x = torch.randn(2, 1, 3, requires_grad=True)
+    x = torch.randn(2, 1, 3, requires_grad=x_grad)
     h = x * 2
     y, _ = lstm(h)
     with torch.no_grad():
@@ -461,3 +464,15 @@ def test_fast_path_never_goes_stale(kind):
         same(x.double().transpose(0, 1).contiguous())
         # unbatched input
         same(x.double()[:, 0])
+
+
+def test_torch_func_grad_falls_back_to_torch():
+    # under a functorch transform the C-level apply is not taken: torch.nn's implementation runs (one warning)
+    torch.manual_seed(0)
+    ref = torch.nn.LSTM(3, 4)
+    fast = ft.LSTM(3, 4)
+    fast.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 1, 3)
+    with pytest.warns(ft.FastRNNWarning):
+        g = torch.func.grad(lambda v: fast(v)[0].sum())(x)
+    assert torch.allclose(g, torch.func.grad(lambda v: ref(v)[0].sum())(x), atol=1e-6)

@@ -194,12 +194,14 @@ def check_checkpoint(checkpoint, train):
     return int(checkpoint)
 
 
-def run(spec, params, x, hx, lengths, train, mask_fn, checkpoint=None, rmasks=None):
-    """forward() without the checks of spec and params (the modules validate those once, not per call)."""
+def run(spec, params, x, hx, lengths, train, mask_fn, checkpoint=None, rmasks=None, keep_x=False):
+    """forward() without the checks of spec and params (the modules validate those once, not per call).
+    keep_x: the tape may keep x's own memory rather than a copy, for a caller that guarantees x is not
+    written before backward (fastrnn.torch: autograd's version counter on the saved x guards it)."""
     k = check_checkpoint(checkpoint, train) if checkpoint is not None else None
     xt, batched = prep_x(spec, x)
     rm = check_rmasks(spec, rmasks, xt.shape[1], train) if rmasks is not None else None
-    if train and np.may_share_memory(xt, x):
+    if train and not keep_x and np.may_share_memory(xt, x):
         xt = buffers.copy(xt)  # the tape keeps x: the caller may reuse its buffer before calling backward
     y, state, tape = run_time_major(spec, params, xt, batched, hx, lengths, train, mask_fn, k, rm)
     return to_api_layout(spec, y, batched), state, tape

@@ -12,7 +12,6 @@ import torch
 
 from .. import runtime as _rt
 from ..nn.functional import backward as _backward_np, run as _run_np
-from . import _engine as E
 
 __all__ = ["run", "infer_step", "sync_threads", "share_torch_threads", "torch_mask_fn"]
 
@@ -76,69 +75,83 @@ def torch_mask_fn(p, dtype):
     return mask_fn
 
 
-def _hx_np(has_c, h0, c0):
-    if h0 is None:
-        return None
-    return (_np(h0), _np(c0)) if has_c else _np(h0)
-
-
-def _state_tensors(has_c, state):
-    if has_c:
-        return torch.from_numpy(state[0]), torch.from_numpy(state[1])
-    return (torch.from_numpy(state),)
-
-
 _DOUBLE_BACKWARD = ("fastrnn.torch: double backward (create_graph=True through an RNN/LSTM/GRU) is not supported: "
                     "the fastrnn kernels are first-order only; use torch.nn's module (fastrnn.torch.revert) "
                     "for second-order gradients")
 
 
 class _RNNFunction(torch.autograd.Function):
-    """y, h_n[, c_n] = f(x, h0, c0, *params); backward = fastrnn's BPTT kernels (first order only)."""
+    """y, h_n[, c_n] = f(x, h0, c0, *params); backward = fastrnn's BPTT kernels (first order only).
+    meta = (spec, keys, lengths, mask_fn, views): one non-tensor argument, so that autograd's apply inspects
+    four arguments besides the Parameters rather than eight."""
 
     @staticmethod
-    def forward(ctx, spec, keys, lengths, mask_fn, views, x, h0, c0, *params):
+    def forward(ctx, meta, x, h0, c0, *params):
+        spec, keys, lengths, mask_fn, views = meta
         has_c = spec.cell_name == "lstm"
         pd = views if views is not None else {k: _np_param(p) for k, p in zip(keys, params)}
-        y, state, tape = E.forward(spec, pd, _np(x), _hx_np(has_c, h0, c0), lengths, train=True,
-                                   mask_fn=mask_fn)
+        hx = None if h0 is None else ((_np(h0), _np(c0)) if has_c else _np(h0))
+        # keep_x: the tape may keep x's own memory (no copy): x is saved below, and autograd's version counter
+        # makes backward raise if x is modified in place in between, as torch.nn's RNNs do.
+        y, state, tape = _run_np(spec, pd, _np(x), hx, lengths, True, mask_fn, keep_x=True)
         ctx.set_materialize_grads(False)
-        ctx.spec, ctx.keys, ctx.tape, ctx.has_c = spec, keys, tape, has_c
-        ctx.y_shape = y.shape
-        ctx.h0_given = h0 is not None
-        # Saved only so that autograd's version counters catch an in-place change before backward.
+        ctx.fr = (spec, keys, tape, has_c, y.shape, h0 is not None)
+        # Saved so that autograd's version counters catch an in-place change before backward.
         ctx.save_for_backward(x, *params)
-        outs = (torch.from_numpy(y),) + _state_tensors(has_c, state)
-        return outs
+        if has_c:
+            return _from_numpy(y), _from_numpy(state[0]), _from_numpy(state[1])
+        return _from_numpy(y), _from_numpy(state)
 
     @staticmethod
     def backward(ctx, dy, dh, dc=None):
         if _grad_enabled():  # create_graph=True: a gradient of this gradient was asked for
             raise RuntimeError(_DOUBLE_BACKWARD)
         ctx.saved_tensors  # raises if x or a parameter was modified in place since the forward
-        spec, has_c = ctx.spec, ctx.has_c
-        dy_np = np.zeros(ctx.y_shape, spec.dtype) if dy is None else dy.numpy()
+        spec, keys, tape, has_c, y_shape, h0_given = ctx.fr
+        dy_np = np.zeros(y_shape, spec.dtype) if dy is None else dy.numpy()
         if has_c:
             dstate = None if dh is None and dc is None else (None if dh is None else dh.numpy(),
                                                              None if dc is None else dc.numpy())
         else:
             dstate = None if dh is None else dh.numpy()
-        # Fresh numpy arrays for every gradient (the kernels write them all), handed to autograd as tensors
-        # sharing their memory: AccumulateGrad adopts them as .grad or adds them in.  (torch.empty buffers
-        # measured ~35 us slower at B = 1, H = 128: fresh pages.)
-        dx, dhx, g = _backward_np(ctx.tape, dy_np, dstate)
+        # Fresh arrays for every gradient (the kernels write them all, on workspace memory), handed to
+        # autograd as tensors sharing their memory: AccumulateGrad adopts them as .grad or adds them in.
+        dx, dhx, g = _backward_np(tape, dy_np, dstate)
         need = ctx.needs_input_grad
-        dx_t = _from_numpy(dx) if need[5] else None
+        dx_t = _from_numpy(dx) if need[1] else None
         dh0 = dc0 = None
-        if ctx.h0_given:
+        if h0_given:
             if has_c:
-                dh0 = _from_numpy(dhx[0]) if need[6] else None
-                dc0 = _from_numpy(dhx[1]) if need[7] else None
+                dh0 = _from_numpy(dhx[0]) if need[2] else None
+                dc0 = _from_numpy(dhx[1]) if need[3] else None
             else:
-                dh0 = _from_numpy(dhx) if need[6] else None
-        keys = ctx.keys
-        return (None, None, None, None, None, dx_t, dh0, dc0) + tuple(
-            [_from_numpy(g[keys[i]]) if need[8 + i] else None for i in range(len(keys))])
+                dh0 = _from_numpy(dhx) if need[2] else None
+        return (None, dx_t, dh0, dc0) + tuple([_from_numpy(g[k]) if need[4 + i] else None
+                                                for i, k in enumerate(keys)])
+
+
+def _c_apply():
+    """_RNNFunction's apply without torch.autograd.Function.apply's Python layer (its functorch checks and
+    an unwrap of every argument, ~6 us a call at B = 1, measured): the C apply it ends in, bound to the class.
+    Taken only while no functorch transform is active (the modules' fast paths refuse functorch-wrapped
+    tensors); None when this torch has no such method (then Function.apply)."""
+    base = getattr(torch._C, "_FunctionBase", None)
+    raw = getattr(base, "__dict__", {}).get("apply") if base is not None else None
+    if raw is None or not hasattr(raw, "__get__"):  # pragma: no cover - another torch
+        return None
+    return raw.__get__(None, _RNNFunction)
+
+
+_apply_c = _c_apply()
+_functorch_active = getattr(torch._C, "_are_functorch_transforms_active", None)
+if _functorch_active is None:  # pragma: no cover - another torch
+    _apply_c = None
+
+
+def _apply(*args):
+    if _apply_c is not None and not _functorch_active():
+        return _apply_c(*args)
+    return _RNNFunction.apply(*args)
 
 
 def run(spec, keys, params, x, h0, c0, lengths, mask_fn, views=None):
@@ -161,11 +174,12 @@ def run(spec, keys, params, x, h0, c0, lengths, mask_fn, views=None):
                     break
     dropout = spec.dropout > 0 and spec.num_layers > 1
     if needs_grad:
-        return _RNNFunction.apply(spec, keys, lengths, mask_fn if dropout else None, views, x, h0, c0, *params)
+        return _apply((spec, keys, lengths, mask_fn if dropout else None, views), x, h0, c0, *params)
     lstm = spec.cell_name == "lstm"
     pd = views if views is not None else {k: _np_param(p) for k, p in zip(keys, params)}
     hx = None if h0 is None else ((h0.detach().numpy(), c0.detach().numpy()) if lstm else h0.detach().numpy())
-    y, state, _ = _run_np(spec, pd, x.detach().numpy(), hx, lengths, dropout, mask_fn if dropout else None)
+    xn = x.detach().numpy() if x.requires_grad else x.numpy()  # (no_grad: detach() is a new tensor, ~0.5 us)
+    y, state, _ = _run_np(spec, pd, xn, hx, lengths, dropout, mask_fn if dropout else None)
     if lstm:
         return _from_numpy(y), _from_numpy(state[0]), _from_numpy(state[1])
     return _from_numpy(y), _from_numpy(state)

@@ -87,11 +87,9 @@ def _plain_state(t, dt, shape):
 def _fast_params(self, fast):
     """Whether the Parameters are the ones recorded in `fast` (none replaced, as functional_call or an
     assignment would) with their memory where it was (.to(), .data = ... move it; in-place updates keep it)."""
-    ws0, ptrs, names = fast[0], fast[1], fast[2]
-    ps = self._parameters
-    for i in range(len(ws0)):
-        w = ws0[i]
-        if ps.get(names[i]) is not w or w.data_ptr() != ptrs[i]:
+    get = self._parameters.get
+    for w, ptr, name in fast[7]:
+        if get(name) is not w or w.data_ptr() != ptr:
             return False
     return True
 
@@ -159,8 +157,9 @@ class _FastMixin:
         (the Parameters by name and their memory), its dtype, the views, the engine's keys (and a cell's
         spec)."""
         ws = tuple(ws)
-        self.__dict__["_fastrnn_fast"] = (ws, tuple([w.data_ptr() for w in ws]), tuple(names), dtype, views,
-                                          tuple(keys), spec)
+        ptrs, names = tuple([w.data_ptr() for w in ws]), tuple(names)
+        self.__dict__["_fastrnn_fast"] = (ws, ptrs, names, dtype, views, tuple(keys), spec,
+                                          tuple(zip(ws, ptrs, names)))
 
     def __getstate__(self):
         state = super().__getstate__()
@@ -239,8 +238,10 @@ class _FastRNNBase(_FastMixin):
         the Parameters as recorded; plain eager mode.  None: anything else, for the general path to decide
         (fall back, or raise torch's error)."""
         dt = fast[3]
-        if x.dtype is not dt or not x.is_cpu or x.layout is not _STRIDED or not _plain_eager() or _wrapped(x) \
-                or not _fast_params(self, fast):
+        # _plain_eager() inline (one Python call less at B = 1)
+        if x.dtype is not dt or not x.is_cpu or x.layout is not _STRIDED or _wrapped(x) or \
+                _tracing_state() is not None or torch.compiler.is_compiling() or _any_autocast() or \
+                _onnx_exporting() or not _fast_params(self, fast):
             return None
         bf = self.batch_first
         spec = self.__dict__["_fastrnn_specs"].get((dt, bf, self.training, self.dropout))
