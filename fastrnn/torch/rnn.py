@@ -88,7 +88,7 @@ def _fast_params(self, fast):
     """Whether the Parameters are the ones recorded in `fast` (none replaced, as functional_call or an
     assignment would) with their memory where it was (.to(), .data = ... move it; in-place updates keep it)."""
     get = self._parameters.get
-    for w, ptr, name in fast[7]:
+    for w, ptr, name in fast[1]:
         if get(name) is not w or w.data_ptr() != ptr:
             return False
     return True
@@ -153,13 +153,12 @@ class _FastMixin:
         return self._fastrnn_forward(input, hx)
 
     def _fastrnn_record_fast(self, ws, names, dtype, views, keys, spec=None):
-        """After a call the kernels took on views of the Parameters: what the fast path checks next time
-        (the Parameters by name and their memory), its dtype, the views, the engine's keys (and a cell's
-        spec)."""
+        """After a call the kernels took on views of the Parameters, record for the fast path: (the Parameters,
+        (Parameter, data_ptr, name) triples it checks next time, dtype, the views, the engine's keys, a cell's
+        spec or None)."""
         ws = tuple(ws)
-        ptrs, names = tuple([w.data_ptr() for w in ws]), tuple(names)
-        self.__dict__["_fastrnn_fast"] = (ws, ptrs, names, dtype, views, tuple(keys), spec,
-                                          tuple(zip(ws, ptrs, names)))
+        self.__dict__["_fastrnn_fast"] = (ws, tuple([(w, w.data_ptr(), n) for w, n in zip(ws, names)]), dtype,
+                                          views, tuple(keys), spec)
 
     def __getstate__(self):
         state = super().__getstate__()
@@ -237,11 +236,9 @@ class _FastRNNBase(_FastMixin):
         rank 2 or 3 with input_size features; hx None or batched plain tensors of the exact state shapes;
         the Parameters as recorded; plain eager mode.  None: anything else, for the general path to decide
         (fall back, or raise torch's error)."""
-        dt = fast[3]
-        # _plain_eager() inline (one Python call less at B = 1)
-        if x.dtype is not dt or not x.is_cpu or x.layout is not _STRIDED or _wrapped(x) or \
-                _tracing_state() is not None or torch.compiler.is_compiling() or _any_autocast() or \
-                _onnx_exporting() or not _fast_params(self, fast):
+        dt = fast[2]
+        if x.dtype is not dt or not x.is_cpu or x.layout is not _STRIDED or not _plain_eager() or _wrapped(x) \
+                or not _fast_params(self, fast):
             return None
         bf = self.batch_first
         spec = self.__dict__["_fastrnn_specs"].get((dt, bf, self.training, self.dropout))
@@ -271,7 +268,7 @@ class _FastRNNBase(_FastMixin):
             if not _plain_state(h0, dt, hs):
                 return None
         mask_fn = torch_mask_fn(spec.dropout, dt) if spec.dropout > 0 else None
-        outs = _run(spec, fast[5], fast[0], x3, h0, c0, None, mask_fn, fast[4])
+        outs = _run(spec, fast[4], fast[0], x3, h0, c0, None, mask_fn, fast[3])
         if nd == 2:
             y = outs[0].squeeze(0 if bf else 1)
             return (y, (outs[1].squeeze(1), outs[2].squeeze(1))) if lstm else (y, outs[1].squeeze(1))
@@ -450,7 +447,7 @@ class _FastCellBase(_FastMixin):
         """The common call (a step of a Python loop at small B: every us counts), checked cheaply: a batched
         plain CPU tensor of the recorded dtype and input_size, hx None or plain tensors of shape (B, H), the
         Parameters as recorded, plain eager mode.  None: the general path decides."""
-        dt = fast[3]
+        dt = fast[2]
         if x.dtype is not dt or not x.is_cpu or x.layout is not _STRIDED or x.dim() != 2 \
                 or x.shape[1] != self.input_size or not _plain_eager() or _wrapped(x) or not _fast_params(self, fast):
             return None
@@ -475,8 +472,8 @@ class _FastCellBase(_FastMixin):
                 c is not None and c.requires_grad) or any([w.requires_grad for w in fast[0]])):
             # no autograd: straight to the kernel when every operand is C-contiguous (the kernels' layout)
             if x.is_contiguous() and (h is None or h.is_contiguous()) and (c is None or c.is_contiguous()):
-                return _infer_step(fast[6], fast[5], fast[4], x, h, c)
-        outs = _run(fast[6], fast[5], fast[0], x.unsqueeze(0), h0, c0, None, None, fast[4])
+                return _infer_step(fast[5], fast[4], fast[3], x, h, c)
+        outs = _run(fast[5], fast[4], fast[0], x.unsqueeze(0), h0, c0, None, None, fast[3])
         return (outs[1][0], outs[2][0]) if lstm else outs[1][0]
 
     def _fastrnn_forward(self, input, hx=None):
