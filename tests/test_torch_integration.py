@@ -306,3 +306,19 @@ def test_import_rules():
     r = _run_py("import sys; sys.modules['torch'] = None\n"
                 "try:\n    import fastrnn.torch\nexcept ImportError as e:\n    print('IE', e)\n")
     assert 'pip install "fastrnn[torch]"' in r.stdout, (r.stdout, r.stderr)
+
+
+def test_torch_loop_bench_runs():
+    # `fastrnn bench --torch-loop` on a user's machine: every figure it prints is there and positive (a smoke
+    # test on tiny shapes; the figures themselves live in docs/torch.md, measured, not asserted)
+    from fastrnn.bench import torch_loop
+    lines = []
+    r = torch_loop.run(shapes=[("LSTM", 3, 2, 8), ("GRU", 3, 2, 8)], reps=1, overhead_reps=200, out=lines.append)
+    ov = r["overhead"]
+    for k in ("numpy_forward_us", "torch_forward_us", "numpy_train_us", "torch_train_us", "torch_floor_train_us",
+              "floor_and_numpy_train_us", "torch_engine_floor_train_us"):
+        assert ov[k] > 0, k
+    assert [row["cell"] for row in r["rows"]] == ["LSTM", "GRU"]
+    for row in r["rows"]:
+        assert row["torch_ms"] > 0 and row["fastrnn_ms"] > 0 and row["bare_speedup"] > 0
+    assert len(lines) == 7 and "x * 1" in lines[1]  # header, overhead, table head (2), 2 rows, pool

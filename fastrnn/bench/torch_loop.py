@@ -119,6 +119,14 @@ def overhead(reps=2000, H=128):
         y, _, _ = _Nothing.apply(xg, *params)
         y.backward(dyt)
 
+    # Below any wrapper, Python or C++: torch's autograd engine on its smallest graph, one built-in C++ op
+    # (x * 1) on one leaf, forward and backward.  A C++ autograd node for the kernels would pay at least this
+    # (measured 17-20 us, 2026-12-04: more than the wrapper's 15 us budget on its own; a Python no-op node
+    # on one leaf costs the same, so the node's language is not what the floor is made of).
+    def floor_cpp_train():
+        xg.grad = None
+        xg.mul(1.0).backward(dyt)
+
     # The least a Python-level wrapper can cost: the floor's node and the numpy API's work, one after the other
     # in each call.  Not the sum of the two figures above: run alternately, each evicts the other's code and
     # data from the caches and branch predictors (the numpy API's own forward + backward measured ~50% slower
@@ -127,13 +135,14 @@ def overhead(reps=2000, H=128):
         floor_train()
         np_train()
     calls = 100
-    a, b, c, d, e, f, g = _block_time([np_inf, t_inf, np_train, t_train, floor_inf, floor_train, floor_np_train],
-                                      calls, max(5, reps // calls))
+    a, b, c, d, e, f, g, h = _block_time([np_inf, t_inf, np_train, t_train, floor_inf, floor_train, floor_np_train,
+                                         floor_cpp_train], calls, max(5, reps // calls))
     return {"numpy_forward_us": a * 1e6, "torch_forward_us": b * 1e6, "forward_overhead_us": (b - a) * 1e6,
             "numpy_train_us": c * 1e6, "torch_train_us": d * 1e6, "train_overhead_us": (d - c) * 1e6,
             "torch_floor_forward_us": e * 1e6, "torch_floor_train_us": f * 1e6,
             "train_overhead_above_floor_us": (d - c - f) * 1e6,
-            "floor_and_numpy_train_us": g * 1e6, "train_overhead_own_us": (d - g) * 1e6}
+            "floor_and_numpy_train_us": g * 1e6, "train_overhead_own_us": (d - g) * 1e6,
+            "torch_engine_floor_train_us": h * 1e6}
 
 
 
@@ -234,7 +243,8 @@ def run(shapes=None, reps=5, overhead_reps=2000, quick=False, out=print):
         f"(no work): forward {ov['torch_floor_forward_us']:.1f} us, forward+backward "
         f"{ov['torch_floor_train_us']:.1f} us; that node and the numpy API's forward+backward run one after the "
         f"other: {ov['floor_and_numpy_train_us']:.1f} us, so the wrapper's own share of forward+backward is "
-        f"{ov['train_overhead_own_us']:.1f} us")
+        f"{ov['train_overhead_own_us']:.1f} us; torch's autograd alone on one built-in op of one leaf (x * 1), "
+        f"forward+backward: {ov['torch_engine_floor_train_us']:.1f} us")
     out("| cell | T, B, H | torch.nn step ms | converted step ms | loop speedup | bare speedup | kept | "
         "converted, own pool ms |")
     out("|---|---|---|---|---|---|---|---|")
