@@ -12,7 +12,8 @@ old / new (ABBA order, each sample a batch of calls of about --sample-ms), and r
 of the paired ratios t_old / t_new: x1.00 even, above 1 the new build is faster.  On a shared, noisy
 machine use many pairs and repeat a case that looks off.
 
-Modes: fwd = layer(x) (inference); train = layer.forward(x, train=True) then layer.backward(tape, dy).
+Modes: fwd = layer(x) (inference); tape = layer.forward(x, train=True) alone (the training forward);
+train = layer.forward(x, train=True) then layer.backward(tape, dy).
 """
 import argparse
 import glob
@@ -51,6 +52,9 @@ def make_case(fr, cell, T, B, I, H, mode):
     if mode == "fwd":
         def run():
             return layer(x)[0]
+    elif mode == "tape":
+        def run():
+            return layer.forward(x, train=True)[0]
     else:
         def run():
             y, _, tape = layer.forward(x, train=True)

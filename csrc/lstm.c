@@ -204,6 +204,29 @@ static inline lstm_half lstm_row_half(const lstm_fwd_ctx *cx, real *m, real **yr
 }
 #endif
 
+/* The training forward writes its tape (5H floats a row: the gates and c) to lines it has not touched
+ * since the backward before, if ever: each store of a cell misses and first fetches its line, in a burst
+ * after each tile, so the store buffer fills and the cell waits.  Asking for those lines (into L2) before
+ * the tile's products, ~10^4 cycles of FMAs for them to arrive under, halves the cells' time in a training
+ * forward -- for tiles of many rows (a burst of mr * 9 stores, past what the store buffer holds) and a deep
+ * K (the prefetches cost ~1 cycle each: 2-3% of a K = 256 tile).  Measurements: docs/tuning.md, Tape
+ * prefetch.  Units [u0, u0 + nu) of the mr tape rows from `row`. */
+#ifndef LSTM_TAPE_PF_MR
+#define LSTM_TAPE_PF_MR 10
+#endif
+#ifndef LSTM_TAPE_PF_K
+#define LSTM_TAPE_PF_K 512
+#endif
+static inline void lstm_prefetch_tape(const lstm_fwd_ctx *cx, int u0, int nu, size_t row, int mr) {
+    const int H = cx->H;
+    const size_t H4 = (size_t)4 * H;
+    for (int r = 0; r < mr; r++, row++)
+        for (int u = u0; u < u0 + nu; u += 64 / (int)sizeof(real)) {
+            for (int q = 0; q < 4; q++) __builtin_prefetch(cx->tg + row * H4 + (size_t)q * H + u, 1, 2);
+            __builtin_prefetch(cx->tc + row * H + u, 1, 2);
+        }
+}
+
 static void lstm_fwd_task(void *arg, int tid, int nth) {
     lstm_fwd_ctx *cx = (lstm_fwd_ctx *)arg;
     const fr_seq *pl = cx->pl;
@@ -312,6 +335,8 @@ static void lstm_fwd_task(void *arg, int tid, int nth) {
 #endif
             for (int i = 0, nt = rec_ntiles(kb - ka, MR); i < nt; i++) {
                 const int k0 = ka + rec_tile_start(kb - ka, nt, i), mr = ka + rec_tile_start(kb - ka, nt, i + 1) - k0;
+                if (cx->tg && !split && mr >= LSTM_TAPE_PF_MR && wp->K >= LSTM_TAPE_PF_K)
+                    lstm_prefetch_tape(cx, u0, nbk * wp->NB, r0 + (size_t)k0, mr);
                 for (int b = 0; b < nbk; b++) { /* the tiles of blocks j .. j + nbk - 1 */
                     const int jb = j + b, ub = u0 + b * wp->NB, nub = rec_block_units(wp, jb);
                     real *t = tile + (size_t)b * REC_MR_MAX * REC_W_MAX;
