@@ -316,6 +316,28 @@ typedef struct gru_fwd_ctx {
     fr_claims_t claims;      /* steal: the blocks of a step */
 } gru_fwd_ctx;
 
+/* The training forward (reset_after) projects all rows into the tape before the loop, so a step's cells read
+ * rows written long before (3H floats a row, out of cache at large shapes) and store r, z, n over them and
+ * the aux row, a line the step has not touched: after all n rows' tiles of a block, a burst of misses.
+ * As lstm_prefetch_tape (csrc/lstm.c): ask for those lines before each tile, which has ~10^4 cycles of
+ * FMAs for them to arrive under; for steps of many rows (a burst the store buffer and the fill buffers do
+ * not absorb) and a deep K (the prefetches' own cost).  Measurements: docs/tuning.md, Tape prefetch.
+ * Units [u0, u0 + nu) of mr rows: xs (mr, 3H) the projection rows, aux (mr, H). */
+#ifndef GRU_TAPE_PF_ROWS
+#define GRU_TAPE_PF_ROWS 32
+#endif
+#ifndef GRU_TAPE_PF_K
+#define GRU_TAPE_PF_K 256
+#endif
+static inline void gru_prefetch_tape(int H, int u0, int nu, const real *xs, const real *aux, int mr) {
+    const size_t G3 = (size_t)3 * H;
+    for (int r = 0; r < mr; r++)
+        for (int u = u0; u < u0 + nu; u += 64 / (int)sizeof(real)) {
+            for (int g = 0; g < 3; g++) __builtin_prefetch(xs + (size_t)r * G3 + (size_t)g * H + u, 1, 2);
+            __builtin_prefetch(aux + (size_t)r * H + u, 1, 2);
+        }
+}
+
 static void gru_fwd_task(void *arg, int tid, int nth) {
     gru_fwd_ctx *cx = (gru_fwd_ctx *)arg;
     const fr_seq *q = cx->q;
@@ -412,6 +434,9 @@ static void gru_fwd_task(void *arg, int tid, int nth) {
                     for (int i = 0, nt = rec_ntiles(n, MR); i < nt; i++) {
                         const int k0 = rec_tile_start(n, nt, i), mr = rec_tile_start(n, nt, i + 1) - k0;
                         real *tj = tb + ((size_t)(j - ja) * n + k0) * hp->W;
+                        if (cx->ta && ra && n >= GRU_TAPE_PF_ROWS && hp->K >= GRU_TAPE_PF_K)
+                            gru_prefetch_tape(H, j * NB, rec_block_units(hp, j), xs + (size_t)k0 * G3,
+                                              cx->ta + (r0 + k0) * H, mr);
                         const real *pf = i == 0 && own && !rev ? rec_next_panel(hp, j, end) : NULL;
                         if (cx->rmask) { /* gate by gate, each on its own masked rows */
                             const real *const *hqk[3] = {hq[0] + k0, hq[1] + k0, hq[2] + k0};
