@@ -15,16 +15,13 @@ import fastrnn.torch as ft  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence  # noqa: E402
 
-from helpers import accumulation_depth, tolerance  # noqa: E402
+from helpers import _record, accumulation_depth, tolerance  # noqa: E402
 
 PAIRS = {"RNN": (nn.RNN, ft.RNN), "LSTM": (nn.LSTM, ft.LSTM), "GRU": (nn.GRU, ft.GRU)}
 CELLS = {"RNNCell": (nn.RNNCell, ft.RNNCell), "LSTMCell": (nn.LSTMCell, ft.LSTMCell),
          "GRUCell": (nn.GRUCell, ft.GRUCell)}
 G = {"RNN": 1, "LSTM": 4, "GRU": 3, "RNNCell": 1, "LSTMCell": 4, "GRUCell": 3}
 TDT = {np.float32: torch.float32, np.float64: torch.float64}
-MAXERR = {}  # (what, dtype) -> largest normwise relative error seen (printed by test_zz_report)
-
-
 def rel_err(a, b):
     a, b = a.detach().double(), b.detach().double()
     assert a.shape == b.shape, (a.shape, b.shape)
@@ -34,8 +31,8 @@ def rel_err(a, b):
 
 def check(a, b, tol, name, dtype):
     r = rel_err(a, b)
-    key = ("modules" if "Cell" not in name else "cells", np.dtype(dtype).name)
-    MAXERR[key] = max(MAXERR.get(key, 0.0), r)
+    # the largest error per dtype, for the table conftest prints at the end of the run
+    _record("torch drop-in cells" if "Cell" in name else "torch drop-in modules", dtype, r, tol, name)
     assert r <= tol, f"{name}: normwise rel error {r:.3e} > {tol:.3e}"
 
 
