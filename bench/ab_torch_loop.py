@@ -30,29 +30,18 @@ def main():
     a = ap.parse_args()
     import torch
     torch.set_num_threads(a.threads)
-    (old, _), (new, _) = load(a.old, "fastrnn_old"), load(a.new, "fastrnn_new")
+    load(a.old, "fastrnn_old")   # imported under these names
+    load(a.new, "fastrnn_new")
     ft = {"old": importlib.import_module("fastrnn_old.torch"), "new": importlib.import_module("fastrnn_new.torch")}
-    from fastrnn_new.bench.torch_loop import VOCAB, _model
+    from fastrnn_new.bench.torch_loop import _model, batch, training_step
     T, B, H = (int(v) for v in a.shape.split(","))
     models = {"torch": _model(a.cell, H)}
     for k in ("old", "new"):
         models[k] = _model(a.cell, H)  # the same seed: the same initialisation
         ft[k].convert(models[k])
-    tokens = torch.randint(0, VOCAB, (T, B))
-    target = torch.randint(0, VOCAB, (T, B))
-
-    def stepper(model):
-        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-
-        def step():
-            opt.zero_grad()
-            loss = torch.nn.functional.cross_entropy(model(tokens).reshape(-1, VOCAB), target.reshape(-1))
-            loss.backward()
-            opt.step()
-            return loss.item()
-        return step
-    steps = {k: stepper(m) for k, m in models.items()}
-    first = {k: f() for k, f in steps.items()}
+    tokens, target = batch(T, B)
+    steps = {k: training_step(m, tokens, target) for k, m in models.items()}
+    first = {k: f().item() for k, f in steps.items()}
     assert abs(first["old"] - first["torch"]) < 1e-4 and abs(first["new"] - first["torch"]) < 1e-4, first
     for f in steps.values():
         f()

@@ -165,6 +165,26 @@ def _model(kind, H):
     return Net()
 
 
+def batch(T, B):
+    """Random tokens and targets, (T, B) each."""
+    import torch
+    return torch.randint(0, VOCAB, (T, B)), torch.randint(0, VOCAB, (T, B))
+
+
+def training_step(model, tokens, target):
+    """One Adam training step of `model` on (tokens, target) as a callable; it returns the loss (a tensor)."""
+    import torch
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    def step():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(tokens).reshape(-1, VOCAB), target.reshape(-1))
+        loss.backward()
+        opt.step()
+        return loss.detach()
+    return step
+
+
 def training_steps(kind, T, B, H, reps):
     import torch
     import fastrnn.torch as ft
@@ -173,18 +193,7 @@ def training_steps(kind, T, B, H, reps):
     fast = _model(kind, H)
     fast.load_state_dict(ref.state_dict())
     ft.convert(fast)
-    tokens = torch.randint(0, VOCAB, (T, B))
-    target = torch.randint(0, VOCAB, (T, B))
-
-    def stepper(model):
-        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-
-        def step():
-            opt.zero_grad()
-            loss = torch.nn.functional.cross_entropy(model(tokens).reshape(-1, VOCAB), target.reshape(-1))
-            loss.backward()
-            opt.step()
-        return step
+    tokens, target = batch(T, B)
     # the bare recurrent layers: torch.nn's autograd against fastrnn.nn's forward + backward
     x = torch.randn(T, B, H)
     xg = x.clone().requires_grad_(True)
@@ -206,7 +215,7 @@ def training_steps(kind, T, B, H, reps):
     # threads (fastrnn.runtime.use_openmp): what sharing torch's threads saves (docs/torch.md, Threads).
     from fastrnn import runtime as rt
     shared = rt.thread_pool()
-    fast_step = stepper(fast)
+    fast_step = training_step(fast, tokens, target)
 
     def on(pool, f):
         def g():
@@ -215,7 +224,7 @@ def training_steps(kind, T, B, H, reps):
         return g
     try:
         t_ref, t_fast, t_own, b_ref, b_np = _median_time(
-            [stepper(ref), on(shared, fast_step), on("fastrnn", fast_step), on(shared, bare_torch),
+            [training_step(ref, tokens, target), on(shared, fast_step), on("fastrnn", fast_step), on(shared, bare_torch),
              on(shared, bare_np)], reps)
     finally:
         rt.use_openmp(None if shared == "fastrnn" else shared)
