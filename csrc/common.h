@@ -67,6 +67,13 @@ void fr_gemm_f32(int trans_a, int trans_b, int M, int N, int K, float alpha, con
 void fr_gemm_f64(int trans_a, int trans_b, int M, int N, int K, double alpha, const double *A, int lda,
                  const double *B, int ldb, double beta, double *C, int ldc);
 
+/* For helpers whose only effect is __builtin_prefetch.  GCC (12) judges such a function, when it does not
+ * inline it, free of side effects and -- its int loop counter cannot overflow without -fwrapv -- sure to
+ * finish, and deletes every call: a plain -O3 build had no prefetch left in the training forwards and the
+ * backward.  Forcing the inline keeps them whatever the flags (Python's own CFLAGS carry -fwrapv, which hid
+ * it); tests/c/test_c_kernels.py checks the instructions are in the built tasks. */
+#define FR_PREFETCH_FN static inline __attribute__((always_inline))
+
 /* Exact activations from libm: the width vr1 of simd.h; its vector widths replace them with approximations. */
 static inline real fr_sigmoid(real v) { return (real)1 / ((real)1 + R_EXP(-v)); }
 static inline real fr_tanh(real v) { return R_TANH(v); }

@@ -329,12 +329,12 @@ typedef struct gru_fwd_ctx {
 #ifndef GRU_TAPE_PF_K
 #define GRU_TAPE_PF_K 256
 #endif
-static inline void gru_prefetch_tape(int H, int u0, int nu, const real *xs, const real *aux, int mr) {
+FR_PREFETCH_FN void gru_prefetch_tape(int H, int u0, int nu, const real *xs, const real *aux, int mr) {
     const size_t G3 = (size_t)3 * H;
-    for (int r = 0; r < mr; r++)
+    for (int k = 0; k < mr; k++)
         for (int u = u0; u < u0 + nu; u += 64 / (int)sizeof(real)) {
-            for (int g = 0; g < 3; g++) __builtin_prefetch(xs + (size_t)r * G3 + (size_t)g * H + u, 1, 2);
-            __builtin_prefetch(aux + (size_t)r * H + u, 1, 2);
+            for (int g = 0; g < 3; g++) __builtin_prefetch(xs + (size_t)k * G3 + (size_t)g * H + u, 1, 2);
+            __builtin_prefetch(aux + (size_t)k * H + u, 1, 2);
         }
 }
 

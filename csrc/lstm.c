@@ -208,7 +208,7 @@ static inline lstm_half lstm_row_half(const lstm_fwd_ctx *cx, real *m, real **yr
  * since the backward before, if ever: each store of a cell misses and first fetches its line, in a burst
  * after each tile, so the store buffer fills and the cell waits.  Asking for those lines (into L2) before
  * the tile's products, ~10^4 cycles of FMAs for them to arrive under, halves the cells' time in a training
- * forward -- for tiles of many rows (a burst of mr * 9 stores, past what the store buffer holds) and a deep
+ * forward -- for tiles of many rows (a burst of mr * 8 stores -- 4 gates and c to the tape, c, m, y -- past what the store buffer holds) and a deep
  * K (the prefetches cost ~1 cycle each: 2-3% of a K = 256 tile).  Measurements: docs/tuning.md, Tape
  * prefetch.  Units [u0, u0 + nu) of the mr tape rows from `row`. */
 #ifndef LSTM_TAPE_PF_MR
@@ -217,7 +217,7 @@ static inline lstm_half lstm_row_half(const lstm_fwd_ctx *cx, real *m, real **yr
 #ifndef LSTM_TAPE_PF_K
 #define LSTM_TAPE_PF_K 512
 #endif
-static inline void lstm_prefetch_tape(const lstm_fwd_ctx *cx, int u0, int nu, size_t row, int mr) {
+FR_PREFETCH_FN void lstm_prefetch_tape(const lstm_fwd_ctx *cx, int u0, int nu, size_t row, int mr) {
     const int H = cx->H;
     const size_t H4 = (size_t)4 * H;
     for (int r = 0; r < mr; r++, row++)
@@ -693,7 +693,7 @@ static inline void lstm_dgates(int H, int u0, int nu,
  * contiguous lines per gate: fetch them some rows ahead.  Units [u0, u1) of gate rows a and of c_{t-1} row cp
  * (c_t needs none: it was read as c_{t-1} one step earlier). */
 #define LSTM_PREFETCH_ROWS 2
-static inline void lstm_prefetch_row(int H, int u0, int u1, const real *a, const real *cp) {
+FR_PREFETCH_FN void lstm_prefetch_row(int H, int u0, int u1, const real *a, const real *cp) {
     for (int u = u0; u < u1; u += 64 / (int)sizeof(real)) {
         __builtin_prefetch(a + u);
         __builtin_prefetch(a + H + u);

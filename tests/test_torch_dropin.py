@@ -22,6 +22,8 @@ CELLS = {"RNNCell": (nn.RNNCell, ft.RNNCell), "LSTMCell": (nn.LSTMCell, ft.LSTMC
          "GRUCell": (nn.GRUCell, ft.GRUCell)}
 G = {"RNN": 1, "LSTM": 4, "GRU": 3, "RNNCell": 1, "LSTMCell": 4, "GRUCell": 3}
 TDT = {np.float32: torch.float32, np.float64: torch.float64}
+
+
 def rel_err(a, b):
     a, b = a.detach().double(), b.detach().double()
     assert a.shape == b.shape, (a.shape, b.shape)

@@ -6,8 +6,9 @@
    kernels, inference (no_grad) and forward + backward; the difference is what the wrapper adds (us a call).
    Beside it, torch's own floor: a custom autograd.Function with the same inputs that does no work, and that
    node followed by the numpy API's forward + backward in one callable (what any Python-level wrapper must
-   at least cost: the two evict each other's code and data, so it is more than the sum).  Each figure is a
-   median over blocks of 100 consecutive calls, the seven callables' blocks interleaved; the
+   at least cost: the two evict each other's code and data, so it is more than the sum); and below any
+   wrapper, torch's autograd engine on one built-in op of one leaf (x * 1).  Each figure is a median over
+   blocks of 100 consecutive calls, the eight callables' blocks interleaved; the
    forward + backward calls set the gradients to None first, as zero_grad() does in a training loop.
 2. Training steps: Embedding + 2-layer LSTM or GRU (I = H) + Linear + cross-entropy + Adam, converted against
    torch.nn, same run, interleaved; and the bare 2-layer network's training step (forward + backward of the
@@ -121,7 +122,7 @@ def overhead(reps=2000, H=128):
 
     # Below any wrapper, Python or C++: torch's autograd engine on its smallest graph, one built-in C++ op
     # (x * 1) on one leaf, forward and backward.  A C++ autograd node for the kernels would pay at least this
-    # (measured 17-20 us, 2026-12-04: more than the wrapper's 15 us budget on its own; a Python no-op node
+    # (19.5-19.8 us on the Xeon VMs of 2026-12-04: more than the wrapper's 15 us budget on its own; a Python no-op node
     # on one leaf costs the same, so the node's language is not what the floor is made of).
     def floor_cpp_train():
         xg.grad = None
@@ -143,8 +144,6 @@ def overhead(reps=2000, H=128):
             "train_overhead_above_floor_us": (d - c - f) * 1e6,
             "floor_and_numpy_train_us": g * 1e6, "train_overhead_own_us": (d - g) * 1e6,
             "torch_engine_floor_train_us": h * 1e6}
-
-
 
 
 def _model(kind, H):

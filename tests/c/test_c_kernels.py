@@ -57,3 +57,28 @@ def test_kernels_under_sanitizers(tmp_path):
     # program frees everything it allocates), unlike in the Python tests.
     _run(exe, 150, 29, env={"ASAN_OPTIONS": "detect_leaks=1:abort_on_error=0",
                             "UBSAN_OPTIONS": "halt_on_error=1:print_stacktrace=1"})
+
+
+@pytest.mark.skipif(shutil.which("objdump") is None, reason="needs objdump (binutils)")
+@pytest.mark.parametrize("flags", [["-O3"], ["-O2"]], ids=["O3", "O2"])
+def test_prefetches_survive_the_build(tmp_path, flags):
+    """The tape and backward prefetch helpers have no effect but prefetching, which GCC may take for none at
+    all and delete (csrc/common.h, FR_PREFETCH_FN): without -fwrapv it did.  The AVX-512 float32 object,
+    built without Python's CFLAGS, must still prefetch in the LSTM/GRU training forwards and the LSTM
+    backward."""
+    obj = str(tmp_path / "f32_avx512.o")
+    src = os.path.join(ROOT, "csrc", "isa", "f32_avx512.c")
+    r = subprocess.run([CC, "-std=gnu11", "-fno-math-errno", "-I", os.path.join(ROOT, "csrc"), *flags, "-c", src,
+                        "-o", obj], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-4000:]
+    dis = subprocess.run(["objdump", "-d", "--no-show-raw-insn", obj], capture_output=True, text=True,
+                         timeout=300).stdout
+    count, fn = {}, None
+    for line in dis.splitlines():
+        if line.endswith(">:"):
+            fn = line[line.index("<") + 1:-2]
+        elif fn and "prefetch" in line:
+            count[fn] = count.get(fn, 0) + 1
+    for task in ("lstm_fwd_task", "gru_fwd_task", "lstm_bwd_task"):
+        got = sum(n for f, n in count.items() if f.startswith(task))
+        assert got > 0, f"no prefetch instruction left in {task} ({' '.join(flags)}); per function: {count}"
