@@ -217,6 +217,11 @@ def _cpu_counters():
     return time.perf_counter(), busy, t.user + t.system
 
 
+def cpu_snapshot():
+    """A snapshot to pass to other_cpus (None when the OS does not tell)."""
+    return _cpu_counters()
+
+
 def other_cpus(start, end):
     """CPUs used by other processes (and stolen by the hypervisor) between two _cpu_counters() snapshots:
     0 on an idle machine; 1 means one whole CPU was taken from us."""
