@@ -140,3 +140,29 @@ def test_gemm_bad_arguments():
         _core.gemm(0, 0, 1.0, A, np.ones((4, 2), np.float64), 0.0, np.zeros((3, 2), np.float32))
     with pytest.raises(ValueError):
         _core.gemm(0, 0, 1.0, A[:, ::2], np.ones((2, 2), np.float32), 0.0, np.zeros((3, 2), np.float32))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("ta,tb", list(itertools.product([False, True], repeat=2)))
+def test_nn_matmul_matches_numpy(dtype, ta, tb):
+    """fastrnn.nn.linalg.matmul (what Dense runs on): op(a) @ op(b) on the kernels' GEMM, into a fresh array
+    or `out`, also for column slices and non-contiguous inputs; other dtypes and empty shapes go to numpy."""
+    from fastrnn.nn.linalg import matmul
+    rng = np.random.default_rng(3)
+    for M, K, N in [(4096, 64, 100), (3, 5, 7), (1, 1, 1), (0, 3, 4), (5, 0, 2), (37, 129, 33)]:
+        a = rng.standard_normal((K, M) if ta else (M, K)).astype(dtype)
+        b = rng.standard_normal((N, K) if tb else (K, N)).astype(dtype)
+        want = (a.T if ta else a).astype(np.float64) @ (b.T if tb else b).astype(np.float64)
+        tol = (1e-5 if dtype == np.float32 else 1e-13) * max(K, 1) ** 0.5 * max(1.0, np.abs(want).max(initial=0))
+        got = matmul(a, b, ta, tb)
+        assert got.shape == (M, N) and got.dtype == dtype
+        np.testing.assert_allclose(got, want, rtol=0, atol=tol)
+        out = np.full((M, N), np.nan, dtype)
+        assert matmul(a, b, ta, tb, out=out) is out
+        np.testing.assert_allclose(out, want, rtol=0, atol=tol)
+        wide = np.repeat(a, 2, axis=1)[:, ::2]   # every other column: rows not contiguous
+        np.testing.assert_allclose(matmul(wide, b, ta, tb), want, rtol=0, atol=tol)
+    ints = np.arange(6).reshape(2, 3)
+    np.testing.assert_array_equal(matmul(ints, ints, trans_b=True), ints @ ints.T)
+    with pytest.raises(ValueError, match="out has shape"):
+        matmul(np.ones((2, 3), dtype), np.ones((3, 4), dtype), out=np.empty((2, 5), dtype))

@@ -14,6 +14,7 @@ from collections import OrderedDict
 
 import numpy as np
 
+from ..nn.linalg import matmul
 from ._util import (ACTIVATIONS, as_dtype, check_initializer, check_int, check_rate, get_activation,
                     get_regularizer, initialize, new_rng)
 
@@ -278,7 +279,7 @@ class Dense(Layer):
     def forward(self, x, mask, training):
         F = x.shape[-1]
         x2 = x.reshape(-1, F)
-        z = x2 @ self.params["kernel"]
+        z = matmul(x2, self.params["kernel"])   # the kernels' GEMM and threads (fastrnn/nn/linalg.py: why)
         if self.use_bias:
             z += self.params["bias"]
         y = self._act(z) if self.activation != "linear" else z
@@ -291,12 +292,12 @@ class Dense(Layer):
         if self.activation != "linear":
             dz = self._dact(z, y, dz)
         if self.trainable:
-            np.matmul(x2.T, dz, out=self.grads["kernel"])
+            matmul(x2, dz, trans_a=True, out=self.grads["kernel"])
             if self.use_bias:
                 dz.sum(axis=0, out=self.grads["bias"])
         if not self._need_dx:
             return None
-        return (dz @ self.params["kernel"].T).reshape(xshape)
+        return matmul(dz, self.params["kernel"], trans_b=True).reshape(xshape)
 
     def regularization_loss(self):
         out = 0.0

@@ -6,6 +6,8 @@
     tape.py        what a training forward keeps for backward
     functional.py  forward / backward of a spec over given parameter arrays (stateless)
     modules.py     RNN, LSTM, GRU: torch.nn-like classes owning their parameters
+    updates.py     fused optimizer steps on flat vectors (fastrnn.optimizers)
+    linalg.py      matmul on the kernels' GEMM and thread pool (fastrnn.layers.Dense)
 
 Depends on fastrnn._core only (docs/design.md, Layers and their dependency rule).
 """
