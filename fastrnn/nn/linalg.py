@@ -2,11 +2,18 @@
 recurrent ones (fastrnn.layers.Dense).
 
 Why not numpy's `@`: it runs on the BLAS numpy was built with (OpenBLAS in the wheels), whose threads spin
-for a while after each product, waiting for the next.  In a training step that alternates a Dense layer's
-products with the recurrent kernels, those spinners share the cores with the kernels' pool, whose time loop
-runs at the pace of its most preempted thread: LSTM(64) + Dense(100) on batches of 64 x 64 took 11.2 ms a
-step that way against 7.8 ms with OPENBLAS_NUM_THREADS=1 (Intel Xeon AVX-512, 2 vCPUs, 2026-12-04).  On one
-set of threads there is nobody to share with.
+for a while after each product, waiting for the next (~0.1 s by default).  In a training step that alternates
+a Dense layer's products with the recurrent kernels, those spinners share the cores with the kernels' pool,
+whose time loop runs at the pace of its most preempted thread.  fastrnn/__init__.py shortens the spin
+(OPENBLAS_THREAD_TIMEOUT), but only when fastrnn is imported before numpy: `import numpy as np` first, the
+usual order, leaves it at the default.  The demo's model (Embedding + LSTM + Dense(100), batches of 64 x 64,
+Intel Xeon AVX-512, 2 vCPUs, 2026-12-04; processes of either build alternated, medians of 8 epochs):
+
+    numpy imported first      LSTM(64)  12.0, 12.3 -> 7.9, 7.6 ms a step    LSTM(256)  79.4, 78.5 -> 41.0, 42.3
+    fastrnn imported first    LSTM(64)   9.7,  8.8 -> 7.7, 7.8              LSTM(256)  40.9, 41.8 -> 40.2, 40.8
+
+(one process holding both builds cannot compare them: the old one's spinning threads slow the new one's
+steps too).  On one set of threads there is nobody to share with.
 """
 import numpy as np
 
