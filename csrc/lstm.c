@@ -425,7 +425,9 @@ static void lstm_fwd_task(void *arg, int tid, int nth) {
  * (rec_split, shared with the RNN) -- but on AVX-512, from LSTM_WIDE_B rows a step, more than
  * LSTM_WIDE_BYTES_PER_ROW (not for a single step, S = 1, which passes the weights once either way and takes
  * lstm_single_step's GEMMs when split); and more than REC_DIRECT_ROWS rows in all (a streaming step()
- * multiplies the unpacked weights in place).
+ * multiplies the unpacked weights in place).  A narrow input (4 I <= P, several steps, B > 2) stays fused
+ * while the panel is at most LSTM_NARROW_X_BYTES: x then adds at most a quarter to the step's pass over
+ * the weights, less than split's own pass over the (rows, 4H) projection costs.
  *
  * Measurements: docs/tuning.md, LSTM split rule. */
 #ifndef LSTM_WIDE_B
@@ -434,9 +436,13 @@ static void lstm_fwd_task(void *arg, int tid, int nth) {
 #ifndef LSTM_WIDE_BYTES_PER_ROW
 #define LSTM_WIDE_BYTES_PER_ROW ((size_t)1 << 20)
 #endif
+#ifndef LSTM_NARROW_X_BYTES
+#define LSTM_NARROW_X_BYTES ((size_t)3 << 20)
+#endif
 static int lstm_split(size_t rows, int S, int B, int I, int H, int P) {
     const size_t bytes = (size_t)4 * H * (size_t)(I + P) * sizeof(real); /* [W_ih | W_hh] */
     if (rows <= REC_DIRECT_ROWS) return 0;
+    if (S > 1 && B > REC_SPLIT_MAX_B && (size_t)4 * I <= (size_t)P && bytes <= LSTM_NARROW_X_BYTES) return 0;
 #if FR_AVX512
     if (B >= LSTM_WIDE_B && S > 1) return bytes > LSTM_WIDE_BYTES_PER_ROW * (size_t)B;
 #else

@@ -176,6 +176,19 @@ def test_single_step_by_gemm(isa, dtype, variant, B, threads):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
 @pytest.mark.parametrize("variant", ["lstm", "lstm_proj"])
+def test_narrow_input_either_side_of_the_split_rule(isa, dtype, variant, threads):
+    """More than 128 KB of [W_ih | W_hh] per row of a step: with a narrow input (4 I <= P) the LSTM forward
+    stays fused (lstm_split's LSTM_NARROW_X_BYTES), with a wider one it projects x by GEMM; both, with and
+    without lengths, and past REC_DIRECT_ROWS rows."""
+    P = 128 if variant == "lstm_proj" else 256
+    proj = dict(proj_size=P) if variant == "lstm_proj" else {}
+    for I in (P // 4, P // 4 + 1):
+        check(Case.variant(variant, T=5, B=3, I=I, H=256, **proj), dtype)
+        check(Case.variant(variant, T=5, B=4, I=I, H=256, lengths=(5, 2, 4, 1), **proj), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
+@pytest.mark.parametrize("variant", ["lstm", "lstm_proj"])
 def test_rows_split_across_threads(isa, dtype, variant, threads):
     """B >= 8 per thread and small weights: on 2 threads the LSTM forward splits the rows, not the units
     (lstm_rowsplit), with no barrier; B = 19 splits 9 + 10, and the lengths end sequences in both halves
