@@ -461,13 +461,23 @@ static int lstm_single_step(const fr_seq *q, int split) {
 /* Whether the threads of a fused forward split the rows of each step rather than the hidden units: each
  * thread then runs every block for its own rows, which depend on nothing another thread computes, so the
  * steps need no barrier -- but each thread streams all the weights every step, so only while they sit
- * comfortably in its L2, and with rows enough per thread for full tiles.  Measurements: docs/tuning.md,
- * LSTM rows or units. */
+ * comfortably in its L2, and with rows enough per thread for full tiles.  The training forward, which
+ * also writes the tape, gains from it up to larger weights on AVX-512 (LSTM_ROWSPLIT_TRAIN_BYTES; its
+ * tiles of up to 14 rows); the inference forward does not.  Measurements: docs/tuning.md, LSTM rows or
+ * units. */
 #ifndef LSTM_ROWSPLIT_BYTES
 #define LSTM_ROWSPLIT_BYTES ((size_t)512 << 10)
 #endif
-static int lstm_rowsplit(int B, int nth, int I, int H, int P) {
-    return nth > 1 && B >= 8 * nth && (size_t)4 * H * (size_t)(I + P) * sizeof(real) <= LSTM_ROWSPLIT_BYTES;
+#ifndef LSTM_ROWSPLIT_TRAIN_BYTES
+#if FR_AVX512
+#define LSTM_ROWSPLIT_TRAIN_BYTES ((size_t)7 << 18) /* 1.75 MB */
+#else
+#define LSTM_ROWSPLIT_TRAIN_BYTES LSTM_ROWSPLIT_BYTES
+#endif
+#endif
+static int lstm_rowsplit(int B, int nth, int I, int H, int P, int train) {
+    const size_t bytes = (size_t)4 * H * (size_t)(I + P) * sizeof(real);
+    return nth > 1 && B >= 8 * nth && bytes <= (train ? LSTM_ROWSPLIT_TRAIN_BYTES : LSTM_ROWSPLIT_BYTES);
 }
 
 static size_t lstm_tape_len(int T, int B, int H, int P) {
@@ -572,7 +582,7 @@ static int lstm_forward(int T, int B, int I, int H, int P, int reverse,
     cx.y = y;
     cx.ldy = ldy;
     const int nth = rec_threads_for(T, B, 4, H, I + P, wp.nblk);
-    cx.rowsplit = !split && lstm_rowsplit(B, nth, I, H, P);
+    cx.rowsplit = !split && lstm_rowsplit(B, nth, I, H, P, tape != NULL);
     cx.steal = !cx.rowsplit && !single && rec_steal(nth, B, &wp);
     if ((rowptrs = (const real **)malloc(sizeof(real *) * (3 * (size_t)B * nth + 1))) == NULL) goto done;
     for (int t = 0; t < nth; t++) cx.rows[t] = rowptrs + 3 * (size_t)B * t;
