@@ -439,8 +439,12 @@ static void lstm_fwd_task(void *arg, int tid, int nth) {
 #ifndef LSTM_NARROW_X_BYTES
 #define LSTM_NARROW_X_BYTES ((size_t)3 << 20)
 #endif
+/* The bytes of the fused panel [W_ih | W_hh], (4H, I + P): what a fused step streams (split and rowsplit). */
+static size_t lstm_panel_bytes(int I, int H, int P) {
+    return (size_t)4 * H * (size_t)(I + P) * sizeof(real);
+}
 static int lstm_split(size_t rows, int S, int B, int I, int H, int P) {
-    const size_t bytes = (size_t)4 * H * (size_t)(I + P) * sizeof(real); /* [W_ih | W_hh] */
+    const size_t bytes = lstm_panel_bytes(I, H, P);
     if (rows <= REC_DIRECT_ROWS) return 0;
     if (S > 1 && B > REC_SPLIT_MAX_B && (size_t)4 * I <= (size_t)P && bytes <= LSTM_NARROW_X_BYTES) return 0;
 #if FR_AVX512
@@ -476,7 +480,7 @@ static int lstm_single_step(const fr_seq *q, int split) {
 #endif
 #endif
 static int lstm_rowsplit(int B, int nth, int I, int H, int P, int train) {
-    const size_t bytes = (size_t)4 * H * (size_t)(I + P) * sizeof(real);
+    const size_t bytes = lstm_panel_bytes(I, H, P);
     return nth > 1 && B >= 8 * nth && bytes <= (train ? LSTM_ROWSPLIT_TRAIN_BYTES : LSTM_ROWSPLIT_BYTES);
 }
 

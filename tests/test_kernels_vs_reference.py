@@ -192,7 +192,8 @@ def test_narrow_input_either_side_of_the_split_rule(isa, dtype, variant, threads
 def test_rows_split_across_threads(isa, dtype, variant, threads):
     """B >= 8 per thread and small weights: on 2 threads the LSTM forward splits the rows, not the units
     (lstm_rowsplit), with no barrier; B = 19 splits 9 + 10, and the lengths end sequences in both halves
-    (each thread carries its own ended rows), the longest first and last."""
+    (each thread carries its own ended rows), the longest first and last.  Then weights the training
+    forward alone splits by rows (AVX-512)."""
     base = (9, 3, 7, 9, 1, 5, 9, 2, 8, 6, 4, 9, 7, 3, 1, 8, 5, 2, 9)
     lengths = tuple(2 * n + 6 for n in base)
     proj = dict(proj_size=10) if variant == "lstm_proj" else {}
